@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install the
+# project from its own files (setup.cfg + constraints.txt) on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?=
+DEMO_DIR ?= demo_run
+
+.PHONY: help venv test test-fast demo bench clean
+
+help:
+	@echo "make demo   - install, generate a face set, build tfrecords, train, export, index, retrieve, evaluate"
+	@echo "make demo DATA=<folder of identity sub-folders> - the same on your own photos"
+	@echo "make test   - install and run the test suite"
+	@echo "make bench  - run the benchmarks and regenerate BENCHMARKS.md"
+
+$(STAMP): setup.cfg constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -c constraints.txt -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -m "not slow" tests
+
+demo: $(STAMP)
+	$(PY) -m facetriplet.demo --workdir=$(DEMO_DIR) $(if $(DATA),--data=$(DATA),)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info

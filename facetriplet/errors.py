@@ -1,0 +1,44 @@
+"""Errors a user can cause, and how the tools report them.
+
+Library code raises `UserError` (or a subclass) for anything a person can fix: a missing folder, a
+bad flag, an index built by another model. The message names the thing and the fix. Tools wrap
+their main with `run_tool`, which turns such an error into one line on stderr and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+  """A problem with the user's input or settings; the message says what and how to fix it."""
+
+
+class ImageError(UserError):
+  """An image file that cannot be used; `reason` is a short machine-friendly tag."""
+
+  def __init__(self, path: str, reason: str, detail: str = ""):
+    self.path = path
+    self.reason = reason
+    self.detail = detail
+    super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def run_tool(main: Callable[[Sequence[str]], None]) -> None:
+  """Runs an absl main; a `UserError` becomes one line on stderr and exit status 2."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  def guarded(argv: Sequence[str]) -> None:
+    try:
+      main(argv)
+    except UserError as e:
+      prog = argv[0].rsplit("/", 1)[-1] if argv else "facetriplet"
+      print(f"{prog}: error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except KeyboardInterrupt:
+      print("interrupted; outputs written so far are complete and a re-run resumes", file=sys.stderr)
+      sys.exit(130)
+
+  app.run(guarded)
