@@ -64,7 +64,10 @@ def make_example(encoded: bytes, label: int, identity: str, path: str,
       KEY_BOX: f(float_list=tf.train.FloatList(value=[float(v) for v in box])),
       KEY_FOUND: f(int64_list=tf.train.Int64List(value=[int(bool(found))])),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  # deterministic=True: protobuf map order otherwise differs between processes, and shards
+  # must be byte-identical across runs.
+  example = tf.train.Example(features=tf.train.Features(feature=feature))
+  return example.SerializeToString(deterministic=True)
 
 
 def parse_example(serialized):

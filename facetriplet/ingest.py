@@ -1,0 +1,371 @@
+"""Build TFRecord shards and `manifest.json` from a folder of face photos.
+
+Flow: list the images (`layouts`), plan labels / splits / shards from the list alone
+(`shard_plan`), decode + crop the photos of every shard not yet complete in a process pool
+(`faces`, one cascade per worker), write each shard atomically (`tfrecords.write_shard`) followed
+by a small per-shard result file, and finally the manifest.
+
+Resume and safety: `plan.json`, written (atomically) before any shard, holds a fingerprint of the
+input file list (names, sizes, mtimes) and of every setting that changes the bytes, plus the shard
+plan. A folder from the same run resumes: a shard is complete when both it and its result file
+(`.facetriplet_build/<shard>.json`: counts, groups, no-face and rejected files) exist. A folder
+from a different run is refused unless `overwrite`; a folder holding anything else is always
+refused (nothing of the user's is ever deleted).
+Output bytes depend only on inputs and settings, never on the worker count.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import cv2
+import PIL
+from absl import logging
+import tqdm
+
+from facetriplet import atomic, faces, layouts, shard_plan, tfrecords
+from facetriplet.errors import ImageError, UserError
+
+FORMAT_VERSION = 1
+STATE_DIR = ".facetriplet_build"
+PLAN_FILE = "plan.json"
+_OURS = re.compile(r"^([A-Za-z0-9_]+-\d{5}-of-\d{5}\.tfrecord|manifest\.json|plan\.json|"
+                   + re.escape(STATE_DIR) + r"|\..+\.tmp-\d+(\.old)?)$")
+_TEMP = re.compile(r"^\..+\.tmp-\d+(\.old)?$")
+
+
+@dataclasses.dataclass
+class IngestSummary:
+  """What a build did. Dataset totals come from the manifest; `decoded`, `seconds` and
+  `images_per_second` describe this run only (a resumed run decodes only missing shards)."""
+  output: str
+  listed: int = 0
+  decoded: int = 0
+  written: int = 0
+  no_face: int = 0
+  rejected: int = 0
+  ignored_files: int = 0
+  identities: int = 0
+  single_photo_identities: int = 0
+  empty_identities: int = 0
+  shards_written: int = 0
+  shards_skipped: int = 0
+  workers: int = 1
+  seconds: float = 0.0
+  splits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+  rejected_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  @property
+  def images_per_second(self) -> float:
+    return self.decoded / self.seconds if self.seconds > 0 else 0.0
+
+  def format(self) -> str:
+    """A few human lines for the tool to print."""
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items()))
+    splits = ", ".join(f"{k}: {v['images']} images / {v['identities']} identities / "
+                       f"{v['shards']} shards" for k, v in self.splits.items())
+    return "\n".join([
+        f"output: {self.output}",
+        f"images listed {self.listed}, read this run {self.decoded}, written {self.written}, "
+        f"no face {self.no_face}, rejected {self.rejected}" + (f" ({reasons})" if reasons else ""),
+        f"identities {self.identities}, single-photo identities (unusable as triplet anchors) "
+        f"{self.single_photo_identities}, empty identity folders {self.empty_identities}, "
+        f"other files ignored {self.ignored_files}",
+        f"splits: {splits}",
+        f"shards written {self.shards_written}, skipped (already complete) {self.shards_skipped}",
+        f"time {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, "
+        f"{self.workers} worker(s); details in {os.path.join(self.output, tfrecords.MANIFEST)}",
+    ])
+
+
+def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
+                    crop: faces.CropSettings = faces.CropSettings(), val_fraction: float = 0.2,
+                    seed: int = 0, num_shards: int = 0, workers: int = 0,
+                    overwrite: bool = False, identity_file: str | None = None,
+                    partition_file: str | None = None, max_pixels: int = faces.MAX_PIXELS,
+                    progress: bool = True) -> IngestSummary:
+  """Writes `{split}-NNNNN-of-MMMMM.tfrecord` shards and `manifest.json` into `output_dir`.
+
+  Args:
+    input_dir: folder of photos in `layout` ('folders', 'celeba' or 'flat').
+    output_dir: empty or missing folder, or one from the same run (resumed).
+    layout: see `layouts`.
+    crop: face detection and crop settings.
+    val_fraction: fraction of identities held out as split `val`.
+    seed: seed of the identity split.
+    num_shards: shards per split; 0 = about one per 1500 photos.
+    workers: decoding processes; 0 = every available core.
+    overwrite: replace the shards and manifest of a different earlier run in `output_dir`.
+    identity_file: CelebA identity list (default: found next to the images).
+    partition_file: CelebA partition list (default: found next to the images when present).
+    max_pixels: photos larger than this are rejected as `too-large` without being decoded.
+    progress: show a tqdm progress bar.
+
+  Returns:
+    IngestSummary.
+
+  Raises:
+    UserError: missing or empty input, output folder from another run or with foreign files,
+      bad settings.
+  """
+  start = time.time()
+  listing = layouts.scan_images(input_dir, layout, identity_file, partition_file)
+  for line in layouts.describe(listing):
+    logging.warning("%s: %s", input_dir, line)
+  plan = shard_plan.make_plan(listing.entries, layout, val_fraction, seed, num_shards)
+  settings = {"version": FORMAT_VERSION, "layout": layout, "input": os.path.abspath(input_dir),
+              "crop": crop.to_dict(), "seed": seed, "val_fraction": val_fraction,
+              "num_shards": num_shards, "max_pixels": max_pixels,
+              "opencv": cv2.__version__, "pillow": PIL.__version__}
+  fingerprint = shard_plan.fingerprint(listing.entries, settings)
+  _prepare_output(output_dir, fingerprint, settings, plan, overwrite)
+  state = os.path.join(output_dir, STATE_DIR)
+  todo = [s for s in plan.shards if not (
+      os.path.exists(os.path.join(output_dir, s.file))
+      and os.path.exists(os.path.join(state, s.file + ".json")))]
+  workers = _resolve_workers(workers, sum(len(s.items) for s in todo))
+  logging.info("%d images, %d shards planned, %d to write, %d workers", len(listing.entries),
+               len(plan.shards), len(todo), workers)
+  decoded = 0
+  if todo:
+    tasks = [(e.path, e.rel_path) for s in todo for e, _, _ in s.items]
+    results = _crop_all(tasks, crop, max_pixels, workers)
+    with tqdm.tqdm(total=len(tasks), unit="img", desc="build tfrecords", disable=not progress,
+                   smoothing=0.1) as bar:
+      for shard in todo:
+        decoded += _write_shard(output_dir, shard, results, bar)
+  manifest = _manifest(plan, listing, settings, fingerprint, output_dir)
+  tfrecords.write_manifest(output_dir, manifest)
+  return _summary(manifest, output_dir, len(listing.entries), decoded, len(todo),
+                  len(plan.shards) - len(todo), workers, time.time() - start)
+
+
+def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
+                    plan: shard_plan.ShardPlan, overwrite: bool) -> None:
+  """Checks that `output_dir` is empty or from this run; records the run fingerprint first."""
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise UserError(f"output {output_dir} is a file: choose a folder for --output")
+  os.makedirs(output_dir, exist_ok=True)
+  names = sorted(os.listdir(output_dir))
+  foreign = [n for n in names if not _OURS.match(n)]
+  if foreign:
+    raise UserError(f"output folder {output_dir} holds files not written by "
+                    f"facetriplet-build-tfrecords (e.g. {foreign[0]}): choose an empty folder")
+  run_path = os.path.join(output_dir, PLAN_FILE)
+  previous = None
+  if os.path.exists(run_path):
+    try:
+      with open(run_path, encoding="utf-8") as f:
+        previous = json.load(f).get("fingerprint")
+    except (OSError, ValueError):
+      previous = None
+  if names and previous != fingerprint:
+    if not overwrite:
+      raise UserError(f"output folder {output_dir} holds shards from a different run (other "
+                      "inputs or settings): choose an empty folder or pass --overwrite")
+  if overwrite or previous != fingerprint:
+    for name in names:
+      _remove(os.path.join(output_dir, name))
+    logging.info("starting %s from scratch", output_dir)
+  else:
+    for name in names:
+      if _TEMP.match(name):  # Left by a killed run; never trusted.
+        _remove(os.path.join(output_dir, name))
+    logging.info("resuming %s (same inputs and settings)", output_dir)
+  shards = [{"file": s.file, "split": s.split, "images": len(s.items),
+             "groups": _runs(item[1] for item in s.items)} for s in plan.shards]
+  atomic.write_json(run_path, {"fingerprint": fingerprint, "settings": settings,
+                               "shards": shards})
+  os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
+
+
+def _runs(labels: Iterable[int]) -> list[list[int]]:
+  """[[label, count], ...] for consecutive equal labels."""
+  runs: list[list[int]] = []
+  for label in labels:
+    if runs and runs[-1][0] == label:
+      runs[-1][1] += 1
+    else:
+      runs.append([label, 1])
+  return runs
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  else:
+    os.remove(path)
+
+
+def _resolve_workers(workers: int, tasks: int) -> int:
+  if workers < 0:
+    raise UserError(f"workers={workers} must be >= 0 (0 = all cores)")
+  if workers == 0:
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(workers, tasks))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False) -> None:
+  if subprocess:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent handles Ctrl-C and stops the pool.
+  cv2.setNumThreads(1)  # One process per core already; OpenCV's own threads would oversubscribe.
+  _WORKER["cropper"] = faces.FaceCropper(faces.CropSettings.from_dict(crop))
+  _WORKER["max_pixels"] = max_pixels
+
+
+def _crop_one(task: tuple[str, str]) -> tuple:
+  """('ok', jpeg, box, found) | ('no-face', box) when skipped | ('error', reason, detail)."""
+  path, _ = task
+  cropper = _WORKER["cropper"]
+  # One bad photo must never stop the job: anything unexpected becomes a rejection.
+  try:
+    rgb = faces.load_rgb(path, max_pixels=_WORKER["max_pixels"])
+  except ImageError as e:
+    return ("error", e.reason, e.detail)
+  except Exception as e:  # pylint: disable=broad-except
+    return ("error", "unreadable", f"{type(e).__name__}: {e}")
+  try:
+    result = cropper.crop(rgb)
+  except Exception as e:  # pylint: disable=broad-except
+    return ("error", "unreadable", f"crop failed: {type(e).__name__}: {e}")
+  if not result.found and cropper.settings.on_no_face == "skip":
+    return ("no-face", result.box)
+  return ("ok", faces.encode_jpeg(result.image), result.box, result.found)
+
+
+def _crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pixels: int,
+              workers: int) -> Iterator[tuple]:
+  """Results of `_crop_one` for every task, in task order."""
+  if workers == 1:
+    previous = cv2.getNumThreads()
+    _init_worker(crop.to_dict(), max_pixels)
+    try:
+      for task in tasks:
+        yield _crop_one(task)
+    finally:
+      cv2.setNumThreads(previous)
+    return
+  # spawn: workers start clean (no TensorFlow threads inherited from the parent).
+  context = multiprocessing.get_context("spawn")
+  chunk = max(1, min(32, len(tasks) // (workers * 8)))
+  pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_init_worker,
+                                                initargs=(crop.to_dict(), max_pixels, True))
+  try:
+    yield from pool.map(_crop_one, tasks, chunksize=chunk)
+  finally:  # On Ctrl-C or an error, drop the queued photos instead of decoding them all first.
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_shard(output_dir: str, shard: shard_plan.PlannedShard, results: Iterator[tuple],
+                 bar: tqdm.tqdm) -> int:
+  """Consumes this shard's results, writes the shard then its result file. Returns decoded."""
+  records: list[bytes] = []
+  labels: list[int] = []
+  info: dict[str, Any] = {"file": shard.file, "split": shard.split, "no_face": [],
+                          "rejected": [], "identity_counts": {}}
+  decoded = 0
+  for entry, label, identity in shard.items:
+    result = next(results)
+    bar.update(1)
+    if result[0] == "error":
+      info["rejected"].append({"path": entry.rel_path, "reason": result[1], "detail": result[2]})
+      continue
+    decoded += 1
+    if result[0] == "no-face":
+      info["no_face"].append(entry.rel_path)
+      info["rejected"].append({"path": entry.rel_path, "reason": "no-face",
+                               "detail": "on_no_face=skip"})
+      continue
+    _, jpeg, box, found = result
+    if not found:
+      info["no_face"].append(entry.rel_path)
+    records.append(tfrecords.make_example(jpeg, label, identity, entry.rel_path, box, found))
+    labels.append(label)
+    if identity:
+      info["identity_counts"][identity] = info["identity_counts"].get(identity, 0) + 1
+  info["records"] = tfrecords.write_shard(os.path.join(output_dir, shard.file), records)
+  info["groups"] = _runs(iter(labels))
+  atomic.write_json(os.path.join(output_dir, STATE_DIR, shard.file + ".json"), info)
+  logging.info("wrote %s: %d records", shard.file, info["records"])
+  return decoded
+
+
+def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
+              settings: dict[str, Any], fingerprint: str, output_dir: str) -> dict[str, Any]:
+  """The manifest, from the plan and every shard's result file."""
+  splits: dict[str, dict[str, Any]] = {}
+  identity_counts: dict[str, int] = {}
+  no_face: list[str] = []
+  rejected = [{"path": p, "reason": r, "detail": ""} for p, r in listing.missing]
+  rejected += [{"path": p, "reason": r, "detail": ""} for p, r in listing.ignored
+               if layouts.is_image_file(p)]
+  for shard in plan.shards:
+    with open(os.path.join(output_dir, STATE_DIR, shard.file + ".json"), encoding="utf-8") as f:
+      info = json.load(f)
+    split = splits.setdefault(shard.split, {"images": 0, "identities": 0, "shards": [],
+                                            "_ids": set()})
+    split["images"] += info["records"]
+    split["_ids"].update(label for label, _ in info["groups"] if label >= 0)
+    split["shards"].append({"file": shard.file, "records": info["records"],
+                            "groups": info["groups"]})
+    for identity, count in info["identity_counts"].items():
+      identity_counts[identity] = identity_counts.get(identity, 0) + count
+    no_face += info["no_face"]
+    rejected += info["rejected"]
+  for split in splits.values():
+    split["identities"] = len(split.pop("_ids"))
+  for identity in plan.labels:
+    identity_counts.setdefault(identity, 0)
+  return {
+      "version": FORMAT_VERSION,
+      "layout": settings["layout"],
+      "input": settings["input"],
+      "seed": settings["seed"],
+      "val_fraction": settings["val_fraction"],
+      "crop": settings["crop"],
+      "fingerprint": fingerprint,
+      "labels": plan.labels,
+      "splits": splits,
+      "identity_counts": identity_counts,
+      "single_photo_identities": sorted(i for i, c in identity_counts.items() if c == 1),
+      "empty_identities": sorted(listing.empty_identities),
+      "no_face": sorted(no_face),
+      "rejected": sorted(rejected, key=lambda r: r["path"]),
+      "ignored": [{"path": p, "reason": r} for p, r in listing.ignored
+                  if not layouts.is_image_file(p)],
+      "images_listed": len(listing.entries),
+  }
+
+
+def _summary(manifest: dict[str, Any], output_dir: str, listed: int, decoded: int,
+             shards_written: int, shards_skipped: int, workers: int,
+             seconds: float) -> IngestSummary:
+  reasons: dict[str, int] = {}
+  for r in manifest["rejected"]:
+    reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+  return IngestSummary(
+      output=output_dir, listed=listed, decoded=decoded,
+      written=sum(s["images"] for s in manifest["splits"].values()),
+      no_face=len(manifest["no_face"]), rejected=len(manifest["rejected"]),
+      ignored_files=len(manifest["ignored"]),
+      identities=sum(1 for c in manifest["identity_counts"].values() if c > 0),
+      single_photo_identities=len(manifest["single_photo_identities"]),
+      empty_identities=len(manifest["empty_identities"]), shards_written=shards_written,
+      shards_skipped=shards_skipped, workers=workers, seconds=seconds,
+      splits={k: {"images": v["images"], "identities": v["identities"],
+                  "shards": len(v["shards"])} for k, v in manifest["splits"].items()},
+      rejected_by_reason=reasons)
+

@@ -1,0 +1,233 @@
+"""Who is who: list the images of an input folder with their identity and partition.
+
+Layouts:
+  folders  one sub-folder per identity (LFW, VGGFace2, CASIA-WebFace, ORL); images anywhere below
+           it. Files directly in the root are not used (listed as ignored).
+  celeba   a folder of images plus `identity_CelebA.txt` ("000001.jpg 2880" per line) and an
+           optional `list_eval_partition.txt` ("000001.jpg 0"; 0/1/2 → train/val/test).
+  flat     an unlabelled folder (a competition's `query/` or `gallery/`), searched recursively.
+
+Paths are reported relative to the root with "/" separators and sorted, so every later step is
+deterministic. Nothing is decoded here; problems found while listing are returned, not raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import NamedTuple, Sequence
+
+from facetriplet.errors import UserError
+
+LAYOUTS = ("folders", "celeba", "flat")
+IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".pgm",
+                              ".ppm", ".pbm", ".pnm", ".webp", ".tif", ".tiff", ".gif"))
+CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
+CELEBA_PARTITION_FILE = "list_eval_partition.txt"
+CELEBA_PARTITIONS = {"0": "train", "1": "val", "2": "test"}
+
+
+class ImageEntry(NamedTuple):
+  """One image: absolute path, path relative to the root ("/"), identity and CelebA partition."""
+  path: str
+  rel_path: str
+  identity: str | None
+  partition: str | None
+
+
+@dataclasses.dataclass
+class ImageListing:
+  """The images of a root plus what was found wrong while listing.
+
+  Attributes:
+    entries: images to decode, sorted by rel_path.
+    empty_identities: identity folders (folders layout) holding no image file.
+    ignored: [(rel_path, reason)] files not used: `not-an-image-file` (extension),
+      `outside-identity-folder`, `no-identity` / `no-partition` (CelebA image missing from the
+      identity / partition list).
+    missing: [(rel_path, reason)] files named by a list file but absent (`missing-file`).
+  """
+  entries: list[ImageEntry]
+  empty_identities: list[str] = dataclasses.field(default_factory=list)
+  ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  missing: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def is_image_file(name: str) -> bool:
+  return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: str, layout: str, identity_file: str | None = None,
+                partition_file: str | None = None) -> list[ImageEntry]:
+  """The images under `root` for `layout`, sorted by relative path (see `scan_images`)."""
+  return scan_images(root, layout, identity_file, partition_file).entries
+
+
+def scan_images(root: str, layout: str, identity_file: str | None = None,
+                partition_file: str | None = None) -> ImageListing:
+  """Lists the images of `root` and the problems met on the way.
+
+  Args:
+    root: input folder.
+    layout: 'folders', 'celeba' or 'flat'.
+    identity_file: CelebA identity list; default: found beside or above `root` (see
+      `find_celeba_file`).
+    partition_file: CelebA partition list; default: found likewise when present, else none.
+
+  Returns:
+    ImageListing.
+
+  Raises:
+    UserError: unknown layout, missing root, missing or malformed CelebA list, or no images.
+  """
+  if layout not in LAYOUTS:
+    raise UserError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
+  if not os.path.isdir(root):
+    raise UserError(f"input folder {root} does not exist: pass --input=<folder of images>")
+  root = os.path.abspath(root)
+  if layout == "folders":
+    listing = _scan_folders(root)
+    hint = "one sub-folder of images per identity"
+  elif layout == "celeba":
+    listing = _scan_celeba(root, identity_file, partition_file)
+    hint = f"images named in {CELEBA_IDENTITY_FILE}"
+  else:
+    listing = _scan_flat(root)
+    hint = "image files"
+  if not listing.entries:
+    raise UserError(f"no images found in {root} for layout={layout}: expected {hint} "
+                    f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})")
+  return listing
+
+
+def _walk_files(top: str, root: str) -> list[str]:
+  """Relative paths ("/") of every non-hidden file under `top`, sorted."""
+  out = []
+  for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for name in filenames:
+      if name.startswith("."):
+        continue
+      out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+  return sorted(out)
+
+
+def _scan_folders(root: str) -> ImageListing:
+  listing = ImageListing(entries=[])
+  for name in sorted(os.listdir(root)):
+    if name.startswith("."):
+      continue
+    full = os.path.join(root, name)
+    if not os.path.isdir(full):
+      reason = "outside-identity-folder" if is_image_file(name) else "not-an-image-file"
+      listing.ignored.append((name, reason))
+      continue
+    count = 0
+    for rel in _walk_files(full, root):
+      if is_image_file(rel):
+        listing.entries.append(ImageEntry(os.path.join(root, rel), rel, name, None))
+        count += 1
+      else:
+        listing.ignored.append((rel, "not-an-image-file"))
+    if count == 0:
+      listing.empty_identities.append(name)
+  listing.entries.sort(key=lambda e: e.rel_path)
+  return listing
+
+
+def _scan_flat(root: str) -> ImageListing:
+  listing = ImageListing(entries=[])
+  for rel in _walk_files(root, root):
+    if is_image_file(rel):
+      listing.entries.append(ImageEntry(os.path.join(root, rel), rel, None, None))
+    else:
+      listing.ignored.append((rel, "not-an-image-file"))
+  return listing
+
+
+def find_celeba_file(root: str, name: str) -> str | None:
+  """Where CelebA's list `name` lives: in `root`, its parent, or the official `Anno`/`Eval` folders
+  beside `root` or one level up (`Img/img_align_celeba` next to `Anno/` and `Eval/`)."""
+  parent = os.path.dirname(os.path.abspath(root))
+  grand = os.path.dirname(parent)
+  for folder in (root, parent, os.path.join(parent, "Anno"), os.path.join(parent, "Eval"),
+                 os.path.join(grand, "Anno"), os.path.join(grand, "Eval")):
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def _read_pairs(path: str, what: str) -> dict[str, str]:
+  """{file name: value} from a two-column whitespace-separated list file."""
+  pairs = {}
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      if len(parts) != 2:
+        raise UserError(f"{path}:{number}: expected '<image> <{what}>', got {line.strip()!r}: "
+                        f"pass the CelebA {what} list")
+      pairs[parts[0]] = parts[1]
+  return pairs
+
+
+def _scan_celeba(root: str, identity_file: str | None,
+                 partition_file: str | None) -> ImageListing:
+  if identity_file:
+    if not os.path.isfile(identity_file):
+      raise UserError(f"identity file {identity_file} does not exist: pass "
+                      f"--identity_file=<path of {CELEBA_IDENTITY_FILE}>")
+  else:
+    identity_file = find_celeba_file(root, CELEBA_IDENTITY_FILE)
+    if identity_file is None:
+      raise UserError(f"{CELEBA_IDENTITY_FILE} not found in or beside {root}: pass "
+                      f"--identity_file=<path>")
+  if partition_file:
+    if not os.path.isfile(partition_file):
+      raise UserError(f"partition file {partition_file} does not exist: pass "
+                      f"--partition_file=<path of {CELEBA_PARTITION_FILE}> or leave it empty")
+  else:
+    partition_file = find_celeba_file(root, CELEBA_PARTITION_FILE)
+  identities = _read_pairs(identity_file, "identity")
+  partitions = _read_pairs(partition_file, "partition") if partition_file else {}
+  for name, value in partitions.items():
+    if value not in CELEBA_PARTITIONS:
+      raise UserError(f"{partition_file}: partition {value!r} of {name} is not 0, 1 or 2")
+  listing = ImageListing(entries=[])
+  on_disk = set()
+  for rel in _walk_files(root, root):
+    if not is_image_file(rel):
+      if os.path.join(root, rel) not in (identity_file, partition_file):
+        listing.ignored.append((rel, "not-an-image-file"))
+      continue
+    on_disk.add(rel)
+    identity = identities.get(rel)
+    if identity is None:
+      listing.ignored.append((rel, "no-identity"))
+      continue
+    partition = None
+    if partitions:
+      if rel not in partitions:
+        listing.ignored.append((rel, "no-partition"))
+        continue
+      partition = CELEBA_PARTITIONS[partitions[rel]]
+    listing.entries.append(ImageEntry(os.path.join(root, rel), rel, identity, partition))
+  listing.missing = [(name, "missing-file") for name in sorted(identities) if name not in on_disk]
+  return listing
+
+
+def describe(listing: ImageListing, limit: int = 5) -> Sequence[str]:
+  """Short human lines about the listing's problems, for logs."""
+  lines = []
+  if listing.empty_identities:
+    lines.append(f"{len(listing.empty_identities)} empty identity folders, e.g. "
+                 f"{', '.join(listing.empty_identities[:limit])}")
+  if listing.ignored:
+    lines.append(f"{len(listing.ignored)} files ignored, e.g. "
+                 f"{', '.join(f'{p} ({r})' for p, r in listing.ignored[:limit])}")
+  if listing.missing:
+    lines.append(f"{len(listing.missing)} listed files missing, e.g. "
+                 f"{', '.join(p for p, _ in listing.missing[:limit])}")
+  return lines

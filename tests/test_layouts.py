@@ -1,0 +1,88 @@
+"""Tests for facetriplet/layouts.py: folders, celeba and flat listings and their problems."""
+
+import os
+
+import pytest
+
+from facetriplet import layouts
+from facetriplet.errors import UserError
+
+
+def _touch(path, data=b"x"):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+def test_folders_layout(tmp_path):
+  root = str(tmp_path)
+  for rel in ("bob/2.jpg", "bob/1.PNG", "alice/sub/a.pgm", "alice/b.webp", "carol/only.tif",
+              "stray.jpg", "README.md", "bob/notes.txt", ".hidden/x.jpg", "bob/.DS_Store"):
+    _touch(os.path.join(root, rel))
+  os.makedirs(os.path.join(root, "empty_person"))
+  listing = layouts.scan_images(root, "folders")
+  assert [(e.rel_path, e.identity) for e in listing.entries] == [
+      ("alice/b.webp", "alice"), ("alice/sub/a.pgm", "alice"), ("bob/1.PNG", "bob"),
+      ("bob/2.jpg", "bob"), ("carol/only.tif", "carol")]
+  assert all(os.path.isabs(e.path) and e.partition is None for e in listing.entries)
+  assert listing.empty_identities == ["empty_person"]
+  assert sorted(listing.ignored) == [("README.md", "not-an-image-file"),
+                                     ("bob/notes.txt", "not-an-image-file"),
+                                     ("stray.jpg", "outside-identity-folder")]
+  assert layouts.list_images(root, "folders") == listing.entries
+  assert any("empty identity" in line for line in layouts.describe(listing))
+
+
+def test_flat_layout_is_recursive_and_unlabelled(tmp_path):
+  for rel in ("q2.jpg", "q1.png", "more/q3.bmp", "list.csv"):
+    _touch(str(tmp_path / rel))
+  listing = layouts.scan_images(str(tmp_path), "flat")
+  assert [e.rel_path for e in listing.entries] == ["more/q3.bmp", "q1.png", "q2.jpg"]
+  assert all(e.identity is None and e.partition is None for e in listing.entries)
+  assert listing.ignored == [("list.csv", "not-an-image-file")]
+
+
+def test_celeba_layout_with_partitions(tmp_path):
+  images = tmp_path / "Img" / "img_align_celeba"
+  for i in range(1, 6):
+    _touch(str(images / f"{i:06d}.jpg"))
+  _touch(str(images / "000099.jpg"))  # on disk, not in the identity list
+  _touch(str(tmp_path / "Img" / "Anno" / "identity_CelebA.txt"),
+         b"000001.jpg 7\n000002.jpg 7\n000003.jpg 9\n000004.jpg 9\n000005.jpg 3\n"
+         b"000006.jpg 3\n")
+  _touch(str(tmp_path / "Img" / "Eval" / "list_eval_partition.txt"),
+         b"000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 1\n000005.jpg 2\n")
+  listing = layouts.scan_images(str(images), "celeba")
+  assert [(e.rel_path, e.identity, e.partition) for e in listing.entries] == [
+      ("000001.jpg", "7", "train"), ("000002.jpg", "7", "train"), ("000003.jpg", "9", "val"),
+      ("000004.jpg", "9", "val"), ("000005.jpg", "3", "test")]
+  assert listing.ignored == [("000099.jpg", "no-identity")]
+  assert listing.missing == [("000006.jpg", "missing-file")]
+
+
+def test_celeba_without_partition_file(tmp_path):
+  _touch(str(tmp_path / "a.jpg"))
+  _touch(str(tmp_path / "ids.txt"), b"a.jpg 1\n")
+  listing = layouts.scan_images(str(tmp_path), "celeba", identity_file=str(tmp_path / "ids.txt"))
+  assert [(e.identity, e.partition) for e in listing.entries] == [("1", None)]
+
+
+def test_celeba_errors(tmp_path):
+  _touch(str(tmp_path / "a.jpg"))
+  with pytest.raises(UserError, match="identity_CelebA.txt not found"):
+    layouts.scan_images(str(tmp_path), "celeba")
+  _touch(str(tmp_path / "identity_CelebA.txt"), b"a.jpg 1 extra\n")
+  with pytest.raises(UserError, match="identity_CelebA.txt:1"):
+    layouts.scan_images(str(tmp_path), "celeba")
+  with pytest.raises(UserError, match="nope.txt does not exist"):
+    layouts.scan_images(str(tmp_path), "celeba", partition_file=str(tmp_path / "nope.txt"))
+
+
+def test_missing_and_empty_inputs(tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    layouts.scan_images(str(tmp_path / "nope"), "folders")
+  os.makedirs(tmp_path / "person")
+  with pytest.raises(UserError, match="no images found"):
+    layouts.scan_images(str(tmp_path), "folders")
+  with pytest.raises(UserError, match="not one of"):
+    layouts.scan_images(str(tmp_path), "pairs")
