@@ -15,7 +15,9 @@ from typing import Any, Sequence
 
 from facetriplet import atomic
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# FACETRIPLET_BENCH_RESULTS sends results elsewhere (quick runs must not touch the real tables).
+RESULTS_DIR = os.environ.get("FACETRIPLET_BENCH_RESULTS",
+                             os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
 
 
 def machine_description() -> str:
