@@ -1,0 +1,238 @@
+"""Score retrieval where identities are known, for one or several feature extractors.
+
+Three set-ups, each scored with `facetriplet.metrics` (top-1/5/10 accuracy, precision@k,
+recall@k, MAP@R):
+  * queries + gallery: two labelled sets (folders layout, TFRecords, or a labels file); exact
+    ranking of the gallery for every query;
+  * queries + index: the gallery is a built ScaNN index; its answers are scored
+    (`metrics_from_ranked`), searching deep enough (k >= the largest R) for an exact MAP@R;
+  * leave-one-out over one labelled set: every photo queries all the others.
+Outputs (in `output_dir`, written atomically): metrics.json, metrics.md (one row per feature)
+and grid.png (the first queries beside their top-k; grid_<features>.png for further features).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+from facetriplet import atomic, gallery, grid, metrics, retrieval
+from facetriplet.errors import ImageError, UserError
+
+UNKNOWN = -2  # label of a gallery item of unknown identity: never relevant
+
+
+@dataclasses.dataclass
+class Labelled:
+  """Embedded images with integer labels (UNKNOWN where the identity is unknown)."""
+  embeddings: np.ndarray
+  entries: list[Any]
+  identities: list[Optional[str]]
+  problems: list[retrieval.Problem]
+
+
+def read_labels(path: str) -> dict[str, str]:
+  """A labels file: "<file name or relative path> <identity>" per line ('#' comments)."""
+  labels = {}
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      parts = line.rsplit(None, 1)
+      if len(parts) != 2:
+        raise UserError(f"{path}:{n}: expected '<file> <identity>', got {line!r}")
+      labels[parts[0].replace(os.sep, "/")] = parts[1]
+  return labels
+
+
+def _identity(entry_like: Any, labels: Optional[dict[str, str]]) -> Optional[str]:
+  rel = entry_like["rel_path"] if isinstance(entry_like, dict) else entry_like.rel_path
+  known = entry_like.get("identity") if isinstance(entry_like, dict) else entry_like.identity
+  if labels:
+    return labels.get(rel, labels.get(os.path.basename(rel), known))
+  return known
+
+
+def embed_set(extractor, path: str, layout: str, labels: Optional[dict[str, str]],
+              batch_size: int, workers: int, progress: bool) -> Labelled:
+  """Embeds a folder, TFRecord folder or list file and attaches identities."""
+  if os.path.isfile(path):
+    entries = retrieval.list_queries(path)
+    emb, kept, problems = retrieval.embed_entries(extractor, entries, batch_size, workers,
+                                                  progress)
+  else:
+    emb, kept, problems = gallery.embed_gallery(extractor, path, layout, None, batch_size,
+                                                workers, progress)
+  return Labelled(emb, kept, [_identity(e, labels) for e in kept], problems)
+
+
+def _encode(query_ids: Sequence[Optional[str]], gallery_ids: Sequence[Optional[str]]):
+  names = sorted({i for i in list(query_ids) + list(gallery_ids) if i is not None})
+  code = {name: i for i, name in enumerate(names)}
+  q = np.array([code.get(i, UNKNOWN) if i is not None else UNKNOWN for i in query_ids], np.int64)
+  g = np.array([code.get(i, UNKNOWN) if i is not None else UNKNOWN for i in gallery_ids],
+               np.int64)
+  return q, g
+
+
+@dataclasses.dataclass
+class Ranking:
+  """Top results of the grid queries: gallery rows, scores, and what to show for each row."""
+  indices: np.ndarray
+  scores: np.ndarray
+
+
+def _score_dense(q: Labelled, g: Labelled, ks, leave_one_out: bool, grid_rows: int, grid_k: int):
+  q_ids, g_ids = _encode(q.identities, g.identities)
+  keep = q_ids != UNKNOWN
+  if not keep.any():
+    raise UserError("no query has a known identity: use identity folders (--layout=folders) or "
+                    "--labels=<file with '<file> <identity>' lines>")
+  if leave_one_out:
+    result = metrics.retrieval_metrics(q.embeddings[keep], q_ids[keep], g.embeddings[keep],
+                                       g_ids[keep], ks, leave_one_out=True)
+  else:
+    result = metrics.retrieval_metrics(q.embeddings[keep], q_ids[keep], g.embeddings, g_ids, ks)
+  n = min(grid_rows, len(q_ids))
+  idx, _ = metrics.ranked_labels(q.embeddings[:n], g.embeddings, g_ids, grid_k, leave_one_out)
+  sims = q.embeddings[:n] @ g.embeddings.T
+  scores = np.take_along_axis(sims, np.maximum(idx, 0), axis=1) if n else np.zeros((0, grid_k))
+  return result, Ranking(idx, scores)
+
+
+def _score_index(extractor, q: Labelled, index, ks, labels, grid_rows: int, grid_k: int):
+  g_identities = [_identity(item, labels) for item in index.items]
+  q_ids, g_ids = _encode(q.identities, g_identities)
+  keep = q_ids != UNKNOWN
+  if not keep.any():
+    raise UserError("no query has a known identity: use identity folders (--layout=folders) or "
+                    "--labels=<file with '<file> <identity>' lines>")
+  counts = np.bincount(g_ids[g_ids >= 0], minlength=int(max(q_ids.max(), g_ids.max(), 0)) + 1)
+  num_relevant = np.where(q_ids >= 0, counts[np.maximum(q_ids, 0)], 0)
+  depth = min(len(index), max(max(ks), int(num_relevant.max(initial=0)), grid_k))
+  idx, scores = index.search(q.embeddings, depth)
+  ranked = np.where(idx >= 0, g_ids[np.maximum(idx, 0)], metrics.PAD)
+  result = metrics.metrics_from_ranked(ranked[keep], q_ids[keep], num_relevant[keep], ks)
+  n = min(grid_rows, len(q_ids))
+  return result, Ranking(idx[:n, :grid_k], scores[:n, :grid_k]), g_identities
+
+
+def _crop(path: str, settings) -> Optional[np.ndarray]:
+  from facetriplet import faces  # pylint: disable=g-import-not-at-top
+  try:
+    return faces.load_and_crop(path, settings).image
+  except (ImageError, OSError):
+    return None
+
+
+def grid_rows(q: Labelled, ranking: Ranking, gallery_items: Sequence[dict],
+              gallery_identities: Sequence[Optional[str]], settings) -> list[grid.GridRow]:
+  """GridRows for the ranked queries (images re-cropped from their files)."""
+  rows = []
+  for i in range(len(ranking.indices)):
+    cells = []
+    for rank, (j, s) in enumerate(zip(ranking.indices[i], ranking.scores[i]), 1):
+      if j < 0:
+        continue
+      g_id, q_id = gallery_identities[j], q.identities[i]
+      correct = None if g_id is None or q_id is None else g_id == q_id
+      cells.append(grid.GridCell(_crop(gallery_items[j]["path"], settings), correct,
+                                 f"#{rank} {float(s):.2f}"))
+    caption = q.entries[i].rel_path
+    rows.append(grid.GridRow(_crop(q.entries[i].path, settings), caption, cells))
+  return rows
+
+
+def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] = None,
+             queries: Optional[str] = None, gallery_dir: Optional[str] = None,
+             index_dir: Optional[str] = None, data: Optional[str] = None,
+             leave_one_out: bool = False, labels_file: Optional[str] = None,
+             layout: str = "auto", ks: Sequence[int] = (1, 5, 10), grid_queries: int = 8,
+             grid_k: int = 10, batch_size: int = 64, workers: int = 4,
+             progress: bool = True) -> dict[str, Any]:
+  """Scores each feature extractor and writes metrics.json, metrics.md and the grid(s).
+
+  Returns:
+    {"results": {features: metrics}, "setup": {...}, "problems": {...}}.
+
+  Raises:
+    UserError: inconsistent set-up flags, unknown identities, empty sets, model mismatch.
+  """
+  if leave_one_out:
+    if not data or queries or gallery_dir or index_dir:
+      raise UserError("--leave_one_out takes --data=<labelled folder> only (no --queries, "
+                      "--gallery or --index)")
+  elif not queries or bool(gallery_dir) == bool(index_dir):
+    raise UserError("pass --queries with one of --gallery or --index, or --leave_one_out "
+                    "--data=<labelled folder>")
+  labels = read_labels(labels_file) if labels_file else None
+  crop = None
+  if index_dir:
+    info = gallery.read_gallery_info(index_dir)
+    features = list(features or [info.get("features", "embedding")])
+    model_dir = model_dir or info.get("model")
+    crop = info.get("crop")
+  if not features:
+    raise UserError("no features to evaluate: pass --features=embedding (or pixels, hog, ...)")
+  if index_dir and len(features) > 1:
+    raise UserError("an index holds one kind of features: compare features with --gallery")
+  results, problems, first = {}, {}, True
+  for name in features:
+    extractor = retrieval.make_extractor(name, model_dir if name == "embedding" or not crop else
+                                         None, _classical_crop(model_dir, data or gallery_dir,
+                                                               crop))
+    logging.info("evaluating %s (fingerprint %s)", name, extractor.fingerprint)
+    q = embed_set(extractor, data or queries, layout, labels, batch_size, workers, progress)
+    if len(q.entries) == 0:
+      raise UserError(f"no readable query image in {data or queries}")
+    if index_dir:
+      index = _load_index(index_dir, extractor)
+      result, ranking, g_ids = _score_index(extractor, q, index, ks, labels, grid_queries, grid_k)
+      items = index.items
+    else:
+      g = q if leave_one_out else embed_set(extractor, gallery_dir, layout, labels, batch_size,
+                                            workers, progress)
+      if len(g.entries) == 0:
+        raise UserError(f"the gallery {gallery_dir} has no readable image")
+      result, ranking = _score_dense(q, g, ks, leave_one_out, grid_queries, grid_k)
+      items, g_ids = [gallery.item_of(e) for e in g.entries], g.identities
+      problems[f"{name}/gallery"] = [p.to_dict() for p in g.problems] if g is not q else []
+    results[name] = result
+    problems[f"{name}/queries"] = [p.to_dict() for p in q.problems]
+    if grid_queries > 0:
+      rows = grid_rows(q, ranking, items, g_ids, extractor.crop_settings)
+      png = "grid.png" if first else f"grid_{name}.png"
+      grid.save_grid(os.path.join(output_dir, png), grid.make_grid(rows))
+    first = False
+  setup = {"mode": "leave_one_out" if leave_one_out else ("index" if index_dir else "gallery"),
+           "queries": data or queries, "gallery": gallery_dir, "index": index_dir,
+           "model": model_dir, "labels": labels_file, "ks": list(ks), "features": list(features)}
+  report = {"results": results, "setup": setup, "problems": problems}
+  atomic.write_json(os.path.join(output_dir, "metrics.json"), report)
+  atomic.write_text(os.path.join(output_dir, "metrics.md"), metrics.to_markdown(results))
+  return report
+
+
+def _classical_crop(model_dir: Optional[str], source: Optional[str], crop=None):
+  """Crop for classical features: the index's, the export's, a TFRecord manifest's or default."""
+  from facetriplet import export, faces, tfrecords  # pylint: disable=g-import-not-at-top
+  if crop:
+    return faces.CropSettings.from_dict(crop)
+  if model_dir:
+    return faces.CropSettings.from_dict(export.read_metadata(model_dir)["crop"])
+  if source and os.path.isdir(source) and gallery.is_tfrecord_dir(source):
+    crop = tfrecords.read_manifest(source).get("crop")
+    if crop:
+      return faces.CropSettings.from_dict(crop)
+  return faces.CropSettings()
+
+
+def _load_index(index_dir: str, extractor):
+  from facetriplet.index import ScannIndex  # pylint: disable=g-import-not-at-top
+  return ScannIndex.load(index_dir, expected_fingerprint=extractor.fingerprint,
+                         expected_dim=int(extractor.dim))

@@ -1,0 +1,334 @@
+"""Export a trained embedding model as a self-contained SavedModel, and load it back for embedding.
+
+The SavedModel is plain TensorFlow (a `tf.Module` with `tf.function` signatures, standard ops only),
+so it loads with `tf.saved_model.load` in a process that has never imported facetriplet and serves
+as-is in TF Serving:
+
+  serving_default  images uint8 [N, H, W, 3] (any H, W) -> {"embeddings": float32 [N, D]}
+  serving_bytes    image_bytes string [N] (JPEG/PNG/BMP/GIF) -> {"embeddings": float32 [N, D]}
+
+Both resize to the model's stored input size S (bilinear with antialiasing, rounded back to uint8;
+a no-op when the input already is S x S), then run the Keras model with `training=False`, so the
+augmentation is off and the backbone preprocessing and L2 normalisation inside the model apply.
+Inputs are expected to be face crops made with the settings recorded in the metadata.
+
+`assets/facetriplet.json` carries `embedding_dim`, `input_size`, `crop` (CropSettings dict from the
+training manifest), `config` (the training config), `fingerprint` (first 16 hex digits of a sha256
+over the weights) and where the weights came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from typing import Any, Optional
+
+import numpy as np
+from absl import logging
+
+from facetriplet import atomic
+from facetriplet.errors import UserError
+
+METADATA_FILE = "facetriplet.json"
+METADATA_VERSION = 1
+SIGNATURE_IMAGES = "serving_default"
+SIGNATURE_BYTES = "serving_bytes"
+INPUT_IMAGES = "images"
+INPUT_BYTES = "image_bytes"
+OUTPUT = "embeddings"
+WHICH = ("best", "last")
+# Modules that register the custom Keras objects a checkpoint may reference.
+_REGISTERING_MODULES = ("facetriplet.model", "facetriplet.augment", "facetriplet.losses")
+
+
+def _tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf
+
+
+def resolve_checkpoint(workdir_or_checkpoint: str, which: str = "best") -> str:
+  """The checkpoint file to export: a `.keras` path as given, else workdir/checkpoints/<which>.
+
+  Args:
+    workdir_or_checkpoint: a training workdir or a `.keras` file.
+    which: 'best' (falls back to 'last' when there is no best yet) or 'last'.
+
+  Raises:
+    UserError: unknown `which`, or no checkpoint found.
+  """
+  if which not in WHICH:
+    raise UserError(f"which={which!r} is not one of {', '.join(WHICH)}")
+  if os.path.isfile(workdir_or_checkpoint):
+    return workdir_or_checkpoint
+  if not os.path.isdir(workdir_or_checkpoint):
+    raise UserError(f"{workdir_or_checkpoint} does not exist: pass a training workdir "
+                    "(with checkpoints/) or a .keras checkpoint file")
+  ckpt_dir = os.path.join(workdir_or_checkpoint, "checkpoints")
+  order = ("best", "last") if which == "best" else ("last",)
+  for name in order:
+    path = os.path.join(ckpt_dir, f"{name}.keras")
+    if os.path.isfile(path):
+      if name != which:
+        logging.warning("no best.keras in %s; exporting last.keras", ckpt_dir)
+      return path
+  raise UserError(f"no {' or '.join(n + '.keras' for n in order)} in {ckpt_dir}: train first "
+                  "(facetriplet-train --workdir=...) or pass --checkpoint=<file.keras>")
+
+
+def _find_workdir(checkpoint: str) -> Optional[str]:
+  """The training workdir of a checkpoint (the folder holding config.json), if any."""
+  here = os.path.dirname(os.path.abspath(checkpoint))
+  for folder in (here, os.path.dirname(here)):
+    if os.path.isfile(os.path.join(folder, "config.json")) or os.path.isfile(
+        os.path.join(folder, "manifest.json")):
+      return folder
+  return None
+
+
+def _read_json(path: str) -> Optional[dict[str, Any]]:
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def load_checkpoint(path: str):
+  """Loads a `.keras` checkpoint (uncompiled) with facetriplet's custom layers registered."""
+  import keras  # pylint: disable=g-import-not-at-top
+  for name in _REGISTERING_MODULES:
+    if importlib.util.find_spec(name) is not None:
+      importlib.import_module(name)
+  try:
+    return keras.saving.load_model(path, compile=False)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot load checkpoint {path}: {e}") from None
+
+
+def model_fingerprint(model) -> str:
+  """First 16 hex digits of sha256 over every weight's shape, dtype and bytes, in model order."""
+  h = hashlib.sha256()
+  for w in model.weights:
+    a = np.ascontiguousarray(np.asarray(w))
+    h.update(f"{a.dtype.str}{a.shape};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+def model_input_size(model) -> int:
+  """The square input side S of an embedding model (input [None, S, S, 3])."""
+  shape = tuple(model.inputs[0].shape)
+  if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+    raise UserError(f"the model's input shape {shape} is not [None, S, S, 3]: export needs a "
+                    "model from facetriplet.model.build_embedding_model")
+  return int(shape[1])
+
+
+def resize_images(images, size: int, dtype="uint8"):
+  """Resizes a batch to size x size the way both signatures do; identity when already that size.
+
+  Args:
+    images: uint8 tensor [N, H, W, 3].
+    size: target side.
+    dtype: dtype the model input wants; integer dtypes are rounded and clipped to 0..255.
+
+  Returns:
+    Tensor [N, size, size, 3] of `dtype`.
+  """
+  tf = _tf()
+  dtype = tf.as_dtype(dtype)
+  images = tf.convert_to_tensor(images)
+
+  def resized():
+    x = tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear",
+                        antialias=True)
+    if dtype.is_integer:
+      x = tf.clip_by_value(tf.round(x), 0.0, 255.0)
+    return tf.cast(x, dtype)
+
+  shape = tf.shape(images)
+  same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
+  out = tf.cond(same, lambda: tf.cast(images, dtype), resized)
+  return tf.ensure_shape(out, [None, size, size, 3])
+
+
+def _make_module(model, size: int):
+  """A tf.Module holding the model and the two serving functions."""
+  tf = _tf()
+  in_dtype = tf.as_dtype(model.inputs[0].dtype)
+
+  class EmbeddingModule(tf.Module):
+    """Face embedding model: uint8 images or encoded bytes in, unit-length embeddings out."""
+
+    def __init__(self):
+      super().__init__(name="facetriplet_embedder")
+      self.model = model
+      # Keras 3 keeps random-layer seed states (SeedGenerator) outside the weights and outside
+      # TensorFlow's object tracking; the traced graph still captures them, so every variable of
+      # the model is listed here to make it reachable from the SavedModel root.
+      self.model_variables = [getattr(v, "value", v) for v in model.variables]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
+                                                name=INPUT_IMAGES)])
+    def serve_images(self, images):
+      x = resize_images(images, size, in_dtype)
+      return {OUTPUT: tf.cast(self.model(x, training=False), tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
+    def serve_bytes(self, image_bytes):
+      def decode(data):
+        img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        img.set_shape([None, None, 3])
+        return resize_images(img[tf.newaxis], size, tf.uint8)[0]
+
+      images = tf.map_fn(decode, image_bytes,
+                         fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+      x = tf.cast(images, in_dtype)
+      return {OUTPUT: tf.cast(self.model(x, training=False), tf.float32)}
+
+  return EmbeddingModule()
+
+
+@dataclasses.dataclass
+class ExportSummary:
+  export_dir: str
+  checkpoint: str
+  fingerprint: str
+  embedding_dim: int
+  input_size: int
+  seconds: float
+
+
+def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best",
+                 crop: Optional[dict[str, Any]] = None) -> ExportSummary:
+  """Exports a checkpoint as a SavedModel with both signatures and metadata, atomically.
+
+  Args:
+    workdir_or_checkpoint: a training workdir (checkpoints/best.keras or last.keras are used) or a
+      `.keras` file.
+    export_dir: output folder; replaced as a whole only once the new export is complete.
+    which: 'best' or 'last' when a workdir is given.
+    crop: CropSettings dict overriding the manifest's (needed when there is no manifest).
+
+  Returns:
+    ExportSummary.
+
+  Raises:
+    UserError: no checkpoint, unloadable checkpoint, unusable model shape.
+  """
+  tf = _tf()
+  start = time.time()
+  checkpoint = resolve_checkpoint(workdir_or_checkpoint, which)
+  workdir = _find_workdir(checkpoint)
+  config = _read_json(os.path.join(workdir, "config.json")) if workdir else None
+  manifest = _read_json(os.path.join(workdir, "manifest.json")) if workdir else None
+  model = load_checkpoint(checkpoint)
+  size = model_input_size(model)
+  if crop is None:
+    crop = (manifest or {}).get("crop")
+  if crop is None:
+    from facetriplet.faces import CropSettings  # pylint: disable=g-import-not-at-top
+    crop = CropSettings(size=size).to_dict()
+    logging.warning("no manifest.json beside %s: recording the default crop settings %s",
+                    checkpoint, crop)
+  if int(crop.get("size", size)) != size:
+    logging.warning("crop size %s differs from the model input size %d; the export resizes",
+                    crop.get("size"), size)
+  fingerprint = model_fingerprint(model)
+  dim = int(model.outputs[0].shape[-1])
+  module = _make_module(model, size)
+  metadata = {
+      "version": METADATA_VERSION,
+      "name": "embedding",
+      "embedding_dim": dim,
+      "input_size": size,
+      "input_dtype": str(tf.as_dtype(model.inputs[0].dtype).name),
+      "crop": dict(crop),
+      "config": config,
+      "fingerprint": fingerprint,
+      "checkpoint": os.path.abspath(checkpoint),
+      "signatures": {
+          SIGNATURE_IMAGES: {"input": INPUT_IMAGES, "dtype": "uint8", "shape": [None, None, None, 3],
+                             "output": OUTPUT},
+          SIGNATURE_BYTES: {"input": INPUT_BYTES, "dtype": "string", "shape": [None],
+                            "output": OUTPUT},
+      },
+      "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      "tensorflow": tf.__version__,
+  }
+  with tempfile.TemporaryDirectory() as meta_dir, atomic.atomic_path(export_dir) as tmp:
+    # As a tracked Asset the file is copied to assets/facetriplet.json, and a client without
+    # facetriplet finds it as `tf.saved_model.load(d).metadata_file.asset_path`.
+    atomic.write_json(os.path.join(meta_dir, METADATA_FILE), metadata)
+    module.metadata_file = tf.saved_model.Asset(os.path.join(meta_dir, METADATA_FILE))
+    tf.saved_model.save(module, tmp, signatures={
+        SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
+        SIGNATURE_BYTES: module.serve_bytes.get_concrete_function(),
+    })
+    if not os.path.isfile(os.path.join(tmp, "assets", METADATA_FILE)):
+      raise RuntimeError(f"the SavedModel in {tmp} lacks assets/{METADATA_FILE}")
+  logging.info("exported %s (fingerprint %s, dim %d, input %d) to %s", checkpoint, fingerprint,
+               dim, size, export_dir)
+  return ExportSummary(export_dir, checkpoint, fingerprint, dim, size, time.time() - start)
+
+
+def read_metadata(export_dir: str) -> dict[str, Any]:
+  """The export's assets/facetriplet.json; raises UserError when the folder is not an export."""
+  path = os.path.join(export_dir, "assets", METADATA_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f"{path} not found: {export_dir} is not a facetriplet export; run "
+                    "facetriplet-export --workdir=... --export_dir=... first")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+class Embedder:
+  """An exported model, with the same interface as the classical feature extractors."""
+
+  name = "embedding"
+
+  def __init__(self, export_dir: str, batch_size: int = 64):
+    tf = _tf()
+    self.export_dir = export_dir
+    self.metadata = read_metadata(export_dir)
+    self.fingerprint: str = self.metadata["fingerprint"]
+    self.dim: int = int(self.metadata["embedding_dim"])
+    self.input_size: int = int(self.metadata["input_size"])
+    self.batch_size = batch_size
+    from facetriplet.faces import CropSettings  # pylint: disable=g-import-not-at-top
+    self.crop_settings = CropSettings.from_dict(self.metadata["crop"])
+    self._loaded = tf.saved_model.load(export_dir)
+    self._fn = self._loaded.signatures[SIGNATURE_IMAGES]
+
+  def embed(self, images: np.ndarray) -> np.ndarray:
+    """Embeds uint8 face crops [N, S, S, 3] (any S is resized) into float32 [N, D] unit rows."""
+    tf = _tf()
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.shape}")
+    if len(images) == 0:
+      return np.zeros((0, self.dim), np.float32)
+    out = []
+    for i in range(0, len(images), self.batch_size):
+      batch = tf.constant(images[i:i + self.batch_size].astype(np.uint8, copy=False))
+      out.append(self._fn(**{INPUT_IMAGES: batch})[OUTPUT].numpy())
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+  def __repr__(self) -> str:
+    return f"Embedder({self.export_dir!r}, fingerprint={self.fingerprint}, dim={self.dim})"
+
+
+def load_embedder(export_dir: str, batch_size: int = 64) -> Embedder:
+  """Loads an export written by `export_model`.
+
+  Raises:
+    UserError: `export_dir` is not a facetriplet export.
+  """
+  if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+    raise UserError(f"{export_dir} holds no saved_model.pb: run facetriplet-export first")
+  return Embedder(export_dir, batch_size)

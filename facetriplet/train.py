@@ -1,0 +1,279 @@
+"""Training: strategy, optimizer, fit with resumable checkpoints, per-epoch retrieval evaluation.
+
+`train_and_evaluate(config, workdir)` writes into `workdir`:
+
+  config.json            the resolved config (atomic)
+  manifest.json          the dataset manifest (atomic)
+  metrics.jsonl          one line per evaluated epoch; epoch 0 is the untrained network (plus the
+                         raw-pixel baseline where facetriplet.classical is installed)
+  checkpoints/last.keras the model after the latest epoch
+  checkpoints/best.keras the model of the best val mAP@R so far
+  backup/phase{1,2}/     keras.callbacks.BackupAndRestore state (weights + optimizer + epoch)
+  logs/                  TensorBoard: train/ (Keras) and retrieval/ (val metrics)
+
+A run killed at any point and started again with the same workdir continues from the last
+backup: the epoch count, optimizer state and step counter come back, so the finished run has the
+same number of steps as an uninterrupted one (a kill between two backups repeats that part).
+
+Loss scaling: Keras 3 divides each replica's mean loss by the number of replicas before the
+gradient all-reduce (a sum), so the applied gradient is that of the mean of the per-replica
+losses, and the reported loss is that mean too (tests/test_train.py checks both numbers).
+Triplet mining sees one replica's sub-batch, which the input pipeline fills with whole identities.
+
+Transfer learning: with `train.freeze_backbone_epochs = N > 0` the first N epochs train only the
+projection (backbone frozen, its BatchNorm in inference mode); then the backbone is unfrozen and
+training continues with the learning rate times `train.finetune_lr_multiplier`, on the same
+warm-up + cosine schedule and step counter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from facetriplet import atomic
+from facetriplet import input_pipeline
+from facetriplet import losses
+from facetriplet import model as model_lib
+from facetriplet import tfrecords
+from facetriplet.errors import UserError
+from facetriplet.train_eval import RetrievalEvaluation, read_metrics
+
+
+@keras.saving.register_keras_serializable(package="facetriplet")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warm-up to `peak` over `warmup_steps`, then cosine decay to `peak * min_fraction`,
+  all times `multiplier` (the fine-tuning factor)."""
+
+  def __init__(self, peak: float, warmup_steps: int, total_steps: int,
+               min_fraction: float = 0.0, multiplier: float = 1.0):
+    self.peak = float(peak)
+    self.warmup_steps = int(warmup_steps)
+    self.total_steps = max(1, int(total_steps))
+    self.min_fraction = float(min_fraction)
+    self.multiplier = float(multiplier)
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    warmup = tf.cast(max(1, self.warmup_steps), tf.float32)
+    decay_steps = tf.cast(max(1, self.total_steps - self.warmup_steps), tf.float32)
+    progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+    cosine = 0.5 * (1.0 + tf.cos(np.pi * progress))
+    decayed = self.min_fraction + (1.0 - self.min_fraction) * cosine
+    rate = tf.where(step < self.warmup_steps, (step + 1.0) / warmup, decayed)
+    return self.peak * self.multiplier * rate
+
+  def get_config(self) -> dict:
+    return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps, "min_fraction": self.min_fraction,
+            "multiplier": self.multiplier}
+
+
+@keras.saving.register_keras_serializable(package="facetriplet")
+class ActiveTripletFraction(keras.metrics.Mean):
+  """Mean over steps of `losses.active_triplet_fraction` (how much of the batch still teaches)."""
+
+  def __init__(self, margin: float = 0.2, distance: str = "l2", name: str = "active_triplets",
+               **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.margin = float(margin)
+    self.distance = distance
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    return super().update_state(
+        losses.active_triplet_fraction(y_true, y_pred, self.margin, self.distance))
+
+  def get_config(self) -> dict:
+    config = super().get_config()
+    config.update({"margin": self.margin, "distance": self.distance})
+    return config
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+  """BackupAndRestore that records the right epoch in mid-epoch saves after a resume.
+
+  Keras 3.15 tracks the epoch only in `on_epoch_end`, so a `save_freq=<steps>` backup written in
+  the first epoch of a resumed run would claim epoch 0.
+  """
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._current_epoch = epoch
+
+
+def split_cpu(replicas: int) -> None:
+  """Splits the physical CPU into `replicas` logical devices (before TensorFlow starts).
+
+  Raises:
+    UserError: TensorFlow already started with fewer logical CPUs.
+  """
+  cpus = tf.config.list_physical_devices("CPU")
+  try:
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+  except RuntimeError as e:
+    have = len(tf.config.list_logical_devices("CPU"))
+    if have < replicas:
+      raise UserError(f"train.cpu_replicas={replicas} needs the CPU split before TensorFlow "
+                      f"starts, but it already runs with {have} CPU device(s): call "
+                      "train.split_cpu first or run in a fresh process") from e
+
+
+_STRATEGIES: dict = {}
+
+
+def make_strategy(train_config: Any) -> tf.distribute.Strategy:
+  """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else MirroredStrategy
+  over all local GPUs, else over `train_config.cpu_replicas` logical CPUs (the default strategy
+  for one CPU).
+
+  One strategy per kind is kept for the life of the process: a second MirroredStrategy over the
+  same CPUs reuses the first one's collective keys, and its all-reduces then abort with "Shape
+  mismatch in the collective instance" (seen when a run resumes in the same process).
+  """
+  cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+  if len(cluster.get("worker", [])) > 1:
+    key = ("multi_worker",)
+    factory = tf.distribute.MultiWorkerMirroredStrategy
+  elif tf.config.list_physical_devices("GPU"):
+    key = ("gpus",)
+    factory = tf.distribute.MirroredStrategy
+  else:
+    replicas = int(train_config.get("cpu_replicas", 1) or 1)
+    if replicas <= 1:
+      return tf.distribute.get_strategy()
+    split_cpu(replicas)
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
+    key = ("cpu", replicas)
+    factory = lambda: tf.distribute.MirroredStrategy(devices)  # noqa: E731
+  if key not in _STRATEGIES:
+    _STRATEGIES[key] = factory()
+  return _STRATEGIES[key]
+
+
+def _optimizer(train: Any, peak_lr: float, steps_per_epoch: int, multiplier: float,
+               mixed_precision: str) -> keras.optimizers.Optimizer:
+  total = int(train.epochs) * steps_per_epoch
+  schedule = WarmupCosine(peak_lr, int(float(train.warmup_epochs) * steps_per_epoch), total,
+                          float(train.min_lr_fraction), multiplier)
+  if train.optimizer == "adamw":
+    opt = keras.optimizers.AdamW(schedule, weight_decay=float(train.weight_decay))
+  elif train.optimizer == "sgd":
+    opt = keras.optimizers.SGD(schedule, momentum=float(train.momentum), nesterov=True)
+  else:
+    raise UserError(f"unknown optimizer {train.optimizer!r}; valid: adamw, sgd "
+                    "(set --config.train.optimizer)")
+  if mixed_precision == "mixed_float16":
+    opt = keras.optimizers.LossScaleOptimizer(opt)
+  return opt
+
+
+def _compile(model: keras.Model, config: Any, optimizer: keras.optimizers.Optimizer,
+             jit_compile: bool) -> None:
+  loss = losses.TripletLoss(config.loss.kind, config.loss.margin, config.loss.distance)
+  model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile,
+                metrics=[ActiveTripletFraction(config.loss.margin, config.loss.distance)])
+
+
+def _peak_lr(config: Any, replicas: int) -> float:
+  lr = float(config.train.learning_rate)
+  planned = int(config.train.get("num_replicas", 1) or 1)
+  if planned != replicas:
+    logging.warning("config.train.num_replicas=%d but the strategy has %d replicas: scaling the "
+                    "learning rate by %d/%d to keep lr = base_lr * global_batch / 256",
+                    planned, replicas, replicas, planned)
+    lr *= replicas / planned
+  return lr
+
+
+def train_and_evaluate(config: Any, workdir: str,
+                       extra_callbacks: Optional[Sequence[keras.callbacks.Callback]] = None
+                       ) -> dict:
+  """Trains the embedding model of `config` and evaluates retrieval on the val split each epoch.
+
+  Args:
+    config: experiment ConfigDict (see configs/default.py).
+    workdir: output folder; an existing one from an interrupted run is resumed.
+    extra_callbacks: more Keras callbacks (tests use one to interrupt a run).
+
+  Returns:
+    The last metrics.jsonl record (val retrieval metrics of the final epoch) plus
+    `best_map@r`, `best_epoch`, `steps` and `workdir`.
+
+  Raises:
+    UserError: missing data, bad settings, weights that cannot be loaded.
+  """
+  if not config.data.tfrecord_dir:
+    raise UserError("no training data: set --config.data.tfrecord_dir=<folder written by "
+                    "facetriplet-build-tfrecords>")
+  logging.info("config:\n%s", config)
+  data_dir = config.data.tfrecord_dir
+  manifest = tfrecords.read_manifest(data_dir)
+  os.makedirs(workdir, exist_ok=True)
+  atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  atomic.write_json(os.path.join(workdir, tfrecords.MANIFEST), manifest)
+
+  train = config.train
+  strategy = make_strategy(train)
+  replicas = strategy.num_replicas_in_sync
+  p, k = int(train.p), int(train.k)
+  global_batch = replicas * p * k
+  steps = input_pipeline.steps_per_epoch(manifest, config.data.train_split, global_batch,
+                                         train.steps_per_epoch)
+  epochs = int(train.epochs)
+  freeze = min(int(train.freeze_backbone_epochs), epochs)
+  peak_lr = _peak_lr(config, replicas)
+  input_size = int(config.model.input_size or input_pipeline.crop_size(manifest))
+  jit = bool(train.jit_compile) and not (replicas > 1 and not tf.config.list_physical_devices(
+      "GPU"))  # XLA fails under MirroredStrategy on CPU
+  logging.info("%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs "
+               "(%d frozen); peak lr %.3g; stored crops %d px -> %d px", replicas, p, k,
+               global_batch, steps, epochs, freeze, peak_lr, input_size,
+               config.model.image_size)
+
+  dataset = input_pipeline.train_dataset(
+      data_dir, config.data.train_split, p, k, replicas, int(config.seed),
+      max_group_size=int(config.data.max_group_size), min_photos=int(config.data.min_photos),
+      shuffle_groups=int(config.data.shuffle_groups), cache=bool(config.data.cache))
+  val = input_pipeline.eval_dataset(data_dir, config.data.val_split,
+                                    int(train.eval_batch_size), cache=bool(config.data.cache))
+  with strategy.scope():
+    model = model_lib.build_embedding_model(config, input_size)
+  evaluation = RetrievalEvaluation(workdir, val, int(train.get("eval_every_epochs", 1) or 1),
+                                   steps, crop=manifest.get("crop"))
+  tensorboard = keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False,
+                                            profile_batch=0)
+  save_freq = int(train.checkpoint_every_steps) or "epoch"
+  phases = [(1, 0, freeze, False, 1.0)] if freeze > 0 else []
+  phases.append((2, freeze, epochs, True,
+                 float(train.finetune_lr_multiplier) if freeze > 0 else 1.0))
+  for phase, first_epoch, last_epoch, trainable, multiplier in phases:
+    backup = _Backup(os.path.join(workdir, "backup", f"phase{phase}"), save_freq=save_freq,
+                     double_checkpoint=True, delete_checkpoint=False)
+    with strategy.scope():
+      model_lib.set_backbone_trainable(model, trainable)
+      optimizer = _optimizer(train, peak_lr, steps, multiplier,
+                             config.model.get("mixed_precision", ""))
+      _compile(model, config, optimizer, jit)
+      optimizer.build(model.trainable_variables)
+      # The schedule runs on the global step: phase 2 starts where phase 1 stopped.
+      optimizer.iterations.assign(first_epoch * steps)
+    # Keras keeps the epoch restored by BackupAndRestore on the model and never resets it.
+    model._initial_epoch = None  # pylint: disable=protected-access
+    logging.info("phase %d: epochs %d-%d, backbone %s, lr x %g", phase, first_epoch + 1,
+                 last_epoch, "trainable" if trainable else "frozen", multiplier)
+    model.fit(dataset, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps,
+              shuffle=False,  # the pipeline shuffles
+              callbacks=[backup, evaluation, tensorboard, *(extra_callbacks or [])],
+              verbose=int(train.get("verbose", 2)))
+  records = read_metrics(workdir)
+  final = dict(records[-1]) if records else {}
+  final.update(evaluation.best_summary())
+  final.update({"steps": int(model.optimizer.iterations.numpy()), "workdir": workdir})
+  logging.info("done: %s", json.dumps(final, sort_keys=True, default=str))
+  return final

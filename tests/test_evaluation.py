@@ -1,0 +1,86 @@
+"""Evaluation: gallery, index and leave-one-out set-ups agree with metrics.py; outputs written."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facetriplet import evaluation, gallery, metrics, retrieval
+from facetriplet.errors import UserError
+from tests.test_export import make_export
+from tests.test_retrieval import write_image_set
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("evaluation"))
+  rng = np.random.default_rng(3)
+  export_dir = make_export(root, seed=0)
+  write_image_set(os.path.join(root, "gallery"), rng, per_identity=3)
+  write_image_set(os.path.join(root, "queries"), rng, per_identity=1, prefix="q_")
+  flat = os.path.join(root, "flat")
+  names = write_image_set(flat, rng, per_identity=1, folders=False, prefix="f_")
+  with open(os.path.join(root, "labels.txt"), "w") as f:
+    f.writelines(f"{name} {identity}\n" for name, identity in names.items())
+  extractor = retrieval.make_extractor("embedding", export_dir)
+  gallery.build_gallery_index(extractor, os.path.join(root, "gallery"),
+                              os.path.join(root, "index"), progress=False, model_dir=export_dir)
+  return root, export_dir, extractor
+
+
+def test_gallery_and_index_agree_with_metrics(sets, tmp_path):
+  root, export_dir, extractor = sets
+  dense = evaluation.evaluate(["embedding"], os.path.join(tmp_path, "dense"), export_dir,
+                              queries=os.path.join(root, "queries"),
+                              gallery_dir=os.path.join(root, "gallery"), grid_queries=2,
+                              grid_k=4, progress=False)
+  via_index = evaluation.evaluate([], os.path.join(tmp_path, "index"),
+                                  queries=os.path.join(root, "queries"),
+                                  index_dir=os.path.join(root, "index"), grid_queries=2,
+                                  progress=False)
+  q = evaluation.embed_set(extractor, os.path.join(root, "queries"), "auto", None, 8, 1, False)
+  g = evaluation.embed_set(extractor, os.path.join(root, "gallery"), "auto", None, 8, 1, False)
+  expected = metrics.retrieval_metrics(q.embeddings, q.identities, g.embeddings, g.identities)
+  for key in ("top1", "top5", "precision@5", "recall@5", "map@r"):
+    assert dense["results"]["embedding"][key] == pytest.approx(expected[key])
+    assert via_index["results"]["embedding"][key] == pytest.approx(expected[key], abs=1e-6)
+  assert dense["results"]["embedding"]["num_queries"] == 3
+  for out in ("dense", "index"):
+    with open(os.path.join(tmp_path, out, "metrics.json")) as f:
+      assert "embedding" in json.load(f)["results"]
+    with open(os.path.join(tmp_path, out, "metrics.md")) as f:
+      assert "| embedding |" in f.read()
+    with Image.open(os.path.join(tmp_path, out, "grid.png")) as im:
+      assert im.size[0] > im.size[1] > 0
+
+
+def test_leave_one_out_and_labels_file(sets, tmp_path):
+  root, export_dir, _ = sets
+  loo = evaluation.evaluate(["embedding"], str(tmp_path), export_dir, leave_one_out=True,
+                            data=os.path.join(root, "gallery"), grid_queries=0, progress=False)
+  assert loo["results"]["embedding"]["num_queries"] == 9
+  assert loo["setup"]["mode"] == "leave_one_out"
+  assert not os.path.exists(os.path.join(tmp_path, "grid.png"))
+  labelled = evaluation.evaluate(["embedding"], str(tmp_path), export_dir,
+                                 queries=os.path.join(root, "flat"),
+                                 gallery_dir=os.path.join(root, "gallery"),
+                                 labels_file=os.path.join(root, "labels.txt"), grid_queries=1,
+                                 progress=False)
+  assert labelled["results"]["embedding"]["num_queries"] == 3
+
+
+def test_unknown_identities_and_bad_setups(sets, tmp_path):
+  root, export_dir, _ = sets
+  with pytest.raises(UserError, match="known identity"):
+    evaluation.evaluate(["embedding"], str(tmp_path), export_dir,
+                        queries=os.path.join(root, "flat"),
+                        gallery_dir=os.path.join(root, "gallery"), progress=False)
+  with pytest.raises(UserError, match="--queries with one of"):
+    evaluation.evaluate(["embedding"], str(tmp_path), export_dir,
+                        queries=os.path.join(root, "flat"), progress=False)
+  with pytest.raises(UserError, match="one kind of features"):
+    evaluation.evaluate(["embedding", "hog"], str(tmp_path), export_dir,
+                        queries=os.path.join(root, "queries"),
+                        index_dir=os.path.join(root, "index"), progress=False)

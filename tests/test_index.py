@@ -1,0 +1,191 @@
+"""Tests for facetriplet/index.py: ScaNN against exact NumPy search, save/load, refusals."""
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from facetriplet import index as index_lib
+from facetriplet.errors import UserError
+from facetriplet.index import ScannIndex, auto_config
+
+
+def _unit(x):
+  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n, dim, num_queries, seed=0):
+  """Face-like unit vectors: groups > identity centres > photos; queries are new photos."""
+  rng = np.random.default_rng(seed)
+  groups = _unit(rng.standard_normal((16, dim)))
+  num_ids = max(1, n // 5)
+  centres = _unit(groups[rng.integers(0, 16, num_ids)]
+                  + 1.5 / np.sqrt(dim) * rng.standard_normal((num_ids, dim)))
+  gallery = _unit(centres[np.arange(n) % len(centres)]
+                  + 0.7 / np.sqrt(dim) * rng.standard_normal((n, dim)))
+  who = rng.integers(0, len(centres), num_queries)
+  queries = _unit(centres[who] + 0.7 / np.sqrt(dim) * rng.standard_normal((num_queries, dim)))
+  return gallery, queries
+
+
+def exact_topk(gallery, queries, k):
+  scores = queries @ gallery.T
+  idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  return idx, np.take_along_axis(scores, idx, 1)
+
+
+def items_for(n):
+  return [{"path": f"img/{i}.jpg", "identity": f"id{i // 5}"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ah_case():
+  """A 20k x 64 gallery indexed with forced AH settings (the large-gallery code path)."""
+  gallery, queries = clustered(20_000, 64, 200, seed=1)
+  index = ScannIndex.build(gallery, items_for(len(gallery)), "model-A", num_leaves=100,
+                           num_leaves_to_search=15, training_sample_size=20_000, reorder_k=100)
+  return gallery, queries, index
+
+
+@pytest.fixture(scope="module")
+def small_case():
+  gallery, queries = clustered(2_000, 32, 50, seed=2)
+  return gallery, queries, ScannIndex.build(gallery, items_for(len(gallery)), "model-A")
+
+
+def test_auto_config_brute_force_for_small_and_ah_for_large():
+  assert auto_config(5_000, 128)["mode"] == "brute_force"
+  large = auto_config(1_000_000, 128, 0.95)
+  assert large["mode"] == "ah"
+  assert large["num_leaves"] == 1000
+  assert 1 <= large["num_leaves_to_search"] < large["num_leaves"]
+  assert large["reorder_k"] >= 10
+  assert large["training_sample_size"] <= 1_000_000
+  # A higher target searches at least as much; an exact target means brute force.
+  higher = auto_config(1_000_000, 128, 0.99)
+  assert higher["num_leaves_to_search"] >= large["num_leaves_to_search"]
+  assert auto_config(1_000_000, 128, 1.0)["mode"] == "brute_force"
+  with pytest.raises(UserError, match="empty"):
+    auto_config(0, 128)
+  with pytest.raises(UserError, match="target_recall"):
+    auto_config(100_000, 128, 1.5)
+
+
+def test_ah_recall_and_scores_against_numpy(ah_case):
+  gallery, queries, index = ah_case
+  assert index.config["mode"] == "ah" and index.config["num_leaves"] == 100
+  indices, scores = index.search(queries, 10)
+  assert indices.shape == (200, 10) and scores.shape == (200, 10)
+  assert scores.dtype == np.float32
+  truth, _ = exact_topk(gallery, queries, 10)
+  recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices, truth)])
+  assert recall >= 0.9, recall
+  # Scores are the exact dot products of the returned rows (re-ranked), highest first.
+  expected = np.einsum("qd,qkd->qk", queries, gallery[indices])
+  np.testing.assert_allclose(scores, expected, atol=1e-4)
+  assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+def test_brute_force_is_exact(small_case):
+  gallery, queries, index = small_case
+  assert index.config["mode"] == "brute_force"
+  indices, scores = index.search(queries, 10)
+  _, expected_scores = exact_topk(gallery, queries, 10)
+  np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+  np.testing.assert_allclose(
+      scores, np.einsum("qd,qkd->qk", queries, gallery[indices]), atol=1e-4)
+  # Single query (1-d) works too.
+  one_idx, one_scores = index.search(queries[0], 10)
+  np.testing.assert_allclose(one_scores[0], scores[0], atol=1e-5)
+  assert list(one_idx[0]) == list(indices[0])
+
+
+def test_properties(small_case):
+  gallery, _, index = small_case
+  assert len(index) == 2_000 and index.dim == 32
+  assert index.fingerprint == "model-A"
+  assert index.items[7] == {"path": "img/7.jpg", "identity": "id1"}
+  np.testing.assert_array_equal(index.embeddings, gallery)
+
+
+@pytest.mark.parametrize("case", ["small_case", "ah_case"])
+def test_save_then_load_from_moved_folder(case, request, tmp_path):
+  _, queries, index = request.getfixturevalue(case)
+  saved = index.save(str(tmp_path / "built" / "index"))
+  assert sorted(os.listdir(saved)) == ["embeddings.npy", "index.json", "items.jsonl", "scann"]
+  assets = (tmp_path / "built" / "index" / "scann" / "scann_assets.pbtxt").read_text()
+  assert str(tmp_path) not in assets  # asset paths are relative: the folder can move
+  moved = str(tmp_path / "elsewhere" / "renamed")
+  os.makedirs(os.path.dirname(moved))
+  shutil.move(saved, moved)
+  loaded = ScannIndex.load(moved, expected_fingerprint="model-A", expected_dim=index.dim)
+  before_idx, before_scores = index.search(queries, 10)
+  after_idx, after_scores = loaded.search(queries, 10)
+  np.testing.assert_array_equal(after_idx, before_idx)
+  np.testing.assert_array_equal(after_scores, before_scores)
+  assert loaded.items == index.items and loaded.config == index.config
+  assert loaded.fingerprint == "model-A" and len(loaded) == len(index)
+  np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+
+
+def test_save_replaces_existing_index_atomically(small_case, tmp_path):
+  _, queries, index = small_case
+  target = str(tmp_path / "index")
+  index.save(target)
+  index.save(target)  # a second save over an existing folder replaces it
+  assert sorted(os.listdir(tmp_path)) == ["index"]
+  np.testing.assert_array_equal(ScannIndex.load(target).search(queries, 3)[0],
+                                index.search(queries, 3)[0])
+
+
+def test_fingerprint_and_dim_mismatch_are_refused(small_case, tmp_path):
+  _, _, index = small_case
+  target = index.save(str(tmp_path / "index"))
+  with pytest.raises(UserError, match=r"built with model model-A, queries come from model B.*"
+                     "facetriplet-build-index"):
+    ScannIndex.load(target, expected_fingerprint="B")
+  with pytest.raises(UserError, match="32-d embeddings, queries are 64-d"):
+    ScannIndex.load(target, expected_dim=64)
+  with pytest.raises(UserError, match="queries have shape"):
+    index.search(np.ones((2, 64), np.float32), 5)
+
+
+def test_missing_or_corrupt_folder_is_a_user_error(small_case, tmp_path):
+  with pytest.raises(UserError, match="no index at"):
+    ScannIndex.load(str(tmp_path / "nothing"))
+  target = small_case[2].save(str(tmp_path / "index"))
+  os.remove(os.path.join(target, "embeddings.npy"))
+  with pytest.raises(UserError, match="incomplete or corrupt"):
+    ScannIndex.load(target)
+  with open(os.path.join(target, "index.json"), "w") as f:
+    f.write("{not json")
+  with pytest.raises(UserError, match="index.json"):
+    ScannIndex.load(target)
+
+
+def test_k_larger_than_gallery_is_clamped(caplog):
+  gallery, queries = clustered(30, 16, 4)
+  index = ScannIndex.build(gallery, items_for(30), "m")
+  with caplog.at_level(logging.WARNING):
+    indices, scores = index.search(queries, 100)
+  assert indices.shape == (4, 30) and scores.shape == (4, 30)
+  assert sorted(indices[0].tolist()) == list(range(30))
+  assert "larger than the gallery" in caplog.text
+
+
+def test_bad_inputs_are_user_errors():
+  with pytest.raises(UserError, match="empty"):
+    ScannIndex.build(np.zeros((0, 8), np.float32), [], "m")
+  gallery, _ = clustered(10, 8, 1)
+  with pytest.raises(UserError, match="items"):
+    ScannIndex.build(gallery, items_for(9), "m")
+  with pytest.raises(UserError, match="unit length"):
+    ScannIndex.build(gallery * 2, items_for(10), "m")
+  with pytest.raises(UserError, match="unknown index setting"):
+    ScannIndex.build(gallery, items_for(10), "m", leaves=3)
+  # Unset (None) settings, as tools pass them, mean "automatic".
+  assert ScannIndex.build(gallery, items_for(10), "m", num_leaves=None).config["mode"] == (
+      "brute_force")
+  assert index_lib.BRUTE_FORCE_BELOW == 20_000

@@ -1,0 +1,115 @@
+"""Tests of facetriplet/model.py: unit float32 embeddings, .keras round trip, inference mode."""
+
+import os
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from facetriplet import model as model_lib
+from facetriplet.errors import UserError
+
+
+def _config(**model_overrides):
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = ml_collections.ConfigDict(dict(
+      backbone="resnet18", weights="none", width=0.125, image_size=32, input_size=40,
+      embedding_dim=16, mixed_precision=""))
+  config.model.update(model_overrides)
+  config.augment = ml_collections.ConfigDict(dict(
+      flip=True, translate=0.1, zoom=0.1, rotation=0.03, brightness=0.2, contrast=0.2,
+      saturation=0.2, hue=0.02, grayscale=0.2, erasing=0.5, erasing_scale=(0.02, 0.2)))
+  return config
+
+
+def _uint8(n=3, size=40):
+  return np.random.RandomState(1).randint(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
+class ModelTest(tf.test.TestCase):
+
+  def test_unit_float32_embeddings_of_stored_size_input(self):
+    model = model_lib.build_embedding_model(_config())
+    self.assertEqual(model.input.shape, (None, 40, 40, 3))
+    self.assertEqual(model.input.dtype, "uint8")
+    out = model(_uint8(), training=False)
+    self.assertEqual(out.dtype, tf.float32)
+    self.assertEqual(out.shape, (3, 16))
+    self.assertAllClose(np.linalg.norm(out.numpy(), axis=1), np.ones(3), atol=1e-5)
+
+  def test_augmentation_off_at_inference(self):
+    model = model_lib.build_embedding_model(_config())
+    x = _uint8()
+    aug = model.get_layer("augmentation")
+    self.assertAllEqual(aug(x.astype(np.float32)), x.astype(np.float32))  # default: off
+    self.assertNotAllClose(aug(x.astype(np.float32), training=True), x.astype(np.float32))
+    a = model(x, training=False)
+    self.assertAllClose(model(x), a)  # calling without `training` never augments
+    self.assertAllClose(model.predict(x, verbose=0), a, atol=1e-5)
+
+  def test_keras_save_load_round_trip(self):
+    model = model_lib.build_embedding_model(_config())
+    path = os.path.join(self.get_temp_dir(), "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = _uint8(4)
+    self.assertAllClose(loaded(x, training=False), model(x, training=False), atol=1e-6)
+    self.assertEqual(loaded.get_layer("augmentation").augment_config,
+                     model.get_layer("augmentation").augment_config)
+
+  def test_mixed_precision_keeps_float32_output(self):
+    model = model_lib.build_embedding_model(_config(mixed_precision="mixed_bfloat16"))
+    self.assertEqual(keras.config.dtype_policy().name, "float32")  # global policy restored
+    self.assertEqual(model.get_layer("projection").compute_dtype, "bfloat16")
+    out = model(_uint8(), training=False)
+    self.assertEqual(out.dtype, tf.float32)
+    self.assertAllClose(np.linalg.norm(out.numpy(), axis=1), np.ones(3), atol=1e-3)
+
+  def test_freeze_backbone(self):
+    model = model_lib.build_embedding_model(_config())
+    model_lib.set_backbone_trainable(model, False)
+    self.assertEqual([v.path.split("/")[0] for v in model.trainable_variables],
+                     ["projection", "projection"])
+    model_lib.set_backbone_trainable(model, True)
+    self.assertGreater(len(model.trainable_variables), 2)
+
+
+def test_imagenet_download_failure_is_a_user_error(monkeypatch):
+  from keras.src.utils import file_utils
+
+  def offline(*args, **kwargs):
+    raise Exception("URL fetch failure: no network")  # pylint: disable=broad-exception-raised
+
+  monkeypatch.setattr(file_utils, "get_file", offline)
+  with pytest.raises(UserError, match="could not download the ImageNet weights"):
+    model_lib.build_embedding_model(_config(backbone="mobilenetv3small", weights="imagenet"))
+
+
+def test_bad_weights_and_backbone_are_user_errors(tmp_path):
+  with pytest.raises(UserError, match="not found"):
+    model_lib.build_embedding_model(_config(weights=str(tmp_path / "missing.h5")))
+  with pytest.raises(UserError, match="no ImageNet weights"):
+    model_lib.build_embedding_model(_config(weights="imagenet"))
+  with pytest.raises(UserError, match="unknown backbone"):
+    model_lib.build_embedding_model(_config(backbone="resnet1000"))
+
+
+def test_local_weights_file(tmp_path):
+  first = model_lib.build_backbone("resnet18", 32, None, 0.125)
+  path = str(tmp_path / "backbone.weights.h5")
+  first.save_weights(path)
+  second = model_lib.build_backbone("resnet18", 32, path, 0.125)
+  for a, b in zip(first.weights, second.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["resnet50", "efficientnetb0", "vgg16", "mobilenetv3small"])
+def test_keras_application_backbones(backbone):
+  model = model_lib.build_embedding_model(_config(backbone=backbone, image_size=32))
+  out = model(_uint8(2), training=False)
+  assert out.shape == (2, 16) and out.dtype == tf.float32
+  np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, atol=1e-5)

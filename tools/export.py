@@ -1,0 +1,49 @@
+"""Exports a trained embedding model as a SavedModel with its metadata.
+
+  facetriplet-export --workdir=runs/demo --export_dir=runs/demo/export        # best.keras
+  facetriplet-export --workdir=runs/demo --which=last --export_dir=...
+  facetriplet-export --checkpoint=runs/demo/checkpoints/best.keras --export_dir=...
+
+The logic lives in `facetriplet.export.export_model`; signatures and metadata are described there.
+"""
+
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from facetriplet import export
+from facetriplet.errors import UserError, run_tool
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A .keras checkpoint (instead of --workdir).")
+_WHICH = flags.DEFINE_enum("which", "best", list(export.WHICH),
+                           "Checkpoint of the workdir to export (best falls back to last).")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output SavedModel folder (replaced whole).")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
+    raise UserError("pass exactly one of --workdir=<training workdir> or --checkpoint=<file.keras>")
+  if not _EXPORT_DIR.value:
+    raise UserError("--export_dir is required: the folder to write the SavedModel to")
+  source = _CHECKPOINT.value or _WORKDIR.value
+  logging.info("export: source=%s which=%s export_dir=%s", source, _WHICH.value, _EXPORT_DIR.value)
+  s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value)
+  print(f"exported {s.checkpoint} -> {s.export_dir}\n"
+        f"  fingerprint {s.fingerprint}, embedding dim {s.embedding_dim}, input "
+        f"{s.input_size}x{s.input_size} uint8\n"
+        f"  signatures: {export.SIGNATURE_IMAGES} ({export.INPUT_IMAGES} uint8 [N,H,W,3]), "
+        f"{export.SIGNATURE_BYTES} ({export.INPUT_BYTES} string [N]) -> {export.OUTPUT} float32 "
+        f"[N,{s.embedding_dim}]\n  {s.seconds:.1f} s")
+
+
+def run():
+  run_tool(main)
+
+
+if __name__ == "__main__":
+  run()
