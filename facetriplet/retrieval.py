@@ -221,12 +221,14 @@ def clamp_k(k: int, gallery_size: int) -> int:
 
 
 def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: int = 64,
-             workers: int = 4, progress: bool = True) -> RetrievalResult:
+             workers: int = 4, progress: bool = True, exclude_self: bool = True,
+             ) -> RetrievalResult:
   """Top-k gallery items for each query entry.
 
   Every entry keeps a `QueryResult`, in input order: an unreadable query has no neighbours and
   its problem set; a query without a detected face is answered from the fallback crop and its
-  problem says so.
+  problem says so. With `exclude_self`, a query that is itself a gallery file (the same path,
+  as in leave-one-out over one labelled set) never retrieves itself.
 
   Raises:
     UserError: empty gallery, or an extractor other than the index's.
@@ -236,7 +238,15 @@ def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: 
   check_compatible(extractor, index)
   embeddings, kept, problems = embed_entries(extractor, entries, batch_size, workers, progress,
                                              desc="queries")
-  indices, scores = (index.search(embeddings, k) if len(kept) else
+  self_row = {}
+  if exclude_self:
+    gallery_row = {os.path.realpath(item["path"]): j for j, item in enumerate(index.items)
+                   if item.get("path")}
+    self_row = {id(e): gallery_row[os.path.realpath(e.path)] for e in kept
+                if os.path.realpath(e.path) in gallery_row}
+  # One extra neighbour when some query may find itself, which is then dropped.
+  search_k = min(k + 1, len(index)) if self_row else k
+  indices, scores = (index.search(embeddings, search_k) if len(kept) else
                      (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)))
   names = [item_name(item) for item in index.items]
   counts: dict[str, int] = {}
@@ -249,9 +259,9 @@ def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: 
     row = row_of.get(id(entry))
     neighbors = []
     if row is not None:
-      for rank, (j, s) in enumerate(zip(indices[row], scores[row]), 1):
-        if j < 0:
-          continue
+      own = self_row.get(id(entry), -1)
+      hits = [(j, s) for j, s in zip(indices[row], scores[row]) if j >= 0 and j != own][:k]
+      for rank, (j, s) in enumerate(hits, 1):
         item = index.items[int(j)]
         # File names identify gallery images (the competition's flat folders); where two share a
         # name (identity folders) the relative path does.

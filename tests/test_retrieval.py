@@ -290,3 +290,28 @@ def test_duplicate_gallery_file_names_use_relative_paths(setup):
   result = retrieval.retrieve(extractor, index, kept[:1], k=3, progress=False)
   names = retrieval.make_submission(result, "g")["images"][retrieval.query_names(result)[0]]
   assert sorted(names) == ["a/same.png", "b/same.png", "c/same.png"]
+
+
+def test_gallery_files_as_queries_never_retrieve_themselves(setup):
+  """Leave-one-out over one set: querying with the gallery's own files.
+
+  Each of the 6 readable gallery photos is a query; with exclude_self its own file is never in
+  its list, every list has the other 5 (k=10 clamped to 6, minus itself), and the top hit's
+  similarity equals the brute-force best among the *other* gallery rows. Without exclude_self the
+  file finds itself first (similarity 1).
+  """
+  index = ScannIndex.load(setup["index"])
+  entries = [e for e in retrieval.list_queries(setup["gallery"]) if "broken" not in e.path]
+  result = retrieval.retrieve(setup["extractor"], index, entries, k=10, progress=False)
+  emb = index.embeddings
+  row_of = {item["path"]: j for j, item in enumerate(index.items)}
+  for q in result.queries:
+    paths = [n["path"] for n in q.neighbors]
+    assert q.entry.path not in paths and len(paths) == 5
+    own = row_of[q.entry.path]
+    sims = emb @ emb[own]
+    sims[own] = -np.inf
+    assert q.neighbors[0]["score"] == pytest.approx(float(sims.max()), abs=1e-4)
+  plain = retrieval.retrieve(setup["extractor"], index, entries, k=10, progress=False,
+                             exclude_self=False)
+  assert all(q.neighbors[0]["path"] == q.entry.path for q in plain.queries)

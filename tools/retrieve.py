@@ -28,6 +28,10 @@ _FEATURES = flags.DEFINE_enum("features", None, list(retrieval.FEATURES),
                               "Features (default: those the index was built with).")
 _LAYOUT = flags.DEFINE_enum("layout", "auto", list(retrieval.LAYOUTS), "Layout of a query folder.")
 _K = flags.DEFINE_integer("k", 10, "Gallery images per query.")
+_EXCLUDE_SELF = flags.DEFINE_bool(
+    "exclude_self", True,
+    "A query that is itself a gallery file (same path: leave-one-out over one labelled set) "
+    "never retrieves itself.")
 _OUTPUT = flags.DEFINE_string("output", ".", "Folder for submission.json and results.csv.")
 _GROUPNAME = flags.DEFINE_string("groupname", "facetriplet", "Team name in the submission.")
 _SUBMIT_URL = flags.DEFINE_string("submit_url", None, "POST the submission JSON here.")
@@ -67,7 +71,7 @@ def main(argv: Sequence[str]) -> None:
                len(index), features, model, _K.value, _OUTPUT.value, _GROUPNAME.value,
                _SUBMIT_URL.value)
   result = retrieval.retrieve(extractor, index, entries, _K.value, _BATCH_SIZE.value, workers,
-                              _PROGRESS.value)
+                              _PROGRESS.value, exclude_self=_EXCLUDE_SELF.value)
   payload = retrieval.make_submission(result, _GROUPNAME.value)
   submission = os.path.join(_OUTPUT.value, "submission.json")
   csv_path = os.path.join(_OUTPUT.value, "results.csv")
