@@ -15,7 +15,8 @@ Methods, all answering the queries as one batch on every core:
   ivf         faiss IndexIVFFlat (inner product), nlist = 4 sqrt(n), nprobe sweep.
 
   python -m benchmarks.bench_search --sizes=100000 --queries=1000           # ~2 min on 2 cores
-  python -m benchmarks.bench_search --sizes=1000000 --queries=1000 --hnsw_m=16   # ~20 min
+  python -m benchmarks.bench_search --sizes=1000000 --queries=1000 --hnsw_m=16 \
+      --hnsw_build_budget_s=480                                             # ~15 min
 
 It writes benchmarks/results/search_<size>.json (e.g. search_100k, search_1m).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import time
 from typing import Any, Callable
 
@@ -65,14 +67,14 @@ def clustered_gallery(n: int, num_queries: int, dim: int = DIM,
 
 
 def exact_search(gallery: np.ndarray, queries: np.ndarray, k: int = K,
-                 chunk: int = 131_072) -> np.ndarray:
+                 chunk: int = 65_536) -> np.ndarray:
   """Exact top-k by dot product: matrix multiply + argpartition per gallery chunk, then merge."""
   best_scores = np.full((len(queries), k), -np.inf, np.float32)
   best_ids = np.zeros((len(queries), k), np.int64)
   for start in range(0, len(gallery), chunk):
     scores = queries @ gallery[start:start + chunk].T
     kk = min(k, scores.shape[1])
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    part = np.argpartition(scores, scores.shape[1] - kk, axis=1)[:, -kk:]
     cand_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, 1)], axis=1)
     cand_ids = np.concatenate([best_ids, part + start], axis=1)
     top = np.argpartition(-cand_scores, k - 1, axis=1)[:, :k]
@@ -87,9 +89,9 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
   return hits / truth[:, :K].size
 
 
-def timed(fn: Callable[[], Any], repeats: int = 2) -> tuple[Any, float]:
-  """Runs `fn` once to warm up, then `repeats` times; returns (result, best seconds)."""
-  result = fn()
+def timed(fn: Callable[[], Any], repeats: int = 2, warmup: bool = True) -> tuple[Any, float]:
+  """Runs `fn` once to warm up (optionally), then `repeats` times; returns (result, best s)."""
+  result = fn() if warmup else None
   best = math.inf
   for _ in range(repeats):
     start = time.perf_counter()
@@ -103,7 +105,7 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
   gallery, queries = clustered_gallery(n, num_queries, seed=args.seed)
   q = len(queries)
   rows: list[list[Any]] = []
-  truth, secs = timed(lambda: exact_search(gallery, queries), repeats=1)
+  truth, secs = timed(lambda: exact_search(gallery, queries), repeats=1, warmup=False)
   exact_qps = q / secs
   rows.append([n, "exact", "numpy matmul + argpartition", 0.0, round(exact_qps), 1.0])
   print(f"[{n}] exact: {exact_qps:.0f} q/s", flush=True)
@@ -128,6 +130,8 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
                      round(build_s, 1), round(q / secs), round(recall_at_k(found, truth), 4)])
         print(f"[{n}] {rows[-1]}", flush=True)
   del index
+  peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  memory = f"Peak memory through data + exact + ScaNN (before faiss): {peak_gib:.1f} GiB. "
 
   try:
     import faiss  # pylint: disable=g-import-not-at-top
@@ -136,7 +140,7 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
   if faiss is not None and not args.skip_faiss:
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     rows += _bench_faiss(faiss, gallery, queries, truth, args)
-  return rows, _summary(n, rows, exact_qps)
+  return rows, memory + _summary(n, rows, exact_qps)
 
 
 def _bench_faiss(faiss: Any, gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray,
@@ -146,9 +150,16 @@ def _bench_faiss(faiss: Any, gallery: np.ndarray, queries: np.ndarray, truth: np
   start = time.perf_counter()
   hnsw = faiss.IndexHNSWFlat(gallery.shape[1], args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
   hnsw.hnsw.efConstruction = args.hnsw_ef_construction
-  hnsw.add(gallery)
+  for chunk_start in range(0, n, 50_000):  # in chunks, so a slow build can be abandoned
+    hnsw.add(gallery[chunk_start:chunk_start + 50_000])
+    if time.perf_counter() - start > args.hnsw_build_budget_s and chunk_start + 50_000 < n:
+      print(f"[{n}] hnsw build over {args.hnsw_build_budget_s} s budget: skipped", flush=True)
+      rows.append([n, "hnsw", f"M={args.hnsw_m}, efConstruction={args.hnsw_ef_construction}: "
+                   f"skipped, build passed {args.hnsw_build_budget_s} s after "
+                   f"{chunk_start + 50_000} points", None, None, None])
+      break
   build_s = time.perf_counter() - start
-  for ef in args.ef_search:
+  for ef in args.ef_search if hnsw.ntotal == n else []:
     hnsw.hnsw.efSearch = ef
     (_, found), secs = timed(lambda: hnsw.search(queries, K))
     rows.append([n, "hnsw", f"M={args.hnsw_m}, efConstruction={args.hnsw_ef_construction}, "
@@ -177,11 +188,13 @@ def _summary(n: int, rows: list[list[Any]], exact_qps: float) -> str:
   """One line per method: its fastest setting with recall@10 >= 0.95, and the speed-up."""
   parts = []
   for method in ("scann-auto", "scann", "hnsw", "ivf"):
-    ok = [r for r in rows if r[1] == method and r[5] >= 0.95]
+    ok = [r for r in rows if r[1] == method and r[5] is not None and r[5] >= 0.95]
     if ok:
       best = max(ok, key=lambda r: r[4])
       parts.append(f"{method}: {best[4]} q/s ({best[4] / exact_qps:.1f}x exact) at recall "
                    f"{best[5]} [{best[2]}]")
+    elif any(r[1] == method and r[5] is None for r in rows):
+      parts.append(f"{method}: skipped (build time budget)")
     elif any(r[1] == method for r in rows):
       parts.append(f"{method}: no setting reached recall 0.95")
   return f"n={n}, fastest at recall@10 >= 0.95 — " + "; ".join(parts)
@@ -201,10 +214,11 @@ def main() -> None:
   parser.add_argument("--queries", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--leaf_fractions", type=_floats,
-                      default=[0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15])
-  parser.add_argument("--reorder", type=_ints, default=[100, 250])
+                      default=[0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08])
+  parser.add_argument("--reorder", type=_ints, default=[100, 200])
   parser.add_argument("--hnsw_m", type=int, default=32)
   parser.add_argument("--hnsw_ef_construction", type=int, default=40)
+  parser.add_argument("--hnsw_build_budget_s", type=float, default=1200)
   parser.add_argument("--ef_search", type=_ints, default=[16, 32, 64, 128, 256])
   parser.add_argument("--nprobe", type=_ints, default=[4, 8, 16, 32, 64])
   parser.add_argument("--skip_faiss", action="store_true")
