@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from facetriplet import atomic, retrieval
+from facetriplet import retrieval
 from facetriplet.errors import UserError
 
 GALLERY_FILE = "gallery.json"
@@ -127,14 +127,13 @@ def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "
                     "folder and --layout")
   index = ScannIndex.build(embeddings, [item_of(e) for e in kept], extractor.fingerprint,
                            target_recall=target_recall, **overrides)
-  index.save(index_dir)
   info = {"features": getattr(extractor, "name", "embedding"),
           "model": os.path.abspath(model_dir) if model_dir else None,
           "fingerprint": extractor.fingerprint, "dim": int(extractor.dim),
           "crop": extractor.crop_settings.to_dict(), "gallery": os.path.abspath(gallery),
           "layout": layout, "items": len(kept), "skipped": [p.to_dict() for p in skipped],
           "no_face": [p.rel_path for p in no_face]}
-  atomic.write_json(os.path.join(index_dir, GALLERY_FILE), info)
+  index.save(index_dir, extra_json={GALLERY_FILE: info})
   return GallerySummary(index_dir, len(kept), skipped, no_face, int(extractor.dim), index.config,
                         time.time() - start)
 

@@ -220,11 +220,13 @@ class ScannIndex:
       scores[missing] = -np.inf
     return indices, scores
 
-  def save(self, directory: str) -> str:
+  def save(self, directory: str, extra_json: dict[str, Any] | None = None) -> str:
     """Writes the index as one folder, atomically (temp folder beside it, then rename).
 
     Args:
       directory: Destination folder; an existing index there is replaced.
+      extra_json: {file name: JSON-serialisable object} written into the same folder before the
+        rename (e.g. gallery.json), so the folder appears complete or not at all.
 
     Returns:
       The folder written.
@@ -242,6 +244,9 @@ class ScannIndex:
                    "count": len(self), "scann": self.config, "metric": "dot_product",
                    "facetriplet_version": facetriplet.__version__, "created": self.created},
                   f, indent=2, sort_keys=True)
+      for name, obj in (extra_json or {}).items():
+        with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+          json.dump(obj, f, indent=2, sort_keys=True, default=str)
     logging.info("Saved index of %d items to %s", len(self), directory)
     return directory
 
