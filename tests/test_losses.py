@@ -11,13 +11,7 @@ from facetriplet import losses
 
 DISTANCES = losses.DISTANCES
 
-# Multi-replica code is tested on two logical CPU devices; this only works before TensorFlow
-# initialises its devices, so it runs at import (the strategy test skips when it was too late).
-try:
-  tf.config.set_logical_device_configuration(
-      tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-except RuntimeError:
-  pass
+# Multi-replica tests use the two logical CPU devices and the one strategy of tests/conftest.py.
 
 
 # ----------------------------------------------------------------------------- NumPy references
@@ -295,13 +289,10 @@ def test_keras_wrapper_equals_function_and_round_trips(kind, fn):
   assert isinstance(restored, losses.TripletLoss) and restored.kind == kind
 
 
-def test_keras_wrapper_under_mirrored_strategy():
+def test_keras_wrapper_under_mirrored_strategy(two_replica_strategy):
   """Two replicas, each with its own half batch: Keras' reduction and replica scaling must make
   the cross-replica SUM equal the mean of the per-replica batch losses."""
-  devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-  if len(devices) < 2:
-    pytest.skip("needs two logical CPU devices (TensorFlow was initialised before this module)")
-  strategy = tf.distribute.MirroredStrategy(devices[:2])
+  strategy = two_replica_strategy
   labels, x = random_batch(8, batch=16, identities=3)
   loss_obj = losses.TripletLoss(kind="batch_hard", margin=0.5)
   all_labels, all_x = tf.constant(labels.reshape(2, 8)), tf.constant(x.reshape(2, 8, -1))
@@ -355,16 +346,13 @@ def test_gradients_match_naive_triplet_tensor():
                                rtol=1e-4, atol=1e-5)
 
 
-def test_keras_fit_and_evaluate_under_mirrored_strategy(tmp_path):
+def test_keras_fit_and_evaluate_under_mirrored_strategy(tmp_path, two_replica_strategy):
   """model.evaluate under two replicas reports the mean of the per-replica batch losses (each
   replica forms triplets within its own half of the global batch), and the compiled loss
   survives a .keras save/load."""
-  devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-  if len(devices) < 2:
-    pytest.skip("needs two logical CPU devices (TensorFlow was initialised before this module)")
   keras.utils.set_random_seed(0)
   labels, x = random_batch(10, batch=64, identities=4, dim=6)
-  strategy = tf.distribute.MirroredStrategy(devices[:2])
+  strategy = two_replica_strategy
   with strategy.scope():
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4),
                               keras.layers.UnitNormalization()])
