@@ -191,6 +191,20 @@ def _peak_lr(config: Any, replicas: int) -> float:
   return lr
 
 
+def _check_splits(manifest: dict, config: Any, data_dir: str) -> None:
+  """A train split without two identities of 2+ photos, or an empty val split, is a UserError."""
+  train_split, val_split = config.data.train_split, config.data.val_split
+  usable = input_pipeline.usable_identities(manifest, train_split, int(config.data.min_photos))
+  if usable < 2:
+    raise UserError(f"{data_dir}: split '{train_split}' has {usable} identities with "
+                    f"{config.data.min_photos}+ photos; triplet training needs at least 2 "
+                    "(and P per batch): add photos or rebuild with a smaller --val_fraction")
+  if not manifest.get("splits", {}).get(val_split, {}).get("images"):
+    raise UserError(f"{data_dir}: split '{val_split}' is empty, so nothing can be evaluated: "
+                    "rebuild the TFRecords with --val_fraction>0 or set "
+                    "--config.data.val_split to a split that exists")
+
+
 def train_and_evaluate(config: Any, workdir: str,
                        extra_callbacks: Optional[Sequence[keras.callbacks.Callback]] = None
                        ) -> dict:
@@ -214,6 +228,7 @@ def train_and_evaluate(config: Any, workdir: str,
   logging.info("config:\n%s", config)
   data_dir = config.data.tfrecord_dir
   manifest = tfrecords.read_manifest(data_dir)
+  _check_splits(manifest, config, data_dir)
   os.makedirs(workdir, exist_ok=True)
   atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   atomic.write_json(os.path.join(workdir, tfrecords.MANIFEST), manifest)

@@ -283,6 +283,15 @@ def test_tool_errors_are_one_line(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   lines = [l for l in proc.stderr.splitlines() if not ABSL_LOG.match(l)]
   assert len(lines) == 1 and str(out) in lines[0] and "--overwrite" in lines[0]
+  bad = tmp_path / "all_bad" / "person"
+  os.makedirs(bad)
+  (bad / "a.jpg").write_bytes(b"")
+  (bad / "b.jpg").write_bytes(b"not an image")
+  proc = _tool(f"--input={tmp_path / 'all_bad'}", f"--output={tmp_path / 'bad_out'}", "--workers=1",
+               "--noprogress")
+  lines = [l for l in proc.stderr.splitlines() if not ABSL_LOG.match(l)]
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert len(lines) == 1 and "no image" in lines[0] and "manifest.json" in lines[0], proc.stderr
 
 
 @pytest.mark.slow

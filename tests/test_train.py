@@ -216,3 +216,17 @@ def test_tool_trains_and_reports_user_errors(data_dir, tmp_path):
       env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2
   assert "config.data.tfrecord_dir" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_unusable_splits_are_user_errors(tmp_path):
+  """One usable identity, or no val split: a one-line UserError before any training starts."""
+  from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
+  one = str(tmp_path / "one")
+  shard_helpers.write_dataset(one, {"train": [3, 1], "val": [2]}, size=SIZE, shards=1)
+  with pytest.raises(UserError, match="1 identities with 2\\+ photos"):
+    train.train_and_evaluate(smoke_config(one), str(tmp_path / "w1"))
+  no_val = str(tmp_path / "no_val")
+  shard_helpers.write_dataset(no_val, {"train": [3, 2, 2]}, size=SIZE, shards=1)
+  with pytest.raises(UserError, match="split 'val' is empty"):
+    train.train_and_evaluate(smoke_config(no_val), str(tmp_path / "w2"))
+  assert not os.path.exists(tmp_path / "w1") and not os.path.exists(tmp_path / "w2")

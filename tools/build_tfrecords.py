@@ -87,6 +87,10 @@ def main(argv: Sequence[str]) -> None:
       identity_file=_IDENTITY_FILE.value or None, partition_file=_PARTITION_FILE.value or None,
       max_pixels=int(_MAX_MEGAPIXELS.value * 1e6), progress=_PROGRESS.value)
   print(summary.format())
+  if summary.written == 0:
+    raise UserError(f"no image of {_INPUT.value} was written ({summary.rejected} rejected: "
+                    f"{summary.rejected_by_reason}); the reasons per file are in "
+                    f"{os.path.join(_OUTPUT.value, 'manifest.json')}")
 
 
 def run() -> None:
