@@ -29,6 +29,17 @@ class ImageError(UserError):
 def run_tool(main: Callable[[Sequence[str]], None]) -> None:
   """Runs an absl main; a `UserError` becomes one line on stderr and exit status 2."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  # As a console script the main module is setuptools' wrapper, so --help would show neither the
+  # tool's docstring nor its flags: lend it both.
+  module = sys.modules.get(main.__module__)
+  if module is not None:
+    for flag in flags.FLAGS.get_flags_for_module(module.__name__):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    entry = sys.modules.get("__main__")
+    if entry is not None and entry is not module and not entry.__doc__:
+      entry.__doc__ = module.__doc__
 
   def guarded(argv: Sequence[str]) -> None:
     try:

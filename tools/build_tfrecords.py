@@ -12,7 +12,6 @@ A killed run resumes: re-run the same command and only missing shards are writte
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 from absl import app
@@ -94,10 +93,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  # As a console script the main module is the wrapper, so --help would list no flags: make this
-  # module's flags key flags of the program too.
-  for flag in flags.FLAGS.get_flags_for_module(__name__):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   run_tool(main)
 
 
