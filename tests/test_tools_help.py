@@ -12,7 +12,7 @@ TOOLS = {
     "facetriplet-train": ["--config", "--workdir"],
     "facetriplet-export": ["--workdir", "--export_dir"],
     "facetriplet-build-index": ["--gallery", "--target_recall"],
-    "facetriplet-retrieve": ["--submit_url", "--exclude_self", "--groupname"],
+    "facetriplet-retrieve": ["--submit_url", "exclude_self", "--groupname"],
     "facetriplet-evaluate": ["--leave_one_out", "--features"],
     "facetriplet-make-demo-data": ["--identities", "--photos"],
 }
