@@ -38,7 +38,7 @@ def _fmt(v) -> str:
       return f"{v:,.0f}"
     if v != 0 and abs(v) < 0.01:
       return f"{v:.2e}"
-    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return f"{v:.3f}" if abs(v) < 1 else f"{v:.1f}"
   return str(v)
 
 
