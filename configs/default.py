@@ -65,6 +65,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.loss.kind = "semi_hard"          # semi_hard | batch_hard | batch_all | random
   config.loss.margin = 0.2
   config.loss.distance = "l2"             # l2 | squared_l2 | angular
+  config.loss.soft = False                # batch_hard only: softplus instead of the hinge
 
   config.train = ml_collections.ConfigDict()
   p = ml_collections.FieldReference(32)

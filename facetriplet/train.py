@@ -175,7 +175,8 @@ def _optimizer(train: Any, peak_lr: float, steps_per_epoch: int, multiplier: flo
 
 def _compile(model: keras.Model, config: Any, optimizer: keras.optimizers.Optimizer,
              jit_compile: bool) -> None:
-  loss = losses.TripletLoss(config.loss.kind, config.loss.margin, config.loss.distance)
+  loss = losses.TripletLoss(config.loss.kind, config.loss.margin, config.loss.distance,
+                            soft=bool(config.loss.get("soft", False)))
   model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile,
                 metrics=[ActiveTripletFraction(config.loss.margin, config.loss.distance)])
 
