@@ -42,12 +42,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(path: str, arg: str | None = None):
   """`get_config(arg)` of a config file, loaded by path like the tools do."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "bench_config_" + os.path.basename(path).replace(".", "_"), path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  from facetriplet import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load_config(path, arg)
 
 
 def _ints(text: str) -> list[int]:

@@ -40,7 +40,6 @@ import time
 import traceback
 from typing import Any, Sequence
 
-import numpy as np
 
 from benchmarks import common
 from benchmarks.bench_embed import load_config

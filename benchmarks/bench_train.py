@@ -13,7 +13,6 @@ about a minute on a 2-core CPU; ResNet50 at 112 px trains at ~24 img/s there.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import time
@@ -64,13 +63,6 @@ def cpu_peak_flops() -> float:
   return (os.cpu_count() or 1) * mhz * 1e6 * _FLOPS_PER_CYCLE.value
 
 
-def _load_config(path: str):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -80,7 +72,8 @@ def main(argv: Sequence[str]) -> None:
   from facetriplet import model as model_lib  # pylint: disable=g-import-not-at-top
   from facetriplet import train  # pylint: disable=g-import-not-at-top
 
-  config = _load_config(_CONFIG.value)
+  from facetriplet import config_files  # pylint: disable=g-import-not-at-top
+  config = config_files.load_config(_CONFIG.value)
   config.model.backbone = _BACKBONE.value
   config.model.weights = "none"
   config.model.width = _WIDTH.value

@@ -13,20 +13,16 @@ photos). Expected: val top-1 well above the untrained network (epoch-0 line of m
 Smoke variant (seconds): `--config=configs/orl.py:smoke`.
 """
 
-import importlib.util
-import os
 from typing import Optional
 
 import ml_collections
 
+from facetriplet import config_files
+
 
 def _default():
-  """configs/default.py, loaded by path (config files are loaded by path, not as a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("facetriplet_configs_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """configs/default.py (config files are loaded by path, not as a package)."""
+  return config_files.sibling(__file__, "default.py")
 
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:

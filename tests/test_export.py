@@ -43,15 +43,13 @@ def build_tiny_model(size: int = SIZE, dim: int = DIM, seed: int = 0):
 
 def build_smoke_model(size: int = SIZE):
   """The training engineer's model (configs/default.py:smoke, resnet18 at 32 px), untrained."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
+  from facetriplet import config_files  # pylint: disable=g-import-not-at-top
   from facetriplet import model as model_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
-  spec = importlib.util.spec_from_file_location("default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   keras.utils.set_random_seed(0)
-  return model_lib.build_embedding_model(module.get_config("smoke"), input_size=size)
+  return model_lib.build_embedding_model(config_files.load_config(path, "smoke"),
+                                         input_size=size)
 
 
 def make_workdir(root: str, size: int = SIZE, dim: int = DIM, seed: int = 0,

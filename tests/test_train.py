@@ -1,6 +1,5 @@
 """Tests of facetriplet/train.py, tools/train.py and configs/ (two logical CPU replicas)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from facetriplet import config_files  # noqa: E402
 from facetriplet import input_pipeline  # noqa: E402
 from facetriplet import losses  # noqa: E402
 from facetriplet import model as model_lib  # noqa: E402
@@ -34,11 +34,7 @@ needs_two_cpus = pytest.mark.skipif(
 
 
 def load_config(name, arg=None):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"test_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_files.load_config(os.path.join(REPO, "configs", f"{name}.py"), arg)
 
 
 @pytest.fixture(scope="module")
