@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?=
+QUICK ?=
 DEMO_DIR ?= demo_run
 
 .PHONY: help venv test test-fast demo bench clean
@@ -13,7 +14,8 @@ help:
 	@echo "make demo   - install, generate a face set, build tfrecords, train, export, index, retrieve, evaluate"
 	@echo "make demo DATA=<folder of identity sub-folders> - the same on your own photos"
 	@echo "make test   - install and run the test suite"
-	@echo "make bench  - run the benchmarks and regenerate BENCHMARKS.md"
+	@echo "make bench  - run the benchmarks and regenerate BENCHMARKS.md (~1.5 h on 2 cores)"
+	@echo "make bench QUICK=1 - every benchmark at tiny size (~5 min); real results untouched"
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +35,7 @@ demo: $(STAMP)
 	$(PY) -m facetriplet.demo --workdir=$(DEMO_DIR) $(if $(DATA),--data=$(DATA),)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.run_all $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info
