@@ -26,7 +26,6 @@ Smoke variant (seconds): `--config=configs/lfw.py:smoke`.
 
 from typing import Optional
 
-
 import ml_collections
 
 from facetriplet import config_files

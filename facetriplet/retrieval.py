@@ -240,10 +240,11 @@ def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: 
                                              desc="queries")
   self_row = {}
   if exclude_self:
-    gallery_row = {os.path.realpath(item["path"]): j for j, item in enumerate(index.items)
+    # abspath is string work only (no filesystem calls), so this stays cheap for 1M items.
+    gallery_row = {os.path.abspath(item["path"]): j for j, item in enumerate(index.items)
                    if item.get("path")}
-    self_row = {id(e): gallery_row[os.path.realpath(e.path)] for e in kept
-                if os.path.realpath(e.path) in gallery_row}
+    self_row = {id(e): gallery_row[os.path.abspath(e.path)] for e in kept
+                if os.path.abspath(e.path) in gallery_row}
   # One extra neighbour when some query may find itself, which is then dropped.
   search_k = min(k + 1, len(index)) if self_row else k
   indices, scores = (index.search(embeddings, search_k) if len(kept) else
