@@ -32,6 +32,7 @@ _BATCH = flags.DEFINE_integer("batch", 64, "Global batch (P x K with K=4).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per feed.")
 _MIXED = flags.DEFINE_string("mixed_precision", "", "'', mixed_bfloat16 or mixed_float16.")
 _WIDTH = flags.DEFINE_float("width", 0.5, "resnet18 channel multiplier.")
+_JIT = flags.DEFINE_bool("jit", False, "XLA (jit_compile=True); one replica only on a CPU.")
 _FLOPS_PER_CYCLE = flags.DEFINE_integer(
     "flops_per_cycle", 32,
     "Peak float32 FLOPs per core per cycle: 32 for two 256-bit FMA pipes (AMD Zen 3/4, Intel "
@@ -91,8 +92,8 @@ def main(argv: Sequence[str]) -> None:
     train_flops = 3 * forward_flops(model, _STORED.value)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     peak = None if gpu else cpu_peak_flops()
-    train._compile(model, config, keras.optimizers.AdamW(1e-4),  # pylint: disable=protected-access
-                   jit_compile=False)
+    train._compile(model, config.loss, keras.optimizers.AdamW(1e-4),  # pylint: disable=protected-access
+                   jit_compile=_JIT.value)
     pipeline = input_pipeline.train_dataset(tmp, "train", p, k, seed=0)
     in_memory = tf.data.Dataset.from_tensors(next(iter(pipeline))).repeat()
     for name, ds in (("TFRecord pipeline", pipeline), ("in-memory batch", in_memory)):
@@ -101,7 +102,8 @@ def main(argv: Sequence[str]) -> None:
       model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
       seconds = time.perf_counter() - start
       ips = steps * batch / seconds
-      rows.append([name, config.model.backbone, config.model.image_size, batch,
+      rows.append([name + (" (XLA)" if _JIT.value else ""), config.model.backbone,
+                   config.model.image_size, batch,
                    _MIXED.value or "float32", round(ips, 1), round(1000 * seconds / steps, 1),
                    round(ips * train_flops / 1e9, 1),
                    f"{100 * ips * train_flops / peak:.0f}%" if peak else "n/a"])

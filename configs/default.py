@@ -47,6 +47,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.model.input_size = 0             # stored crop size; 0 = from the manifest
   config.model.embedding_dim = 128
   config.model.mixed_precision = ""       # '' | 'mixed_bfloat16' | 'mixed_float16' (GPUs)
+  config.model.test_time_flip = False     # embed image + mirror, average (eval and export)
 
   config.augment = ml_collections.ConfigDict()
   config.augment.flip = True
@@ -63,9 +64,22 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.kind = "semi_hard"          # semi_hard | batch_hard | batch_all | random
-  config.loss.margin = 0.2
+  #                                         | cosface | arcface (margin softmax, class head)
+  config.loss.margin = 0.2                # triplet margin
   config.loss.distance = "l2"             # l2 | squared_l2 | angular
   config.loss.soft = False                # batch_hard only: softplus instead of the hinge
+  config.loss.scale = 30.0                # margin softmax: s
+  config.loss.class_margin = 0.35         # margin softmax: m (cosface 0.35, arcface 0.5 rad)
+
+  # Optional second stage: the last `epochs` of train.epochs fine-tune with a triplet loss.
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.epochs = 0              # 0 = one stage only
+  config.finetune.kind = "semi_hard"      # a triplet loss kind
+  config.finetune.margin = 0.2
+  config.finetune.distance = "l2"
+  config.finetune.soft = False
+  config.finetune.lr_multiplier = 0.1     # peak lr of the stage = train.learning_rate x this
+  config.finetune.warmup_epochs = 0.5
 
   config.train = ml_collections.ConfigDict()
   p = ml_collections.FieldReference(32)
@@ -91,6 +105,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 128
   config.train.eval_every_epochs = 1
   config.train.jit_compile = False        # XLA; never used with several CPU replicas
+  config.train.init_from = ""             # warm start: training workdir, .keras file or export
   config.train.verbose = 2                # Keras fit verbosity (1 = progress bar)
 
   if arg:

@@ -10,7 +10,10 @@ as-is in TF Serving:
 Both resize to the model's stored input size S (bilinear with antialiasing, rounded back to uint8;
 a no-op when the input already is S x S), then run the Keras model with `training=False`, so the
 augmentation is off and the backbone preprocessing and L2 normalisation inside the model apply.
-Inputs are expected to be face crops made with the settings recorded in the metadata.
+With test-time flip (`flip=True`, by default the training config's `model.test_time_flip`) each
+image and its left-right mirror are embedded in one batch and the output is the normalised sum of
+the two embeddings. Inputs are expected to be face crops made with the settings recorded in the
+metadata.
 
 `assets/facetriplet.json` carries `embedding_dim`, `input_size`, `crop` (CropSettings dict from the
 training manifest), `config` (the training config), `fingerprint` (first 16 hex digits of a sha256
@@ -44,7 +47,8 @@ INPUT_BYTES = "image_bytes"
 OUTPUT = "embeddings"
 WHICH = ("best", "last")
 # Modules that register the custom Keras objects a checkpoint may reference.
-_REGISTERING_MODULES = ("facetriplet.model", "facetriplet.augment", "facetriplet.losses")
+_REGISTERING_MODULES = ("facetriplet.model", "facetriplet.augment", "facetriplet.losses",
+                        "facetriplet.margin_softmax")
 
 
 def _tf():
@@ -157,10 +161,18 @@ def resize_images(images, size: int, dtype="uint8"):
   return tf.ensure_shape(out, [None, size, size, 3])
 
 
-def _make_module(model, size: int):
+def _make_module(model, size: int, flip: bool = False):
   """A tf.Module holding the model and the two serving functions."""
   tf = _tf()
   in_dtype = tf.as_dtype(model.inputs[0].dtype)
+
+  def embed(x):
+    if not flip:
+      return tf.cast(model(x, training=False), tf.float32)
+    n = tf.shape(x)[0]
+    both = tf.cast(model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False),
+                   tf.float32)
+    return tf.math.l2_normalize(both[:n] + both[n:], axis=1, epsilon=1e-12)
 
   class EmbeddingModule(tf.Module):
     """Face embedding model: uint8 images or encoded bytes in, unit-length embeddings out."""
@@ -176,8 +188,7 @@ def _make_module(model, size: int):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
                                                 name=INPUT_IMAGES)])
     def serve_images(self, images):
-      x = resize_images(images, size, in_dtype)
-      return {OUTPUT: tf.cast(self.model(x, training=False), tf.float32)}
+      return {OUTPUT: embed(resize_images(images, size, in_dtype))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
     def serve_bytes(self, image_bytes):
@@ -188,8 +199,7 @@ def _make_module(model, size: int):
 
       images = tf.map_fn(decode, image_bytes,
                          fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
-      x = tf.cast(images, in_dtype)
-      return {OUTPUT: tf.cast(self.model(x, training=False), tf.float32)}
+      return {OUTPUT: embed(tf.cast(images, in_dtype))}
 
   return EmbeddingModule()
 
@@ -205,7 +215,8 @@ class ExportSummary:
 
 
 def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best",
-                 crop: Optional[dict[str, Any]] = None) -> ExportSummary:
+                 crop: Optional[dict[str, Any]] = None,
+                 flip: Optional[bool] = None) -> ExportSummary:
   """Exports a checkpoint as a SavedModel with both signatures and metadata, atomically.
 
   Args:
@@ -214,6 +225,7 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
     export_dir: output folder; replaced as a whole only once the new export is complete.
     which: 'best' or 'last' when a workdir is given.
     crop: CropSettings dict overriding the manifest's (needed when there is no manifest).
+    flip: test-time flip (see the module docstring); None = the config's model.test_time_flip.
 
   Returns:
     ExportSummary.
@@ -240,8 +252,12 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
     logging.warning("crop size %s differs from the model input size %d; the export resizes",
                     crop.get("size"), size)
   fingerprint = model_fingerprint(model)
+  if flip is None:
+    flip = bool(((config or {}).get("model") or {}).get("test_time_flip", False))
+  if flip:  # Another function of the same weights: it must not pass as the plain one.
+    fingerprint = hashlib.sha256(f"{fingerprint}:flip".encode()).hexdigest()[:16]
   dim = int(model.outputs[0].shape[-1])
-  module = _make_module(model, size)
+  module = _make_module(model, size, flip)
   metadata = {
       "version": METADATA_VERSION,
       "name": "embedding",
@@ -251,6 +267,7 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
       "crop": dict(crop),
       "config": config,
       "fingerprint": fingerprint,
+      "test_time_flip": bool(flip),
       "checkpoint": os.path.abspath(checkpoint),
       "signatures": {
           SIGNATURE_IMAGES: {"input": INPUT_IMAGES, "dtype": "uint8", "shape": [None, None, None, 3],

@@ -52,6 +52,7 @@ class IngestSummary:
   decoded: int = 0
   written: int = 0
   no_face: int = 0
+  haar_fallback: int = 0
   rejected: int = 0
   ignored_files: int = 0
   identities: int = 0
@@ -76,7 +77,8 @@ class IngestSummary:
     return "\n".join([
         f"output: {self.output}",
         f"images listed {self.listed}, read this run {self.decoded}, written {self.written}, "
-        f"no face {self.no_face}, rejected {self.rejected}" + (f" ({reasons})" if reasons else ""),
+        f"no face {self.no_face}, rejected {self.rejected}" + (f" ({reasons})" if reasons else "")
+        + (f", MTCNN missed but Haar found {self.haar_fallback}" if self.haar_fallback else ""),
         f"identities {self.identities}, single-photo identities (unusable as triplet anchors) "
         f"{self.single_photo_identities}, empty identity folders {self.empty_identities}, "
         f"other files ignored {self.ignored_files}",
@@ -142,7 +144,7 @@ def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
     with tqdm.tqdm(total=len(tasks), unit="img", desc="build tfrecords", disable=not progress,
                    smoothing=0.1) as bar:
       for shard in todo:
-        decoded += _write_shard(output_dir, shard, results, bar)
+        decoded += _write_shard(output_dir, shard, results, bar, crop.detector)
   manifest = _manifest(plan, listing, settings, fingerprint, output_dir)
   tfrecords.write_manifest(output_dir, manifest)
   return _summary(manifest, output_dir, len(listing.entries), decoded, len(todo),
@@ -220,62 +222,90 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False) -> None:
   if subprocess:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent handles Ctrl-C and stops the pool.
+    if crop.get("detector") == "mtcnn":  # One process per core: TensorFlow gets one thread.
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.threading.set_intra_op_parallelism_threads(1)
+      tf.config.threading.set_inter_op_parallelism_threads(1)
   cv2.setNumThreads(1)  # One process per core already; OpenCV's own threads would oversubscribe.
   _WORKER["cropper"] = faces.FaceCropper(faces.CropSettings.from_dict(crop))
   _WORKER["max_pixels"] = max_pixels
 
 
-def _crop_one(task: tuple[str, str]) -> tuple:
-  """('ok', jpeg, box, found) | ('no-face', box) when skipped | ('error', reason, detail)."""
-  path, _ = task
+def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
+  """Per task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box) when skipped |
+  ('error', reason, detail). The decodable photos of the chunk go through the detector together
+  (MTCNN runs batched)."""
   cropper = _WORKER["cropper"]
+  out: list[tuple] = [()] * len(tasks)
+  good: list[tuple[int, Any]] = []
   # One bad photo must never stop the job: anything unexpected becomes a rejection.
+  for i, (path, _) in enumerate(tasks):
+    try:
+      good.append((i, faces.load_rgb(path, max_pixels=_WORKER["max_pixels"])))
+    except ImageError as e:
+      out[i] = ("error", e.reason, e.detail)
+    except Exception as e:  # pylint: disable=broad-except
+      out[i] = ("error", "unreadable", f"{type(e).__name__}: {e}")
   try:
-    rgb = faces.load_rgb(path, max_pixels=_WORKER["max_pixels"])
-  except ImageError as e:
-    return ("error", e.reason, e.detail)
-  except Exception as e:  # pylint: disable=broad-except
-    return ("error", "unreadable", f"{type(e).__name__}: {e}")
-  try:
-    result = cropper.crop(rgb)
-  except Exception as e:  # pylint: disable=broad-except
-    return ("error", "unreadable", f"crop failed: {type(e).__name__}: {e}")
-  if not result.found and cropper.settings.on_no_face == "skip":
-    return ("no-face", result.box)
-  return ("ok", faces.encode_jpeg(result.image), result.box, result.found)
+    results = cropper.crop_batch([rgb for _, rgb in good])
+  except Exception:  # pylint: disable=broad-except
+    results = []  # Find the photo that broke the batch: crop one by one.
+    for _, rgb in good:
+      try:
+        results.append(cropper.crop(rgb))
+      except Exception as e:  # pylint: disable=broad-except
+        results.append(e)
+  for (i, _), result in zip(good, results):
+    if isinstance(result, Exception):
+      out[i] = ("error", "unreadable", f"crop failed: {type(result).__name__}: {result}")
+    elif not result.found and cropper.settings.on_no_face == "skip":
+      out[i] = ("no-face", result.box)
+    else:
+      out[i] = ("ok", faces.encode_jpeg(result.image), result.box, result.found,
+                result.landmarks, result.method)
+  return out
+
+
+def _chunks(tasks: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tuple[str, str]]]:
+  for i in range(0, len(tasks), size):
+    yield tasks[i:i + size]
 
 
 def _crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pixels: int,
               workers: int) -> Iterator[tuple]:
-  """Results of `_crop_one` for every task, in task order."""
+  """Results of `_crop_chunk` for every task, in task order."""
+  batch = faces.MTCNN_BATCH if crop.detector == "mtcnn" else 1
   if workers == 1:
     previous = cv2.getNumThreads()
     _init_worker(crop.to_dict(), max_pixels)
     try:
-      for task in tasks:
-        yield _crop_one(task)
+      for chunk in _chunks(tasks, batch):
+        yield from _crop_chunk(chunk)
     finally:
       cv2.setNumThreads(previous)
     return
   # spawn: workers start clean (no TensorFlow threads inherited from the parent).
   context = multiprocessing.get_context("spawn")
-  chunk = max(1, min(32, len(tasks) // (workers * 8)))
+  chunks = list(_chunks(tasks, batch))
+  per_call = max(1, min(32 // batch, len(chunks) // (workers * 8)))
   pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_init_worker,
                                                 initargs=(crop.to_dict(), max_pixels, True))
   try:
-    yield from pool.map(_crop_one, tasks, chunksize=chunk)
+    for results in pool.map(_crop_chunk, chunks, chunksize=per_call):
+      yield from results
   finally:  # On Ctrl-C or an error, drop the queued photos instead of decoding them all first.
     pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_shard(output_dir: str, shard: shard_plan.PlannedShard, results: Iterator[tuple],
-                 bar: tqdm.tqdm) -> int:
+                 bar: tqdm.tqdm, detector: str) -> int:
   """Consumes this shard's results, writes the shard then its result file. Returns decoded."""
   records: list[bytes] = []
   labels: list[int] = []
   info: dict[str, Any] = {"file": shard.file, "split": shard.split, "no_face": [],
-                          "rejected": [], "identity_counts": {}}
+                          "haar_fallback": [], "methods": {}, "rejected": [],
+                          "identity_counts": {}}
   decoded = 0
   for entry, label, identity in shard.items:
     result = next(results)
@@ -289,10 +319,14 @@ def _write_shard(output_dir: str, shard: shard_plan.PlannedShard, results: Itera
       info["rejected"].append({"path": entry.rel_path, "reason": "no-face",
                                "detail": "on_no_face=skip"})
       continue
-    _, jpeg, box, found = result
+    _, jpeg, box, found, landmarks, method = result
     if not found:
       info["no_face"].append(entry.rel_path)
-    records.append(tfrecords.make_example(jpeg, label, identity, entry.rel_path, box, found))
+    if method == "haar" and detector == "mtcnn":
+      info["haar_fallback"].append(entry.rel_path)
+    info["methods"][method] = info["methods"].get(method, 0) + 1
+    records.append(tfrecords.make_example(jpeg, label, identity, entry.rel_path, box, found,
+                                          landmarks, method))
     labels.append(label)
     if identity:
       info["identity_counts"][identity] = info["identity_counts"].get(identity, 0) + 1
@@ -309,6 +343,8 @@ def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
   splits: dict[str, dict[str, Any]] = {}
   identity_counts: dict[str, int] = {}
   no_face: list[str] = []
+  haar_fallback: list[str] = []
+  methods: dict[str, int] = {}
   rejected = [{"path": p, "reason": r, "detail": ""} for p, r in listing.missing]
   rejected += [{"path": p, "reason": r, "detail": ""} for p, r in listing.ignored
                if layouts.is_image_file(p)]
@@ -324,6 +360,9 @@ def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
     for identity, count in info["identity_counts"].items():
       identity_counts[identity] = identity_counts.get(identity, 0) + count
     no_face += info["no_face"]
+    haar_fallback += info.get("haar_fallback", [])
+    for method, count in info.get("methods", {}).items():
+      methods[method] = methods.get(method, 0) + count
     rejected += info["rejected"]
   for split in splits.values():
     split["identities"] = len(split.pop("_ids"))
@@ -343,6 +382,10 @@ def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
       "single_photo_identities": sorted(i for i, c in identity_counts.items() if c == 1),
       "empty_identities": sorted(listing.empty_identities),
       "no_face": sorted(no_face),
+      # How each written crop was made (faces.METHODS); with detector=mtcnn the photos where
+      # MTCNN found nothing and the Haar cascade did. Boxes and landmarks are in the records.
+      "crop_methods": dict(sorted(methods.items())),
+      "haar_fallback": sorted(haar_fallback),
       "rejected": sorted(rejected, key=lambda r: r["path"]),
       "ignored": [{"path": p, "reason": r} for p, r in listing.ignored
                   if not layouts.is_image_file(p)],
@@ -359,7 +402,8 @@ def _summary(manifest: dict[str, Any], output_dir: str, listed: int, decoded: in
   return IngestSummary(
       output=output_dir, listed=listed, decoded=decoded,
       written=sum(s["images"] for s in manifest["splits"].values()),
-      no_face=len(manifest["no_face"]), rejected=len(manifest["rejected"]),
+      no_face=len(manifest["no_face"]), haar_fallback=len(manifest.get("haar_fallback", [])),
+      rejected=len(manifest["rejected"]),
       ignored_files=len(manifest["ignored"]),
       identities=sum(1 for c in manifest["identity_counts"].values() if c > 0),
       single_photo_identities=len(manifest["single_photo_identities"]),

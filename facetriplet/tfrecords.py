@@ -8,6 +8,9 @@ One record per source photo:
   image/path      bytes    source path relative to the input root, with "/" separators
   face/box        float[4] x, y, w, h of the crop box in source-image pixels (before the margin)
   face/found      int64    1 when a face was detected, 0 for the centred fallback crop
+  face/landmarks  float[10] x1..x5, y1..y5 of the five MTCNN landmarks (eyes, nose, mouth corners)
+                           in source-image pixels; zeros when the crop was not aligned
+  face/method     bytes    how the crop was made: mtcnn (aligned), haar, center (no face), none
 
 Shards are named `{split}-{index:05d}-of-{count:05d}.tfrecord`. A shard holds whole identities,
 each identity's records contiguous, so P×K batches can be formed by reading runs of one label.
@@ -32,6 +35,8 @@ KEY_IDENTITY = "image/identity"
 KEY_PATH = "image/path"
 KEY_BOX = "face/box"
 KEY_FOUND = "face/found"
+KEY_LANDMARKS = "face/landmarks"
+KEY_METHOD = "face/method"
 
 
 def _tf():
@@ -48,12 +53,18 @@ def feature_spec() -> dict[str, Any]:
       KEY_PATH: tf.io.FixedLenFeature([], tf.string, default_value=""),
       KEY_BOX: tf.io.FixedLenFeature([4], tf.float32),
       KEY_FOUND: tf.io.FixedLenFeature([], tf.int64, default_value=1),
+      # Records written before alignment existed have neither key.
+      KEY_LANDMARKS: tf.io.FixedLenFeature([10], tf.float32, default_value=[0.0] * 10),
+      KEY_METHOD: tf.io.FixedLenFeature([], tf.string, default_value=""),
   }
 
 
 def make_example(encoded: bytes, label: int, identity: str, path: str,
-                 box: Sequence[float], found: bool) -> bytes:
+                 box: Sequence[float], found: bool,
+                 landmarks: Sequence[float] = (0.0,) * 10, method: str = "") -> bytes:
   """Serializes one face record."""
+  if len(landmarks) != 10:
+    raise ValueError(f"landmarks must hold 10 numbers (x1..x5, y1..y5), got {len(landmarks)}")
   tf = _tf()
   f = tf.train.Feature
   feature = {
@@ -63,6 +74,8 @@ def make_example(encoded: bytes, label: int, identity: str, path: str,
       KEY_PATH: f(bytes_list=tf.train.BytesList(value=[path.encode("utf-8")])),
       KEY_BOX: f(float_list=tf.train.FloatList(value=[float(v) for v in box])),
       KEY_FOUND: f(int64_list=tf.train.Int64List(value=[int(bool(found))])),
+      KEY_LANDMARKS: f(float_list=tf.train.FloatList(value=[float(v) for v in landmarks])),
+      KEY_METHOD: f(bytes_list=tf.train.BytesList(value=[method.encode("utf-8")])),
   }
   # deterministic=True: protobuf map order otherwise differs between processes, and shards
   # must be byte-identical across runs.
@@ -120,6 +133,8 @@ def read_records(paths: Sequence[str]) -> Iterable[dict[str, Any]]:
           "path": ex[KEY_PATH].numpy().decode("utf-8"),
           "box": ex[KEY_BOX].numpy().tolist(),
           "found": bool(ex[KEY_FOUND].numpy()),
+          "landmarks": ex[KEY_LANDMARKS].numpy().tolist(),
+          "method": ex[KEY_METHOD].numpy().decode("utf-8"),
       }
 
 

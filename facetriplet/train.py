@@ -24,10 +24,24 @@ Transfer learning: with `train.freeze_backbone_epochs = N > 0` the first N epoch
 projection (backbone frozen, its BatchNorm in inference mode); then the backbone is unfrozen and
 training continues with the learning rate times `train.finetune_lr_multiplier`, on the same
 warm-up + cosine schedule and step counter.
+
+Two stages in one run: `loss.kind` may be a margin softmax (`cosface`, `arcface`; see
+`margin_softmax`), trained through a `CosineClassifier` head over the training identities (labels
+remapped to 0..C-1) stacked on the embedding model; with `finetune.epochs = F > 0` the last F of
+`train.epochs` epochs then fine-tune the embedding alone with the triplet loss `finetune.kind` on
+the same P x K batches, on a schedule of their own (warm-up `finetune.warmup_epochs`, cosine to the
+end, peak lr times `finetune.lr_multiplier`). Each stage has its own backup folder, so a run killed
+in either stage resumes where it was. The head is never part of `checkpoints/*.keras` nor of the
+export: those hold the embedding model only.
+
+Warm start: `train.init_from` (a training workdir, a `.keras` checkpoint or an export folder)
+copies that model's embedding weights into the new model before the first step (same backbone,
+width, image size and embedding size), to fine-tune a trained model on a user's own people.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -40,8 +54,10 @@ from absl import logging
 from facetriplet import atomic
 from facetriplet import input_pipeline
 from facetriplet import losses
+from facetriplet import margin_softmax
 from facetriplet import model as model_lib
 from facetriplet import tfrecords
+from facetriplet import warm_start
 from facetriplet.errors import UserError
 from facetriplet.train_eval import RetrievalEvaluation, read_metrics
 
@@ -52,7 +68,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
   all times `multiplier` (the fine-tuning factor)."""
 
   def __init__(self, peak: float, warmup_steps: int, total_steps: int,
-               min_fraction: float = 0.0, multiplier: float = 1.0):
+               min_fraction: float = 0.0, multiplier: float = 1.0, start_step: int = 0):
+    self.start_step = int(start_step)  # the global step at which this schedule's step 0 is
     self.peak = float(peak)
     self.warmup_steps = int(warmup_steps)
     self.total_steps = max(1, int(total_steps))
@@ -60,7 +77,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     self.multiplier = float(multiplier)
 
   def __call__(self, step):
-    step = tf.cast(step, tf.float32)
+    step = tf.cast(step, tf.float32) - float(self.start_step)
     warmup = tf.cast(max(1, self.warmup_steps), tf.float32)
     decay_steps = tf.cast(max(1, self.total_steps - self.warmup_steps), tf.float32)
     progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
@@ -72,7 +89,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
   def get_config(self) -> dict:
     return {"peak": self.peak, "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps, "min_fraction": self.min_fraction,
-            "multiplier": self.multiplier}
+            "multiplier": self.multiplier, "start_step": self.start_step}
 
 
 @keras.saving.register_keras_serializable(package="facetriplet")
@@ -156,11 +173,12 @@ def make_strategy(train_config: Any) -> tf.distribute.Strategy:
   return _STRATEGIES[key]
 
 
-def _optimizer(train: Any, peak_lr: float, steps_per_epoch: int, multiplier: float,
+def _optimizer(train: Any, peak_lr: float, steps_per_epoch: int, phase: "_Phase",
                mixed_precision: str) -> keras.optimizers.Optimizer:
-  total = int(train.epochs) * steps_per_epoch
-  schedule = WarmupCosine(peak_lr, int(float(train.warmup_epochs) * steps_per_epoch), total,
-                          float(train.min_lr_fraction), multiplier)
+  total = phase.schedule_epochs * steps_per_epoch
+  schedule = WarmupCosine(peak_lr, int(phase.warmup_epochs * steps_per_epoch), total,
+                          float(train.min_lr_fraction), phase.multiplier,
+                          start_step=phase.schedule_start * steps_per_epoch)
   if train.optimizer == "adamw":
     opt = keras.optimizers.AdamW(schedule, weight_decay=float(train.weight_decay))
   elif train.optimizer == "sgd":
@@ -173,12 +191,68 @@ def _optimizer(train: Any, peak_lr: float, steps_per_epoch: int, multiplier: flo
   return opt
 
 
-def _compile(model: keras.Model, config: Any, optimizer: keras.optimizers.Optimizer,
+def _compile(model: keras.Model, loss_config: Any, optimizer: keras.optimizers.Optimizer,
              jit_compile: bool) -> None:
-  loss = losses.TripletLoss(config.loss.kind, config.loss.margin, config.loss.distance,
-                            soft=bool(config.loss.get("soft", False)))
-  model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile,
-                metrics=[ActiveTripletFraction(config.loss.margin, config.loss.distance)])
+  """Compiles `model` for `loss_config` (config.loss or config.finetune)."""
+  kind = loss_config.kind
+  if kind in margin_softmax.KINDS:
+    loss = margin_softmax.MarginSoftmaxLoss(kind, float(loss_config.scale),
+                                            float(loss_config.class_margin))
+    metrics = [margin_softmax.HeadAccuracy()]
+  else:
+    loss = losses.TripletLoss(kind, loss_config.margin, loss_config.distance,
+                              soft=bool(loss_config.get("soft", False)))
+    metrics = [ActiveTripletFraction(loss_config.margin, loss_config.distance)]
+  model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile, metrics=metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+  """One `model.fit` call: epochs [first, last), which loss, which learning-rate schedule."""
+  backup: str            # backup sub-folder
+  first: int
+  last: int
+  trainable: bool        # backbone trainable
+  loss: Any              # config.loss or config.finetune
+  multiplier: float      # lr factor
+  schedule_start: int    # epoch at which this phase's schedule starts
+  schedule_epochs: int   # epochs the schedule spans (warm-up + cosine)
+  warmup_epochs: float
+
+
+def _phases(config: Any) -> list[_Phase]:
+  """The fit calls of a run: [frozen backbone], main loss, [triplet fine-tuning]."""
+  train = config.train
+  epochs = int(train.epochs)
+  finetune = config.get("finetune", None)
+  tail = int(finetune.epochs) if finetune is not None else 0
+  if not 0 <= tail <= epochs:
+    raise UserError(f"finetune.epochs={tail} must be between 0 and train.epochs={epochs}")
+  if tail and finetune.kind not in losses.KINDS:
+    raise UserError(f"finetune.kind={finetune.kind!r} must be a triplet loss: "
+                    f"{', '.join(losses.KINDS)}")
+  main = epochs - tail
+  freeze = min(int(train.freeze_backbone_epochs), main)
+  warmup = float(train.warmup_epochs)
+  phases = []
+  if freeze > 0:
+    phases.append(_Phase("phase1", 0, freeze, False, config.loss, 1.0, 0, main, warmup))
+  if main > freeze:
+    phases.append(_Phase("phase2", freeze, main, True, config.loss,
+                         float(train.finetune_lr_multiplier) if freeze > 0 else 1.0, 0, main,
+                         warmup))
+  if tail:
+    phases.append(_Phase("phase3", main, epochs, True, finetune,
+                         float(finetune.lr_multiplier), main, tail,
+                         float(finetune.warmup_epochs)))
+  return phases
+
+
+def _check_loss(config: Any) -> None:
+  kinds = losses.KINDS + margin_softmax.KINDS
+  if config.loss.kind not in kinds:
+    raise UserError(f"unknown loss.kind {config.loss.kind!r}; valid: {', '.join(kinds)} "
+                    "(set --config.loss.kind)")
 
 
 def _peak_lr(config: Any, replicas: int) -> float:
@@ -230,6 +304,8 @@ def train_and_evaluate(config: Any, workdir: str,
   data_dir = config.data.tfrecord_dir
   manifest = tfrecords.read_manifest(data_dir)
   _check_splits(manifest, config, data_dir)
+  _check_loss(config)
+  phases = _phases(config)
   os.makedirs(workdir, exist_ok=True)
   atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   atomic.write_json(os.path.join(workdir, tfrecords.MANIFEST), manifest)
@@ -242,54 +318,67 @@ def train_and_evaluate(config: Any, workdir: str,
   steps = input_pipeline.steps_per_epoch(manifest, config.data.train_split, global_batch,
                                          train.steps_per_epoch)
   epochs = int(train.epochs)
-  freeze = min(int(train.freeze_backbone_epochs), epochs)
   peak_lr = _peak_lr(config, replicas)
   input_size = int(config.model.input_size or input_pipeline.crop_size(manifest))
   jit = bool(train.jit_compile) and not (replicas > 1 and not tf.config.list_physical_devices(
       "GPU"))  # XLA fails under MirroredStrategy on CPU
-  logging.info("%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs "
-               "(%d frozen); peak lr %.3g; stored crops %d px -> %d px", replicas, p, k,
-               global_batch, steps, epochs, freeze, peak_lr, input_size,
-               config.model.image_size)
+  logging.info("%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs; "
+               "peak lr %.3g; stored crops %d px -> %d px", replicas, p, k,
+               global_batch, steps, epochs, peak_lr, input_size, config.model.image_size)
 
   dataset = input_pipeline.train_dataset(
       data_dir, config.data.train_split, p, k, replicas, int(config.seed),
       max_group_size=int(config.data.max_group_size), min_photos=int(config.data.min_photos),
       shuffle_groups=int(config.data.shuffle_groups), cache=bool(config.data.cache))
+  head_model = None
+  if config.loss.kind in margin_softmax.KINDS:
+    classes = sorted(label for label, count in input_pipeline.split_groups(
+        manifest, config.data.train_split) if label >= 0 and count >= int(config.data.min_photos))
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(classes, tf.int64), tf.range(len(classes), dtype=tf.int64)), default_value=-1)
+    dataset = dataset.map(lambda x, y: (x, table.lookup(tf.cast(y, tf.int64))))
+    logging.info("margin softmax (%s) over %d training identities", config.loss.kind,
+                 len(classes))
   val = input_pipeline.eval_dataset(data_dir, config.data.val_split,
                                     int(train.eval_batch_size), cache=bool(config.data.cache))
   with strategy.scope():
     model = model_lib.build_embedding_model(config, input_size)
+    if config.train.get("init_from", ""):
+      warm_start.load_into(model, config.train.init_from)
+    if config.loss.kind in margin_softmax.KINDS:
+      head = margin_softmax.CosineClassifier(len(classes), name="class_head")
+      head_model = keras.Model(model.inputs, head(model.outputs[0]), name="train_with_head")
   evaluation = RetrievalEvaluation(workdir, val, int(train.get("eval_every_epochs", 1) or 1),
-                                   steps, crop=manifest.get("crop"))
+                                   steps, crop=manifest.get("crop"), embedding_model=model,
+                                   flip=bool(config.model.get("test_time_flip", False)))
   tensorboard = keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False,
                                             profile_batch=0)
   save_freq = int(train.checkpoint_every_steps) or "epoch"
-  phases = [(1, 0, freeze, False, 1.0)] if freeze > 0 else []
-  phases.append((2, freeze, epochs, True,
-                 float(train.finetune_lr_multiplier) if freeze > 0 else 1.0))
-  for phase, first_epoch, last_epoch, trainable, multiplier in phases:
-    backup = _Backup(os.path.join(workdir, "backup", f"phase{phase}"), save_freq=save_freq,
+  fitted = model
+  for phase in phases:
+    backup = _Backup(os.path.join(workdir, "backup", phase.backup), save_freq=save_freq,
                      double_checkpoint=True, delete_checkpoint=False)
+    fitted = head_model if phase.loss.kind in margin_softmax.KINDS else model
     with strategy.scope():
-      model_lib.set_backbone_trainable(model, trainable)
-      optimizer = _optimizer(train, peak_lr, steps, multiplier,
+      model_lib.set_backbone_trainable(model, phase.trainable)
+      optimizer = _optimizer(train, peak_lr, steps, phase,
                              config.model.get("mixed_precision", ""))
-      _compile(model, config, optimizer, jit)
-      optimizer.build(model.trainable_variables)
-      # The schedule runs on the global step: phase 2 starts where phase 1 stopped.
-      optimizer.iterations.assign(first_epoch * steps)
+      _compile(fitted, phase.loss, optimizer, jit)
+      optimizer.build(fitted.trainable_variables)
+      # The schedules run on the global step: each phase starts where the last one stopped.
+      optimizer.iterations.assign(phase.first * steps)
     # Keras keeps the epoch restored by BackupAndRestore on the model and never resets it.
-    model._initial_epoch = None  # pylint: disable=protected-access
-    logging.info("phase %d: epochs %d-%d, backbone %s, lr x %g", phase, first_epoch + 1,
-                 last_epoch, "trainable" if trainable else "frozen", multiplier)
-    model.fit(dataset, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps,
-              shuffle=False,  # the pipeline shuffles
-              callbacks=[backup, evaluation, tensorboard, *(extra_callbacks or [])],
-              verbose=int(train.get("verbose", 2)))
+    fitted._initial_epoch = None  # pylint: disable=protected-access
+    logging.info("%s: epochs %d-%d, loss %s, backbone %s, lr x %g", phase.backup,
+                 phase.first + 1, phase.last, phase.loss.kind,
+                 "trainable" if phase.trainable else "frozen", phase.multiplier)
+    fitted.fit(dataset, epochs=phase.last, initial_epoch=phase.first, steps_per_epoch=steps,
+               shuffle=False,  # the pipeline shuffles
+               callbacks=[backup, evaluation, tensorboard, *(extra_callbacks or [])],
+               verbose=int(train.get("verbose", 2)))
   records = read_metrics(workdir)
   final = dict(records[-1]) if records else {}
   final.update(evaluation.best_summary())
-  final.update({"steps": int(model.optimizer.iterations.numpy()), "workdir": workdir})
+  final.update({"steps": int(fitted.optimizer.iterations.numpy()), "workdir": workdir})
   logging.info("done: %s", json.dumps(final, sort_keys=True, default=str))
   return final

@@ -76,11 +76,18 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     every: evaluate every this many epochs (and always after the last one).
     steps_per_epoch: to report the step of each record.
     crop: the manifest's crop settings (for the raw-pixel baseline).
+    embedding_model: the model to score and checkpoint when the fitted model is another one (the
+      embedding model under a training-only classifier head); default: the fitted model.
+    flip: the primary metrics embed each image and its mirror and average (test-time flip, as
+      the export will); the other variant is recorded too, under `noflip/` or `flip/`.
   """
 
   def __init__(self, workdir: str, val_dataset: tf.data.Dataset, every: int = 1,
-               steps_per_epoch: int = 1, crop: Optional[Mapping[str, Any]] = None):
+               steps_per_epoch: int = 1, crop: Optional[Mapping[str, Any]] = None,
+               embedding_model: Optional[keras.Model] = None, flip: bool = False):
     super().__init__()
+    self.embedding_model = embedding_model
+    self.flip = bool(flip)
     self.workdir = workdir
     self.val_dataset = val_dataset
     self.every = max(1, int(every))
@@ -103,11 +110,24 @@ class RetrievalEvaluation(keras.callbacks.Callback):
           lambda d: d["label"])]).astype(np.int64)
     return self._labels
 
+  @property
+  def scored_model(self) -> keras.Model:
+    return self.embedding_model if self.embedding_model is not None else self.model
+
   def evaluate(self) -> dict:
-    """Val retrieval metrics of the model as it is now (inference mode)."""
+    """Val retrieval metrics of the model as it is now (inference mode), with and without the
+    test-time flip (`flip` picks which is primary)."""
     start = time.time()
-    embeddings = self.model.predict(self._images(), verbose=0)
-    result = _retrieval(np.asarray(embeddings, np.float32), self._labels_array())
+    model = self.scored_model
+    plain = np.asarray(model.predict(self._images(), verbose=0), np.float32)
+    mirrored = np.asarray(model.predict(self._images().map(lambda x: tf.reverse(x, axis=[2])),
+                                        verbose=0), np.float32)
+    both = plain + mirrored
+    both /= np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
+    main, other, prefix = (both, plain, "noflip") if self.flip else (plain, both, "flip")
+    result = _retrieval(main, self._labels_array())
+    result.update({f"{prefix}/{k}": v for k, v in _retrieval(other, self._labels_array()).items()
+                   if k in _SHOWN})
     result["eval_seconds"] = round(time.time() - start, 2)
     return result
 
@@ -152,14 +172,14 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     done = epoch + 1
-    save_model_atomically(self.model, os.path.join(self.checkpoint_dir, "last.keras"))
+    save_model_atomically(self.scored_model, os.path.join(self.checkpoint_dir, "last.keras"))
     if done % self.every and done != self.params.get("epochs"):
       return
     result = self.evaluate()
     self._record(done, result, logs)
     if result.get("map@r", -1.0) > self.best_map:
       self.best_map, self.best_epoch = result["map@r"], done
-      save_model_atomically(self.model, os.path.join(self.checkpoint_dir, "best.keras"))
+      save_model_atomically(self.scored_model, os.path.join(self.checkpoint_dir, "best.keras"))
 
   def best_summary(self) -> dict:
     return {"best_map@r": self.best_map, "best_epoch": self.best_epoch}

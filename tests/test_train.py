@@ -101,7 +101,7 @@ def test_loss_and_gradient_are_the_mean_over_replicas(data_dir):
   with strategy.scope():
     model = model_lib.build_embedding_model(config, SIZE)
     lr = 0.5
-    train._compile(model, config, keras.optimizers.SGD(lr), jit_compile=False)
+    train._compile(model, config.loss, keras.optimizers.SGD(lr), jit_compile=False)
   reference = model_lib.build_embedding_model(config, SIZE)
   reference.set_weights(model.get_weights())
   before = [v.numpy() for v in model.trainable_variables]
@@ -140,7 +140,7 @@ def test_loss_goes_down_under_two_replicas(data_dir):
   fixed = next(iter(ds))
   with strategy.scope():
     model = model_lib.build_embedding_model(config, SIZE)
-    train._compile(model, config, keras.optimizers.Adam(3e-3), jit_compile=False)
+    train._compile(model, config.loss, keras.optimizers.Adam(3e-3), jit_compile=False)
   per_step = []
   log = keras.callbacks.LambdaCallback(
       on_train_batch_end=lambda batch, logs: per_step.append(float(logs["loss"])))

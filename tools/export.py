@@ -20,6 +20,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpo
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A .keras checkpoint (instead of --workdir).")
 _WHICH = flags.DEFINE_enum("which", "best", list(export.WHICH),
                            "Checkpoint of the workdir to export (best falls back to last).")
+_FLIP = flags.DEFINE_enum(
+    "flip", "config", ["config", "on", "off"],
+    "Test-time flip: embed each image and its mirror and average. 'config' = the training "
+    "config's model.test_time_flip.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output SavedModel folder (replaced whole).")
 
 
@@ -32,7 +36,8 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("--export_dir is required: the folder to write the SavedModel to")
   source = _CHECKPOINT.value or _WORKDIR.value
   logging.info("export: source=%s which=%s export_dir=%s", source, _WHICH.value, _EXPORT_DIR.value)
-  s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value)
+  flip = {"config": None, "on": True, "off": False}[_FLIP.value]
+  s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value, flip=flip)
   print(f"exported {s.checkpoint} -> {s.export_dir}\n"
         f"  fingerprint {s.fingerprint}, embedding dim {s.embedding_dim}, input "
         f"{s.input_size}x{s.input_size} uint8\n"
