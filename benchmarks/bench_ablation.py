@@ -72,6 +72,29 @@ def run_info(workdir: str) -> dict:
           "records": config["data"]["tfrecord_dir"], "minutes": minutes}
 
 
+def write_curve(workdir: str, name: str) -> None:
+  """The run's metrics.jsonl as a table: epoch, wall minutes, val top-1 / mAP@R (plain, flip)."""
+  from facetriplet.train_eval import read_metrics  # pylint: disable=g-import-not-at-top
+  records = read_metrics(workdir)
+  t0 = records[0]["time"]
+  rows = []
+  for r in records:
+    flip_on = "noflip/top1" in r
+    plain = (r["noflip/top1"], r["noflip/map@r"]) if flip_on else (r["top1"], r["map@r"])
+    flip = (r["top1"], r["map@r"]) if flip_on else (r.get("flip/top1"), r.get("flip/map@r"))
+    rows.append([r["epoch"], round((r["time"] - t0) / 60, 1), float(plain[0]), float(plain[1]),
+                 float(flip[0]) if flip[0] is not None else "-",
+                 float(flip[1]) if flip[1] is not None else "-"])
+  info = run_info(workdir)
+  common.write_result(
+      name, f"Learning curve of the recipe: {info['method']}, {info['detector']} crops, lfw_2to4 "
+      "val split", ["epoch", "minutes", "top-1", "mAP@R", "top-1 (flip)", "mAP@R (flip)"], rows,
+      notes=f"From {workdir}/metrics.jsonl (leave-one-out over the 641 val photos after every "
+            "5th epoch; epoch 0 is the untrained network). Minutes are wall time on this "
+            "machine since the epoch-0 record, training and evaluation together.")
+  _log(f"wrote the curve of {workdir}")
+
+
 def export_variant(workdir: str, flip: bool) -> str:
   from facetriplet import export  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "export_best_flip" if flip else "export_best")
@@ -90,11 +113,16 @@ def _row(crops, method, flip, m, minutes):
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  parser.add_argument("--runs", required=True, help="name=workdir,... (finished training runs)")
+  parser.add_argument("--runs", default="", help="name=workdir,... (finished training runs)")
   parser.add_argument("--orl_records", default="",
                       help="detector=tfrecord_dir,... ORL records per crop kind ('' = no ORL)")
   parser.add_argument("--name_prefix", default="ablation")
+  parser.add_argument("--curve", default="",
+                      help="a run's workdir: also write its val learning curve (every evaluated "
+                      "epoch, with and without flip) as <name_prefix>_curve")
   args = parser.parse_args(argv)
+  if args.curve:
+    write_curve(args.curve, f"{args.name_prefix}_curve")
   from facetriplet import classical, export, faces, tfrecords  # pylint: disable=g-import-not-at-top
   runs = [(name, run_info(workdir), workdir) for name, workdir in _pairs(args.runs)]
   orl = dict(_pairs(args.orl_records))

@@ -9,7 +9,7 @@ detection in the process pool (spawn start-up included), shard writing and the m
   python -m benchmarks.bench_ingest --limit_identities=30 # ~80 photos: ~20 s
 
 Flags: --input (identity folders, default ../shared/data/lfw_2to4), --limit_identities (first N
-identity folders, linked file by file into a temporary folder), --detectors=haar,none,
+identity folders, linked file by file into a temporary folder), --detectors=mtcnn,haar,none,
 --workers=1,0 (0 = every core), --name (result name). It writes benchmarks/results/ingest.json.
 """
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--input", default=DEFAULT_INPUT, help="folder of identity sub-folders")
   parser.add_argument("--limit_identities", type=int, default=0,
                       help="use only the first N identity folders (0 = all)")
-  parser.add_argument("--detectors", default="haar,none")
+  parser.add_argument("--detectors", default="mtcnn,haar,none")
   parser.add_argument("--workers", type=_ints, default=[1, 0], help="0 = every core")
   parser.add_argument("--name", default="ingest",
                       help="result name (benchmarks/results/<name>.json)")

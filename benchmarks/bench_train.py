@@ -32,6 +32,8 @@ _BATCH = flags.DEFINE_integer("batch", 64, "Global batch (P x K with K=4).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per feed.")
 _MIXED = flags.DEFINE_string("mixed_precision", "", "'', mixed_bfloat16 or mixed_float16.")
 _WIDTH = flags.DEFINE_float("width", 0.5, "resnet18 channel multiplier.")
+_STEM_POOL = flags.DEFINE_enum("stem_pool", "auto", ["auto", "on", "off"],
+                                "resnet18: max-pool after the stem.")
 _JIT = flags.DEFINE_bool("jit", False, "XLA (jit_compile=True); one replica only on a CPU.")
 _FLOPS_PER_CYCLE = flags.DEFINE_integer(
     "flops_per_cycle", 32,
@@ -78,6 +80,7 @@ def main(argv: Sequence[str]) -> None:
   config.model.backbone = _BACKBONE.value
   config.model.weights = "none"
   config.model.width = _WIDTH.value
+  config.model.stem_pool = _STEM_POOL.value
   config.model.image_size = _IMAGE_SIZE.value
   config.model.mixed_precision = _MIXED.value
   k = 4

@@ -43,6 +43,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   #                                         | resnet18
   config.model.weights = "imagenet"       # 'imagenet', 'none' or a local weights file
   config.model.width = 1.0                # channel multiplier (resnet18 only)
+  config.model.stem_pool = "auto"         # resnet18: max-pool after the stem: auto (>= 96 px)|on|off
   config.model.image_size = 112           # backbone input side (crops are resized inside)
   config.model.input_size = 0             # stored crop size; 0 = from the manifest
   config.model.embedding_dim = 128
@@ -121,6 +122,7 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str) -> None:
   config.model.weights = "none"
   config.model.width = 0.125
   config.model.image_size = 32
+  config.model.stem_pool = "auto"
   config.model.embedding_dim = 16
   config.train.p = 4
   config.train.k = 2

@@ -279,7 +279,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
       raise DemoError(f"--data={args.data} is not a folder: pass a folder with one sub-folder of "
                       "photos per identity")
     s = plan_for_data(_count_photos(data), 2 if args.quick else None)
-    s.update(data=data, detector=args.detector or "haar",
+    s.update(data=data, detector=args.detector or "mtcnn",
              config=s["config"] + (":smoke" if args.quick else ""))
   else:
     s = dict(QUICK if args.quick else GENERATED)
@@ -380,8 +380,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "from the data size for --data).")
   parser.add_argument("--identities", type=int, help="Generated identities (default 60).")
   parser.add_argument("--photos", type=int, help="Generated photos per identity (default 12).")
-  parser.add_argument("--detector", choices=("haar", "none"),
-                      help="Face detector (default: haar for --data, none for drawn faces).")
+  parser.add_argument("--detector", choices=("mtcnn", "haar", "none"),
+                      help="Face detector (default: mtcnn for --data, none for drawn faces).")
   parser.add_argument("--seed", type=int, default=0, help="Seed of data, split and training.")
   args = parser.parse_args(argv)
   try:

@@ -154,8 +154,9 @@ class CropSettings:
   """How faces are found and cropped; stored in the manifest and the export metadata.
 
   Attributes:
-    detector: 'haar' (OpenCV frontal-face cascade) or 'none' (centred square of the whole image,
-      for sets that are already cropped).
+    detector: 'mtcnn' (aligned on five landmarks; the default: alignment lifted LFW top-1 of
+      every feature, see BENCHMARKS.md), 'haar' (OpenCV frontal-face cascade, box crop) or
+      'none' (centred square of the whole image, for sets that are already cropped).
     margin: fraction of the face box added on every side before squaring (0.2 → 1.4x the box).
     size: side in pixels of the stored square crop.
     on_no_face: 'center' keeps the centred square and marks face/found=0; 'skip' drops the photo.
@@ -164,7 +165,7 @@ class CropSettings:
     align_margin: zoom-out of the aligned crop: 0 puts the template's points where they are in a
       112-px ArcFace crop scaled to `size`; 0.1 shrinks the face by 1/1.2 around the centre.
   """
-  detector: str = "haar"
+  detector: str = "mtcnn"
   margin: float = 0.2
   size: int = 128
   on_no_face: str = "center"
@@ -237,8 +238,8 @@ class CropResult(NamedTuple):
 class FaceCropper:
   """Finds one face per photo and cuts its crop. Load once, call `crop` or `crop_batch`.
 
-  Thread-safe: MTCNN calls are serialised by a lock (TensorFlow already uses every core inside
-  one call); the Haar cascade is used by one thread at a time too.
+  Thread-safe: the process's one MTCNN detector is called by one thread at a time (TensorFlow
+  already uses every core inside one call); this cropper's Haar cascade likewise.
   """
 
   def __init__(self, settings: CropSettings = CropSettings()):
@@ -305,7 +306,7 @@ class FaceCropper:
       scales.append(scale)
     # MTCNN's own smallest face (20 px of the downscaled copy): mtcnn 1.0.0 fails inside P-Net
     # ("empty output" of a Conv2D) with a larger `min_face_size` on 250-px photos.
-    with self._lock:
+    with _MTCNN_CALL_LOCK:  # one detector per process, shared by every FaceCropper
       rows = self._mtcnn.detect_faces(small, output_type="numpy")
     rows = np.asarray(rows, np.float64).reshape(-1, 16)
     out: list[tuple[tuple, np.ndarray] | None] = []
@@ -397,6 +398,7 @@ def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.nda
 
 
 _MTCNN_LOCK = threading.Lock()
+_MTCNN_CALL_LOCK = threading.Lock()
 _MTCNN: list = []
 
 

@@ -168,15 +168,19 @@ def _dtype_policy(name: str) -> Iterator[None]:
     keras.config.set_dtype_policy(previous)
 
 
-def _resnet18(image_size: int, width: float) -> keras.Model:
-  """A ResNet-18-style backbone (basic blocks [2, 2, 2, 2]) with global average pooling."""
+def _resnet18(image_size: int, width: float, stem_pool: Optional[bool] = None) -> keras.Model:
+  """A ResNet-18-style backbone (basic blocks [2, 2, 2, 2]) with global average pooling.
+
+  `stem_pool` (the 3x3 stride-2 max-pool after the stem): None = only at 96 px and above; True
+  quarters the cost of every later stage (the CPU lever for small inputs).
+  """
   widths = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
   inputs = keras.Input((image_size, image_size, 3))
   x = keras.layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False,
                           name="stem_conv")(inputs)
   x = keras.layers.BatchNormalization(name="stem_bn")(x)
   x = keras.layers.ReLU(name="stem_relu")(x)
-  if image_size >= 96:  # keep enough resolution for small crops
+  if stem_pool if stem_pool is not None else image_size >= 96:
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
   for stage, filters in enumerate(widths):
     for block in range(2):
@@ -214,7 +218,7 @@ def _application(name: str, image_size: int, weights: Optional[str]) -> keras.Mo
 
 
 def build_backbone(name: str, image_size: int, weights: Optional[str] = None,
-                   width: float = 1.0) -> keras.Model:
+                   width: float = 1.0, stem_pool: Optional[bool] = None) -> keras.Model:
   """Builds a backbone that maps preprocessed [N, size, size, 3] images to pooled features.
 
   Args:
@@ -223,6 +227,7 @@ def build_backbone(name: str, image_size: int, weights: Optional[str] = None,
     weights: None (random), 'imagenet' (downloaded by Keras to ~/.keras/models on first use) or
       the path of a local weights file of this backbone.
     width: channel multiplier of `resnet18` (ignored by the others).
+    stem_pool: `resnet18` only: max-pool after the stem (None = from 96 px up).
 
   Returns:
     A `keras.Model` named "backbone".
@@ -243,7 +248,7 @@ def build_backbone(name: str, image_size: int, weights: Optional[str] = None,
     if weights == "imagenet":
       raise UserError("resnet18 has no ImageNet weights: set --config.model.weights=none or pick "
                       "another backbone")
-    backbone = _resnet18(image_size, width)
+    backbone = _resnet18(image_size, width, stem_pool)
     if weights is not None:
       try:
         backbone.load_weights(weights)
@@ -301,8 +306,12 @@ def build_embedding_model(config: Any, input_size: Optional[int] = None) -> kera
     x = Resize(image_size, name="resize")(x)
   x = BackbonePreprocess(_PREPROCESS[m.backbone], name="preprocess")(x)
   with _dtype_policy(policy):
+    stem_pool = str(m.get("stem_pool", "auto")).lower()
+    if stem_pool not in ("auto", "on", "off"):
+      raise UserError(f"model.stem_pool={stem_pool!r} must be auto, on or off")
     backbone = build_backbone(m.backbone, image_size, m.get("weights", None),
-                              float(m.get("width", 1.0)))
+                              float(m.get("width", 1.0)),
+                              None if stem_pool == "auto" else stem_pool == "on")
     x = backbone(x)
     x = keras.layers.Dense(int(m.embedding_dim), name="projection")(x)
   outputs = L2Normalize(name="embedding")(x)

@@ -126,7 +126,7 @@ def test_crop_settings_validate_and_round_trip():
 def test_no_face_gives_centred_square_and_detector_none():
   noise = _rng_image(60, 100, seed=3)
   expected = cv2.resize(noise[:, 20:80], (32, 32), interpolation=cv2.INTER_AREA)
-  result = faces.FaceCropper(faces.CropSettings(size=32)).crop(noise)
+  result = faces.FaceCropper(faces.CropSettings(detector="haar", size=32)).crop(noise)
   assert not result.found
   assert result.box == (20.0, 0.0, 60.0, 60.0)
   np.testing.assert_array_equal(result.image, expected)
@@ -157,7 +157,7 @@ def test_rgb_order_survives_crop_and_jpeg():
 
 def test_haar_finds_faces_on_real_photos(lfw_2to4):
   paths = sorted(glob.glob(os.path.join(lfw_2to4, "*", "*.jpg")))[:6]
-  settings = faces.CropSettings(size=64)
+  settings = faces.CropSettings(detector="haar", size=64)
   results = [faces.load_and_crop(p, settings) for p in paths]
   found = [r for r in results if r.found]
   assert len(found) >= 5
@@ -169,6 +169,6 @@ def test_haar_finds_faces_on_real_photos(lfw_2to4):
 
 def test_haar_on_orl(orl_faces):
   paths = [os.path.join(orl_faces, f"s{i}", "1.pgm") for i in range(1, 11)]
-  results = [faces.load_and_crop(p) for p in paths]
+  results = [faces.load_and_crop(p, faces.CropSettings(detector="haar")) for p in paths]
   assert sum(r.found for r in results) >= 7
   assert all(r.image.shape == (128, 128, 3) for r in results)

@@ -304,5 +304,6 @@ def test_tool_on_orl(tmp_path, orl_faces):
   assert len(manifest["labels"]) == 40 and manifest["rejected"] == []
   assert "written 400" in proc.stdout and "images/s" in proc.stdout
   # Haar crops of real faces, one in-process worker: the same bytes as the two-process tool run.
-  ingest.build_tfrecords(orl_faces, str(tmp_path / "orl1"), workers=1, progress=False)
+  ingest.build_tfrecords(orl_faces, str(tmp_path / "orl1"), workers=1, progress=False,
+                         crop=faces.CropSettings(detector="haar"))
   assert _shard_bytes(str(tmp_path / "orl1")) == _shard_bytes(str(tmp_path / "orl"))

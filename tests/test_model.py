@@ -113,3 +113,17 @@ def test_keras_application_backbones(backbone):
   out = model(_uint8(2), training=False)
   assert out.shape == (2, 16) and out.dtype == tf.float32
   np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, atol=1e-5)
+
+
+def test_resnet18_stem_pool_quarters_the_feature_map():
+  def stage1_side(stem_pool):
+    backbone = model_lib.build_backbone("resnet18", 64, None, 0.125, stem_pool=stem_pool)
+    return backbone.get_layer("stage1_block1_out").output.shape[1]
+  assert stage1_side(None) == 32 and stage1_side(False) == 32  # auto: no pool below 96 px
+  assert stage1_side(True) == 16
+  assert model_lib.build_backbone("resnet18", 96, None, 0.125).get_layer(
+      "stage1_block1_out").output.shape[1] == 24
+  with pytest.raises(UserError, match="stem_pool"):
+    config = _config(backbone="resnet18", image_size=32)
+    config.model.stem_pool = "maybe"
+    model_lib.build_embedding_model(config)

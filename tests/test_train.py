@@ -68,7 +68,7 @@ def test_configs_load_and_derive_the_learning_rate():
           config.model.embedding_dim) == ("resnet50", 112, 32, 4, 128)
   config.train.p = 64  # an override carries through to the derived value
   assert config.train.learning_rate == pytest.approx(1e-3 * 64 * 4 / 256)
-  assert load_config("lfw").train.k == 2
+  assert load_config("lfw").train.k == 4
 
 
 @needs_two_cpus

@@ -37,7 +37,7 @@ _OUTPUT = flags.DEFINE_string(
     "output", None, "Output folder for the shards and manifest.json: empty or new, or the folder "
     "of an earlier run with the same inputs and settings (it is resumed).")
 _DETECTOR = flags.DEFINE_enum(
-    "detector", "haar", list(faces.DETECTORS),
+    "detector", "mtcnn", list(faces.DETECTORS),
     "'mtcnn' = MTCNN face box + five landmarks, crop aligned onto --template (Haar, then the "
     "centred square when MTCNN finds no face); 'haar' = OpenCV frontal-face Haar cascade, box "
     "crop; 'none' = centred square of the whole image (for sets already cropped to the face).")
