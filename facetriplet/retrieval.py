@@ -21,8 +21,6 @@ import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -30,6 +28,8 @@ from absl import logging
 
 from facetriplet import atomic
 from facetriplet.errors import ImageError, UserError
+# The POST of a submission lives in facetriplet.submission; these names stay importable here.
+from facetriplet.submission import PostResult, check_submit_url, post_submission  # noqa: F401
 
 FEATURES = ("embedding", "pixels", "color_hist", "lbp", "hog")
 NO_FACE = "no-face"
@@ -320,59 +320,6 @@ def write_results_csv(path: str, result: RetrievalResult) -> int:
       rows += 1
   atomic.write_text(path, buf.getvalue())
   return rows
-
-
-@dataclasses.dataclass
-class PostResult:
-  status: int
-  body: str
-  attempts: int
-
-
-def post_submission(url: str, payload: dict[str, Any], timeout: float = 30.0, retries: int = 3,
-                    backoff: float = 1.0,
-                    sleep: Callable[[float], None] = time.sleep) -> PostResult:
-  """POSTs the submission JSON; retries server errors and network failures with back-off.
-
-  Args:
-    url: the competition server's endpoint.
-    payload: the submission dict.
-    timeout: seconds per attempt.
-    retries: further attempts after the first (waiting backoff, 2*backoff, 4*backoff, ... s).
-    backoff: first wait in seconds.
-    sleep: the wait function (tests pass a fast one).
-
-  Returns:
-    PostResult with the HTTP status, the server's answer and the number of attempts.
-
-  Raises:
-    UserError: every attempt failed, or the server refused the submission (4xx).
-  """
-  if not url.startswith(("http://", "https://")):
-    raise UserError(f"--submit_url={url!r} must start with http:// or https://")
-  data = json.dumps(payload).encode("utf-8")
-  last = ""
-  for attempt in range(1, retries + 2):
-    request = urllib.request.Request(url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-      with urllib.request.urlopen(request, timeout=timeout) as response:
-        body = response.read().decode("utf-8", errors="replace")
-        logging.info("POST %s: HTTP %d after %d attempt(s)", url, response.status, attempt)
-        return PostResult(response.status, body, attempt)
-    except urllib.error.HTTPError as e:
-      body = e.read().decode("utf-8", errors="replace")[:500]
-      last = f"HTTP {e.code} {e.reason}: {body}".strip()
-      if 400 <= e.code < 500 and e.code not in (408, 429):
-        raise UserError(f"the server at {url} refused the submission ({last}); fix the "
-                        "submission or the URL") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-      last = str(getattr(e, "reason", e))
-    logging.warning("POST %s attempt %d/%d failed: %s", url, attempt, retries + 1, last)
-    if attempt <= retries:
-      sleep(backoff * 2 ** (attempt - 1))
-  raise UserError(f"could not submit to {url} after {retries + 1} attempts (last: {last}); the "
-                  "submission file is kept, re-send it later with --submit_url")
 
 
 LAYOUTS = ("auto", "folders", "flat", "celeba")

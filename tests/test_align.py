@@ -126,3 +126,28 @@ def test_ingest_with_mtcnn_records_landmarks(tmp_path, lfw_2to4):
                                       cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
   assert np.abs(decoded.astype(int) - direct.image.astype(int)).mean() < 3  # JPEG noise only
   np.testing.assert_allclose(first["landmarks"], direct.landmarks, atol=0.05)
+
+
+@pytest.mark.slow
+def test_query_time_crop_is_the_ingest_crop(tmp_path, lfw_2to4):
+  """A gallery folder embedded at query time (build-index, retrieve, evaluate use this path) sees
+  the same aligned crops as the TFRecords ingest wrote for the same photos."""
+  from facetriplet import classical, gallery  # pylint: disable=g-import-not-at-top
+  people = sorted(os.listdir(lfw_2to4))[3:6]
+  root = tmp_path / "in"
+  for person in people:
+    os.makedirs(root / person)
+    for path in sorted(glob.glob(os.path.join(lfw_2to4, person, "*.jpg"))):
+      os.symlink(path, root / person / os.path.basename(path))
+  settings = faces.CropSettings(detector="mtcnn", size=64)
+  out = str(tmp_path / "records")
+  ingest.build_tfrecords(str(root), out, crop=settings, val_fraction=0.0, workers=1,
+                         progress=False)
+  extractor = classical.get_extractor("pixels", crop=settings)
+  from_folder, folder_items, _ = gallery.embed_gallery(extractor, str(root), progress=False)
+  from_records, record_items, _ = gallery.embed_gallery(extractor, out, progress=False)
+  by_path = {e.rel_path: v for e, v in zip(record_items, from_records)}
+  assert len(by_path) == len(folder_items) > 0
+  for entry, vector in zip(folder_items, from_folder):
+    # Unit vectors of 32x32 pixels: equal up to the JPEG round trip of the stored crop.
+    assert float(np.dot(vector, by_path[entry.rel_path])) > 0.995, entry.rel_path

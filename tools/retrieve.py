@@ -62,6 +62,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _QUERIES.value or not _INDEX.value:
     raise UserError("--queries=<folder or list file> and --index=<index folder> are required")
+  if _SUBMIT_URL.value:  # before any work: a typo must not cost the whole run
+    retrieval.check_submit_url(_SUBMIT_URL.value)
   workers = _WORKERS.value or os.cpu_count() or 1
   extractor, index, features, model = load_extractor_and_index(_INDEX.value, _MODEL.value,
                                                                _FEATURES.value)
