@@ -302,21 +302,35 @@ CSV_COLUMNS = ("query", "rank", "gallery", "similarity", "gallery_identity", "qu
                "query_note")
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+  """A text cell a spreadsheet will not run: one starting like a formula gets a leading "'"
+  (OWASP's CSV-injection advice); submission.json keeps the exact names."""
+  return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def write_results_csv(path: str, result: RetrievalResult) -> int:
-  """One row per (query, neighbour); an unreadable query gets one row with its reason. Returns rows."""
+  """One row per (query, neighbour); an unreadable query gets one row with its reason. Returns rows.
+
+  Names and identities that start with =, +, -, @, tab or CR are written with a leading "'"
+  (`csv_text`), so opening the file in a spreadsheet never evaluates them.
+  """
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
   writer.writerow(CSV_COLUMNS)
   rows = 0
   for name, q in zip(query_names(result), result.queries):
     note = q.problem.reason if q.problem else ""
-    identity = q.entry.identity or ""
+    identity = csv_text(q.entry.identity or "")
+    name = csv_text(name)
     if not q.neighbors:
       writer.writerow([name, "", "", "", "", identity, note])
       rows += 1
     for n in q.neighbors:
-      writer.writerow([name, n["rank"], item_name(n), f"{n['score']:.6f}", n.get("identity") or "",
-                       identity, note])
+      writer.writerow([name, n["rank"], csv_text(item_name(n)), f"{n['score']:.6f}",
+                       csv_text(n.get("identity") or ""), identity, note])
       rows += 1
   atomic.write_text(path, buf.getvalue())
   return rows
