@@ -105,19 +105,44 @@ def _score_dense(q: Labelled, g: Labelled, ks, leave_one_out: bool, grid_rows: i
   return result, Ranking(idx, scores)
 
 
+def _drop_own(idx: np.ndarray, scores: np.ndarray, own: np.ndarray, depth: int):
+  """Each row's results without its own gallery row `own` (-1 = none), cut to `depth`."""
+  out_i = np.full((len(idx), depth), -1, np.int64)
+  out_s = np.full((len(idx), depth), -np.inf, np.float32)
+  for r in range(len(idx)):
+    keep = (idx[r] != own[r]) if own[r] >= 0 else np.ones(idx.shape[1], bool)
+    i, sc = idx[r][keep][:depth], scores[r][keep][:depth]
+    out_i[r, :len(i)], out_s[r, :len(sc)] = i, sc
+  return out_i, out_s
+
+
 def _score_index(extractor, q: Labelled, index, ks, labels, grid_rows: int, grid_k: int):
+  """Scores queries against an index. A query that is itself a gallery file (same absolute path)
+  never counts its own copy: it is dropped from its results and from its relevant count, as
+  `retrieve` does, so self-matches never inflate the metrics."""
   g_identities = [_identity(item, labels) for item in index.items]
   q_ids, g_ids = _encode(q.identities, g_identities)
   keep = q_ids != UNKNOWN
   if not keep.any():
     raise UserError("no query has a known identity: use identity folders (--layout=folders) or "
                     "--labels=<file with '<file> <identity>' lines>")
+  # abspath is string work only (no filesystem calls).
+  gallery_row = {os.path.abspath(item["path"]): j for j, item in enumerate(index.items)
+                 if item.get("path")}
+  own = np.array([gallery_row.get(os.path.abspath(e.path), -1) if getattr(e, "path", None)
+                  else -1 for e in q.entries], np.int64)
   counts = np.bincount(g_ids[g_ids >= 0], minlength=int(max(q_ids.max(), g_ids.max(), 0)) + 1)
   num_relevant = np.where(q_ids >= 0, counts[np.maximum(q_ids, 0)], 0)
+  own_relevant = (own >= 0) & (q_ids >= 0) & (g_ids[np.maximum(own, 0)] == q_ids)
+  num_relevant = num_relevant - own_relevant.astype(num_relevant.dtype)
   depth = min(len(index), max(max(ks), int(num_relevant.max(initial=0)), grid_k))
-  idx, scores = index.search(q.embeddings, depth)
+  extra = 1 if (own >= 0).any() else 0
+  idx, scores = index.search(q.embeddings, min(len(index), depth + extra))
+  if extra:
+    idx, scores = _drop_own(np.asarray(idx), np.asarray(scores), own, depth)
   ranked = np.where(idx >= 0, g_ids[np.maximum(idx, 0)], metrics.PAD)
   result = metrics.metrics_from_ranked(ranked[keep], q_ids[keep], num_relevant[keep], ks)
+  result["self_matches_excluded"] = int((own[keep] >= 0).sum())
   n = min(grid_rows, len(q_ids))
   return result, Ranking(idx[:n, :grid_k], scores[:n, :grid_k]), g_identities
 
@@ -210,6 +235,9 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
       grid.save_grid(os.path.join(output_dir, png), grid.make_grid(rows))
     first = False
   setup = {"mode": "leave_one_out" if leave_one_out else ("index" if index_dir else "gallery"),
+           # A query that is itself a gallery file never retrieves itself (index mode and
+           # leave-one-out); per feature, `self_matches_excluded` counts such queries.
+           "self_matches": "excluded" if (leave_one_out or index_dir) else "not checked",
            "queries": data or queries, "gallery": gallery_dir, "index": index_dir,
            "model": model_dir, "labels": labels_file, "ks": list(ks), "features": list(features)}
   report = {"results": results, "setup": setup, "problems": problems}

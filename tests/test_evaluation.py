@@ -84,3 +84,20 @@ def test_unknown_identities_and_bad_setups(sets, tmp_path):
     evaluation.evaluate(["embedding", "hog"], str(tmp_path), export_dir,
                         queries=os.path.join(root, "queries"),
                         index_dir=os.path.join(root, "index"), progress=False)
+
+
+def test_index_evaluation_never_counts_self_matches(sets, tmp_path):
+  """Queries that are the gallery's own files (issue: top-1 rose to 1.000 with no warning)."""
+  root, _, extractor = sets
+  report = evaluation.evaluate([], str(tmp_path), queries=os.path.join(root, "gallery"),
+                               index_dir=os.path.join(root, "index"), grid_queries=0,
+                               progress=False)
+  got = report["results"]["embedding"]
+  g = evaluation.embed_set(extractor, os.path.join(root, "gallery"), "auto", None, 8, 1, False)
+  # Independent reference: leave-one-out over the same embeddings (NumPy brute force).
+  expected = metrics.retrieval_metrics(g.embeddings, g.identities, g.embeddings, g.identities,
+                                       leave_one_out=True)
+  for key in ("top1", "top5", "precision@5", "recall@5", "map@r"):
+    assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+  assert got["self_matches_excluded"] == got["num_queries"] == 9
+  assert report["setup"]["self_matches"] == "excluded"
