@@ -207,6 +207,7 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
   if index_dir and len(features) > 1:
     raise UserError("an index holds one kind of features: compare features with --gallery")
   results, problems, first = {}, {}, True
+  clamped: dict[int, int] = {}
   for name in features:
     extractor = retrieval.make_extractor(name, model_dir if name == "embedding" or not crop else
                                          None, _classical_crop(model_dir, data or gallery_dir,
@@ -217,16 +218,26 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
       raise UserError(f"no readable query image in {data or queries}")
     if index_dir:
       index = _load_index(index_dir, extractor)
-      result, ranking, g_ids = _score_index(extractor, q, index, ks, labels, grid_queries, grid_k)
+      ks_used = _clamp_ks(ks, len(index), clamped)
+      result, ranking, g_ids = _score_index(extractor, q, index, ks_used, labels, grid_queries,
+                                            grid_k)
       items = index.items
     else:
       g = q if leave_one_out else embed_set(extractor, gallery_dir, layout, labels, batch_size,
                                             workers, progress)
       if len(g.entries) == 0:
         raise UserError(f"the gallery {gallery_dir} has no readable image")
-      result, ranking = _score_dense(q, g, ks, leave_one_out, grid_queries, grid_k)
+      ks_used = _clamp_ks(ks, len(g.entries) - (1 if leave_one_out else 0), clamped)
+      result, ranking = _score_dense(q, g, ks_used, leave_one_out, grid_queries, grid_k)
       items, g_ids = [gallery.item_of(e) for e in g.entries], g.identities
       problems[f"{name}/gallery"] = [p.to_dict() for p in g.problems] if g is not q else []
+    result = _keys_as_asked(result, ks, ks_used)
+    if not result.get("num_queries"):
+      raise UserError(
+          f"no query of {data or queries} has a relevant gallery item (same identity"
+          + (", another photo" if leave_one_out else "") + "), so every metric would be "
+          "undefined: " + ("leave-one-out needs identities with 2 or more photos"
+                           if leave_one_out else "check --labels and the identity folders"))
     results[name] = result
     problems[f"{name}/queries"] = [p.to_dict() for p in q.problems]
     if grid_queries > 0:
@@ -239,11 +250,39 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
            # leave-one-out); per feature, `self_matches_excluded` counts such queries.
            "self_matches": "excluded" if (leave_one_out or index_dir) else "not checked",
            "queries": data or queries, "gallery": gallery_dir, "index": index_dir,
-           "model": model_dir, "labels": labels_file, "ks": list(ks), "features": list(features)}
+           "model": model_dir, "labels": labels_file, "ks": list(ks), "features": list(features),
+           # k larger than the candidates of a query: scored at the number of candidates.
+           "ks_clamped": {f"@{k}": v for k, v in sorted(clamped.items())}}
   report = {"results": results, "setup": setup, "problems": problems}
   atomic.write_json(os.path.join(output_dir, "metrics.json"), report)
   atomic.write_text(os.path.join(output_dir, "metrics.md"), metrics.to_markdown(results))
   return report
+
+
+def _clamp_ks(ks: Sequence[int], candidates: int, clamped: dict[int, int]) -> list[int]:
+  """`ks` with every k above the number of candidates lowered to it (recorded in `clamped`), so
+  precision@k never divides by results that cannot exist."""
+  if candidates < 1:
+    raise UserError("the gallery has no candidate for any query (one image, queried against "
+                    "itself): add gallery images")
+  out = []
+  for k in ks:
+    if k > candidates:
+      clamped[int(k)] = candidates
+      logging.warning("k=%d is more than the %d candidates per query: scored at k=%d (the "
+                      "metric keys keep the name @%d)", k, candidates, candidates, k)
+    out.append(min(int(k), candidates))
+  return out
+
+
+def _keys_as_asked(result: dict, ks: Sequence[int], ks_used: Sequence[int]) -> dict:
+  """Metric keys named by the asked k (`top10`) even where it was scored at a clamped k."""
+  out = {key: v for key, v in result.items()
+         if not any(key in (f"top{u}", f"precision@{u}", f"recall@{u}") for u in ks_used)}
+  for k, used in zip(ks, ks_used):
+    for stem in ("top{}", "precision@{}", "recall@{}"):
+      out[stem.format(k)] = result[stem.format(used)]
+  return out
 
 
 def _classical_crop(model_dir: Optional[str], source: Optional[str], crop=None):

@@ -101,3 +101,22 @@ def test_index_evaluation_never_counts_self_matches(sets, tmp_path):
     assert got[key] == pytest.approx(expected[key], abs=1e-6), key
   assert got["self_matches_excluded"] == got["num_queries"] == 9
   assert report["setup"]["self_matches"] == "excluded"
+
+
+def test_degenerate_evaluations_are_errors_or_stated_clamps(sets, tmp_path):
+  root, export_dir, extractor = sets
+  # Leave-one-out where nobody has a second photo: an error, not a table of zeros.
+  with pytest.raises(UserError, match="no query .* relevant gallery item"):
+    evaluation.evaluate(["embedding"], str(tmp_path), export_dir, leave_one_out=True,
+                        data=os.path.join(root, "queries"), grid_queries=0, progress=False)
+  # k above the candidates (9 gallery photos, 8 others per query): scored at 8 and said so.
+  report = evaluation.evaluate(["embedding"], str(tmp_path), export_dir, leave_one_out=True,
+                               data=os.path.join(root, "gallery"), ks=(1, 5, 20),
+                               grid_queries=0, progress=False)
+  got = report["results"]["embedding"]
+  assert report["setup"]["ks_clamped"] == {"@20": 8}
+  g = evaluation.embed_set(extractor, os.path.join(root, "gallery"), "auto", None, 8, 1, False)
+  expected = metrics.retrieval_metrics(g.embeddings, g.identities, g.embeddings, g.identities,
+                                       ks=(1, 5, 8), leave_one_out=True)
+  assert got["precision@20"] == pytest.approx(expected["precision@8"])
+  assert got["top20"] == pytest.approx(expected["top8"]) and "top8" not in got
