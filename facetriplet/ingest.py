@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -219,8 +220,34 @@ def _resolve_workers(workers: int, tasks: int) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False) -> None:
+def _die_with_parent(parent: int) -> None:
+  """A worker must not outlive its parent (a `kill -9` of the tool left ~100 MB workers behind):
+  Linux delivers SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a daemon
+  thread notices the re-parenting within a second."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+  except (OSError, AttributeError):
+    pass
+  if os.getppid() != parent:  # The parent died before prctl took effect.
+    os._exit(1)  # pylint: disable=protected-access
+
+  def watch():
+    while True:
+      time.sleep(1.0)
+      if os.getppid() != parent:
+        os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False,
+                 parent: int = 0) -> None:
   if subprocess:
+    if parent:
+      _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent handles Ctrl-C and stops the pool.
     if crop.get("detector") == "mtcnn":  # One process per core: TensorFlow gets one thread.
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -290,7 +317,8 @@ def _crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pi
   per_call = max(1, min(32 // batch, len(chunks) // (workers * 8)))
   pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_init_worker,
-                                                initargs=(crop.to_dict(), max_pixels, True))
+                                                initargs=(crop.to_dict(), max_pixels, True,
+                                                          os.getpid()))
   try:
     for results in pool.map(_crop_chunk, chunks, chunksize=per_call):
       yield from results
