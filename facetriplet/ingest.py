@@ -175,6 +175,14 @@ def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
     if not overwrite:
       raise UserError(f"output folder {output_dir} holds shards from a different run (other "
                       "inputs or settings): choose an empty folder or pass --overwrite")
+  if names and (overwrite or previous != fingerprint):
+    # Only what a facetriplet run provably wrote (listed in its plan.json) is ever deleted.
+    owned = _owned_names(run_path)
+    unknown = [n for n in names if n not in owned and not _TEMP.match(n)]
+    if unknown:
+      raise UserError(f"output folder {output_dir} holds {unknown[0]}, which no plan.json of a "
+                      "facetriplet run there lists; --overwrite removes only files a run "
+                      "provably wrote: choose an empty folder or remove it yourself")
   if overwrite or previous != fingerprint:
     for name in names:
       _remove(os.path.join(output_dir, name))
@@ -189,6 +197,19 @@ def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
   atomic.write_json(run_path, {"fingerprint": fingerprint, "settings": settings,
                                "shards": shards})
   os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
+
+
+def _owned_names(plan_path: str) -> set[str]:
+  """Names in the output folder that the run recorded in `plan_path` wrote (empty without one)."""
+  try:
+    with open(plan_path, encoding="utf-8") as f:
+      plan = json.load(f)
+    shards = {s["file"] for s in plan.get("shards", [])}
+  except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    return set()
+  if not all(isinstance(n, str) and _OURS.match(n) for n in shards):
+    return set()
+  return shards | {tfrecords.MANIFEST, PLAN_FILE, STATE_DIR}
 
 
 def _runs(labels: Iterable[int]) -> list[list[int]]:

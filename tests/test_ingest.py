@@ -307,3 +307,25 @@ def test_tool_on_orl(tmp_path, orl_faces):
   ingest.build_tfrecords(orl_faces, str(tmp_path / "orl1"), workers=1, progress=False,
                          crop=faces.CropSettings(detector="haar"))
   assert _shard_bytes(str(tmp_path / "orl1")) == _shard_bytes(str(tmp_path / "orl"))
+
+
+def test_overwrite_never_deletes_look_alike_files(tmp_path):
+  """Files named like facetriplet's but written by someone else (no plan.json lists them)."""
+  make_dataset(str(tmp_path / "in"), people=3, photos=2)
+  out = tmp_path / "out"
+  os.makedirs(out)
+  (out / "images-00000-of-00001.tfrecord").write_bytes(b"the user's own records")
+  (out / "manifest.json").write_text('{"theirs": true}')
+  with pytest.raises(UserError, match="images-00000-of-00001.tfrecord.*provably wrote"):
+    ingest.build_tfrecords(str(tmp_path / "in"), str(out), crop=NONE, workers=1,
+                           progress=False, overwrite=True)
+  assert (out / "images-00000-of-00001.tfrecord").read_bytes() == b"the user's own records"
+  assert (out / "manifest.json").read_text() == '{"theirs": true}'
+  # A real earlier run is replaced, but a look-alike shard it never wrote is still refused.
+  real = tmp_path / "real"
+  ingest.build_tfrecords(str(tmp_path / "in"), str(real), crop=NONE, workers=1, progress=False)
+  (real / "extra-00000-of-00001.tfrecord").write_bytes(b"not from that run")
+  with pytest.raises(UserError, match="extra-00000-of-00001.tfrecord"):
+    ingest.build_tfrecords(str(tmp_path / "in"), str(real), workers=1, progress=False,
+                           overwrite=True, crop=faces.CropSettings(detector="none", size=48))
+  assert (real / "extra-00000-of-00001.tfrecord").exists()
