@@ -44,7 +44,10 @@ class ImageListing:
     empty_identities: identity folders (folders layout) holding no image file.
     ignored: [(rel_path, reason)] files not used: `not-an-image-file` (extension),
       `outside-identity-folder`, `no-identity` / `no-partition` (CelebA image missing from the
-      identity / partition list).
+      identity / partition list), `hidden` (name starting with "."); and folders not entered
+      (rel_path ending in "/"): `hidden`, `link-outside-input` (a directory link leading out of
+      the input root), `folder-reached-twice` (the same device and inode met again: a link
+      loop or a second path to the same folder), `unreadable`.
     missing: [(rel_path, reason)] files named by a list file but absent (`missing-file`).
   """
   entries: list[ImageEntry]
@@ -100,30 +103,72 @@ def scan_images(root: str, layout: str, identity_file: str | None = None,
   return listing
 
 
-def _walk_files(top: str, root: str) -> list[str]:
-  """Relative paths ("/") of every non-hidden file under `top`, sorted."""
-  out = []
-  for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    for name in filenames:
-      if name.startswith("."):
-        continue
-      out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
-  return sorted(out)
+class _Walk:
+  """One listing's walk state: every folder is entered once (by device and inode), directory
+  links that lead outside the input root are not followed, hidden names are listed, not used."""
+
+  def __init__(self, root: str, listing: ImageListing):
+    self.root = root
+    self.real_root = os.path.realpath(root)
+    self.listing = listing
+    st = os.stat(root)
+    self.seen = {(st.st_dev, st.st_ino)}
+
+  def _rel(self, path: str) -> str:
+    return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+  def enter(self, folder: str) -> bool:
+    """Whether to list `folder`; a refusal is recorded in `listing.ignored` with its reason."""
+    rel = self._rel(folder) + "/"
+    if os.path.basename(folder).startswith("."):
+      self.listing.ignored.append((rel, "hidden"))
+      return False
+    if os.path.islink(folder):
+      real = os.path.realpath(folder)
+      if real != self.real_root and not real.startswith(self.real_root + os.sep):
+        self.listing.ignored.append((rel, "link-outside-input"))
+        return False
+    try:
+      st = os.stat(folder)
+    except OSError:
+      self.listing.ignored.append((rel, "unreadable"))
+      return False
+    if (st.st_dev, st.st_ino) in self.seen:
+      self.listing.ignored.append((rel, "folder-reached-twice"))
+      return False
+    self.seen.add((st.st_dev, st.st_ino))
+    return True
+
+  def files(self, top: str) -> list[str]:
+    """Relative paths ("/") of the files under `top` (already entered), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+      dirnames[:] = [d for d in sorted(dirnames) if self.enter(os.path.join(dirpath, d))]
+      for name in filenames:
+        rel = self._rel(os.path.join(dirpath, name))
+        if name.startswith("."):
+          self.listing.ignored.append((rel, "hidden"))
+          continue
+        out.append(rel)
+    return sorted(out)
 
 
 def _scan_folders(root: str) -> ImageListing:
   listing = ImageListing(entries=[])
+  walk = _Walk(root, listing)
   for name in sorted(os.listdir(root)):
-    if name.startswith("."):
-      continue
     full = os.path.join(root, name)
     if not os.path.isdir(full):
+      if name.startswith("."):
+        listing.ignored.append((name, "hidden"))
+        continue
       reason = "outside-identity-folder" if is_image_file(name) else "not-an-image-file"
       listing.ignored.append((name, reason))
       continue
+    if not walk.enter(full):
+      continue
     count = 0
-    for rel in _walk_files(full, root):
+    for rel in walk.files(full):
       if is_image_file(rel):
         listing.entries.append(ImageEntry(os.path.join(root, rel), rel, name, None))
         count += 1
@@ -137,7 +182,7 @@ def _scan_folders(root: str) -> ImageListing:
 
 def _scan_flat(root: str) -> ImageListing:
   listing = ImageListing(entries=[])
-  for rel in _walk_files(root, root):
+  for rel in _Walk(root, listing).files(root):
     if is_image_file(rel):
       listing.entries.append(ImageEntry(os.path.join(root, rel), rel, None, None))
     else:
@@ -197,7 +242,7 @@ def _scan_celeba(root: str, identity_file: str | None,
       raise UserError(f"{partition_file}: partition {value!r} of {name} is not 0, 1 or 2")
   listing = ImageListing(entries=[])
   on_disk = set()
-  for rel in _walk_files(root, root):
+  for rel in _Walk(root, listing).files(root):
     if not is_image_file(rel):
       if os.path.join(root, rel) not in (identity_file, partition_file):
         listing.ignored.append((rel, "not-an-image-file"))

@@ -26,7 +26,8 @@ def test_folders_layout(tmp_path):
       ("bob/2.jpg", "bob"), ("carol/only.tif", "carol")]
   assert all(os.path.isabs(e.path) and e.partition is None for e in listing.entries)
   assert listing.empty_identities == ["empty_person"]
-  assert sorted(listing.ignored) == [("README.md", "not-an-image-file"),
+  assert sorted(listing.ignored) == [(".hidden/", "hidden"), ("README.md", "not-an-image-file"),
+                                     ("bob/.DS_Store", "hidden"),
                                      ("bob/notes.txt", "not-an-image-file"),
                                      ("stray.jpg", "outside-identity-folder")]
   assert layouts.list_images(root, "folders") == listing.entries
@@ -86,3 +87,36 @@ def test_missing_and_empty_inputs(tmp_path):
     layouts.scan_images(str(tmp_path), "folders")
   with pytest.raises(UserError, match="not one of"):
     layouts.scan_images(str(tmp_path), "pairs")
+
+
+def test_directory_links_loops_and_hidden_folders_are_listed_not_followed(tmp_path):
+  """Issue: `s/loop -> .` repeated one person 41 times; `s/up -> ..` brought everyone in under
+  the wrong identity; `.hidden/` vanished without a word."""
+  root = tmp_path / "people"
+  for person in ("ann", "bob"):
+    os.makedirs(root / person)
+    for i in range(2):
+      (root / person / f"{i}.jpg").write_bytes(b"x")
+  os.symlink(".", root / "ann" / "loop")
+  os.symlink("..", root / "ann" / "up")
+  outside = tmp_path / "elsewhere"
+  os.makedirs(outside)
+  (outside / "z.jpg").write_bytes(b"x")
+  os.symlink(outside, root / "bob" / "away")
+  os.symlink(root / "bob", root / "bob_again")  # a second identity path to the same folder
+  os.makedirs(root / ".cache")
+  (root / ".cache" / "c.jpg").write_bytes(b"x")
+  (root / "bob" / ".DS_Store").write_bytes(b"x")
+  listing = layouts.scan_images(str(root), "folders")
+  assert [(e.rel_path, e.identity) for e in listing.entries] == [
+      ("ann/0.jpg", "ann"), ("ann/1.jpg", "ann"), ("bob/0.jpg", "bob"), ("bob/1.jpg", "bob")]
+  ignored = dict(listing.ignored)
+  assert ignored["ann/loop/"] == "folder-reached-twice"
+  assert ignored["ann/up/"] == "folder-reached-twice"
+  assert ignored["bob/away/"] == "link-outside-input"
+  assert ignored["bob_again/"] == "folder-reached-twice"
+  assert ignored[".cache/"] == "hidden" and ignored["bob/.DS_Store"] == "hidden"
+  # The same lister serves flat galleries and query folders.
+  flat = layouts.scan_images(str(root / "ann"), "flat")
+  assert [e.rel_path for e in flat.entries] == ["0.jpg", "1.jpg"]
+  assert dict(flat.ignored)["up/"] == "link-outside-input"  # outside the flat root `ann`
