@@ -1,15 +1,76 @@
 """Atomic file writes: write under a temporary name in the same folder, then rename.
 
 A killed job therefore never leaves a half-written file that a later run would trust.
+
+Folders (an index, an export) are replaced by swapping the new folder with the old one in one
+step (Linux `renameat2(RENAME_EXCHANGE)`), so the target path holds the complete old or the
+complete new folder at every instant. Where the kernel or filesystem cannot swap, the old folder
+is moved aside and the new one renamed in; a kill between those two renames leaves the old one
+aside under `.<name>.tmp-<pid>.old`, and the next `atomic_path` on the same target puts it back
+(when the target is missing) and removes what killed runs left, so nothing is lost and no
+temporary folder stays behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
 from typing import Any, Iterator
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps two existing paths atomically; False where the system cannot."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+  if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+    return False
+  raise OSError(err, os.strerror(err), b)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def recover(path: str) -> None:
+  """Undoes what killed runs left beside `path`: the old folder set aside by an interrupted
+  replacement comes back when `path` is missing; temporaries of dead processes are removed."""
+  directory = os.path.dirname(os.path.abspath(path)) or "."
+  base = os.path.basename(path)
+  pattern = re.compile(r"^\." + re.escape(base) + r"\.tmp-(\d+)(\.old)?$")
+  try:
+    names = sorted(os.listdir(directory))
+  except OSError:
+    return
+  for name in names:
+    m = pattern.match(name)
+    if not m or _pid_alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
+      continue
+    leftover = os.path.join(directory, name)
+    if m.group(2) and not os.path.exists(path):
+      os.replace(leftover, path)  # the complete old folder, put back
+    else:
+      _remove(leftover)
 
 
 @contextlib.contextmanager
@@ -22,16 +83,19 @@ def atomic_path(path: str) -> Iterator[str]:
   directory = os.path.dirname(os.path.abspath(path)) or "."
   os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+  recover(path)
   _remove(tmp)
   try:
     yield tmp
-    if os.path.isdir(tmp) and os.path.isdir(path):
-      # Folders cannot be replaced atomically over a non-empty folder: move the old one aside first.
-      old = tmp + ".old"
-      _remove(old)
-      os.replace(path, old)
-      os.replace(tmp, path)
-      _remove(old)
+    if os.path.isdir(tmp) and os.path.isdir(path) and not os.path.islink(path):
+      if _exchange(tmp, path):  # `path` is the new folder now, `tmp` the old one
+        _remove(tmp)
+      else:  # No atomic swap here: old aside, new in; `recover` repairs a kill in between.
+        old = tmp + ".old"
+        _remove(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
     else:
       os.replace(tmp, path)
   finally:

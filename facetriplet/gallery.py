@@ -139,7 +139,14 @@ def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "
 
 
 def read_gallery_info(index_dir: str) -> dict[str, Any]:
-  """gallery.json of an index folder ({} for an index written some other way)."""
+  """gallery.json of an index folder ({} for an index written some other way).
+
+  Raises:
+    UserError: the index folder does not exist (reported as such, not as a model problem).
+  """
+  if not os.path.isdir(index_dir):
+    raise UserError(f"index folder {index_dir} does not exist: build it with "
+                    f"facetriplet-build-index --index_dir={index_dir} (or pass the right --index)")
   path = os.path.join(index_dir, GALLERY_FILE)
   if not os.path.isfile(path):
     return {}

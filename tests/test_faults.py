@@ -79,3 +79,67 @@ def test_kill_9_of_ingest_takes_its_workers_with_it(tmp_path):
       capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "written 320" in done.stdout
+
+
+def test_folder_replacement_keeps_old_or_new_and_cleans_up(tmp_path):
+  from facetriplet import atomic  # pylint: disable=g-import-not-at-top
+  target = tmp_path / "index"
+  os.makedirs(target)
+  (target / "a.npy").write_text("old")
+  with atomic.atomic_path(str(target)) as tmp:
+    os.makedirs(tmp)
+    (tmp_path / os.path.basename(tmp) / "a.npy").write_text("new")
+  assert (target / "a.npy").read_text() == "new"
+  assert sorted(os.listdir(tmp_path)) == ["index"]
+  # A run killed between "old aside" and "new in" (the fallback without an atomic swap): the
+  # target is missing, the complete old folder sits aside, a half-written temp beside it.
+  os.replace(target, tmp_path / ".index.tmp-999999.old")
+  os.makedirs(tmp_path / ".index.tmp-999998")
+  (tmp_path / ".index.tmp-999998" / "half").write_text("x")
+  with atomic.atomic_path(str(target)) as tmp:  # the next run of the same step
+    assert (target / "a.npy").read_text() == "new"  # put back before anything else happens
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+    os.makedirs(tmp)
+    (tmp_path / os.path.basename(tmp) / "a.npy").write_text("newer")
+  assert (target / "a.npy").read_text() == "newer" and sorted(os.listdir(tmp_path)) == ["index"]
+
+
+@pytest.mark.slow
+def test_kill_9_during_index_replacement_never_loses_the_index(tmp_path):
+  """A writer process replaces a folder in a loop; it is killed at random moments, and the
+  target must always be a complete folder (old or new) and the leftovers go on the next run."""
+  script = (
+      "import os, sys\n"
+      "from facetriplet import atomic\n"
+      "target = sys.argv[1]\n"
+      "i = 0\n"
+      "while True:\n"
+      "  i += 1\n"
+      "  with atomic.atomic_path(target) as tmp:\n"
+      "    os.makedirs(tmp)\n"
+      "    for n in range(20):\n"
+      "      open(os.path.join(tmp, f'{n}.bin'), 'w').write(str(i))\n")
+  target = tmp_path / "index"
+  rng = np.random.default_rng(0)
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  for seed in range(5):
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], env=env)
+    time.sleep(0.5 + float(rng.uniform(0, 0.5)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from facetriplet import atomic  # pylint: disable=g-import-not-at-top
+    atomic.recover(str(target))
+    assert target.is_dir(), f"seed {seed}: the index folder is gone"
+    values = {(target / f"{n}.bin").read_text() for n in range(20)}
+    assert len(values) == 1, f"seed {seed}: a mix of two versions {values}"
+    assert sorted(os.listdir(tmp_path)) == ["index"], os.listdir(tmp_path)
+
+
+def test_missing_index_is_reported_as_a_missing_index(tmp_path):
+  proc = subprocess.run(
+      [os.path.join(BIN, "facetriplet-retrieve"), f"--index={tmp_path / 'gone'}",
+       f"--queries={tmp_path}", f"--output={tmp_path / 'out'}", "--groupname=g"],
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "index folder" in last and "does not exist" in last and "--model" not in last
