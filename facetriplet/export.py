@@ -17,7 +17,12 @@ metadata.
 
 `assets/facetriplet.json` carries `embedding_dim`, `input_size`, `crop` (CropSettings dict from the
 training manifest), `config` (the training config), `fingerprint` (first 16 hex digits of a sha256
-over the weights) and where the weights came from.
+over the exported variables, the crop settings and the flip flag; `load_embedder` recomputes it
+from what it loaded and refuses an export that does not match) and where the weights came from.
+
+Trust: an export folder is code. Loading a SavedModel runs its graph, so load only exports you
+would install as a package; the fingerprint guards against edits and mix-ups, not against an
+export crafted to run something when loaded.
 """
 
 from __future__ import annotations
@@ -121,6 +126,24 @@ def model_fingerprint(model) -> str:
     a = np.ascontiguousarray(np.asarray(w))
     h.update(f"{a.dtype.str}{a.shape};".encode())
     h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+FINGERPRINT_VERSION = 2
+
+
+def export_fingerprint(arrays, crop: dict[str, Any], flip: bool) -> str:
+  """First 16 hex digits of sha256 over every exported variable (shape, dtype, bytes, in the
+  SavedModel's `model_variables` order), the crop settings and the flip flag: recomputed when an
+  export is loaded, so an edited or swapped export cannot pass for another."""
+  h = hashlib.sha256(f"facetriplet-export-v{FINGERPRINT_VERSION};".encode())
+  for a in arrays:
+    a = np.ascontiguousarray(np.asarray(a))
+    h.update(f"{a.dtype.str}{a.shape};".encode())
+    h.update(a.tobytes())
+  settings = {k: v for k, v in dict(crop).items()}
+  h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+  h.update(b"flip" if flip else b"plain")
   return h.hexdigest()[:16]
 
 
@@ -251,13 +274,12 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
   if int(crop.get("size", size)) != size:
     logging.warning("crop size %s differs from the model input size %d; the export resizes",
                     crop.get("size"), size)
-  fingerprint = model_fingerprint(model)
   if flip is None:
     flip = bool(((config or {}).get("model") or {}).get("test_time_flip", False))
-  if flip:  # Another function of the same weights: it must not pass as the plain one.
-    fingerprint = hashlib.sha256(f"{fingerprint}:flip".encode()).hexdigest()[:16]
   dim = int(model.outputs[0].shape[-1])
   module = _make_module(model, size, flip)
+  # Flip on or off, crop settings and weights all change what an index built from it means.
+  fingerprint = export_fingerprint([v.numpy() for v in module.model_variables], crop, flip)
   metadata = {
       "version": METADATA_VERSION,
       "name": "embedding",
@@ -267,6 +289,8 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
       "crop": dict(crop),
       "config": config,
       "fingerprint": fingerprint,
+      "fingerprint_version": FINGERPRINT_VERSION,
+      "weights_sha256_16": model_fingerprint(model),
       "test_time_flip": bool(flip),
       "checkpoint": os.path.abspath(checkpoint),
       "signatures": {
@@ -321,6 +345,24 @@ class Embedder:
     self.crop_settings = CropSettings.from_dict(self.metadata["crop"])
     self._loaded = tf.saved_model.load(export_dir)
     self._fn = self._loaded.signatures[SIGNATURE_IMAGES]
+    self._verify()
+
+  def _verify(self) -> None:
+    """Recomputes the fingerprint from the loaded weights; an edited export is refused."""
+    if int(self.metadata.get("fingerprint_version", 1)) < FINGERPRINT_VERSION:
+      logging.warning("%s is an export of fingerprint version 1 (not verifiable): re-export it "
+                      "with this facetriplet to have its weights checked", self.export_dir)
+      return
+    variables = getattr(self._loaded, "model_variables", None)
+    if variables is None:
+      raise UserError(f"{self.export_dir} lacks the model variables its fingerprint covers: "
+                      "re-export it with facetriplet-export")
+    actual = export_fingerprint([v.numpy() for v in variables], self.metadata["crop"],
+                                bool(self.metadata.get("test_time_flip", False)))
+    if actual != self.fingerprint:
+      raise UserError(f"{self.export_dir} does not match its own fingerprint (recorded "
+                      f"{self.fingerprint}, its weights and settings give {actual}): the export "
+                      "was modified or mixed with another; re-export it from the training workdir")
 
   def embed(self, images: np.ndarray) -> np.ndarray:
     """Embeds uint8 face crops [N, S, S, 3] (any S is resized) into float32 [N, D] unit rows."""

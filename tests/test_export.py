@@ -163,7 +163,8 @@ def test_metadata_and_embedder(exported):
   assert meta["config"]["model"]["embedding_dim"] == DIM
   assert meta["checkpoint"].endswith("best.keras")
   model = export.load_checkpoint(os.path.join(workdir, "checkpoints", "best.keras"))
-  assert meta["fingerprint"] == export.model_fingerprint(model) == summary.fingerprint
+  assert meta["fingerprint"] == summary.fingerprint
+  assert meta["weights_sha256_16"] == export.model_fingerprint(model)
   assert len(meta["fingerprint"]) == 16
   emb = export.load_embedder(export_dir, batch_size=2)
   assert emb.name == "embedding" and emb.dim == dim and emb.fingerprint == meta["fingerprint"]

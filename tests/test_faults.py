@@ -143,3 +143,41 @@ def test_missing_index_is_reported_as_a_missing_index(tmp_path):
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert "index folder" in last and "does not exist" in last and "--model" not in last
+
+
+def test_an_edited_or_swapped_export_is_refused(tmp_path):
+  """Issue: the fingerprint was a string read from assets/facetriplet.json, never recomputed."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from facetriplet import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
+  from tests.test_export import make_export  # pylint: disable=g-import-not-at-top
+  a = make_export(str(tmp_path / "a"), seed=0)
+  b = make_export(str(tmp_path / "b"), seed=1)
+  fp_a, fp_b = export.load_embedder(a).fingerprint, export.load_embedder(b).fingerprint
+  assert fp_a != fp_b
+  # B's weights inside A's folder (A's metadata): refused.
+  swapped = str(tmp_path / "swapped")
+  shutil.copytree(a, swapped)
+  shutil.rmtree(os.path.join(swapped, "variables"))
+  shutil.copytree(os.path.join(b, "variables"), os.path.join(swapped, "variables"))
+  with pytest.raises(UserError, match="does not match its own fingerprint"):
+    export.load_embedder(swapped)
+  # A fake fingerprint written into the metadata (to pass an index built from B): refused.
+  faked = str(tmp_path / "faked")
+  shutil.copytree(a, faked)
+  meta_path = os.path.join(faked, "assets", "facetriplet.json")
+  with open(meta_path, encoding="utf-8") as f:
+    meta = json.load(f)
+  meta["fingerprint"] = fp_b
+  with open(meta_path, "w", encoding="utf-8") as f:
+    json.dump(meta, f)
+  with pytest.raises(UserError, match=f"recorded {fp_b}"):
+    export.load_embedder(faked)
+  # Changing the crop settings changes what the export means: refused too.
+  meta["fingerprint"] = fp_a
+  meta["crop"]["size"] = int(meta["crop"]["size"]) + 8
+  with open(meta_path, "w", encoding="utf-8") as f:
+    json.dump(meta, f)
+  with pytest.raises(UserError, match="does not match"):
+    export.load_embedder(faked)
