@@ -117,6 +117,17 @@ def load_rgb(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
       raise ImageError(path, reason, str(e)) from None
 
 
+def image_pixels(path: str) -> int:
+  """Width x height from the file header (nothing decoded); 0 when it cannot be read."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(path) as im:
+        return int(im.size[0]) * int(im.size[1])
+  except Exception:  # pylint: disable=broad-except  (load_rgb reports the reason)
+    return 0
+
+
 def _looks_truncated(e: BaseException) -> bool:
   text = str(e).lower()
   return any(w in text for w in ("truncated", "broken data stream", "premature", "end of file",

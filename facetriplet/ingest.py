@@ -239,6 +239,10 @@ def _resolve_workers(workers: int, tasks: int) -> int:
 
 
 _WORKER: dict[str, Any] = {}
+# Photos above this many pixels are decoded one at a time across all workers (a shared gate):
+# a 50 MP photo costs ~0.6 GB while decoded, so N workers each holding one would need N times
+# that. Below it, each worker holds at most a batch of ordinary photos.
+LARGE_PIXELS = 12_000_000
 
 
 def _die_with_parent(parent: int) -> None:
@@ -265,7 +269,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False,
-                 parent: int = 0) -> None:
+                 parent: int = 0, large_gate: Any = None) -> None:
   if subprocess:
     if parent:
       _die_with_parent(parent)
@@ -277,6 +281,7 @@ def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False
   cv2.setNumThreads(1)  # One process per core already; OpenCV's own threads would oversubscribe.
   _WORKER["cropper"] = faces.FaceCropper(faces.CropSettings.from_dict(crop))
   _WORKER["max_pixels"] = max_pixels
+  _WORKER["large_gate"] = large_gate
 
 
 def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
@@ -286,8 +291,17 @@ def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
   cropper = _WORKER["cropper"]
   out: list[tuple] = [()] * len(tasks)
   good: list[tuple[int, Any]] = []
+  gate = _WORKER.get("large_gate")
   # One bad photo must never stop the job: anything unexpected becomes a rejection.
   for i, (path, _) in enumerate(tasks):
+    if gate is not None and faces.image_pixels(path) > LARGE_PIXELS:
+      with gate:  # alone across all workers, and not kept for the batch
+        _WORKER["large_gate"] = None
+        try:
+          out[i] = _crop_chunk([tasks[i]])[0]
+        finally:
+          _WORKER["large_gate"] = gate
+      continue
     try:
       good.append((i, faces.load_rgb(path, max_pixels=_WORKER["max_pixels"])))
     except ImageError as e:
@@ -336,10 +350,11 @@ def _crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pi
   context = multiprocessing.get_context("spawn")
   chunks = list(_chunks(tasks, batch))
   per_call = max(1, min(32 // batch, len(chunks) // (workers * 8)))
+  gate = context.BoundedSemaphore(1)
   pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_init_worker,
                                                 initargs=(crop.to_dict(), max_pixels, True,
-                                                          os.getpid()))
+                                                          os.getpid(), gate))
   try:
     for results in pool.map(_crop_chunk, chunks, chunksize=per_call):
       yield from results

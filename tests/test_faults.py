@@ -181,3 +181,102 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
     json.dump(meta, f)
   with pytest.raises(UserError, match="does not match"):
     export.load_embedder(faked)
+
+
+@pytest.mark.slow
+def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
+  """Real SIGKILLs at a random moment after the first epoch (three seeds); each re-run of the same
+  command continues from the backup and ends with the same epochs and steps as a clean run."""
+  from tests import shard_helpers  # pylint: disable=g-import-not-at-top
+  from facetriplet.train_eval import read_metrics  # pylint: disable=g-import-not-at-top
+  data = str(tmp_path / "data")
+  shard_helpers.write_dataset(data, {"train": [4, 3, 2, 5, 3, 4], "val": [3, 2, 3]}, size=32)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="3")
+
+  def command(workdir):
+    return [sys.executable, os.path.join(repo, "tools", "train.py"),
+            f"--config={os.path.join(repo, 'configs', 'default.py')}:smoke",
+            f"--workdir={workdir}", f"--config.data.tfrecord_dir={data}",
+            "--config.train.epochs=4", "--config.train.p=2"]
+
+  clean = subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert clean.returncode == 0, clean.stderr[-2000:]
+  expected = [(r["epoch"], r["step"]) for r in read_metrics(str(tmp_path / "clean"))]
+  rng = np.random.default_rng(0)
+  for seed in range(3):
+    workdir = tmp_path / f"killed{seed}"
+    proc = subprocess.Popen(command(workdir), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+      if len(read_metrics(str(workdir))) >= 2:  # epoch 0 and 1 are recorded
+        break
+      time.sleep(0.1)
+    time.sleep(float(rng.uniform(0, 1.5)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(command(workdir), env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [(r["epoch"], r["step"]) for r in read_metrics(str(workdir))] == expected, seed
+    leftovers = [n for n in os.listdir(workdir / "checkpoints") if n.startswith(".")]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
+  from facetriplet import export  # pylint: disable=g-import-not-at-top
+  from tests.test_export import make_workdir  # pylint: disable=g-import-not-at-top
+  workdir = make_workdir(str(tmp_path / "w"), kind="tiny")
+  out = tmp_path / "exports" / "model"
+  tool = [os.path.join(BIN, "facetriplet-export"), f"--workdir={workdir}",
+          f"--export_dir={out}"]
+  first = subprocess.run(tool, capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-2000:]
+  fingerprint = export.load_embedder(str(out)).fingerprint
+  rng = np.random.default_rng(1)
+  for seed in range(3):
+    proc = subprocess.Popen(tool, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(float(rng.uniform(1.0, 6.0)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Whatever the moment, the export folder is complete and verifies.
+    assert export.load_embedder(str(out)).fingerprint == fingerprint, seed
+  again = subprocess.run(tool, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path / "exports")) == ["model"]  # no temp folder left behind
+
+
+@pytest.mark.slow
+def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_path):
+  rng = np.random.default_rng(2)
+  for person in range(30):
+    folder = tmp_path / "in" / f"p{person:02d}"
+    os.makedirs(folder)
+    for i in range(6):
+      cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
+
+  def tool(out):
+    return [os.path.join(BIN, "facetriplet-build-tfrecords"), f"--input={tmp_path / 'in'}",
+            f"--output={out}", "--detector=haar", "--workers=2", "--num_shards=4",
+            "--noprogress"]
+
+  assert subprocess.run(tool(tmp_path / "clean"), capture_output=True, timeout=300).returncode == 0
+
+  def shard_bytes(folder):
+    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))
+            if n.endswith(".tfrecord")}
+
+  clean = shard_bytes(tmp_path / "clean")
+  for seed in range(3):
+    out = tmp_path / f"killed{seed}"
+    proc = subprocess.Popen(tool(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(float(rng.uniform(1.0, 5.0)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(tool(out), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert shard_bytes(out) == clean, seed
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]

@@ -329,3 +329,33 @@ def test_overwrite_never_deletes_look_alike_files(tmp_path):
     ingest.build_tfrecords(str(tmp_path / "in"), str(real), workers=1, progress=False,
                            overwrite=True, crop=faces.CropSettings(detector="none", size=48))
   assert (real / "extra-00000-of-00001.tfrecord").exists()
+
+
+def test_large_photos_are_decoded_one_at_a_time_across_workers(tmp_path, monkeypatch):
+  """Each worker holding a photo just under the pixel limit would need ~0.6 GB each: photos above
+  LARGE_PIXELS go through one gate shared by all workers, alone and not kept for the batch."""
+  class Gate:
+    def __init__(self):
+      self.entered = 0
+
+    def __enter__(self):
+      self.entered += 1
+
+    def __exit__(self, *exc):
+      return False
+
+  small = np.zeros((20, 20, 3), np.uint8)
+  large = np.zeros((60, 60, 3), np.uint8)
+  for name, arr in (("a.png", small), ("b.png", large), ("c.png", small)):
+    Image.fromarray(arr).save(tmp_path / name)
+  monkeypatch.setattr(ingest, "LARGE_PIXELS", 1000)
+  gate = Gate()
+  ingest._init_worker(NONE.to_dict(), faces.MAX_PIXELS, large_gate=gate)  # pylint: disable=protected-access
+  try:
+    results = ingest._crop_chunk([(str(tmp_path / n), n) for n in ("a.png", "b.png", "c.png")])  # pylint: disable=protected-access
+  finally:
+    ingest._WORKER.clear()  # pylint: disable=protected-access
+  assert gate.entered == 1
+  assert [r[0] for r in results] == ["ok", "ok", "ok"]
+  assert faces.image_pixels(str(tmp_path / "b.png")) == 3600
+  assert faces.image_pixels(str(tmp_path / "missing.png")) == 0

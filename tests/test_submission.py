@@ -182,3 +182,45 @@ def test_results_csv_escapes_formula_names_and_json_keeps_them(tmp_path):
   assert rows[1][5] == "'@person" and rows[2][2] == "plain.jpg" and rows[2][4] == "y"
   payload = retrieval.make_submission(result, "g")
   assert payload["images"] == {"=cmd.jpg": ["+gallery.jpg", "plain.jpg"]}
+
+
+def test_hanging_and_resetting_servers_end_in_a_clear_error():
+  """A server that accepts and never answers, and one that resets the connection: each attempt
+  ends (by the deadline or the reset), is retried, and the run says nothing was delivered."""
+  import struct  # pylint: disable=g-import-not-at-top
+
+  def serve(behaviour):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    stop = threading.Event()
+    accepted = []
+
+    def loop():
+      sock.settimeout(0.2)
+      while not stop.is_set():
+        try:
+          conn, _ = sock.accept()
+        except OSError:
+          continue
+        accepted.append(conn)
+        if behaviour == "reset":  # RST instead of an answer
+          conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+          conn.close()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return sock, stop, accepted
+
+  for behaviour, timeout in (("hang", 0.5), ("reset", 5.0)):
+    sock, stop, accepted = serve(behaviour)
+    start = time.monotonic()
+    try:
+      with pytest.raises(UserError, match="after 3 attempts"):
+        _post(f"http://127.0.0.1:{sock.getsockname()[1]}/submit", timeout=timeout, retries=2)
+    finally:
+      stop.set()
+      for conn in accepted:
+        conn.close()
+      sock.close()
+    assert len(accepted) == 3, behaviour
+    assert time.monotonic() - start < 3 * timeout + 2, behaviour
