@@ -57,7 +57,9 @@ def recover(path: str) -> None:
   replacement comes back when `path` is missing; temporaries of dead processes are removed."""
   directory = os.path.dirname(os.path.abspath(path)) or "."
   base = os.path.basename(path)
-  pattern = re.compile(r"^\." + re.escape(base) + r"\.tmp-(\d+)(\.old)?$")
+  # `.<base>.tmp-<pid>`, its set-aside `.old`, and staging names with an extra suffix
+  # (`.<base>.tmp-<pid>.keras`, which Keras insists on).
+  pattern = re.compile(r"^\." + re.escape(base) + r"\.tmp-(\d+)(\.old)?(\.[A-Za-z0-9]+)?$")
   try:
     names = sorted(os.listdir(directory))
   except OSError:
@@ -67,7 +69,7 @@ def recover(path: str) -> None:
     if not m or _pid_alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
       continue
     leftover = os.path.join(directory, name)
-    if m.group(2) and not os.path.exists(path):
+    if m.group(2) and not m.group(3) and not os.path.exists(path):
       os.replace(leftover, path)  # the complete old folder, put back
     else:
       _remove(leftover)

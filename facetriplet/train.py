@@ -374,7 +374,9 @@ def train_and_evaluate(config: Any, workdir: str,
                  "trainable" if phase.trainable else "frozen", phase.multiplier)
     fitted.fit(dataset, epochs=phase.last, initial_epoch=phase.first, steps_per_epoch=steps,
                shuffle=False,  # the pipeline shuffles
-               callbacks=[backup, evaluation, tensorboard, *(extra_callbacks or [])],
+               # Evaluation first: an epoch is recorded before its backup, so a kill between
+               # the two repeats the epoch (and its record) instead of losing the record.
+               callbacks=[evaluation, backup, tensorboard, *(extra_callbacks or [])],
                verbose=int(train.get("verbose", 2)))
   records = read_metrics(workdir)
   final = dict(records[-1]) if records else {}

@@ -96,6 +96,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     self._labels: Optional[np.ndarray] = None
     self._writer = None
     self.checkpoint_dir = os.path.join(workdir, "checkpoints")
+    for name in ("last.keras", "best.keras"):  # temporaries of a killed run's saves
+      atomic.recover(os.path.join(self.checkpoint_dir, name))
     trained = [r for r in read_metrics(workdir) if r["epoch"] > 0 and "map@r" in r]
     best = max(trained, key=lambda r: r["map@r"], default=None)
     self.best_map = best["map@r"] if best else -1.0

@@ -280,3 +280,28 @@ def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_pat
     assert again.returncode == 0, again.stderr[-2000:]
     assert shard_bytes(out) == clean, seed
     assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+@pytest.mark.slow
+def test_kill_9_during_index_build_keeps_the_previous_index(tmp_path):
+  from facetriplet.index import ScannIndex  # pylint: disable=g-import-not-at-top
+  from tests.test_export import make_export  # pylint: disable=g-import-not-at-top
+  from tests.test_retrieval import write_image_set  # pylint: disable=g-import-not-at-top
+  model = make_export(str(tmp_path / "m"), seed=0)
+  rng = np.random.default_rng(3)
+  write_image_set(str(tmp_path / "gallery"), rng, per_identity=20)
+  index_dir = tmp_path / "indexes" / "gallery"
+  tool = [os.path.join(BIN, "facetriplet-build-index"), f"--model={model}",
+          f"--gallery={tmp_path / 'gallery'}", f"--index_dir={index_dir}", "--noprogress"]
+  first = subprocess.run(tool, capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-2000:]
+  size = len(ScannIndex.load(str(index_dir)))
+  for seed in range(3):
+    proc = subprocess.Popen(tool, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(float(rng.uniform(1.0, 7.0)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(ScannIndex.load(str(index_dir))) == size, seed  # complete, old or new
+  again = subprocess.run(tool, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path / "indexes")) == ["gallery"]
