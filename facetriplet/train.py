@@ -122,6 +122,20 @@ class _Backup(keras.callbacks.BackupAndRestore):
   def on_epoch_begin(self, epoch, logs=None):
     self._current_epoch = epoch
 
+  def _save_model(self):
+    """Weights and epoch written together into a new folder that replaces the backup folder in
+    one step (`atomic.atomic_path`): a kill at any moment leaves the previous complete backup.
+    (Keras writes the two files in place, one after the other: a kill in between left weights
+    that would not load, or weights one epoch ahead of the recorded epoch.)"""
+    os.makedirs(os.path.dirname(os.path.abspath(self.backup_dir)), exist_ok=True)
+    with atomic.atomic_path(self.backup_dir) as tmp:
+      os.makedirs(tmp)
+      self.model.save_weights(os.path.join(tmp, os.path.basename(self._weights_path)),
+                              overwrite=True)
+      with open(os.path.join(tmp, os.path.basename(self._training_metadata_path)), "w",
+                encoding="utf-8") as f:
+        json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+
 
 def split_cpu(replicas: int) -> None:
   """Splits the physical CPU into `replicas` logical devices (before TensorFlow starts).
@@ -357,7 +371,7 @@ def train_and_evaluate(config: Any, workdir: str,
   fitted = model
   for phase in phases:
     backup = _Backup(os.path.join(workdir, "backup", phase.backup), save_freq=save_freq,
-                     double_checkpoint=True, delete_checkpoint=False)
+                     delete_checkpoint=False)
     fitted = head_model if phase.loss.kind in margin_softmax.KINDS else model
     with strategy.scope():
       model_lib.set_backbone_trainable(model, phase.trainable)
