@@ -107,13 +107,12 @@ def _score_dense(q: Labelled, g: Labelled, ks, leave_one_out: bool, grid_rows: i
 
 def _drop_own(idx: np.ndarray, scores: np.ndarray, own: np.ndarray, depth: int):
   """Each row's results without its own gallery row `own` (-1 = none), cut to `depth`."""
-  out_i = np.full((len(idx), depth), -1, np.int64)
-  out_s = np.full((len(idx), depth), -np.inf, np.float32)
-  for r in range(len(idx)):
-    keep = (idx[r] != own[r]) if own[r] >= 0 else np.ones(idx.shape[1], bool)
-    i, sc = idx[r][keep][:depth], scores[r][keep][:depth]
-    out_i[r, :len(i)], out_s[r, :len(sc)] = i, sc
-  return out_i, out_s
+  is_own = (idx == own[:, None]) & (own[:, None] >= 0)
+  order = np.argsort(is_own, axis=1, kind="stable")  # own hit moves to the end, rest in order
+  idx = np.where(np.take_along_axis(is_own, order, axis=1), -1,
+                 np.take_along_axis(idx, order, axis=1))[:, :depth]
+  scores = np.take_along_axis(scores, order, axis=1)[:, :depth]
+  return idx, np.where(idx >= 0, scores, -np.inf).astype(np.float32)
 
 
 def _score_index(extractor, q: Labelled, index, ks, labels, grid_rows: int, grid_k: int):

@@ -284,12 +284,7 @@ class FaceCropper:
     """The chosen Haar face box (x, y, w, h) in source pixels, or None (also for 'none')."""
     if self._cascade is None:
       return None
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    h, w = gray.shape
-    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-    if scale < 1.0:
-      gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
-                        interpolation=cv2.INTER_AREA)
+    gray, scale = _downscale(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     gray = cv2.equalizeHist(gray)
     min_side = max(24, int(MIN_FACE_FRACTION * min(gray.shape)))
     with self._lock:
@@ -304,21 +299,13 @@ class FaceCropper:
   def detect_landmarks(self, images: list[np.ndarray]) -> list[tuple[tuple, np.ndarray] | None]:
     """MTCNN on a batch: for each image (box (x, y, w, h), landmarks [5, 2]) in source pixels,
     or None when no face was found. Empty for other detectors."""
-    if self._mtcnn is None:
+    if self._mtcnn is None or not images:
       return [None] * len(images)
-    small, scales = [], []
-    for rgb in images:
-      h, w = rgb.shape[:2]
-      scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-      if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                         interpolation=cv2.INTER_AREA)
-      small.append(rgb)
-      scales.append(scale)
+    small, scales = zip(*[_downscale(rgb) for rgb in images])
     # MTCNN's own smallest face (20 px of the downscaled copy): mtcnn 1.0.0 fails inside P-Net
     # ("empty output" of a Conv2D) with a larger `min_face_size` on 250-px photos.
     with _MTCNN_CALL_LOCK:  # one detector per process, shared by every FaceCropper
-      rows = self._mtcnn.detect_faces(small, output_type="numpy")
+      rows = self._mtcnn.detect_faces(list(small), output_type="numpy")
     rows = np.asarray(rows, np.float64).reshape(-1, 16)
     out: list[tuple[tuple, np.ndarray] | None] = []
     for i, (im, scale) in enumerate(zip(small, scales)):
@@ -377,6 +364,16 @@ class FaceCropper:
       found, method = True, "haar"
     image = _cut_square(rgb, square, self.settings.size)
     return CropResult(image, tuple(round(float(v), 2) for v in box), found, NO_LANDMARKS, method)
+
+
+def _downscale(image: np.ndarray) -> tuple[np.ndarray, float]:
+  """A copy no larger than `DETECT_MAX_SIDE` for detection, and the factor applied."""
+  h, w = image.shape[:2]
+  scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+  if scale < 1.0:
+    image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA)
+  return image, scale
 
 
 def similarity_transform(points: np.ndarray, settings: CropSettings) -> np.ndarray:

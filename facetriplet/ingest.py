@@ -285,23 +285,29 @@ def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False
 
 
 def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
+  """`_crop_batch` of the chunk, except that photos over `LARGE_PIXELS` are cropped alone, one at
+  a time across all workers (the shared gate), and never held for the batch."""
+  gate = _WORKER.get("large_gate")
+  if gate is None:
+    return _crop_batch(tasks)
+  large = {i for i, (path, _) in enumerate(tasks) if faces.image_pixels(path) > LARGE_PIXELS}
+  out = dict(zip([i for i in range(len(tasks)) if i not in large],
+                 _crop_batch([t for i, t in enumerate(tasks) if i not in large])))
+  for i in sorted(large):
+    with gate:
+      out[i] = _crop_batch([tasks[i]])[0]
+  return [out[i] for i in range(len(tasks))]
+
+
+def _crop_batch(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
   """Per task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box) when skipped |
-  ('error', reason, detail). The decodable photos of the chunk go through the detector together
-  (MTCNN runs batched)."""
+  ('error', reason, detail). The decodable photos go through the detector together (MTCNN runs
+  batched)."""
   cropper = _WORKER["cropper"]
   out: list[tuple] = [()] * len(tasks)
   good: list[tuple[int, Any]] = []
-  gate = _WORKER.get("large_gate")
   # One bad photo must never stop the job: anything unexpected becomes a rejection.
   for i, (path, _) in enumerate(tasks):
-    if gate is not None and faces.image_pixels(path) > LARGE_PIXELS:
-      with gate:  # alone across all workers, and not kept for the batch
-        _WORKER["large_gate"] = None
-        try:
-          out[i] = _crop_chunk([tasks[i]])[0]
-        finally:
-          _WORKER["large_gate"] = gate
-      continue
     try:
       good.append((i, faces.load_rgb(path, max_pixels=_WORKER["max_pixels"])))
     except ImageError as e:

@@ -33,6 +33,16 @@ def _children(pid):
   return out
 
 
+def _noise_people(root, people, photos, side, seed):
+  """Identity folders of random-noise PNGs (Haar finds nothing: every photo is a full crop)."""
+  rng = np.random.default_rng(seed)
+  for person in range(people):
+    folder = root / f"p{person:02d}"
+    os.makedirs(folder)
+    for i in range(photos):
+      cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
 def _alive(pid):
   try:
     with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
@@ -44,12 +54,7 @@ def _alive(pid):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
 def test_kill_9_of_ingest_takes_its_workers_with_it(tmp_path):
-  rng = np.random.default_rng(0)
-  for person in range(40):
-    folder = tmp_path / "in" / f"p{person:02d}"
-    os.makedirs(folder)
-    for i in range(8):
-      cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (360, 360, 3), dtype=np.uint8))
+  _noise_people(tmp_path / "in", 40, 8, 360, seed=0)
   proc = subprocess.Popen(
       [os.path.join(BIN, "facetriplet-build-tfrecords"), f"--input={tmp_path / 'in'}",
        f"--output={tmp_path / 'out'}", "--detector=haar", "--workers=2", "--noprogress"],
@@ -251,12 +256,8 @@ def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_path):
+  _noise_people(tmp_path / "in", 30, 6, 300, seed=2)
   rng = np.random.default_rng(2)
-  for person in range(30):
-    folder = tmp_path / "in" / f"p{person:02d}"
-    os.makedirs(folder)
-    for i in range(6):
-      cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
 
   def tool(out):
     return [os.path.join(BIN, "facetriplet-build-tfrecords"), f"--input={tmp_path / 'in'}",

@@ -20,8 +20,8 @@ from facetriplet import export  # noqa: E402
 from facetriplet import margin_softmax  # noqa: E402
 from facetriplet import train  # noqa: E402
 from facetriplet.train_eval import read_metrics  # noqa: E402
-from tests import shard_helpers  # noqa: E402
-from tests.test_train import SIZE, needs_two_cpus, smoke_config  # noqa: E402
+from tests.test_train import (SIZE, _Interrupt, data_dir, needs_two_cpus,  # noqa: E402,F401
+                               smoke_config)
 
 
 def ref_loss(labels, cosine, kind, s, m):
@@ -76,25 +76,6 @@ def test_cosine_classifier_is_normalised_matmul():
   expected = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
   np.testing.assert_allclose(out, expected, atol=1e-5)
   assert out.shape == (4, 5)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("ms_shards"))
-  shard_helpers.write_dataset(directory, {"train": [4, 3, 2, 5, 1, 3, 4, 2, 3, 2],
-                                          "val": [3, 2, 2, 1, 3]}, size=SIZE, shards=2)
-  return directory
-
-
-class _Interrupt(keras.callbacks.Callback):
-
-  def __init__(self, at_epoch):
-    super().__init__()
-    self.at_epoch = at_epoch
-
-  def on_epoch_begin(self, epoch, logs=None):
-    if epoch == self.at_epoch:
-      raise RuntimeError(f"simulated kill before epoch {epoch}")
 
 
 @needs_two_cpus
