@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -m "not slow" tests
 
 demo: $(STAMP)
-	$(PY) -m facetriplet.demo --workdir=$(DEMO_DIR) $(if $(DATA),--data=$(DATA),)
+	$(VENV)/bin/facetriplet-demo --workdir=$(DEMO_DIR) $(if $(DATA),--data=$(DATA),)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all $(if $(QUICK),--quick,)

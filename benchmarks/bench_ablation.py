@@ -53,7 +53,7 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 def run_info(workdir: str) -> dict:
   """Config, method description, crops and training minutes of a finished run."""
-  from facetriplet.train_eval import read_metrics  # pylint: disable=g-import-not-at-top
+  from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = json.load(f)
   with open(os.path.join(workdir, "manifest.json"), encoding="utf-8") as f:
@@ -74,7 +74,7 @@ def run_info(workdir: str) -> dict:
 
 def write_curve(workdir: str, name: str) -> None:
   """The run's metrics.jsonl as a table: epoch, wall minutes, val top-1 / mAP@R (plain, flip)."""
-  from facetriplet.train_eval import read_metrics  # pylint: disable=g-import-not-at-top
+  from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
   records = read_metrics(workdir)
   t0 = records[0]["time"]
   rows = []
@@ -96,7 +96,7 @@ def write_curve(workdir: str, name: str) -> None:
 
 
 def export_variant(workdir: str, flip: bool) -> str:
-  from facetriplet import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "export_best_flip" if flip else "export_best")
   ckpt = export.resolve_checkpoint(workdir, "best")
   pb = os.path.join(out, "saved_model.pb")
@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.curve:
     write_curve(args.curve, f"{args.name_prefix}_curve")
-  from facetriplet import classical, export, faces, tfrecords  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import classical, faces, tfrecords  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
   runs = [(name, run_info(workdir), workdir) for name, workdir in _pairs(args.runs)]
   orl = dict(_pairs(args.orl_records))
   lfw_rows, orl_rows = [], []

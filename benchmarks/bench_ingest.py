@@ -1,4 +1,4 @@
-"""Ingestion speed: images/s of `facetriplet.ingest.build_tfrecords`, by detector and worker count.
+"""Ingestion speed: images/s of `facetriplet.data.ingest.build_tfrecords`, by detector and worker count.
 
 Each configuration decodes, crops and writes the whole input folder into a fresh temporary output
 folder (nothing is resumed), timed around the library call: listing, planning, decoding + face
@@ -62,7 +62,7 @@ def _ints(text: str) -> list[int]:
 
 def run_one(input_dir: str, detector: str, workers: int, scratch: str) -> dict:
   """One timed `build_tfrecords` call into a new folder under `scratch`."""
-  from facetriplet import faces, ingest  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import faces, ingest  # pylint: disable=g-import-not-at-top
   out = tempfile.mkdtemp(prefix=f"ingest_{detector}_{workers}_", dir=scratch)
   os.rmdir(out)  # build_tfrecords creates it
   start = time.perf_counter()

@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
-from facetriplet import tfrecords
+from facetriplet.data import tfrecords
 
 _IMAGES = flags.DEFINE_integer("images", 600, "Photos in the synthetic set.")
 _SIZE = flags.DEFINE_integer("size", 128, "Stored crop side.")
@@ -74,7 +74,7 @@ def _rate(iterator, batches: int, batch_size: int) -> float:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from facetriplet import input_pipeline  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import input_pipeline  # pylint: disable=g-import-not-at-top
   p, k, batches = _P.value, _K.value, _BATCHES.value
   batch = p * k
   with tempfile.TemporaryDirectory() as tmp:

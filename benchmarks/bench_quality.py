@@ -78,7 +78,7 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
 
 def build_records(input_dir: str, output: str, detector: str, val_fraction: float) -> dict:
   """TFRecords of `input_dir` in `output` (resumed when complete); returns the manifest."""
-  from facetriplet import faces, ingest, tfrecords  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import faces, ingest, tfrecords  # pylint: disable=g-import-not-at-top
   start = time.time()
   summary = ingest.build_tfrecords(input_dir, output, crop=faces.CropSettings(detector=detector),
                                    val_fraction=val_fraction, progress=False)
@@ -89,7 +89,7 @@ def build_records(input_dir: str, output: str, detector: str, val_fraction: floa
 
 def run_finished(workdir: str) -> bool:
   """True when the run in `workdir` reached its last epoch and kept a best checkpoint."""
-  from facetriplet.train_eval import read_metrics  # pylint: disable=g-import-not-at-top
+  from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
   cfg_path = os.path.join(workdir, "config.json")
   if not (os.path.isfile(cfg_path)
           and os.path.isfile(os.path.join(workdir, "checkpoints", "best.keras"))):
@@ -101,7 +101,7 @@ def run_finished(workdir: str) -> bool:
 
 def best_epoch(workdir: str) -> tuple[int, int] | None:
   """(epoch of the best val mAP@R, last epoch) of a run, from its metrics.jsonl."""
-  from facetriplet.train_eval import read_metrics  # pylint: disable=g-import-not-at-top
+  from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
   records = [r for r in read_metrics(workdir) if r.get("epoch", 0) > 0 and "map@r" in r]
   if not records:
     return None
@@ -135,7 +135,7 @@ def _timing_callback(workdir: str):
 
 def train_kind(base_config, kind: str, root: str, skip_train: bool) -> str | None:
   """Trains (or reuses) the model of one loss kind; returns its workdir, None when unusable."""
-  from facetriplet import train  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import train  # pylint: disable=g-import-not-at-top
   config = base_config.copy_and_resolve_references()
   config.loss.kind = kind
   key = json.dumps(config.to_dict(), sort_keys=True, default=str)
@@ -161,7 +161,7 @@ def train_kind(base_config, kind: str, root: str, skip_train: bool) -> str | Non
 
 def export_workdir(workdir: str, which: str = "best") -> str:
   """workdir/export_<which> from checkpoints/<which>.keras (redone when the checkpoint is newer)."""
-  from facetriplet import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, f"export_{which}")
   ckpt = export.resolve_checkpoint(workdir, which)
   pb = os.path.join(out, "saved_model.pb")
@@ -173,7 +173,8 @@ def export_workdir(workdir: str, which: str = "best") -> str:
 def export_untrained(config, root: str, crop: dict, input_size: int) -> str:
   """Export of the untrained network of `config` (weights from its seed), made once."""
   import keras  # pylint: disable=g-import-not-at-top
-  from facetriplet import export, model as model_lib  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   key = json.dumps(config.model.to_dict(), sort_keys=True) + str(config.seed) + str(input_size)
   folder = os.path.join(root, f"untrained_{hashlib.sha256(key.encode()).hexdigest()[:8]}")
@@ -192,7 +193,8 @@ def export_untrained(config, root: str, crop: dict, input_size: int) -> str:
 
 def score(extractor, tfrecord_dir: str, splits: Sequence[str]) -> dict:
   """Leave-one-out retrieval metrics of `extractor` over the records of `splits`."""
-  from facetriplet import gallery, metrics  # pylint: disable=g-import-not-at-top
+  from facetriplet import metrics  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import gallery  # pylint: disable=g-import-not-at-top
   emb, kept, problems = gallery.embed_gallery(extractor, tfrecord_dir, splits=list(splits),
                                               batch_size=128, progress=False)
   skipped = [p for p in problems if not p.kept]
@@ -237,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   start = time.time()
   root = os.path.abspath(args.workdir_root)
   os.makedirs(root, exist_ok=True)
-  from facetriplet import classical  # pylint: disable=g-import-not-at-top
-  from facetriplet import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import classical  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
 
   # 1. Records.
   lfw_input, lfw_tag = args.lfw, "lfw"
@@ -326,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       title = "Retrieval quality: ORL faces, model trained on LFW (leave-one-out)"
     notes = (f"Data: {where}. Models: {setup}. `train min`: wall minutes of training on the "
              f"benchmark machine, including the per-epoch val evaluation. Classical rows: "
-             "`facetriplet.classical` features of the same crops. top-k: a photo of the same "
+             "`facetriplet.data.classical` features of the same crops. top-k: a photo of the same "
              "person among the first k results; mAP@R: Musgrave et al. 2020.")
     path = common.write_result(f"{args.name_prefix}_{set_name}", title, COLUMNS, rows, notes)
     _log(f"wrote {path}")

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import common
-from facetriplet.index import ScannIndex
+from facetriplet.search.index import ScannIndex
 
 DIM = 128
 PHOTOS_PER_IDENTITY = 5

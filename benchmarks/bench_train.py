@@ -5,7 +5,7 @@ tensors (if the two match, the input pipeline is not the bottleneck).
                                     --mixed_precision= --config=configs/default.py]
 
 Builds the model of `--config` (backbone, image size, batch and precision overridable by flags),
-compiles it exactly as `facetriplet.train` does, warms up (tracing) and times `--steps` training
+compiles it exactly as `facetriplet.training.train` does, warms up (tracing) and times `--steps` training
 steps fed (a) by `input_pipeline.train_dataset` over synthetic random shards and (b) by one
 batch held in memory. Results: benchmarks/results/train_<backbone>.json. Defaults finish in
 about a minute on a 2-core CPU; ResNet50 at 112 px trains at ~24 img/s there.
@@ -71,10 +71,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from facetriplet import input_pipeline  # pylint: disable=g-import-not-at-top
-  from facetriplet import model as model_lib  # pylint: disable=g-import-not-at-top
-  from facetriplet import train  # pylint: disable=g-import-not-at-top
-
+  from facetriplet.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import train  # pylint: disable=g-import-not-at-top
   from facetriplet import config_files  # pylint: disable=g-import-not-at-top
   config = config_files.load_config(_CONFIG.value)
   config.model.backbone = _BACKBONE.value

@@ -2,7 +2,7 @@
 
 Why a separate script: the GPU machines this project can borrow have JAX but no TensorFlow, and
 TensorFlow's CUDA wheels (~4 GB with their NVIDIA libraries) cannot be carried there. Keras 3 is
-backend-agnostic, so this script builds the same network as `facetriplet.model` with the
+backend-agnostic, so this script builds the same network as `facetriplet.training.model` with the
 `resnet50` backbone (uint8 input → resize to 112 px → ResNet50 preprocessing → ResNet50 →
 Dense(128) → L2 normalisation) and trains it with the same semi-hard triplet loss (written here in
 `keras.ops`, O(B³) masking, fine at these batch sizes) under `KERAS_BACKEND=jax`. The number it
@@ -117,7 +117,7 @@ def main() -> None:
           a.name, "Training throughput on a GPU (ResNet50 embedding, semi-hard triplet loss)",
           ["precision policy", "batch (P×K, K=4)", "image size", "train images/s"], rows,
           notes="Keras 3 on the JAX backend (the borrowed GPU machine has no TensorFlow), same "
-                "network and loss as `facetriplet.model`/`facetriplet.losses`, in-memory batches, "
+                "network and loss as `facetriplet.training.model`/`facetriplet.training.losses`, in-memory batches, "
                 "XLA-compiled step, timed after 5 warm-up steps.",
           command="KERAS_BACKEND=jax python -m benchmarks.bench_train_gpu " + " ".join(sys.argv[1:]))
       if a.out:

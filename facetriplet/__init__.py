@@ -1,7 +1,45 @@
 """facetriplet: content-based face image retrieval with triplet-loss embeddings and ScaNN search.
 
+The package's folders read as the data flow, and imports only go down it:
+
+  errors, atomic, config_files, metrics, synthetic   foundations (no stage imports)
+  data/        faces -> layouts -> shard_plan -> tfrecords -> ingest, input_pipeline, classical
+  training/    augment, model, losses, margin_softmax, optim, workdir, warm_start, train_eval, train
+  search/      export -> features -> embedding -> index -> gallery -> retrieval, submission
+  evaluation/  evaluation (scores retrieval), grid
+
 The library is importable without side effects: nothing is downloaded and TensorFlow is imported
-only by the modules that need it.
+only by the modules that need it. The module names of 0.1 (`from facetriplet import faces`) keep
+working: they resolve lazily to their new homes (see DEVELOPERS.md).
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+# Module names of the flat 0.1 layout -> their home now.
+_MOVED = {
+    "faces": "facetriplet.data.faces", "layouts": "facetriplet.data.layouts",
+    "shard_plan": "facetriplet.data.shard_plan", "tfrecords": "facetriplet.data.tfrecords",
+    "ingest": "facetriplet.data.ingest", "input_pipeline": "facetriplet.data.input_pipeline",
+    "classical": "facetriplet.data.classical",
+    "augment": "facetriplet.training.augment", "model": "facetriplet.training.model",
+    "losses": "facetriplet.training.losses",
+    "margin_softmax": "facetriplet.training.margin_softmax",
+    "warm_start": "facetriplet.training.warm_start", "train": "facetriplet.training.train",
+    "train_eval": "facetriplet.training.train_eval",
+    "export": "facetriplet.search.export", "index": "facetriplet.search.index",
+    "gallery": "facetriplet.search.gallery", "retrieval": "facetriplet.search.retrieval",
+    "submission": "facetriplet.search.submission",
+    "grid": "facetriplet.evaluation.grid",
+}
+
+
+def __getattr__(name):
+  """`from facetriplet import faces` (0.1 layout): imports the module from its new home."""
+  target = _MOVED.get(name)
+  if target is None:
+    raise AttributeError(f"module 'facetriplet' has no attribute {name!r}")
+  module = importlib.import_module(target)
+  globals()[name] = module
+  return module

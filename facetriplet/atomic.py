@@ -72,7 +72,7 @@ def recover(path: str) -> None:
     if m.group(2) and not m.group(3) and not os.path.exists(path):
       os.replace(leftover, path)  # the complete old folder, put back
     else:
-      _remove(leftover)
+      remove(leftover)
 
 
 @contextlib.contextmanager
@@ -86,22 +86,22 @@ def atomic_path(path: str) -> Iterator[str]:
   os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
   recover(path)
-  _remove(tmp)
+  remove(tmp)
   try:
     yield tmp
     if os.path.isdir(tmp) and os.path.isdir(path) and not os.path.islink(path):
       if _exchange(tmp, path):  # `path` is the new folder now, `tmp` the old one
-        _remove(tmp)
+        remove(tmp)
       else:  # No atomic swap here: old aside, new in; `recover` repairs a kill in between.
         old = tmp + ".old"
-        _remove(old)
+        remove(old)
         os.replace(path, old)
         os.replace(tmp, path)
-        _remove(old)
+        remove(old)
     else:
       os.replace(tmp, path)
   finally:
-    _remove(tmp)
+    remove(tmp)
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -118,7 +118,8 @@ def write_json(path: str, obj: Any) -> None:
   write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _remove(path: str) -> None:
+def remove(path: str) -> None:
+  """Removes a file, link or folder tree at `path`; a missing path is not an error."""
   if os.path.isdir(path) and not os.path.islink(path):
     shutil.rmtree(path, ignore_errors=True)
   else:

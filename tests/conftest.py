@@ -47,5 +47,5 @@ def two_replica_strategy():
   """
   if len(tf.config.list_logical_devices("CPU")) < 2:
     pytest.skip("TensorFlow started before the CPU could be split into two logical devices")
-  from facetriplet import train  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import train  # pylint: disable=g-import-not-at-top
   return train.make_strategy({"cpu_replicas": 2})

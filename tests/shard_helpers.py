@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from facetriplet import tfrecords
+from facetriplet.data import tfrecords
 
 
 def identity_image(label: int, photo: int, size: int, rng: np.random.RandomState) -> np.ndarray:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facetriplet import faces, ingest, tfrecords
+from facetriplet.data import faces, ingest, tfrecords
 from facetriplet.errors import UserError
 
 MTCNN = faces.CropSettings(detector="mtcnn", size=112)
@@ -132,7 +132,8 @@ def test_ingest_with_mtcnn_records_landmarks(tmp_path, lfw_2to4):
 def test_query_time_crop_is_the_ingest_crop(tmp_path, lfw_2to4):
   """A gallery folder embedded at query time (build-index, retrieve, evaluate use this path) sees
   the same aligned crops as the TFRecords ingest wrote for the same photos."""
-  from facetriplet import classical, gallery  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import classical  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import gallery  # pylint: disable=g-import-not-at-top
   people = sorted(os.listdir(lfw_2to4))[3:6]
   root = tmp_path / "in"
   for person in people:

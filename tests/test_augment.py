@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facetriplet import augment
+from facetriplet.training import augment
 
 FULL = dict(flip=True, translate=0.1, zoom=0.1, rotation=0.03, brightness=0.2, contrast=0.2,
             saturation=0.2, hue=0.05, grayscale=0.3, erasing=0.5, erasing_scale=(0.02, 0.2))

@@ -1,10 +1,12 @@
-"""Tests for facetriplet.classical: shapes, unit rows, determinism, invariances, retrieval."""
+"""Tests for facetriplet.data.classical: shapes, unit rows, determinism, invariances, retrieval."""
 
 import numpy as np
 import pytest
 
-from facetriplet import classical, faces, metrics, synthetic
+from facetriplet import metrics, synthetic
+from facetriplet.data import classical, faces
 from facetriplet.errors import UserError
+from facetriplet.search import features
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +78,12 @@ def test_retrieves_same_identity_above_chance(name, drawn_faces):
 
 
 def test_get_extractor_names_and_crop(tmp_path):
-  with pytest.raises(UserError, match="embedding, pixels, color_hist, lbp, hog"):
+  with pytest.raises(UserError, match="pixels, color_hist, lbp, hog"):
     classical.get_extractor("sift")
+  with pytest.raises(UserError, match="embedding, pixels, color_hist, lbp, hog"):
+    features.make_extractor("sift")
   with pytest.raises(UserError, match="export"):
-    classical.get_extractor("embedding")
+    features.make_extractor("embedding")
   crop = faces.CropSettings(detector="none", size=96)
   extractor = classical.get_extractor("hog", crop=crop.to_dict())
   assert extractor.crop_settings == crop
@@ -92,4 +96,4 @@ def test_classical_extractor_takes_the_exports_crop(tmp_path):
   from facetriplet import atomic  # pylint: disable=g-import-not-at-top
   crop = faces.CropSettings(detector="none", margin=0.1, size=80)
   atomic.write_json(str(tmp_path / "assets" / "facetriplet.json"), {"crop": crop.to_dict()})
-  assert classical.get_extractor("lbp", export_dir=str(tmp_path)).crop_settings == crop
+  assert features.make_extractor("lbp", model_dir=str(tmp_path)).crop_settings == crop

@@ -1,4 +1,4 @@
-"""`python -m facetriplet.demo`: the whole job (--quick), its re-run, its settings and refusals."""
+"""`facetriplet-demo` (tools/demo.py): the whole job (--quick), its re-run, its settings and refusals."""
 
 import json
 import os
@@ -8,15 +8,17 @@ import sys
 import pytest
 from PIL import Image
 
-from facetriplet import demo
+from facetriplet import config_files
+from facetriplet.errors import UserError
+from facetriplet.training import plan
+from facetriplet_tools import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _demo(*args, timeout=300):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return subprocess.run([sys.executable, "-m", "facetriplet.demo", *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", "facetriplet_tools.demo", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -61,22 +63,23 @@ def test_quick_demo_runs_every_step_then_resumes(tmp_path):
 
 
 def test_plan_for_data_follows_the_data_size():
-  lfw_like = demo.plan_for_data({f"p{i}": 2 + i % 3 for i in range(600)})
-  assert (lfw_like["k"], lfw_like["p"], lfw_like["config"]) == (2, 48, "lfw.py")
+  lfw_like = plan.plan_for_data({f"p{i}": 2 + i % 3 for i in range(600)})
+  assert (lfw_like["k"], lfw_like["p"], lfw_like["config"]) == (2, 48, "lfw")
   assert 3 <= lfw_like["epochs"] <= 60 and lfw_like["val_fraction"] == 0.2
-  orl_like = demo.plan_for_data({f"p{i}": 10 for i in range(40)})
-  assert (orl_like["k"], orl_like["p"], orl_like["config"]) == (4, 8, "orl.py")
+  orl_like = plan.plan_for_data({f"p{i}": 10 for i in range(40)})
+  assert (orl_like["k"], orl_like["p"], orl_like["config"]) == (4, 8, "orl")
   assert orl_like["epochs"] > lfw_like["epochs"]  # fewer photos: more epochs in the same time
-  tiny = demo.plan_for_data({"a": 3, "b": 3, "c": 3, "d": 3, "e": 1})
+  assert all(os.path.isfile(config_files.resolve(c)) for c in ("lfw", "orl"))  # shipped names
+  tiny = plan.plan_for_data({"a": 3, "b": 3, "c": 3, "d": 3, "e": 1})
   assert tiny["val_fraction"] == 0.5 and tiny["p"] == 2
-  assert demo.plan_for_data({f"p{i}": 10 for i in range(40)}, epochs=7)["epochs"] == 7
-  with pytest.raises(demo.DemoError, match="at least 4"):
-    demo.plan_for_data({"a": 5, "b": 5, "c": 5, "d": 1})
+  assert plan.plan_for_data({f"p{i}": 10 for i in range(40)}, epochs=7)["epochs"] == 7
+  with pytest.raises(UserError, match="at least 4"):
+    plan.plan_for_data({"a": 5, "b": 5, "c": 5, "d": 1})
 
 
 def test_refuses_a_folder_it_did_not_write_and_cleans_its_own(tmp_path, capsys):
   (tmp_path / "mine.txt").write_text("not the demo's")
-  with pytest.raises(demo.DemoError, match="not written by the demo"):
+  with pytest.raises(UserError, match="not written by the demo"):
     demo.State(str(tmp_path), {"a": 1}, fresh=False)
 
   run = tmp_path / "run"
@@ -97,7 +100,9 @@ def test_refuses_a_folder_it_did_not_write_and_cleans_its_own(tmp_path, capsys):
 
 
 def test_bad_data_folder_is_one_clear_line(tmp_path):
-  assert demo.main([f"--workdir={tmp_path / 'w'}", f"--data={tmp_path / 'missing'}"]) == 2
+  done = _demo(f"--workdir={tmp_path / 'w'}", f"--data={tmp_path / 'missing'}", timeout=60)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith("demo.py: error: --data=")
 
 
 def test_refuses_data_inside_the_workdir(tmp_path, capsys):
@@ -105,5 +110,5 @@ def test_refuses_data_inside_the_workdir(tmp_path, capsys):
     (tmp_path / "faces" / person).mkdir(parents=True)
     for n in range(2):
       Image.new("RGB", (8, 8)).save(tmp_path / "faces" / person / f"{n}.jpg")
-  assert demo.main([f"--workdir={tmp_path}", f"--data={tmp_path / 'faces'}"]) == 2
-  assert "is inside --workdir" in capsys.readouterr().err
+  done = _demo(f"--workdir={tmp_path}", f"--data={tmp_path / 'faces'}", timeout=60)
+  assert done.returncode == 2 and "is inside --workdir" in done.stderr

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetriplet import evaluation, gallery, metrics, retrieval
+from facetriplet import metrics
+from facetriplet.evaluation import evaluation
+from facetriplet.search import features, gallery
 from facetriplet.errors import UserError
 from tests.test_export import make_export
 from tests.test_retrieval import write_image_set
@@ -24,7 +26,7 @@ def sets(tmp_path_factory):
   names = write_image_set(flat, rng, per_identity=1, folders=False, prefix="f_")
   with open(os.path.join(root, "labels.txt"), "w") as f:
     f.writelines(f"{name} {identity}\n" for name, identity in names.items())
-  extractor = retrieval.make_extractor("embedding", export_dir)
+  extractor = features.make_extractor("embedding", export_dir)
   gallery.build_gallery_index(extractor, os.path.join(root, "gallery"),
                               os.path.join(root, "index"), progress=False, model_dir=export_dir)
   return root, export_dir, extractor

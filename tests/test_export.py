@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetriplet import export
+from facetriplet.search import export
 from facetriplet.errors import UserError
 
 SIZE = 32
@@ -25,7 +25,7 @@ def build_tiny_model(size: int = SIZE, dim: int = DIM, seed: int = 0):
   the model with training=False. Only layers the tools can load without test code are used.
   """
   import keras  # pylint: disable=g-import-not-at-top
-  from facetriplet import augment  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import augment  # pylint: disable=g-import-not-at-top
 
   keras.utils.set_random_seed(seed)
   inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
@@ -45,7 +45,7 @@ def build_smoke_model(size: int = SIZE):
   """The training engineer's model (configs/default.py:smoke, resnet18 at 32 px), untrained."""
   import keras  # pylint: disable=g-import-not-at-top
   from facetriplet import config_files  # pylint: disable=g-import-not-at-top
-  from facetriplet import model as model_lib  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
   keras.utils.set_random_seed(0)
   return model_lib.build_embedding_model(config_files.load_config(path, "smoke"),
@@ -107,7 +107,7 @@ def _encode(arr: np.ndarray, fmt: str) -> bytes:
 
 @pytest.fixture(scope="module", params=["tiny", "smoke"])
 def exported(request, tmp_path_factory):
-  if request.param == "smoke" and importlib.util.find_spec("facetriplet.model") is None:
+  if request.param == "smoke" and importlib.util.find_spec("facetriplet.training.model") is None:
     pytest.skip("facetriplet/model.py not present yet")
   root = str(tmp_path_factory.mktemp("export"))
   workdir = make_workdir(root, which=("best", "last"), kind=request.param)
@@ -201,7 +201,7 @@ def test_which_and_checkpoint_resolution(tmp_path):
 @pytest.mark.slow
 def test_export_tool(exported, tmp_path):
   workdir, _, summary, kind = exported
-  if kind == "tiny" and importlib.util.find_spec("facetriplet.model") is not None:
+  if kind == "tiny" and importlib.util.find_spec("facetriplet.training.model") is not None:
     pytest.skip("the tool is run once, on the real model (its custom layers must load)")
   out = os.path.join(tmp_path, "exp")
   proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "facetriplet-export"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetriplet import faces
+from facetriplet.data import faces
 from facetriplet.errors import ImageError, UserError
 
 

@@ -154,7 +154,7 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
   """Issue: the fingerprint was a string read from assets/facetriplet.json, never recomputed."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  from facetriplet import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
   from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
   from tests.test_export import make_export  # pylint: disable=g-import-not-at-top
   a = make_export(str(tmp_path / "a"), seed=0)
@@ -193,7 +193,7 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
   """Real SIGKILLs at a random moment after the first epoch (three seeds); each re-run of the same
   command continues from the backup and ends with the same epochs and steps as a clean run."""
   from tests import shard_helpers  # pylint: disable=g-import-not-at-top
-  from facetriplet.train_eval import read_metrics  # pylint: disable=g-import-not-at-top
+  from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
   data = str(tmp_path / "data")
   shard_helpers.write_dataset(data, {"train": [4, 3, 2, 5, 3, 4], "val": [3, 2, 3]}, size=32)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,7 +232,7 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
-  from facetriplet import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
   from tests.test_export import make_workdir  # pylint: disable=g-import-not-at-top
   workdir = make_workdir(str(tmp_path / "w"), kind="tiny")
   out = tmp_path / "exports" / "model"
@@ -285,7 +285,7 @@ def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_pat
 
 @pytest.mark.slow
 def test_kill_9_during_index_build_keeps_the_previous_index(tmp_path):
-  from facetriplet.index import ScannIndex  # pylint: disable=g-import-not-at-top
+  from facetriplet.search.index import ScannIndex  # pylint: disable=g-import-not-at-top
   from tests.test_export import make_export  # pylint: disable=g-import-not-at-top
   from tests.test_retrieval import write_image_set  # pylint: disable=g-import-not-at-top
   model = make_export(str(tmp_path / "m"), seed=0)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from facetriplet import grid
+from facetriplet.evaluation import grid
 
 
 def _img(value, shape=(50, 40, 3)):

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from facetriplet import index as index_lib
+from facetriplet.search import index as index_lib
 from facetriplet.errors import UserError
-from facetriplet.index import ScannIndex, auto_config
+from facetriplet.search.index import ScannIndex, auto_config
 
 
 def _unit(x):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetriplet import faces, ingest, shard_plan, tfrecords
+from facetriplet.data import crop_workers, faces, ingest, shard_plan, tfrecords
 from facetriplet.errors import UserError
 
 from tests.test_faces import write_huge_png_header
@@ -348,13 +348,13 @@ def test_large_photos_are_decoded_one_at_a_time_across_workers(tmp_path, monkeyp
   large = np.zeros((60, 60, 3), np.uint8)
   for name, arr in (("a.png", small), ("b.png", large), ("c.png", small)):
     Image.fromarray(arr).save(tmp_path / name)
-  monkeypatch.setattr(ingest, "LARGE_PIXELS", 1000)
+  monkeypatch.setattr(crop_workers, "LARGE_PIXELS", 1000)
   gate = Gate()
-  ingest._init_worker(NONE.to_dict(), faces.MAX_PIXELS, large_gate=gate)  # pylint: disable=protected-access
+  crop_workers._init_worker(NONE.to_dict(), faces.MAX_PIXELS, large_gate=gate)  # pylint: disable=protected-access
   try:
-    results = ingest._crop_chunk([(str(tmp_path / n), n) for n in ("a.png", "b.png", "c.png")])  # pylint: disable=protected-access
+    results = crop_workers._crop_chunk([(str(tmp_path / n), n) for n in ("a.png", "b.png", "c.png")])  # pylint: disable=protected-access
   finally:
-    ingest._WORKER.clear()  # pylint: disable=protected-access
+    crop_workers._WORKER.clear()  # pylint: disable=protected-access
   assert gate.entered == 1
   assert [r[0] for r in results] == ["ok", "ok", "ok"]
   assert faces.image_pixels(str(tmp_path / "b.png")) == 3600

@@ -5,8 +5,8 @@ import collections
 import numpy as np
 import pytest
 
-from facetriplet import input_pipeline
-from facetriplet import tfrecords
+from facetriplet.data import input_pipeline
+from facetriplet.data import tfrecords
 from facetriplet.errors import UserError
 from tests import shard_helpers
 
@@ -126,6 +126,27 @@ def test_too_few_identities_and_missing_split_are_user_errors(data_dir, tmp_path
 
 
 def test_steps_per_epoch(data_dir):
-  manifest = tfrecords.read_manifest(data_dir)
-  assert input_pipeline.steps_per_epoch(manifest, "train", 8) == sum(TRAIN) // 8
-  assert input_pipeline.steps_per_epoch(manifest, "train", 8, configured=5) == 5
+  shard_set = tfrecords.ShardSet.open(data_dir)
+  assert shard_set.steps_per_epoch("train", 8) == sum(TRAIN) // 8
+  assert shard_set.steps_per_epoch("train", 8, configured=5) == 5
+
+
+def test_gallery_from_records_sees_the_pixels_training_sees(data_dir):
+  """One JPEG decoder for records: the gallery's record reader (search.embedding) and the training
+  pipeline give identical pixels for every record. OpenCV's libjpeg rounds differently from TF's
+  decoder on these noisy photos (checked below), so a second decoder would fail this test."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedding  # pylint: disable=g-import-not-at-top
+  shard_set = tfrecords.ShardSet.open(data_dir)
+  gallery = [(entry.rel_path, crop.image) for batch in embedding.record_batches(
+      shard_set, ["val", "train"], shard_set.crop_size, batch_size=7) for entry, crop in batch]
+  training = [(path.decode(), image) for split in ("val", "train")
+              for batch in input_pipeline.eval_dataset(data_dir, split, 5)
+              for path, image in zip(batch["path"].numpy(), batch["image"].numpy())]
+  assert [p for p, _ in gallery] == [p for p, _ in training] and len(gallery) == sum(TRAIN + VAL)
+  for (path, a), (_, b) in zip(gallery, training):
+    np.testing.assert_array_equal(a, b, err_msg=path)
+  encoded = [r["image"] for r in shard_set.records(["val"])]
+  opencv = [cv2.cvtColor(cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR),
+                         cv2.COLOR_BGR2RGB) for e in encoded]
+  assert any(not np.array_equal(o, g) for o, (_, g) in zip(opencv, gallery))

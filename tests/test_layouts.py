@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from facetriplet import layouts
+from facetriplet.data import layouts
 from facetriplet.errors import UserError
 
 

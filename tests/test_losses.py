@@ -1,4 +1,4 @@
-"""Tests for facetriplet.losses against brute-force NumPy loops over all triplets."""
+"""Tests for facetriplet.training.losses against brute-force NumPy loops over all triplets."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facetriplet import losses
+from facetriplet.training import losses
 
 DISTANCES = losses.DISTANCES
 

@@ -16,10 +16,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from facetriplet import export  # noqa: E402
-from facetriplet import margin_softmax  # noqa: E402
-from facetriplet import train  # noqa: E402
-from facetriplet.train_eval import read_metrics  # noqa: E402
+from facetriplet.search import export  # noqa: E402
+from facetriplet.training import margin_softmax  # noqa: E402
+from facetriplet.training import train  # noqa: E402
+from facetriplet.training.workdir import read_metrics  # noqa: E402
 from tests.test_train import (SIZE, _Interrupt, data_dir, needs_two_cpus,  # noqa: E402,F401
                                smoke_config)
 
@@ -126,7 +126,7 @@ def test_head_is_mirrored_and_labels_are_global(data_dir):
   keras.utils.set_random_seed(0)
   config = smoke_config(data_dir)
   strategy = train.make_strategy(config.train)
-  from facetriplet import model as model_lib  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
   with strategy.scope():
     model = model_lib.build_embedding_model(config, SIZE)
     head = margin_softmax.CosineClassifier(9, name="class_head")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facetriplet import model as model_lib
+from facetriplet.training import model as model_lib
 from facetriplet.errors import UserError
 
 

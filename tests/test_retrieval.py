@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetriplet import gallery, retrieval
+from facetriplet.data import layouts
+from facetriplet.search import embedding, features, gallery, retrieval, submission
 from facetriplet.errors import UserError
-from facetriplet.index import ScannIndex
+from facetriplet.search.index import ScannIndex
 from tests.test_export import make_export
 
 BIN = os.path.dirname(sys.executable)
@@ -57,7 +58,7 @@ def setup(tmp_path_factory):
   write_image_set(queries, rng, per_identity=1, folders=False, prefix="q_")
   with open(os.path.join(queries, "corrupt.jpg"), "wb") as f:
     f.write(b"\xff\xd8garbage")
-  extractor = retrieval.make_extractor("embedding", export_dir)
+  extractor = features.make_extractor("embedding", export_dir)
   index_dir = os.path.join(root, "index")
   summary = gallery.build_gallery_index(extractor, gallery_dir, index_dir, progress=False,
                                         model_dir=export_dir)
@@ -77,8 +78,8 @@ def test_gallery_index_skips_unreadable(setup):
 
 
 def test_embed_entries_streams_in_input_order(setup):
-  entries = retrieval.list_queries(setup["queries"])
-  emb, kept, problems = retrieval.embed_entries(setup["extractor"], entries, batch_size=2,
+  entries = layouts.list_inputs(setup["queries"])
+  emb, kept, problems = embedding.embed_entries(setup["extractor"], entries, batch_size=2,
                                                 workers=2, progress=False)
   assert [e.rel_path for e in kept] == [e.rel_path for e in entries if e.rel_path != "corrupt.jpg"]
   assert emb.shape == (3, 8)
@@ -88,9 +89,9 @@ def test_embed_entries_streams_in_input_order(setup):
 
 def test_submission_and_csv(setup, tmp_path):
   index = ScannIndex.load(setup["index"])
-  entries = retrieval.list_queries(setup["queries"])
+  entries = layouts.list_inputs(setup["queries"])
   result = retrieval.retrieve(setup["extractor"], index, entries, k=3, progress=False)
-  payload = retrieval.make_submission(result, "team")
+  payload = submission.make_submission(result, "team")
   assert payload["groupname"] == "team"
   images = payload["images"]
   assert sorted(images) == sorted(["corrupt.jpg", "q_alice_0.png", "q_bob_0.png", "q_carol_0.png"])
@@ -100,14 +101,14 @@ def test_submission_and_csv(setup, tmp_path):
     assert len(images[name]) == 3 and set(images[name]) <= gallery_names
     assert all("/" not in n for n in images[name])
   path = os.path.join(tmp_path, "out", "submission.json")
-  retrieval.write_submission(path, payload)
+  submission.write_submission(path, payload)
   with open(path) as f:
     assert json.load(f) == payload
   csv_path = os.path.join(tmp_path, "out", "results.csv")
-  assert retrieval.write_results_csv(csv_path, result) == 3 * 3 + 1
+  assert submission.write_results_csv(csv_path, result) == 3 * 3 + 1
   with open(csv_path) as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == list(retrieval.CSV_COLUMNS)
+  assert list(rows[0]) == list(submission.CSV_COLUMNS)
   good = [r for r in rows if r["query"] == "q_bob_0.png"]
   assert [int(r["rank"]) for r in good] == [1, 2, 3]
   sims = [float(r["similarity"]) for r in good]
@@ -121,10 +122,10 @@ def test_query_list_file_and_missing_query(setup, tmp_path):
   listing = os.path.join(tmp_path, "queries.txt")
   with open(listing, "w") as f:
     f.write(f"# queries\n{setup['queries']}/q_alice_0.png\n{tmp_path}/missing.png\n")
-  entries = retrieval.list_queries(listing)
+  entries = layouts.list_inputs(listing)
   index = ScannIndex.load(setup["index"])
   result = retrieval.retrieve(setup["extractor"], index, entries, k=2, progress=False)
-  payload = retrieval.make_submission(result, "g")
+  payload = submission.make_submission(result, "g")
   assert payload["images"]["missing.png"] == []
   assert len(payload["images"]["q_alice_0.png"]) == 2
   assert result.queries[1].problem.reason == "unreadable"
@@ -132,7 +133,7 @@ def test_query_list_file_and_missing_query(setup, tmp_path):
 
 def test_k_clamped_with_warning(setup, caplog):
   index = ScannIndex.load(setup["index"])
-  entries = retrieval.list_queries(setup["queries"])
+  entries = layouts.list_inputs(setup["queries"])
   with caplog.at_level(logging.WARNING):
     result = retrieval.retrieve(setup["extractor"], index, entries, k=50, progress=False)
   assert result.k == 6
@@ -148,18 +149,18 @@ def test_empty_gallery_is_an_error(setup, tmp_path):
   with pytest.raises(UserError, match="no usable image"):
     gallery.build_gallery_index(setup["extractor"], empty, os.path.join(tmp_path, "idx"),
                                 progress=False)
-  with pytest.raises(UserError, match="gallery is empty"):
-    retrieval.clamp_k(10, 0)
+  with pytest.raises(UserError, match="at least one"):
+    ScannIndex.load(setup["index"]).clamp_k(0)
 
 
 def test_fingerprint_mismatch_refused(setup):
-  other = retrieval.make_extractor("embedding", setup["other_export"])
+  other = features.make_extractor("embedding", setup["other_export"])
   assert other.fingerprint != setup["extractor"].fingerprint
   with pytest.raises(UserError, match="built with model"):
     ScannIndex.load(setup["index"], expected_fingerprint=other.fingerprint)
   index = ScannIndex.load(setup["index"])
   with pytest.raises(UserError, match="built with model"):
-    retrieval.retrieve(other, index, retrieval.list_queries(setup["queries"]), progress=False)
+    retrieval.retrieve(other, index, layouts.list_inputs(setup["queries"]), progress=False)
 
 
 class _Server:
@@ -196,7 +197,7 @@ def test_post_retries_then_succeeds():
   server = _Server(failures=2)
   waits = []
   try:
-    answer = retrieval.post_submission(server.url, {"groupname": "g", "images": {}}, timeout=5,
+    answer = submission.post_submission(server.url, {"groupname": "g", "images": {}}, timeout=5,
                                        retries=3, backoff=0.5, sleep=waits.append)
   finally:
     server.close()
@@ -209,7 +210,7 @@ def test_post_gives_up():
   server = _Server(failures=100)
   try:
     with pytest.raises(UserError, match="after 3 attempts"):
-      retrieval.post_submission(server.url, {}, timeout=5, retries=2, backoff=0,
+      submission.post_submission(server.url, {}, timeout=5, retries=2, backoff=0,
                                 sleep=lambda s: None)
   finally:
     server.close()
@@ -261,35 +262,35 @@ def test_retrieve_tool_refuses_other_model(setup, tmp_path):
 
 
 def test_no_face_query_uses_fallback_and_is_reported(setup, tmp_path):
-  from facetriplet import faces  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import faces  # pylint: disable=g-import-not-at-top
   crop = faces.CropSettings(detector="haar", size=32)
-  pixels = retrieval.make_extractor("pixels", crop=crop)
+  pixels = features.make_extractor("pixels", crop=crop)
   index_dir = os.path.join(tmp_path, "index")
   summary = gallery.build_gallery_index(pixels, setup["gallery"], index_dir, progress=False)
   assert summary.items == 6 and len(summary.no_face) == 6  # noise has no face: fallback crop
   index = ScannIndex.load(index_dir, expected_fingerprint=pixels.fingerprint)
-  result = retrieval.retrieve(pixels, index, retrieval.list_queries(setup["queries"]), k=2,
+  result = retrieval.retrieve(pixels, index, layouts.list_inputs(setup["queries"]), k=2,
                               progress=False)
   by_name = dict(zip(retrieval.query_names(result), result.queries))
-  assert by_name["q_bob_0.png"].problem.reason == retrieval.NO_FACE
+  assert by_name["q_bob_0.png"].problem.reason == embedding.NO_FACE
   assert by_name["q_bob_0.png"].problem.kept and len(by_name["q_bob_0.png"].neighbors) == 2
-  skip = retrieval.make_extractor("pixels", crop=faces.CropSettings(detector="haar", size=32,
+  skip = features.make_extractor("pixels", crop=faces.CropSettings(detector="haar", size=32,
                                                                     on_no_face="skip"))
-  _, kept, problems = retrieval.embed_entries(skip, retrieval.list_queries(setup["queries"]),
+  _, kept, problems = embedding.embed_entries(skip, layouts.list_inputs(setup["queries"]),
                                               progress=False)
-  assert kept == [] and {p.reason for p in problems} == {retrieval.NO_FACE, "not-an-image"}
+  assert kept == [] and {p.reason for p in problems} == {embedding.NO_FACE, "not-an-image"}
 
 
 def test_duplicate_gallery_file_names_use_relative_paths(setup):
   extractor = setup["extractor"]
-  entries = retrieval.list_queries(setup["queries"])
-  emb, kept, _ = retrieval.embed_entries(extractor, entries, progress=False)
+  entries = layouts.list_inputs(setup["queries"])
+  emb, kept, _ = embedding.embed_entries(extractor, entries, progress=False)
   items = [{"path": e.path, "rel_path": f"{d}/same.png", "name": "same.png", "identity": None}
            for e, d in zip(kept, ("a", "b", "c"))]
   index = ScannIndex.build(emb, items, extractor.fingerprint)
   # The query is itself gallery row "a" here; keep it, this test is about naming.
   result = retrieval.retrieve(extractor, index, kept[:1], k=3, progress=False, exclude_self=False)
-  names = retrieval.make_submission(result, "g")["images"][retrieval.query_names(result)[0]]
+  names = submission.make_submission(result, "g")["images"][retrieval.query_names(result)[0]]
   assert sorted(names) == ["a/same.png", "b/same.png", "c/same.png"]
 
 
@@ -302,7 +303,7 @@ def test_gallery_files_as_queries_never_retrieve_themselves(setup):
   file finds itself first (similarity 1).
   """
   index = ScannIndex.load(setup["index"])
-  entries = [e for e in retrieval.list_queries(setup["gallery"]) if "broken" not in e.path]
+  entries = [e for e in layouts.list_inputs(setup["gallery"]) if "broken" not in e.path]
   result = retrieval.retrieve(setup["extractor"], index, entries, k=10, progress=False)
   emb = index.embeddings
   row_of = {item["path"]: j for j, item in enumerate(index.items)}

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from facetriplet import submission
+from facetriplet.search import retrieval, submission
 from facetriplet.errors import UserError
 
 BIN = os.path.dirname(sys.executable)
@@ -159,28 +159,26 @@ def test_retrieve_tool_checks_the_url_before_any_work(tmp_path):
 
 
 def test_csv_cells_never_start_like_a_formula():
-  from facetriplet import retrieval  # pylint: disable=g-import-not-at-top
   for name in ("=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "\rx"):
-    assert retrieval.csv_text(name) == "'" + name
+    assert submission.csv_text(name) == "'" + name
   for name in ("query.jpg", "a=b.jpg", "", "1-2.png"):
-    assert retrieval.csv_text(name) == name
+    assert submission.csv_text(name) == name
 
 
 def test_results_csv_escapes_formula_names_and_json_keeps_them(tmp_path):
   import csv  # pylint: disable=g-import-not-at-top
-  from facetriplet import retrieval  # pylint: disable=g-import-not-at-top
-  from facetriplet.layouts import ImageEntry  # pylint: disable=g-import-not-at-top
+  from facetriplet.data.layouts import ImageEntry  # pylint: disable=g-import-not-at-top
   query = ImageEntry(str(tmp_path / "=cmd.jpg"), "=cmd.jpg", "@person", None)
   neighbours = [{"rank": 1, "score": 0.9, "name": "+gallery.jpg", "identity": "-x"},
                 {"rank": 2, "score": 0.8, "name": "plain.jpg", "identity": "y"}]
   result = retrieval.RetrievalResult([retrieval.QueryResult(query, neighbours)], 2, "f", [], 0.0)
   path = str(tmp_path / "results.csv")
-  assert retrieval.write_results_csv(path, result) == 2
+  assert submission.write_results_csv(path, result) == 2
   with open(path, newline="", encoding="utf-8") as f:
     rows = list(csv.reader(f))
   assert rows[1][0] == "'=cmd.jpg" and rows[1][2] == "'+gallery.jpg" and rows[1][4] == "'-x"
   assert rows[1][5] == "'@person" and rows[2][2] == "plain.jpg" and rows[2][4] == "y"
-  payload = retrieval.make_submission(result, "g")
+  payload = submission.make_submission(result, "g")
   assert payload["images"] == {"=cmd.jpg": ["+gallery.jpg", "plain.jpg"]}
 
 

@@ -19,11 +19,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from facetriplet import config_files  # noqa: E402
-from facetriplet import input_pipeline  # noqa: E402
-from facetriplet import losses  # noqa: E402
-from facetriplet import model as model_lib  # noqa: E402
-from facetriplet import train  # noqa: E402
-from facetriplet.train_eval import read_metrics  # noqa: E402
+from facetriplet.data import input_pipeline  # noqa: E402
+from facetriplet.training import losses  # noqa: E402
+from facetriplet.training import model as model_lib  # noqa: E402
+from facetriplet.training import train  # noqa: E402
+from facetriplet.training.workdir import read_metrics  # noqa: E402
 from tests import shard_helpers  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from facetriplet import export, warm_start
-from facetriplet import model as model_lib
+from facetriplet.search import export
+from facetriplet.training import warm_start
+from facetriplet.training import model as model_lib
 from facetriplet.errors import UserError
 from tests.test_train import load_config
 

@@ -5,7 +5,7 @@
   facetriplet-build-index --features=hog --gallery=data/gallery --index_dir=runs/index_hog
 
 The face crop is the one the model was trained with (the export's metadata). The logic lives in
-`facetriplet.gallery.build_gallery_index`.
+`facetriplet.search.gallery.build_gallery_index`.
 """
 
 import os
@@ -15,16 +15,17 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from facetriplet import gallery, retrieval
+from facetriplet.data import layouts
+from facetriplet.search import features, gallery
 from facetriplet.errors import UserError, run_tool
 
 _GALLERY = flags.DEFINE_string("gallery", None,
                                "Gallery: a folder of images or a facetriplet TFRecord folder.")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "Output index folder (replaced whole).")
 _MODEL = flags.DEFINE_string("model", None, "Export folder written by facetriplet-export.")
-_FEATURES = flags.DEFINE_enum("features", "embedding", list(retrieval.FEATURES),
+_FEATURES = flags.DEFINE_enum("features", "embedding", list(features.FEATURES),
                               "Features to index: the exported model, or a classical baseline.")
-_LAYOUT = flags.DEFINE_enum("layout", "auto", list(retrieval.LAYOUTS),
+_LAYOUT = flags.DEFINE_enum("layout", "auto", list(layouts.LAYOUT_CHOICES),
                             "Layout of a gallery folder (auto: folders when it holds only "
                             "sub-folders, else flat).")
 _SPLITS = flags.DEFINE_list("splits", None, "TFRecord splits to index (default: all).")
@@ -35,24 +36,13 @@ _TARGET_RECALL = flags.DEFINE_float("target_recall", 0.95,
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def crop_for_classical(gallery_dir: str):
-  """Crop settings for classical features without a model: the TFRecords' manifest, else default."""
-  from facetriplet import faces, tfrecords  # pylint: disable=g-import-not-at-top
-  if os.path.isdir(gallery_dir) and gallery.is_tfrecord_dir(gallery_dir):
-    crop = tfrecords.read_manifest(gallery_dir).get("crop")
-    if crop:
-      return faces.CropSettings.from_dict(crop)
-  return faces.CropSettings()
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _GALLERY.value or not _INDEX_DIR.value:
     raise UserError("--gallery=<folder> and --index_dir=<output folder> are required")
   workers = _WORKERS.value or os.cpu_count() or 1
-  crop = None if _MODEL.value else crop_for_classical(_GALLERY.value)
-  extractor = retrieval.make_extractor(_FEATURES.value, _MODEL.value, crop)
+  extractor = features.make_extractor(_FEATURES.value, _MODEL.value, source=_GALLERY.value)
   logging.info("build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "
                "index_dir=%s batch_size=%d workers=%d target_recall=%s", _GALLERY.value,
                _LAYOUT.value, _FEATURES.value, _MODEL.value, extractor.fingerprint,

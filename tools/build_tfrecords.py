@@ -1,6 +1,6 @@
 r"""Builds TFRecord shards of face crops and a manifest from a folder of photos.
 
-The logic lives in `facetriplet.ingest` (and `faces`, `layouts`, `shard_plan`); this is a thin
+The logic lives in `facetriplet.data.ingest` (and `faces`, `layouts`, `shard_plan`); this is a thin
 absl main. Example (3,179 LFW photos; about 2 minutes on 2 shared, busy cores):
 
   facetriplet-build-tfrecords --layout=folders --input=../shared/data/lfw_2to4 \
@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from facetriplet import faces, ingest, layouts
+from facetriplet.data import faces, ingest, layouts
 from facetriplet.errors import UserError, run_tool
 
 _LAYOUT = flags.DEFINE_enum(

@@ -18,7 +18,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from facetriplet import evaluation, metrics, retrieval
+from facetriplet import metrics
+from facetriplet.evaluation import evaluation
+from facetriplet.data import layouts
+from facetriplet.search import features as features_lib
 from facetriplet.errors import UserError, run_tool
 
 _MODEL = flags.DEFINE_string("model", None, "Export folder written by facetriplet-export.")
@@ -32,7 +35,7 @@ _LEAVE_ONE_OUT = flags.DEFINE_bool("leave_one_out", False,
                                    "Every photo of --data queries all the others.")
 _DATA = flags.DEFINE_string("data", None, "Labelled set for --leave_one_out.")
 _LABELS = flags.DEFINE_string("labels", None, "File of '<file name> <identity>' lines.")
-_LAYOUT = flags.DEFINE_enum("layout", "auto", list(retrieval.LAYOUTS), "Layout of the folders.")
+_LAYOUT = flags.DEFINE_enum("layout", "auto", list(layouts.LAYOUT_CHOICES), "Layout of the folders.")
 _KS = flags.DEFINE_list("ks", ["1", "5", "10"], "Cut-offs k for top-k, precision@k, recall@k.")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for metrics.json, metrics.md, grid.png.")
 _GRID_QUERIES = flags.DEFINE_integer("grid_queries", 8, "Queries shown in grid.png (0: none).")
@@ -55,8 +58,8 @@ def main(argv: Sequence[str]) -> None:
   if not features and not _INDEX.value:
     features = ["embedding"]
   for f in features:
-    if f not in retrieval.FEATURES:
-      raise UserError(f"--features: {f!r} is not one of {', '.join(retrieval.FEATURES)}")
+    if f not in features_lib.FEATURES:
+      raise UserError(f"--features: {f!r} is not one of {', '.join(features_lib.FEATURES)}")
   logging.info("evaluate: features=%s model=%s queries=%s gallery=%s index=%s leave_one_out=%s "
                "data=%s labels=%s layout=%s ks=%s output=%s grid_queries=%d", features,
                _MODEL.value, _QUERIES.value, _GALLERY.value, _INDEX.value, _LEAVE_ONE_OUT.value,

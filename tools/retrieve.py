@@ -6,7 +6,7 @@
 Writes <output>/submission.json ({"groupname", "images": {query file: [gallery files]}}) and
 <output>/results.csv (query, rank, gallery, similarity, identities), both before any POST, so a
 failed submission never loses them. The model defaults to the one the index was built with.
-The logic lives in `facetriplet.retrieval`.
+The logic lives in `facetriplet.search` (gallery.open_index, retrieval, submission).
 """
 
 import os
@@ -16,7 +16,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from facetriplet import gallery, retrieval
+from facetriplet.data import layouts
+from facetriplet.search import features as features_lib
+from facetriplet.search import gallery, retrieval, submission
+from facetriplet.search.embedding import NO_FACE
 from facetriplet.errors import UserError, run_tool
 
 _QUERIES = flags.DEFINE_string("queries", None,
@@ -24,9 +27,9 @@ _QUERIES = flags.DEFINE_string("queries", None,
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
 _MODEL = flags.DEFINE_string("model", None,
                              "Export folder (default: the one the index was built with).")
-_FEATURES = flags.DEFINE_enum("features", None, list(retrieval.FEATURES),
+_FEATURES = flags.DEFINE_enum("features", None, list(features_lib.FEATURES),
                               "Features (default: those the index was built with).")
-_LAYOUT = flags.DEFINE_enum("layout", "auto", list(retrieval.LAYOUTS), "Layout of a query folder.")
+_LAYOUT = flags.DEFINE_enum("layout", "auto", list(layouts.LAYOUT_CHOICES), "Layout of a query folder.")
 _K = flags.DEFINE_integer("k", 10, "Gallery images per query.")
 _EXCLUDE_SELF = flags.DEFINE_bool(
     "exclude_self", True,
@@ -43,53 +46,39 @@ _WORKERS = flags.DEFINE_integer("workers", 0, "Loading threads; 0 = CPU count.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def load_extractor_and_index(index_dir: str, model: str | None, features: str | None):
-  """The extractor the index was built with (or the one asked for) and the index, checked."""
-  from facetriplet import faces  # pylint: disable=g-import-not-at-top
-  from facetriplet.index import ScannIndex  # pylint: disable=g-import-not-at-top
-  info = gallery.read_gallery_info(index_dir)
-  features = features or info.get("features") or "embedding"
-  model = model or (info.get("model") if features == "embedding" or not info.get("crop") else None)
-  crop = faces.CropSettings.from_dict(info["crop"]) if info.get("crop") else None
-  extractor = retrieval.make_extractor(features, model, crop)
-  index = ScannIndex.load(index_dir, expected_fingerprint=extractor.fingerprint,
-                          expected_dim=int(extractor.dim))
-  return extractor, index, features, model
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _QUERIES.value or not _INDEX.value:
     raise UserError("--queries=<folder or list file> and --index=<index folder> are required")
   if _SUBMIT_URL.value:  # before any work: a typo must not cost the whole run
-    retrieval.check_submit_url(_SUBMIT_URL.value)
+    submission.check_submit_url(_SUBMIT_URL.value)
   workers = _WORKERS.value or os.cpu_count() or 1
-  extractor, index, features, model = load_extractor_and_index(_INDEX.value, _MODEL.value,
-                                                               _FEATURES.value)
-  entries = retrieval.list_queries(_QUERIES.value, _LAYOUT.value)
+  extractor, index, info = gallery.open_index(_INDEX.value, _MODEL.value, _FEATURES.value)
+  features, model = info["features"], info["model"]
+  entries = layouts.list_inputs(_QUERIES.value, _LAYOUT.value)
   logging.info("retrieve: queries=%s (%d) index=%s (%d items) features=%s model=%s k=%d "
                "output=%s groupname=%s submit_url=%s", _QUERIES.value, len(entries), _INDEX.value,
                len(index), features, model, _K.value, _OUTPUT.value, _GROUPNAME.value,
                _SUBMIT_URL.value)
   result = retrieval.retrieve(extractor, index, entries, _K.value, _BATCH_SIZE.value, workers,
                               _PROGRESS.value, exclude_self=_EXCLUDE_SELF.value)
-  payload = retrieval.make_submission(result, _GROUPNAME.value)
-  submission = os.path.join(_OUTPUT.value, "submission.json")
+  payload = submission.make_submission(result, _GROUPNAME.value)
+  json_path = os.path.join(_OUTPUT.value, "submission.json")
   csv_path = os.path.join(_OUTPUT.value, "results.csv")
-  retrieval.write_submission(submission, payload)
-  rows = retrieval.write_results_csv(csv_path, result)
+  submission.write_submission(json_path, payload)
+  rows = submission.write_results_csv(csv_path, result)
   unreadable = [p for p in result.problems if not p.kept]
-  no_face = [p for p in result.problems if p.reason == retrieval.NO_FACE]
+  no_face = [p for p in result.problems if p.reason == NO_FACE]
   print(f"{len(entries)} queries, top-{result.k} of {len(index)} gallery items, "
-        f"{result.seconds:.1f} s\n  wrote {submission} and {csv_path} ({rows} rows)")
+        f"{result.seconds:.1f} s\n  wrote {json_path} and {csv_path} ({rows} rows)")
   for p in no_face:
     print(f"  no face detected in {p.rel_path}: used the centred fallback crop")
   for p in unreadable:
     print(f"  unreadable query {p.rel_path}: {p.reason}" + (f" ({p.detail})" if p.detail else "")
           + "; kept with an empty result list")
   if _SUBMIT_URL.value:
-    answer = retrieval.post_submission(_SUBMIT_URL.value, payload, _TIMEOUT.value,
+    answer = submission.post_submission(_SUBMIT_URL.value, payload, _TIMEOUT.value,
                                        _RETRIES.value, _BACKOFF.value)
     print(f"submitted to {_SUBMIT_URL.value} (HTTP {answer.status}, {answer.attempts} "
           f"attempt(s)); server answered:\n{answer.body}")

@@ -1,12 +1,15 @@
-r"""Trains a face embedding model on TFRecord shards (thin tool; the logic is facetriplet.train).
+r"""Trains a face embedding model on TFRecord shards (the logic is facetriplet.training.train).
 
-  facetriplet-train --config=configs/lfw.py --config.data.tfrecord_dir=data/lfw_tfrecords \
-      --workdir=runs/lfw
+  facetriplet-train --config=lfw --config.data.tfrecord_dir=data/lfw_tfrecords --workdir=runs/lfw
+  facetriplet-train --config=orl:smoke --config.data.tfrecord_dir=... --workdir=/tmp/smoke
+  facetriplet-train --config=configs/lfw.py --config.train.epochs=10 ...   # a config file path
 
-`--config=configs/<x>.py:smoke` runs the seconds-long variant; `--config.a.b=value` overrides any
-field. Starting again with the same --workdir resumes an interrupted run.
+`--config` takes the name of a shipped config (default, lfw, orl) or the path of a config file;
+`:smoke` selects the seconds-long variant; `--config.a.b=value` overrides any field. Starting
+again with the same --workdir resumes an interrupted run.
 """
 
+import sys
 from typing import Sequence
 
 from absl import app
@@ -14,11 +17,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from facetriplet import config_files
 from facetriplet.errors import run_tool
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. configs/lfw.py (append :smoke for the quick "
-    "variant).", lock_config=True)
+    "config", None, "Experiment config: a shipped name (" + ", ".join(config_files.shipped())
+    + ") or a config file path, e.g. configs/lfw.py; append :smoke for the quick variant.",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, logs, metrics); an "
                                "existing one is resumed.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -27,7 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from facetriplet import train  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
   config = _CONFIG.value
   logging.info("workdir: %s", _WORKDIR.value)
   result = train.train_and_evaluate(config, _WORKDIR.value)
@@ -39,6 +44,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
+  sys.argv = config_files.resolve_argv(sys.argv)  # --config=lfw: a shipped config's name
   run_tool(main)
 
 

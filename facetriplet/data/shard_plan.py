@@ -24,9 +24,9 @@ import os
 import random
 from typing import Any, Mapping, Sequence
 
-from facetriplet import tfrecords
+from facetriplet.data import tfrecords
 from facetriplet.errors import UserError
-from facetriplet.layouts import ImageEntry
+from facetriplet.data.layouts import ImageEntry
 
 RECORDS_PER_SHARD = 1500
 SPLIT_ORDER = ("train", "val", "test", "all")

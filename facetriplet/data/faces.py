@@ -1,9 +1,7 @@
-"""The one face crop used at training *and* query time: decode any image, find the face, crop it.
+"""The one face crop used at training *and* query time: find the face in a decoded photo, crop it.
 
-`load_rgb` decodes any common image file (JPEG, PNG, BMP, PGM/PPM, WebP, TIFF, GIF) into an RGB
-uint8 array, honouring EXIF orientation; grayscale, RGBA, palette and 16-bit images are converted.
-Images over `max_pixels` (from the header, before decoding) are refused with reason `too-large`
-rather than downscaled, so a hostile or broken file never costs more memory than the bound.
+Photos are decoded by `facetriplet.data.images.load_rgb` (re-exported here with `load_rgb`,
+`image_pixels`, `encode_jpeg` and `MAX_PIXELS`).
 
 `FaceCropper` finds one face per photo and cuts a `size` x `size` crop of it. Detectors:
 
@@ -31,23 +29,20 @@ inside `encode_jpeg`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
-import warnings
 from typing import Any, Mapping, NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facetriplet.errors import ImageError, UserError
+from facetriplet.data.images import (JPEG_QUALITY, MAX_PIXELS, REASONS,  # noqa: F401
+                                     encode_jpeg, image_pixels, load_rgb)
+from facetriplet.errors import UserError
 
-MAX_PIXELS = 50_000_000  # Refused above this (reason `too-large`); 50 MP RGB is 150 MB decoded.
 DETECT_MAX_SIDE = 640  # Haar runs on a copy no larger than this; faces stay well above 24 px.
 # Faces narrower than this fraction of the short side are not searched for: the finest pyramid
 # levels cost most of Haar's time (30 → 19 ms per LFW photo) and found no extra LFW/ORL faces.
 MIN_FACE_FRACTION = 0.2
-JPEG_QUALITY = 95
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 DETECTORS = ("mtcnn", "haar", "none")
 ON_NO_FACE = ("center", "skip")
@@ -64,101 +59,6 @@ TEMPLATES = {
 METHODS = ("mtcnn", "haar", "center", "none")
 MTCNN_BATCH = 16  # photos per MTCNN call at ingest (its stages run on the whole batch)
 PAD = "black"  # Pixels of the margin box outside the image are zeros (documented in the manifest).
-
-# Reasons `load_rgb` may give in `ImageError.reason`.
-REASONS = ("empty-file", "not-an-image", "truncated", "too-large", "unreadable")
-
-
-def load_rgb(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """Decodes an image file into an RGB uint8 array.
-
-  Args:
-    path: image file (any format PIL reads).
-    max_pixels: images with more pixels than this (read from the header) are refused.
-
-  Returns:
-    np.ndarray [H, W, 3] uint8, EXIF orientation applied.
-
-  Raises:
-    ImageError: reason `empty-file`, `not-an-image`, `truncated`, `too-large` or `unreadable`.
-  """
-  try:
-    if os.path.getsize(path) == 0:
-      raise ImageError(path, "empty-file")
-  except OSError as e:
-    raise ImageError(path, "unreadable", str(e)) from None
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    try:
-      with Image.open(path) as im:
-        width, height = im.size
-        if width * height > max_pixels:
-          raise ImageError(path, "too-large", f"{width}x{height} over {max_pixels} pixels")
-        if width == 0 or height == 0:
-          raise ImageError(path, "not-an-image", "zero width or height")
-        try:
-          im.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-          reason = "truncated" if _looks_truncated(e) else "unreadable"
-          raise ImageError(path, reason, str(e)) from None
-        try:
-          im = ImageOps.exif_transpose(im)
-        except Exception:  # pylint: disable=broad-except
-          pass  # A broken EXIF block only loses the orientation, never the photo.
-        return _to_rgb(im)
-    except Image.DecompressionBombError as e:
-      raise ImageError(path, "too-large", str(e)) from None
-    except UnidentifiedImageError:
-      raise ImageError(path, "not-an-image") from None
-    except ImageError:
-      raise
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-      reason = "truncated" if _looks_truncated(e) else "unreadable"
-      raise ImageError(path, reason, str(e)) from None
-
-
-def image_pixels(path: str) -> int:
-  """Width x height from the file header (nothing decoded); 0 when it cannot be read."""
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      with Image.open(path) as im:
-        return int(im.size[0]) * int(im.size[1])
-  except Exception:  # pylint: disable=broad-except  (load_rgb reports the reason)
-    return 0
-
-
-def _looks_truncated(e: BaseException) -> bool:
-  text = str(e).lower()
-  return any(w in text for w in ("truncated", "broken data stream", "premature", "end of file",
-                                  "not enough data", "eof"))
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-  """Any PIL mode to RGB uint8; 16-bit and float images are scaled, alpha is laid over black."""
-  mode = im.mode
-  if mode.startswith("I;16") or mode in ("I", "F"):
-    a = np.asarray(im).astype(np.float64)
-    if mode.startswith("I;16"):
-      a = a / 257.0
-    elif mode == "F" and a.size and float(np.nanmax(a)) <= 1.0:
-      a = a * 255.0
-    elif a.size and float(a.max()) > 255:
-      a = a / 257.0  # 32-bit 'I' holding 16-bit samples (PGM/PNG with maxval 65535).
-    g = np.clip(np.nan_to_num(a) + 0.5, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(np.stack([g, g, g], axis=-1))
-  if mode == "P":
-    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-  elif mode in ("LA", "PA", "La", "RGBa"):
-    im = im.convert("RGBA")
-  if im.mode == "RGBA":
-    rgba = np.asarray(im).astype(np.uint16)
-    rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255
-    return np.ascontiguousarray(rgb.astype(np.uint8))
-  if im.mode != "RGB":
-    im = im.convert("RGB")
-  return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
-
 
 @dataclasses.dataclass(frozen=True)
 class CropSettings:
@@ -259,7 +159,7 @@ class FaceCropper:
     self._mtcnn = None
     self._lock = threading.Lock()
     if settings.detector in ("haar", "mtcnn"):
-      path = os.path.join(cv2.data.haarcascades, CASCADE_FILE)
+      path = cv2.data.haarcascades + CASCADE_FILE
       cascade = cv2.CascadeClassifier(path)
       if cascade.empty():
         raise UserError(f"cannot load the Haar cascade {path}: reinstall opencv-python-headless<5 "
@@ -461,12 +361,3 @@ def load_and_crop(path: str, settings: CropSettings = CropSettings(),
     ImageError: the file cannot be used (see `load_rgb`).
   """
   return get_cropper(settings).crop(load_rgb(path, max_pixels=max_pixels))
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-  """Deterministic JPEG bytes of an RGB uint8 image (OpenCV, baseline, no optimisation passes)."""
-  ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                         [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
-  if not ok:
-    raise RuntimeError("cv2.imencode failed to encode a JPEG")
-  return buf.tobytes()

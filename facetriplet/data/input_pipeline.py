@@ -30,11 +30,10 @@ Evaluation (`eval_dataset`): every record once, in shard and record order, with 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
 
 import tensorflow as tf
 
-from facetriplet import tfrecords
+from facetriplet.data import tfrecords
 from facetriplet.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -42,39 +41,10 @@ _SENTINEL_LABEL = -2
 _NO_LABEL = -3
 
 
-def crop_size(manifest: Mapping[str, Any]) -> int:
-  """The stored crop side in pixels, from the manifest."""
-  try:
-    return int(manifest["crop"]["size"])
-  except (KeyError, TypeError, ValueError) as e:
-    raise UserError("manifest.json has no crop.size: rebuild the shards with "
-                    "facetriplet-build-tfrecords") from e
-
-
-def split_groups(manifest: Mapping[str, Any], split: str) -> list[tuple[int, int]]:
-  """[(label, count), ...] of `split` from the manifest's per-shard groups (may be empty)."""
-  info = manifest.get("splits", {}).get(split)
-  if info is None:
-    raise UserError(f"split '{split}' not in the manifest (has: "
-                    f"{', '.join(sorted(manifest.get('splits', {})))}); set "
-                    "--config.data.train_split / --config.data.val_split")
-  return [(int(label), int(count)) for shard in info.get("shards", [])
-          for label, count in shard.get("groups", [])]
-
-
-def usable_identities(manifest: Mapping[str, Any], split: str, min_photos: int = 2) -> int:
-  """How many identities of `split` have at least `min_photos` photos (labelled)."""
-  return sum(1 for label, count in split_groups(manifest, split)
-             if label >= 0 and count >= min_photos)
-
-
 def _decode(payload: tf.Tensor, size: int, decoded: bool) -> tf.Tensor:
   if decoded:
-    image = tf.io.parse_tensor(payload, tf.uint8)
-  else:
-    image = tf.io.decode_jpeg(payload, channels=3)
-  # Keras layers need static shapes, which decode_jpeg cannot know.
-  return tf.ensure_shape(image, [size, size, 3])
+    return tf.ensure_shape(tf.io.parse_tensor(payload, tf.uint8), [size, size, 3])
+  return tfrecords.decode_image(payload, size)
 
 
 def _payload_and_label(size: int, decode: bool):
@@ -157,12 +127,12 @@ def train_dataset(tfrecord_dir: str, split: str, p: int, k: int, num_replicas: i
   if p < 1 or k < 1 or num_replicas < 1:
     raise UserError(f"p={p}, k={k}, num_replicas={num_replicas} must all be >= 1")
   min_photos = max(2, int(min_photos))
-  manifest = tfrecords.read_manifest(tfrecord_dir)
-  size = crop_size(manifest)
+  shard_set = tfrecords.ShardSet.open(tfrecord_dir)
+  size = shard_set.crop_size
   groups_per_batch = p * num_replicas
-  usable = usable_identities(manifest, split, min_photos)
-  paths = tfrecords.list_shards(tfrecord_dir, split)
-  if split_groups(manifest, split) and usable < groups_per_batch:
+  usable = shard_set.usable_identities(split, min_photos)
+  paths = shard_set.shards(split)
+  if shard_set.split_groups(split) and usable < groups_per_batch:
     raise UserError(f"split '{split}' of {tfrecord_dir} has {usable} identities with >= "
                     f"{min_photos} photos, fewer than P*replicas = {groups_per_batch}: lower "
                     "--config.train.p")
@@ -221,9 +191,9 @@ def eval_dataset(tfrecord_dir: str, split: str, batch_size: int,
   Raises:
     UserError: missing shards or manifest.
   """
-  manifest = tfrecords.read_manifest(tfrecord_dir)
-  size = crop_size(manifest)
-  paths = tfrecords.list_shards(tfrecord_dir, split)
+  shard_set = tfrecords.ShardSet.open(tfrecord_dir)
+  size = shard_set.crop_size
+  paths = shard_set.shards(split)
 
   def parse(serialized):
     ex = tfrecords.parse_example(serialized)
@@ -232,21 +202,11 @@ def eval_dataset(tfrecord_dir: str, split: str, batch_size: int,
 
   ds = tf.data.TFRecordDataset(paths, buffer_size=8 << 20)  # sequential: keeps record order
   ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-  images = manifest.get("splits", {}).get(split, {}).get("images")
-  if images is not None:
+  if split in shard_set.split_names:
     # A known length lets Keras' predict stop without an "ran out of data" warning.
-    ds = ds.apply(tf.data.experimental.assert_cardinality(int(images)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(shard_set.images(split)))
   if cache:
     ds = ds.cache()
   options = tf.data.Options()
   options.deterministic = True
   return ds.batch(batch_size).prefetch(AUTOTUNE).with_options(options)
-
-
-def steps_per_epoch(manifest: Mapping[str, Any], split: str, global_batch: int,
-                    configured: Optional[int] = None) -> int:
-  """`configured` when > 0, else the split's image count // global batch (at least 1)."""
-  if configured:
-    return int(configured)
-  info = manifest.get("splits", {}).get(split, {})
-  return max(1, int(info.get("images", 0)) // max(1, global_batch))

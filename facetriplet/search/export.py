@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
-import importlib.util
 import json
 import os
 import tempfile
@@ -41,7 +39,11 @@ import numpy as np
 from absl import logging
 
 from facetriplet import atomic
+from facetriplet.data import faces
 from facetriplet.errors import UserError
+# Checkpoints belong to the training workdir; these names stay importable here.
+from facetriplet.training.workdir import (WHICH, Workdir, load_checkpoint,  # noqa: F401
+                                          resolve_checkpoint)
 
 METADATA_FILE = "facetriplet.json"
 METADATA_VERSION = 1
@@ -50,73 +52,10 @@ SIGNATURE_BYTES = "serving_bytes"
 INPUT_IMAGES = "images"
 INPUT_BYTES = "image_bytes"
 OUTPUT = "embeddings"
-WHICH = ("best", "last")
-# Modules that register the custom Keras objects a checkpoint may reference.
-_REGISTERING_MODULES = ("facetriplet.model", "facetriplet.augment", "facetriplet.losses",
-                        "facetriplet.margin_softmax")
-
 
 def _tf():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf
-
-
-def resolve_checkpoint(workdir_or_checkpoint: str, which: str = "best") -> str:
-  """The checkpoint file to export: a `.keras` path as given, else workdir/checkpoints/<which>.
-
-  Args:
-    workdir_or_checkpoint: a training workdir or a `.keras` file.
-    which: 'best' (falls back to 'last' when there is no best yet) or 'last'.
-
-  Raises:
-    UserError: unknown `which`, or no checkpoint found.
-  """
-  if which not in WHICH:
-    raise UserError(f"which={which!r} is not one of {', '.join(WHICH)}")
-  if os.path.isfile(workdir_or_checkpoint):
-    return workdir_or_checkpoint
-  if not os.path.isdir(workdir_or_checkpoint):
-    raise UserError(f"{workdir_or_checkpoint} does not exist: pass a training workdir "
-                    "(with checkpoints/) or a .keras checkpoint file")
-  ckpt_dir = os.path.join(workdir_or_checkpoint, "checkpoints")
-  order = ("best", "last") if which == "best" else ("last",)
-  for name in order:
-    path = os.path.join(ckpt_dir, f"{name}.keras")
-    if os.path.isfile(path):
-      if name != which:
-        logging.warning("no best.keras in %s; exporting last.keras", ckpt_dir)
-      return path
-  raise UserError(f"no {' or '.join(n + '.keras' for n in order)} in {ckpt_dir}: train first "
-                  "(facetriplet-train --workdir=...) or pass --checkpoint=<file.keras>")
-
-
-def _find_workdir(checkpoint: str) -> Optional[str]:
-  """The training workdir of a checkpoint (the folder holding config.json), if any."""
-  here = os.path.dirname(os.path.abspath(checkpoint))
-  for folder in (here, os.path.dirname(here)):
-    if os.path.isfile(os.path.join(folder, "config.json")) or os.path.isfile(
-        os.path.join(folder, "manifest.json")):
-      return folder
-  return None
-
-
-def _read_json(path: str) -> Optional[dict[str, Any]]:
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def load_checkpoint(path: str):
-  """Loads a `.keras` checkpoint (uncompiled) with facetriplet's custom layers registered."""
-  import keras  # pylint: disable=g-import-not-at-top
-  for name in _REGISTERING_MODULES:
-    if importlib.util.find_spec(name) is not None:
-      importlib.import_module(name)
-  try:
-    return keras.saving.load_model(path, compile=False)
-  except (OSError, ValueError) as e:
-    raise UserError(f"cannot load checkpoint {path}: {e}") from None
 
 
 def model_fingerprint(model) -> str:
@@ -152,7 +91,7 @@ def model_input_size(model) -> int:
   shape = tuple(model.inputs[0].shape)
   if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
     raise UserError(f"the model's input shape {shape} is not [None, S, S, 3]: export needs a "
-                    "model from facetriplet.model.build_embedding_model")
+                    "model from facetriplet.training.model.build_embedding_model")
   return int(shape[1])
 
 
@@ -259,16 +198,15 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
   tf = _tf()
   start = time.time()
   checkpoint = resolve_checkpoint(workdir_or_checkpoint, which)
-  workdir = _find_workdir(checkpoint)
-  config = _read_json(os.path.join(workdir, "config.json")) if workdir else None
-  manifest = _read_json(os.path.join(workdir, "manifest.json")) if workdir else None
+  workdir = Workdir.of_checkpoint(checkpoint)
+  config = workdir.read_config() if workdir else None
+  manifest = workdir.read_manifest() if workdir else None
   model = load_checkpoint(checkpoint)
   size = model_input_size(model)
   if crop is None:
     crop = (manifest or {}).get("crop")
   if crop is None:
-    from facetriplet.faces import CropSettings  # pylint: disable=g-import-not-at-top
-    crop = CropSettings(size=size).to_dict()
+    crop = faces.CropSettings(size=size).to_dict()
     logging.warning("no manifest.json beside %s: recording the default crop settings %s",
                     checkpoint, crop)
   if int(crop.get("size", size)) != size:
@@ -341,8 +279,7 @@ class Embedder:
     self.dim: int = int(self.metadata["embedding_dim"])
     self.input_size: int = int(self.metadata["input_size"])
     self.batch_size = batch_size
-    from facetriplet.faces import CropSettings  # pylint: disable=g-import-not-at-top
-    self.crop_settings = CropSettings.from_dict(self.metadata["crop"])
+    self.crop_settings = faces.CropSettings.from_dict(self.metadata["crop"])
     self._loaded = tf.saved_model.load(export_dir)
     self._fn = self._loaded.signatures[SIGNATURE_IMAGES]
     self._verify()

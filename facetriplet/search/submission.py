@@ -1,5 +1,8 @@
-"""Delivering a submission: the POST to a competition server, and nothing reported that did not
-happen.
+"""The competition's answer: submission.json and results.csv written from a retrieval result,
+and their delivery, with nothing reported that did not happen.
+
+`make_submission` / `write_submission` / `write_results_csv` turn a `retrieval.RetrievalResult`
+into the competition's JSON and a CSV (both written atomically).
 
 `post_submission` sends the submission JSON and returns only on a 2xx answer from the URL the user
 gave (or a 307/308 redirect to the same scheme, host and port, re-sent with the same method and
@@ -12,8 +15,10 @@ flag before any work.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import http.client
+import io
 import json
 import socket
 import threading
@@ -23,7 +28,9 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 
+from facetriplet import atomic
 from facetriplet.errors import UserError
+from facetriplet.search.retrieval import RetrievalResult, item_name, query_names
 
 
 @dataclasses.dataclass
@@ -168,3 +175,52 @@ def post_submission(url: str, payload: dict[str, Any], timeout: float = 30.0, re
       sleep(backoff * 2 ** (attempt - 1))
   raise UserError(f"could not submit to {url} after {retries + 1} attempts (last: {last}); the "
                   "submission file is kept, re-send it later with --submit_url")
+
+
+def make_submission(result: RetrievalResult, groupname: str) -> dict[str, Any]:
+  """`{"groupname": ..., "images": {query file: [gallery file, ... k]}}`, every query present."""
+  images = {name: [item_name(n) for n in q.neighbors]
+            for name, q in zip(query_names(result), result.queries)}
+  return {"groupname": groupname, "images": images}
+
+
+def write_submission(path: str, payload: dict[str, Any]) -> None:
+  atomic.write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+CSV_COLUMNS = ("query", "rank", "gallery", "similarity", "gallery_identity", "query_identity",
+               "query_note")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+  """A text cell a spreadsheet will not run: one starting like a formula gets a leading "'"
+  (OWASP's CSV-injection advice); submission.json keeps the exact names."""
+  return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def write_results_csv(path: str, result: RetrievalResult) -> int:
+  """One row per (query, neighbour); an unreadable query gets one row with its reason. Returns rows.
+
+  Names and identities that start with =, +, -, @, tab or CR are written with a leading "'"
+  (`csv_text`), so opening the file in a spreadsheet never evaluates them.
+  """
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(CSV_COLUMNS)
+  rows = 0
+  for name, q in zip(query_names(result), result.queries):
+    note = q.problem.reason if q.problem else ""
+    identity = csv_text(q.entry.identity or "")
+    name = csv_text(name)
+    if not q.neighbors:
+      writer.writerow([name, "", "", "", "", identity, note])
+      rows += 1
+    for n in q.neighbors:
+      writer.writerow([name, n["rank"], csv_text(item_name(n)), f"{n['score']:.6f}",
+                       csv_text(n.get("identity") or ""), identity, note])
+      rows += 1
+  atomic.write_text(path, buf.getvalue())
+  return rows

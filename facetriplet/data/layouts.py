@@ -20,6 +20,7 @@ from typing import NamedTuple, Sequence
 from facetriplet.errors import UserError
 
 LAYOUTS = ("folders", "celeba", "flat")
+LAYOUT_CHOICES = ("auto",) + LAYOUTS  # what --layout accepts where a folder may be either
 IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".pgm",
                               ".ppm", ".pbm", ".pnm", ".webp", ".tif", ".tiff", ".gif"))
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
@@ -58,6 +59,85 @@ class ImageListing:
 
 def is_image_file(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def read_list_file(path: str, fields: int, expected: str, fix: str = "",
+                   spaces_in_path: bool = True) -> list[tuple[int, list[str]]]:
+  """The one parser of list files: [(line number, fields)] of a UTF-8 text file.
+
+  Blank lines and lines starting with '#' are skipped. The last `fields - 1` fields are split off
+  at whitespace, so the first one (a file path) may hold spaces, unless `spaces_in_path=False`
+  (CelebA's lists: a line with more fields is then an error).
+
+  Args:
+    path: the list file.
+    fields: fields per line (1: a path per line).
+    expected: the line format for the error message, e.g. "<file> <identity>".
+    fix: what to do, appended to the error message.
+
+  Raises:
+    UserError: a line with another number of fields, or a file that is not UTF-8 text.
+  """
+  out = []
+  try:
+    with open(path, encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+          continue
+        if not spaces_in_path:
+          parts = line.split()
+        else:
+          parts = line.rsplit(None, fields - 1) if fields > 1 else [line]
+        if len(parts) != fields:
+          raise UserError(f"{path}:{number}: expected '{expected}', got {line!r}"
+                          + (f": {fix}" if fix else ""))
+        out.append((number, parts))
+  except UnicodeDecodeError:
+    raise UserError(f"{path} is not a UTF-8 text list file (one '{expected}' a line)"
+                    + (f": {fix}" if fix else "")) from None
+  return out
+
+
+def read_labels(path: str) -> dict[str, str]:
+  """A labels file: "<file name or relative path> <identity>" per line ('#' comments)."""
+  return {fields[0].replace(os.sep, "/"): fields[1]
+          for _, fields in read_list_file(path, 2, "<file> <identity>")}
+
+
+def read_path_list(path: str) -> list[ImageEntry]:
+  """Entries of a text file listing image paths (one a line; '#' comments; relative to the file)."""
+  base = os.path.dirname(os.path.abspath(path))
+  entries = []
+  for _, (line,) in read_list_file(path, 1, "<image path>"):
+    full = line if os.path.isabs(line) else os.path.join(base, line)
+    entries.append(ImageEntry(full, line.replace(os.sep, "/"), None, None))
+  if not entries:
+    raise UserError(f"{path} lists no image paths: write one image path per line")
+  return entries
+
+
+def resolve_layout(root: str, layout: str = "auto") -> str:
+  """'auto' -> 'folders' when `root` holds only sub-folders of images, else 'flat'."""
+  if layout != "auto":
+    return layout
+  try:
+    names = [n for n in os.listdir(root) if not n.startswith(".")]
+  except OSError:
+    return "flat"
+  if any(is_image_file(n) and os.path.isfile(os.path.join(root, n)) for n in names):
+    return "flat"
+  return "folders" if any(os.path.isdir(os.path.join(root, n)) for n in names) else "flat"
+
+
+def list_inputs(path: str, layout: str = "auto") -> list[ImageEntry]:
+  """Images to embed from a folder (any layout, see `resolve_layout`) or a text file of paths."""
+  if os.path.isfile(path):
+    return read_path_list(path)
+  if not os.path.isdir(path):
+    raise UserError(f"{path} does not exist: pass a folder of images or a text file listing "
+                    "image paths")
+  return list_images(path, resolve_layout(path, layout))
 
 
 def list_images(root: str, layout: str, identity_file: str | None = None,
@@ -204,18 +284,9 @@ def find_celeba_file(root: str, name: str) -> str | None:
 
 
 def _read_pairs(path: str, what: str) -> dict[str, str]:
-  """{file name: value} from a two-column whitespace-separated list file."""
-  pairs = {}
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      parts = line.split()
-      if not parts:
-        continue
-      if len(parts) != 2:
-        raise UserError(f"{path}:{number}: expected '<image> <{what}>', got {line.strip()!r}: "
-                        f"pass the CelebA {what} list")
-      pairs[parts[0]] = parts[1]
-  return pairs
+  """{file name: value} from a two-column list file (CelebA's)."""
+  return {fields[0]: fields[1] for _, fields in read_list_file(
+      path, 2, f"<image> <{what}>", f"pass the CelebA {what} list", spaces_in_path=False)}
 
 
 def _scan_celeba(root: str, identity_file: str | None,

@@ -16,25 +16,21 @@ Output bytes depend only on inputs and settings, never on the worker count.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
 import os
 import re
-import shutil
-import signal
-import threading
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import cv2
 import PIL
 from absl import logging
 import tqdm
 
-from facetriplet import atomic, faces, layouts, shard_plan, tfrecords
-from facetriplet.errors import ImageError, UserError
+from facetriplet import atomic
+from facetriplet.data import crop_workers, faces, layouts, shard_plan, tfrecords
+from facetriplet.errors import UserError
 
 FORMAT_VERSION = 1
 STATE_DIR = ".facetriplet_build"
@@ -135,13 +131,13 @@ def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
   todo = [s for s in plan.shards if not (
       os.path.exists(os.path.join(output_dir, s.file))
       and os.path.exists(os.path.join(state, s.file + ".json")))]
-  workers = _resolve_workers(workers, sum(len(s.items) for s in todo))
+  workers = crop_workers.resolve_workers(workers, sum(len(s.items) for s in todo))
   logging.info("%d images, %d shards planned, %d to write, %d workers", len(listing.entries),
                len(plan.shards), len(todo), workers)
   decoded = 0
   if todo:
     tasks = [(e.path, e.rel_path) for s in todo for e, _, _ in s.items]
-    results = _crop_all(tasks, crop, max_pixels, workers)
+    results = crop_workers.crop_all(tasks, crop, max_pixels, workers)
     with tqdm.tqdm(total=len(tasks), unit="img", desc="build tfrecords", disable=not progress,
                    smoothing=0.1) as bar:
       for shard in todo:
@@ -185,12 +181,12 @@ def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
                       "provably wrote: choose an empty folder or remove it yourself")
   if overwrite or previous != fingerprint:
     for name in names:
-      _remove(os.path.join(output_dir, name))
+      atomic.remove(os.path.join(output_dir, name))
     logging.info("starting %s from scratch", output_dir)
   else:
     for name in names:
       if _TEMP.match(name):  # Left by a killed run; never trusted.
-        _remove(os.path.join(output_dir, name))
+        atomic.remove(os.path.join(output_dir, name))
     logging.info("resuming %s (same inputs and settings)", output_dir)
   shards = [{"file": s.file, "split": s.split, "images": len(s.items),
              "groups": _runs(item[1] for item in s.items)} for s in plan.shards]
@@ -221,151 +217,6 @@ def _runs(labels: Iterable[int]) -> list[list[int]]:
     else:
       runs.append([label, 1])
   return runs
-
-
-def _remove(path: str) -> None:
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
-  else:
-    os.remove(path)
-
-
-def _resolve_workers(workers: int, tasks: int) -> int:
-  if workers < 0:
-    raise UserError(f"workers={workers} must be >= 0 (0 = all cores)")
-  if workers == 0:
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return max(1, min(workers, tasks))
-
-
-_WORKER: dict[str, Any] = {}
-# Photos above this many pixels are decoded one at a time across all workers (a shared gate):
-# a 50 MP photo costs ~0.6 GB while decoded, so N workers each holding one would need N times
-# that. Below it, each worker holds at most a batch of ordinary photos.
-LARGE_PIXELS = 12_000_000
-
-
-def _die_with_parent(parent: int) -> None:
-  """A worker must not outlive its parent (a `kill -9` of the tool left ~100 MB workers behind):
-  Linux delivers SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a daemon
-  thread notices the re-parenting within a second."""
-  try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-  except (OSError, AttributeError):
-    pass
-  if os.getppid() != parent:  # The parent died before prctl took effect.
-    os._exit(1)  # pylint: disable=protected-access
-
-  def watch():
-    while True:
-      time.sleep(1.0)
-      if os.getppid() != parent:
-        os._exit(1)  # pylint: disable=protected-access
-
-  threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False,
-                 parent: int = 0, large_gate: Any = None) -> None:
-  if subprocess:
-    if parent:
-      _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent handles Ctrl-C and stops the pool.
-    if crop.get("detector") == "mtcnn":  # One process per core: TensorFlow gets one thread.
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.threading.set_intra_op_parallelism_threads(1)
-      tf.config.threading.set_inter_op_parallelism_threads(1)
-  cv2.setNumThreads(1)  # One process per core already; OpenCV's own threads would oversubscribe.
-  _WORKER["cropper"] = faces.FaceCropper(faces.CropSettings.from_dict(crop))
-  _WORKER["max_pixels"] = max_pixels
-  _WORKER["large_gate"] = large_gate
-
-
-def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
-  """`_crop_batch` of the chunk, except that photos over `LARGE_PIXELS` are cropped alone, one at
-  a time across all workers (the shared gate), and never held for the batch."""
-  gate = _WORKER.get("large_gate")
-  if gate is None:
-    return _crop_batch(tasks)
-  large = {i for i, (path, _) in enumerate(tasks) if faces.image_pixels(path) > LARGE_PIXELS}
-  out = dict(zip([i for i in range(len(tasks)) if i not in large],
-                 _crop_batch([t for i, t in enumerate(tasks) if i not in large])))
-  for i in sorted(large):
-    with gate:
-      out[i] = _crop_batch([tasks[i]])[0]
-  return [out[i] for i in range(len(tasks))]
-
-
-def _crop_batch(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
-  """Per task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box) when skipped |
-  ('error', reason, detail). The decodable photos go through the detector together (MTCNN runs
-  batched)."""
-  cropper = _WORKER["cropper"]
-  out: list[tuple] = [()] * len(tasks)
-  good: list[tuple[int, Any]] = []
-  # One bad photo must never stop the job: anything unexpected becomes a rejection.
-  for i, (path, _) in enumerate(tasks):
-    try:
-      good.append((i, faces.load_rgb(path, max_pixels=_WORKER["max_pixels"])))
-    except ImageError as e:
-      out[i] = ("error", e.reason, e.detail)
-    except Exception as e:  # pylint: disable=broad-except
-      out[i] = ("error", "unreadable", f"{type(e).__name__}: {e}")
-  try:
-    results = cropper.crop_batch([rgb for _, rgb in good])
-  except Exception:  # pylint: disable=broad-except
-    results = []  # Find the photo that broke the batch: crop one by one.
-    for _, rgb in good:
-      try:
-        results.append(cropper.crop(rgb))
-      except Exception as e:  # pylint: disable=broad-except
-        results.append(e)
-  for (i, _), result in zip(good, results):
-    if isinstance(result, Exception):
-      out[i] = ("error", "unreadable", f"crop failed: {type(result).__name__}: {result}")
-    elif not result.found and cropper.settings.on_no_face == "skip":
-      out[i] = ("no-face", result.box)
-    else:
-      out[i] = ("ok", faces.encode_jpeg(result.image), result.box, result.found,
-                result.landmarks, result.method)
-  return out
-
-
-def _chunks(tasks: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tuple[str, str]]]:
-  for i in range(0, len(tasks), size):
-    yield tasks[i:i + size]
-
-
-def _crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pixels: int,
-              workers: int) -> Iterator[tuple]:
-  """Results of `_crop_chunk` for every task, in task order."""
-  batch = faces.MTCNN_BATCH if crop.detector == "mtcnn" else 1
-  if workers == 1:
-    previous = cv2.getNumThreads()
-    _init_worker(crop.to_dict(), max_pixels)
-    try:
-      for chunk in _chunks(tasks, batch):
-        yield from _crop_chunk(chunk)
-    finally:
-      cv2.setNumThreads(previous)
-    return
-  # spawn: workers start clean (no TensorFlow threads inherited from the parent).
-  context = multiprocessing.get_context("spawn")
-  chunks = list(_chunks(tasks, batch))
-  per_call = max(1, min(32 // batch, len(chunks) // (workers * 8)))
-  gate = context.BoundedSemaphore(1)
-  pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_init_worker,
-                                                initargs=(crop.to_dict(), max_pixels, True,
-                                                          os.getpid(), gate))
-  try:
-    for results in pool.map(_crop_chunk, chunks, chunksize=per_call):
-      yield from results
-  finally:  # On Ctrl-C or an error, drop the queued photos instead of decoding them all first.
-    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_shard(output_dir: str, shard: shard_plan.PlannedShard, results: Iterator[tuple],

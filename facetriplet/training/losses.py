@@ -322,3 +322,23 @@ def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
   mask_f = tf.cast(mask, tf.float32)
   total = tf.reduce_sum(tf.where(mask, values, tf.zeros_like(values)))
   return tf.math.divide_no_nan(total, tf.reduce_sum(mask_f))
+
+
+@keras.saving.register_keras_serializable(package="facetriplet")
+class ActiveTripletFraction(keras.metrics.Mean):
+  """Mean over steps of `losses.active_triplet_fraction` (how much of the batch still teaches)."""
+
+  def __init__(self, margin: float = 0.2, distance: str = "l2", name: str = "active_triplets",
+               **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.margin = float(margin)
+    self.distance = distance
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    return super().update_state(
+        active_triplet_fraction(y_true, y_pred, self.margin, self.distance))
+
+  def get_config(self) -> dict:
+    config = super().get_config()
+    config.update({"margin": self.margin, "distance": self.distance})
+    return config

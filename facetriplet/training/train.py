@@ -1,15 +1,9 @@
 """Training: strategy, optimizer, fit with resumable checkpoints, per-epoch retrieval evaluation.
 
-`train_and_evaluate(config, workdir)` writes into `workdir`:
-
-  config.json            the resolved config (atomic)
-  manifest.json          the dataset manifest (atomic)
-  metrics.jsonl          one line per evaluated epoch; epoch 0 is the untrained network (plus the
-                         raw-pixel baseline where facetriplet.classical is installed)
-  checkpoints/last.keras the model after the latest epoch
-  checkpoints/best.keras the model of the best val mAP@R so far
-  backup/phase{1,2}/     keras.callbacks.BackupAndRestore state (weights + optimizer + epoch)
-  logs/                  TensorBoard: train/ (Keras) and retrieval/ (val metrics)
+`train_and_evaluate(config, workdir)` writes the files of a `workdir.Workdir` (config.json,
+manifest.json, metrics.jsonl with epoch 0 the untrained network beside the raw-pixel baseline,
+checkpoints/{last,best}.keras, backup/<phase>/, logs/). The optimizer and its phases are `optim`;
+the per-epoch evaluation `train_eval`; the kept checkpoints `checkpoints`.
 
 A run killed at any point and started again with the same workdir continues from the last
 backup: the epoch count, optimizer state and step counter come back, so the finished run has the
@@ -41,75 +35,22 @@ width, image size and embedding size), to fine-tune a trained model on a user's 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from facetriplet import atomic
-from facetriplet import input_pipeline
-from facetriplet import losses
-from facetriplet import margin_softmax
-from facetriplet import model as model_lib
-from facetriplet import tfrecords
-from facetriplet import warm_start
+from facetriplet.data import input_pipeline, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.train_eval import RetrievalEvaluation, read_metrics
-
-
-@keras.saving.register_keras_serializable(package="facetriplet")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warm-up to `peak` over `warmup_steps`, then cosine decay to `peak * min_fraction`,
-  all times `multiplier` (the fine-tuning factor)."""
-
-  def __init__(self, peak: float, warmup_steps: int, total_steps: int,
-               min_fraction: float = 0.0, multiplier: float = 1.0, start_step: int = 0):
-    self.start_step = int(start_step)  # the global step at which this schedule's step 0 is
-    self.peak = float(peak)
-    self.warmup_steps = int(warmup_steps)
-    self.total_steps = max(1, int(total_steps))
-    self.min_fraction = float(min_fraction)
-    self.multiplier = float(multiplier)
-
-  def __call__(self, step):
-    step = tf.cast(step, tf.float32) - float(self.start_step)
-    warmup = tf.cast(max(1, self.warmup_steps), tf.float32)
-    decay_steps = tf.cast(max(1, self.total_steps - self.warmup_steps), tf.float32)
-    progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-    cosine = 0.5 * (1.0 + tf.cos(np.pi * progress))
-    decayed = self.min_fraction + (1.0 - self.min_fraction) * cosine
-    rate = tf.where(step < self.warmup_steps, (step + 1.0) / warmup, decayed)
-    return self.peak * self.multiplier * rate
-
-  def get_config(self) -> dict:
-    return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps, "min_fraction": self.min_fraction,
-            "multiplier": self.multiplier, "start_step": self.start_step}
-
-
-@keras.saving.register_keras_serializable(package="facetriplet")
-class ActiveTripletFraction(keras.metrics.Mean):
-  """Mean over steps of `losses.active_triplet_fraction` (how much of the batch still teaches)."""
-
-  def __init__(self, margin: float = 0.2, distance: str = "l2", name: str = "active_triplets",
-               **kwargs):
-    super().__init__(name=name, **kwargs)
-    self.margin = float(margin)
-    self.distance = distance
-
-  def update_state(self, y_true, y_pred, sample_weight=None):
-    return super().update_state(
-        losses.active_triplet_fraction(y_true, y_pred, self.margin, self.distance))
-
-  def get_config(self) -> dict:
-    config = super().get_config()
-    config.update({"margin": self.margin, "distance": self.distance})
-    return config
+from facetriplet.training import losses, margin_softmax, optim, warm_start
+from facetriplet.training import model as model_lib
+from facetriplet.training.checkpoints import Checkpoints
+from facetriplet.training.train_eval import RetrievalEvaluation
+from facetriplet.training.workdir import Workdir
 
 
 class _Backup(keras.callbacks.BackupAndRestore):
@@ -187,24 +128,6 @@ def make_strategy(train_config: Any) -> tf.distribute.Strategy:
   return _STRATEGIES[key]
 
 
-def _optimizer(train: Any, peak_lr: float, steps_per_epoch: int, phase: "_Phase",
-               mixed_precision: str) -> keras.optimizers.Optimizer:
-  total = phase.schedule_epochs * steps_per_epoch
-  schedule = WarmupCosine(peak_lr, int(phase.warmup_epochs * steps_per_epoch), total,
-                          float(train.min_lr_fraction), phase.multiplier,
-                          start_step=phase.schedule_start * steps_per_epoch)
-  if train.optimizer == "adamw":
-    opt = keras.optimizers.AdamW(schedule, weight_decay=float(train.weight_decay))
-  elif train.optimizer == "sgd":
-    opt = keras.optimizers.SGD(schedule, momentum=float(train.momentum), nesterov=True)
-  else:
-    raise UserError(f"unknown optimizer {train.optimizer!r}; valid: adamw, sgd "
-                    "(set --config.train.optimizer)")
-  if mixed_precision == "mixed_float16":
-    opt = keras.optimizers.LossScaleOptimizer(opt)
-  return opt
-
-
 def _compile(model: keras.Model, loss_config: Any, optimizer: keras.optimizers.Optimizer,
              jit_compile: bool) -> None:
   """Compiles `model` for `loss_config` (config.loss or config.finetune)."""
@@ -216,50 +139,8 @@ def _compile(model: keras.Model, loss_config: Any, optimizer: keras.optimizers.O
   else:
     loss = losses.TripletLoss(kind, loss_config.margin, loss_config.distance,
                               soft=bool(loss_config.get("soft", False)))
-    metrics = [ActiveTripletFraction(loss_config.margin, loss_config.distance)]
+    metrics = [losses.ActiveTripletFraction(loss_config.margin, loss_config.distance)]
   model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile, metrics=metrics)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Phase:
-  """One `model.fit` call: epochs [first, last), which loss, which learning-rate schedule."""
-  backup: str            # backup sub-folder
-  first: int
-  last: int
-  trainable: bool        # backbone trainable
-  loss: Any              # config.loss or config.finetune
-  multiplier: float      # lr factor
-  schedule_start: int    # epoch at which this phase's schedule starts
-  schedule_epochs: int   # epochs the schedule spans (warm-up + cosine)
-  warmup_epochs: float
-
-
-def _phases(config: Any) -> list[_Phase]:
-  """The fit calls of a run: [frozen backbone], main loss, [triplet fine-tuning]."""
-  train = config.train
-  epochs = int(train.epochs)
-  finetune = config.get("finetune", None)
-  tail = int(finetune.epochs) if finetune is not None else 0
-  if not 0 <= tail <= epochs:
-    raise UserError(f"finetune.epochs={tail} must be between 0 and train.epochs={epochs}")
-  if tail and finetune.kind not in losses.KINDS:
-    raise UserError(f"finetune.kind={finetune.kind!r} must be a triplet loss: "
-                    f"{', '.join(losses.KINDS)}")
-  main = epochs - tail
-  freeze = min(int(train.freeze_backbone_epochs), main)
-  warmup = float(train.warmup_epochs)
-  phases = []
-  if freeze > 0:
-    phases.append(_Phase("phase1", 0, freeze, False, config.loss, 1.0, 0, main, warmup))
-  if main > freeze:
-    phases.append(_Phase("phase2", freeze, main, True, config.loss,
-                         float(train.finetune_lr_multiplier) if freeze > 0 else 1.0, 0, main,
-                         warmup))
-  if tail:
-    phases.append(_Phase("phase3", main, epochs, True, finetune,
-                         float(finetune.lr_multiplier), main, tail,
-                         float(finetune.warmup_epochs)))
-  return phases
 
 
 def _check_loss(config: Any) -> None:
@@ -267,31 +148,6 @@ def _check_loss(config: Any) -> None:
   if config.loss.kind not in kinds:
     raise UserError(f"unknown loss.kind {config.loss.kind!r}; valid: {', '.join(kinds)} "
                     "(set --config.loss.kind)")
-
-
-def _peak_lr(config: Any, replicas: int) -> float:
-  lr = float(config.train.learning_rate)
-  planned = int(config.train.get("num_replicas", 1) or 1)
-  if planned != replicas:
-    logging.warning("config.train.num_replicas=%d but the strategy has %d replicas: scaling the "
-                    "learning rate by %d/%d to keep lr = base_lr * global_batch / 256",
-                    planned, replicas, replicas, planned)
-    lr *= replicas / planned
-  return lr
-
-
-def _check_splits(manifest: dict, config: Any, data_dir: str) -> None:
-  """A train split without two identities of 2+ photos, or an empty val split, is a UserError."""
-  train_split, val_split = config.data.train_split, config.data.val_split
-  usable = input_pipeline.usable_identities(manifest, train_split, int(config.data.min_photos))
-  if usable < 2:
-    raise UserError(f"{data_dir}: split '{train_split}' has {usable} identities with "
-                    f"{config.data.min_photos}+ photos; triplet training needs at least 2 "
-                    "(and P per batch): add photos or rebuild with a smaller --val_fraction")
-  if not manifest.get("splits", {}).get(val_split, {}).get("images"):
-    raise UserError(f"{data_dir}: split '{val_split}' is empty, so nothing can be evaluated: "
-                    "rebuild the TFRecords with --val_fraction>0 or set "
-                    "--config.data.val_split to a split that exists")
 
 
 def train_and_evaluate(config: Any, workdir: str,
@@ -316,24 +172,23 @@ def train_and_evaluate(config: Any, workdir: str,
                     "facetriplet-build-tfrecords>")
   logging.info("config:\n%s", config)
   data_dir = config.data.tfrecord_dir
-  manifest = tfrecords.read_manifest(data_dir)
-  _check_splits(manifest, config, data_dir)
+  shard_set = tfrecords.ShardSet.open(data_dir)
+  shard_set.check_trainable(config.data.train_split, config.data.val_split,
+                            int(config.data.min_photos))
   _check_loss(config)
-  phases = _phases(config)
-  os.makedirs(workdir, exist_ok=True)
-  atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  atomic.write_json(os.path.join(workdir, tfrecords.MANIFEST), manifest)
+  phases = optim.phases(config)
+  run_dir = Workdir(workdir)
+  run_dir.start(config.to_dict(), shard_set.manifest)
 
   train = config.train
   strategy = make_strategy(train)
   replicas = strategy.num_replicas_in_sync
   p, k = int(train.p), int(train.k)
   global_batch = replicas * p * k
-  steps = input_pipeline.steps_per_epoch(manifest, config.data.train_split, global_batch,
-                                         train.steps_per_epoch)
+  steps = shard_set.steps_per_epoch(config.data.train_split, global_batch, train.steps_per_epoch)
   epochs = int(train.epochs)
-  peak_lr = _peak_lr(config, replicas)
-  input_size = int(config.model.input_size or input_pipeline.crop_size(manifest))
+  peak_lr = optim.peak_learning_rate(config, replicas)
+  input_size = int(config.model.input_size or shard_set.crop_size)
   jit = bool(train.jit_compile) and not (replicas > 1 and not tf.config.list_physical_devices(
       "GPU"))  # XLA fails under MirroredStrategy on CPU
   logging.info("%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs; "
@@ -346,8 +201,7 @@ def train_and_evaluate(config: Any, workdir: str,
       shuffle_groups=int(config.data.shuffle_groups), cache=bool(config.data.cache))
   head_model = None
   if config.loss.kind in margin_softmax.KINDS:
-    classes = sorted(label for label, count in input_pipeline.split_groups(
-        manifest, config.data.train_split) if label >= 0 and count >= int(config.data.min_photos))
+    classes = shard_set.trainable_labels(config.data.train_split, int(config.data.min_photos))
     table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         tf.constant(classes, tf.int64), tf.range(len(classes), dtype=tf.int64)), default_value=-1)
     dataset = dataset.map(lambda x, y: (x, table.lookup(tf.cast(y, tf.int64))))
@@ -362,20 +216,20 @@ def train_and_evaluate(config: Any, workdir: str,
     if config.loss.kind in margin_softmax.KINDS:
       head = margin_softmax.CosineClassifier(len(classes), name="class_head")
       head_model = keras.Model(model.inputs, head(model.outputs[0]), name="train_with_head")
-  evaluation = RetrievalEvaluation(workdir, val, int(train.get("eval_every_epochs", 1) or 1),
-                                   steps, crop=manifest.get("crop"), embedding_model=model,
+  evaluation = RetrievalEvaluation(run_dir, val, int(train.get("eval_every_epochs", 1) or 1),
+                                   steps, crop=shard_set.crop, embedding_model=model,
                                    flip=bool(config.model.get("test_time_flip", False)))
-  tensorboard = keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False,
-                                            profile_batch=0)
+  checkpoints = Checkpoints(run_dir, evaluation)
+  tensorboard = keras.callbacks.TensorBoard(run_dir.logs_dir, write_graph=False, profile_batch=0)
   save_freq = int(train.checkpoint_every_steps) or "epoch"
   fitted = model
   for phase in phases:
-    backup = _Backup(os.path.join(workdir, "backup", phase.backup), save_freq=save_freq,
+    backup = _Backup(run_dir.backup_dir(phase.backup), save_freq=save_freq,
                      delete_checkpoint=False)
     fitted = head_model if phase.loss.kind in margin_softmax.KINDS else model
     with strategy.scope():
       model_lib.set_backbone_trainable(model, phase.trainable)
-      optimizer = _optimizer(train, peak_lr, steps, phase,
+      optimizer = optim.make_optimizer(train, peak_lr, steps, phase,
                              config.model.get("mixed_precision", ""))
       _compile(fitted, phase.loss, optimizer, jit)
       optimizer.build(fitted.trainable_variables)
@@ -389,12 +243,14 @@ def train_and_evaluate(config: Any, workdir: str,
     fitted.fit(dataset, epochs=phase.last, initial_epoch=phase.first, steps_per_epoch=steps,
                shuffle=False,  # the pipeline shuffles
                # Evaluation first: an epoch is recorded before its backup, so a kill between
-               # the two repeats the epoch (and its record) instead of losing the record.
-               callbacks=[evaluation, backup, tensorboard, *(extra_callbacks or [])],
+               # the two repeats the epoch (and its record) instead of losing the record; the
+               # checkpoints read the evaluation's result.
+               callbacks=[evaluation, checkpoints, backup, tensorboard,
+                          *(extra_callbacks or [])],
                verbose=int(train.get("verbose", 2)))
-  records = read_metrics(workdir)
+  records = run_dir.read_metrics()
   final = dict(records[-1]) if records else {}
-  final.update(evaluation.best_summary())
+  final.update(checkpoints.best_summary())
   final.update({"steps": int(fitted.optimizer.iterations.numpy()), "workdir": workdir})
   logging.info("done: %s", json.dumps(final, sort_keys=True, default=str))
   return final

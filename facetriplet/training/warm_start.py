@@ -22,11 +22,11 @@ import numpy as np
 from absl import logging
 
 from facetriplet.errors import UserError
+from facetriplet.training import workdir
 
 
 def _source_arrays(source: str) -> tuple[str, list[np.ndarray]]:
   """(what was read, variable values in model order)."""
-  from facetriplet import export  # pylint: disable=g-import-not-at-top  (imports TF)
   if os.path.isdir(source) and os.path.exists(os.path.join(source, "saved_model.pb")):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     loaded = tf.saved_model.load(source)
@@ -36,13 +36,13 @@ def _source_arrays(source: str) -> tuple[str, list[np.ndarray]]:
                       "warm-start from a facetriplet export, workdir or .keras file")
     return source, [np.asarray(v.numpy()) for v in variables]
   if os.path.isdir(source):
-    checkpoint = export.resolve_checkpoint(source, "best")
+    checkpoint = workdir.resolve_checkpoint(source, "best")
   elif os.path.isfile(source) and source.endswith(".keras"):
     checkpoint = source
   else:
     raise UserError(f"train.init_from={source} is not a training workdir, a .keras checkpoint or "
                     "an export folder")
-  model = export.load_checkpoint(checkpoint)
+  model = workdir.load_checkpoint(checkpoint)
   return checkpoint, [np.asarray(v.numpy()) for v in model.variables]
 
 

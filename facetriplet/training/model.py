@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 import keras
 from keras import ops
 
-from facetriplet import augment as augment_lib
+from facetriplet.training import augment as augment_lib
 from facetriplet.errors import UserError
 
 BACKBONES = ("resnet50", "efficientnetb0", "vgg16", "mobilenetv3small", "resnet18")

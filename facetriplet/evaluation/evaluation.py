@@ -20,8 +20,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from facetriplet import atomic, gallery, grid, metrics, retrieval
+from facetriplet import atomic, metrics
+from facetriplet.data import faces, layouts
 from facetriplet.errors import ImageError, UserError
+from facetriplet.evaluation import grid
+from facetriplet.search import embedding, gallery
+from facetriplet.search import features as features_lib
 
 UNKNOWN = -2  # label of a gallery item of unknown identity: never relevant
 
@@ -32,22 +36,7 @@ class Labelled:
   embeddings: np.ndarray
   entries: list[Any]
   identities: list[Optional[str]]
-  problems: list[retrieval.Problem]
-
-
-def read_labels(path: str) -> dict[str, str]:
-  """A labels file: "<file name or relative path> <identity>" per line ('#' comments)."""
-  labels = {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      line = line.strip()
-      if not line or line.startswith("#"):
-        continue
-      parts = line.rsplit(None, 1)
-      if len(parts) != 2:
-        raise UserError(f"{path}:{n}: expected '<file> <identity>', got {line!r}")
-      labels[parts[0].replace(os.sep, "/")] = parts[1]
-  return labels
+  problems: list[embedding.Problem]
 
 
 def _identity(entry_like: Any, labels: Optional[dict[str, str]]) -> Optional[str]:
@@ -62,8 +51,8 @@ def embed_set(extractor, path: str, layout: str, labels: Optional[dict[str, str]
               batch_size: int, workers: int, progress: bool) -> Labelled:
   """Embeds a folder, TFRecord folder or list file and attaches identities."""
   if os.path.isfile(path):
-    entries = retrieval.list_queries(path)
-    emb, kept, problems = retrieval.embed_entries(extractor, entries, batch_size, workers,
+    entries = layouts.read_path_list(path)
+    emb, kept, problems = embedding.embed_entries(extractor, entries, batch_size, workers,
                                                   progress)
   else:
     emb, kept, problems = gallery.embed_gallery(extractor, path, layout, None, batch_size,
@@ -147,7 +136,6 @@ def _score_index(extractor, q: Labelled, index, ks, labels, grid_rows: int, grid
 
 
 def _crop(path: str, settings) -> Optional[np.ndarray]:
-  from facetriplet import faces  # pylint: disable=g-import-not-at-top
   try:
     return faces.load_and_crop(path, settings).image
   except (ImageError, OSError):
@@ -194,29 +182,26 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
   elif not queries or bool(gallery_dir) == bool(index_dir):
     raise UserError("pass --queries with one of --gallery or --index, or --leave_one_out "
                     "--data=<labelled folder>")
-  labels = read_labels(labels_file) if labels_file else None
-  crop = None
+  labels = layouts.read_labels(labels_file) if labels_file else None
+  if index_dir and features and len(features) > 1:
+    raise UserError("an index holds one kind of features: compare features with --gallery")
+  index = None
   if index_dir:
-    info = gallery.read_gallery_info(index_dir)
-    features = list(features or [info.get("features", "embedding")])
-    model_dir = model_dir or info.get("model")
-    crop = info.get("crop")
+    index_extractor, index, info = gallery.open_index(index_dir, model_dir,
+                                                      features[0] if features else None)
+    features, model_dir = [info["features"]], info["model"]
   if not features:
     raise UserError("no features to evaluate: pass --features=embedding (or pixels, hog, ...)")
-  if index_dir and len(features) > 1:
-    raise UserError("an index holds one kind of features: compare features with --gallery")
   results, problems, first = {}, {}, True
   clamped: dict[int, int] = {}
   for name in features:
-    extractor = retrieval.make_extractor(name, model_dir if name == "embedding" or not crop else
-                                         None, _classical_crop(model_dir, data or gallery_dir,
-                                                               crop))
+    extractor = (index_extractor if index is not None else
+                 features_lib.make_extractor(name, model_dir, source=data or gallery_dir))
     logging.info("evaluating %s (fingerprint %s)", name, extractor.fingerprint)
     q = embed_set(extractor, data or queries, layout, labels, batch_size, workers, progress)
     if len(q.entries) == 0:
       raise UserError(f"no readable query image in {data or queries}")
-    if index_dir:
-      index = _load_index(index_dir, extractor)
+    if index is not None:
       ks_used = _clamp_ks(ks, len(index), clamped)
       result, ranking, g_ids = _score_index(extractor, q, index, ks_used, labels, grid_queries,
                                             grid_k)
@@ -282,23 +267,3 @@ def _keys_as_asked(result: dict, ks: Sequence[int], ks_used: Sequence[int]) -> d
     for stem in ("top{}", "precision@{}", "recall@{}"):
       out[stem.format(k)] = result[stem.format(used)]
   return out
-
-
-def _classical_crop(model_dir: Optional[str], source: Optional[str], crop=None):
-  """Crop for classical features: the index's, the export's, a TFRecord manifest's or default."""
-  from facetriplet import export, faces, tfrecords  # pylint: disable=g-import-not-at-top
-  if crop:
-    return faces.CropSettings.from_dict(crop)
-  if model_dir:
-    return faces.CropSettings.from_dict(export.read_metadata(model_dir)["crop"])
-  if source and os.path.isdir(source) and gallery.is_tfrecord_dir(source):
-    crop = tfrecords.read_manifest(source).get("crop")
-    if crop:
-      return faces.CropSettings.from_dict(crop)
-  return faces.CropSettings()
-
-
-def _load_index(index_dir: str, extractor):
-  from facetriplet.index import ScannIndex  # pylint: disable=g-import-not-at-top
-  return ScannIndex.load(index_dir, expected_fingerprint=extractor.fingerprint,
-                         expected_dim=int(extractor.dim))

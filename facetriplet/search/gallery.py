@@ -1,10 +1,10 @@
 """Build a searchable gallery: embed a folder or TFRecords with the training crop, then index it.
 
-A gallery is either a folder of images in any layout (`facetriplet.layouts`), cropped here with the
+A gallery is either a folder of images in any layout (`facetriplet.data.layouts`), cropped here with the
 extractor's crop settings (the export's metadata, i.e. the training manifest's), or the TFRecords of
 facetriplet-build-tfrecords, whose records already hold the crops. Both stream batch by batch.
 
-Besides the ScaNN index folder (`facetriplet.index`), `gallery.json` is written into it: the
+Besides the ScaNN index folder (`facetriplet.search.index`), `gallery.json` is written into it: the
 features and export used, the crop settings, the source, and the skipped / no-face files, so
 `facetriplet-retrieve --index=DIR` knows which model to embed queries with.
 """
@@ -15,53 +15,17 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import numpy as np
 from absl import logging
 
-from facetriplet import retrieval
+from facetriplet.data import layouts, tfrecords
 from facetriplet.errors import UserError
+from facetriplet.search import embedding, features
+from facetriplet.search.embedding import NO_FACE, Problem
+from facetriplet.search.index import ScannIndex
 
 GALLERY_FILE = "gallery.json"
-
-
-def is_tfrecord_dir(path: str) -> bool:
-  """True for a folder written by facetriplet-build-tfrecords (manifest + shards)."""
-  return (os.path.isfile(os.path.join(path, "manifest.json"))
-          and any(n.endswith(".tfrecord") for n in os.listdir(path)))
-
-
-def _record_batches(tfrecord_dir: str, splits: Sequence[str], size: int, batch_size: int,
-                    ) -> Iterator[list[tuple[Any, Any]]]:
-  """Batches of (ImageEntry, CropResult) read from the shards, crops resized to `size`."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  from facetriplet import tfrecords  # pylint: disable=g-import-not-at-top
-  from facetriplet.faces import CropResult  # pylint: disable=g-import-not-at-top
-  from facetriplet.layouts import ImageEntry  # pylint: disable=g-import-not-at-top
-  root = tfrecords.read_manifest(tfrecord_dir).get("input") or ""
-  batch = []
-  for split in splits:
-    for rec in tfrecords.read_records(tfrecords.list_shards(tfrecord_dir, split)):
-      bgr = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR)
-      rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-      if rgb.shape[0] != size or rgb.shape[1] != size:
-        interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
-      entry = ImageEntry(os.path.join(root, rec["path"]), rec["path"], rec["identity"] or None,
-                         split)
-      batch.append((entry, CropResult(rgb, tuple(rec["box"]), rec["found"])))
-      if len(batch) == batch_size:
-        yield batch
-        batch = []
-  if batch:
-    yield batch
-
-
-def count_records(tfrecord_dir: str, splits: Sequence[str]) -> int:
-  from facetriplet import tfrecords  # pylint: disable=g-import-not-at-top
-  manifest = tfrecords.read_manifest(tfrecord_dir)
-  return sum(int(manifest.get("splits", {}).get(s, {}).get("images", 0)) for s in splits)
 
 
 def embed_gallery(extractor, gallery: str, layout: str = "auto",
@@ -71,27 +35,26 @@ def embed_gallery(extractor, gallery: str, layout: str = "auto",
   if not os.path.isdir(gallery):
     raise UserError(f"gallery {gallery} does not exist: pass a folder of images or a TFRecord "
                     "folder written by facetriplet-build-tfrecords")
-  if is_tfrecord_dir(gallery):
-    from facetriplet import tfrecords  # pylint: disable=g-import-not-at-top
-    manifest = tfrecords.read_manifest(gallery)
-    splits = list(splits or manifest.get("splits", {}).keys())
-    if manifest.get("crop") and dict(manifest["crop"]) != extractor.crop_settings.to_dict():
-      logging.warning("the records were cropped with %s, the model expects %s", manifest["crop"],
+  if tfrecords.is_shard_folder(gallery):
+    shard_set = tfrecords.ShardSet.open(gallery)
+    splits = list(splits or shard_set.split_names)
+    if shard_set.crop and dict(shard_set.crop) != extractor.crop_settings.to_dict():
+      logging.warning("the records were cropped with %s, the model expects %s", shard_set.crop,
                       extractor.crop_settings.to_dict())
-    size = extractor.crop_settings.size
-    return retrieval.embed_crops(extractor, _record_batches(gallery, splits, size, batch_size),
-                                 count_records(gallery, splits), "center", progress, "gallery")
-  from facetriplet import layouts  # pylint: disable=g-import-not-at-top
-  entries = layouts.list_images(gallery, retrieval.resolve_layout(gallery, layout))
-  return retrieval.embed_entries(extractor, entries, batch_size, workers, progress, "gallery")
+    batches = embedding.record_batches(shard_set, splits, extractor.crop_settings.size,
+                                       batch_size)
+    return embedding.embed_crops(extractor, batches, shard_set.count(splits), "center", progress,
+                                 "gallery")
+  entries = layouts.list_images(gallery, layouts.resolve_layout(gallery, layout))
+  return embedding.embed_entries(extractor, entries, batch_size, workers, progress, "gallery")
 
 
 @dataclasses.dataclass
 class GallerySummary:
   index_dir: str
   items: int
-  skipped: list[retrieval.Problem]
-  no_face: list[retrieval.Problem]
+  skipped: list[Problem]
+  no_face: list[Problem]
   dim: int
   scann: dict[str, Any]
   seconds: float
@@ -116,12 +79,11 @@ def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "
   Raises:
     UserError: missing or empty gallery (nothing readable), bad ScaNN overrides.
   """
-  from facetriplet.index import ScannIndex  # pylint: disable=g-import-not-at-top
   start = time.time()
   embeddings, kept, problems = embed_gallery(extractor, gallery, layout, splits, batch_size,
                                              workers, progress)
   skipped = [p for p in problems if not p.kept]
-  no_face = [p for p in problems if p.reason == retrieval.NO_FACE]
+  no_face = [p for p in problems if p.reason == NO_FACE]
   if not kept:
     raise UserError(f"no usable image in gallery {gallery} ({len(skipped)} skipped): check the "
                     "folder and --layout")
@@ -152,3 +114,25 @@ def read_gallery_info(index_dir: str) -> dict[str, Any]:
     return {}
   with open(path, encoding="utf-8") as f:
     return json.load(f)
+
+
+def open_index(index_dir: str, model: Optional[str] = None, features_name: Optional[str] = None,
+               ) -> tuple[Any, ScannIndex, dict[str, Any]]:
+  """The extractor an index was built with (or the one asked for) and the index, checked.
+
+  The model defaults to the export recorded in gallery.json, the features to the index's, and
+  a classical extractor crops as the index's gallery was cropped.
+
+  Returns:
+    (extractor, index, gallery info with the `features` and `model` actually used).
+
+  Raises:
+    UserError: missing index, missing model, or an extractor other than the index's.
+  """
+  info = read_gallery_info(index_dir)
+  name = features_name or info.get("features") or "embedding"
+  model = model or (info.get("model") if name == "embedding" or not info.get("crop") else None)
+  extractor = features.make_extractor(name, model, info.get("crop"))
+  index = ScannIndex.load(index_dir, expected_fingerprint=extractor.fingerprint,
+                          expected_dim=int(extractor.dim))
+  return extractor, index, dict(info, features=name, model=model)

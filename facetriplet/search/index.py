@@ -34,18 +34,13 @@ from facetriplet import atomic
 from facetriplet.errors import UserError
 
 FORMAT = "facetriplet-scann-index/1"
-BRUTE_FORCE_BELOW = 20_000
-"""Galleries smaller than this are searched exactly: brute force is then fast enough (< 1 ms per
-query at 128-d) and any approximation would only cost recall."""
+BRUTE_FORCE_BELOW = 20_000  # exact below this: < 1 ms per query at 128-d, no recall lost
 
 # Fraction of the ~sqrt(n) leaves to search and re-ranking depth per target recall@10, measured
-# with benchmarks/bench_search.py (and the same sweep at 300k) on clustered 128-d unit vectors
-# (5 photos per identity, 64 groups; AH 2 dims/block, anisotropic threshold 0.2). The fraction
-# needed for a given recall was the same at 100k and 300k (num_leaves = sqrt(n) keeps leaves
-# proportionate), e.g. recall 0.95-0.96 at 1.5%, 0.975 at 2%, 0.985-0.988 at 3% with reorder 100.
-# Each row is a measured setting with a margin above its recall; `auto_config` uses the first
-# row whose recall is >= the target; the 1M run confirmed it (1.5 % -> 0.966, 2 % -> 0.982,
-# default 2.5 % -> 0.986 at ~300x exact search). Targets above 0.99 get exact brute force.
+# with benchmarks/bench_search.py (and at 300k) on clustered 128-d unit vectors (AH 2 dims/block,
+# anisotropic threshold 0.2); the fraction needed was the same at 100k and 300k. `auto_config`
+# uses the first row whose recall is >= the target, with a margin; the 1M run confirmed it (1.5 %
+# -> 0.966, 2 % -> 0.982, 2.5 % -> 0.986 at ~300x exact search). Above 0.99: exact brute force.
 _RECALL_TABLE: tuple[tuple[float, float, int], ...] = (
     # (target recall@10, fraction of leaves searched, reorder_k); measured 100k / 300k:
     (0.80, 0.01, 50),    # 0.856 / 0.846
@@ -172,6 +167,23 @@ class ScannIndex:
     logging.info("Building ScaNN index over %d x %d embeddings with %s", n, dim, config)
     return cls(_build_searcher(embeddings, config), embeddings, items, str(fingerprint), config)
 
+  def check_queries_from(self, extractor) -> None:
+    """Refuses queries embedded by another model than the index's (fingerprint, dimension)."""
+    check_model(self.fingerprint, self.dim, extractor.fingerprint, int(extractor.dim),
+                "the index", getattr(extractor, "name", ""))
+
+  def clamp_k(self, k: int) -> int:
+    """`k` limited to the gallery size (with a warning). UserError for k < 1 or an empty index."""
+    if len(self) == 0:
+      raise UserError("the gallery is empty: build the index from a folder with readable images")
+    if k < 1:
+      raise UserError(f"k={k}: ask for at least one neighbour")
+    if k > len(self):
+      logging.warning("k=%d is larger than the gallery (%d items); returning %d neighbours",
+                      k, len(self), len(self))
+      return len(self)
+    return k
+
   def search(self, queries: np.ndarray, k: int, leaves_to_search: int | None = None,
              reorder_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Finds the `k` gallery rows with the highest dot product for each query.
@@ -196,12 +208,7 @@ class ScannIndex:
     if queries.ndim != 2 or queries.shape[1] != self.dim:
       raise UserError(f"queries have shape {queries.shape}, the index holds {self.dim}-d "
                       "embeddings: embed the queries with the model the index was built with")
-    if k < 1:
-      raise UserError(f"k={k}: ask for at least one neighbour")
-    if k > len(self):
-      logging.warning("k=%d is larger than the gallery (%d items); returning %d neighbours",
-                      k, len(self), len(self))
-      k = len(self)
+    k = self.clamp_k(k)
     if len(queries) == 0:
       return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     kwargs: dict[str, Any] = {"final_num_neighbors": k}
@@ -268,15 +275,7 @@ class ScannIndex:
     """
     meta = _read_metadata(directory)
     fingerprint, dim = meta["fingerprint"], int(meta["dim"])
-    if expected_fingerprint is not None and expected_fingerprint != fingerprint:
-      raise UserError(
-          f"index at {directory} was built with model {fingerprint}, queries come from model "
-          f"{expected_fingerprint}: rebuild the index with facetriplet-build-index "
-          f"--model=<export of model {expected_fingerprint}> (or query with model {fingerprint})")
-    if expected_dim is not None and int(expected_dim) != dim:
-      raise UserError(
-          f"index at {directory} holds {dim}-d embeddings, queries are {expected_dim}-d: rebuild "
-          "the index with facetriplet-build-index using the model the queries come from")
+    check_model(fingerprint, dim, expected_fingerprint, expected_dim, f"index at {directory}")
     try:
       embeddings = np.load(os.path.join(directory, "embeddings.npy"), mmap_mode="r")
       with open(os.path.join(directory, "items.jsonl"), encoding="utf-8") as f:
@@ -291,6 +290,25 @@ class ScannIndex:
           f"embeddings {embeddings.shape} and {len(items)} items): rebuild it with "
           "facetriplet-build-index")
     return cls(searcher, embeddings, items, fingerprint, meta["scann"], meta.get("created"))
+
+
+def check_model(fingerprint: str, dim: int, query_fingerprint: str | None,
+                query_dim: int | None, what: str = "the index", query_name: str = "") -> None:
+  """The one check that queries come from the model an index was built with.
+
+  Raises:
+    UserError: another fingerprint or dimension (the message says how to rebuild).
+  """
+  if query_fingerprint is not None and query_fingerprint != fingerprint:
+    named = f" ({query_name})" if query_name else ""
+    raise UserError(
+        f"{what} was built with model {fingerprint}, queries come from model "
+        f"{query_fingerprint}{named}: rebuild the index with facetriplet-build-index "
+        f"--model=<export of model {query_fingerprint}> (or query with model {fingerprint})")
+  if query_dim is not None and int(query_dim) != dim:
+    raise UserError(
+        f"{what} holds {dim}-d embeddings, queries are {query_dim}-d: rebuild the index with "
+        "facetriplet-build-index using the model the queries come from")
 
 
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:

@@ -1,16 +1,15 @@
-"""The per-epoch retrieval evaluation of training, and the checkpoints it keeps.
+"""The per-epoch retrieval evaluation of training.
 
 `RetrievalEvaluation` is the Keras callback `train.py` adds to `fit`: at the start of a fresh run
-it scores the untrained network (epoch 0, with the raw-pixel baseline beside it where
-`facetriplet.classical` is installed); after every `every` epochs it embeds the val split,
-scores leave-one-out retrieval with `metrics.retrieval_metrics` (every val photo queries all the
-others), logs the numbers to the console and TensorBoard (`logs/retrieval`), rewrites
-`metrics.jsonl` and keeps `checkpoints/best.keras` (highest mAP@R) and `checkpoints/last.keras`.
+it scores the untrained network (epoch 0, with the raw-pixel baseline beside it); after every
+`every` epochs it embeds the val split, scores leave-one-out retrieval with
+`metrics.retrieval_metrics` (every val photo queries all the others), logs the numbers to the
+console and TensorBoard (`logs/retrieval`) and rewrites `metrics.jsonl`. It keeps no checkpoint:
+`checkpoints.Checkpoints`, the next callback, reads its `last_result`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Mapping, Optional
@@ -20,58 +19,27 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from facetriplet import atomic
+from facetriplet import metrics
+from facetriplet.data import classical
+from facetriplet.training.workdir import Workdir
 
-METRICS_FILE = "metrics.jsonl"
 KS = (1, 5, 10)
 _SHOWN = ("top1", "top5", "top10", "map@r")
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of workdir/metrics.jsonl, in epoch order ([] when absent)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def write_metrics_record(workdir: str, record: Mapping[str, Any]) -> None:
-  """Adds `record` to metrics.jsonl atomically, dropping records of its epoch or later.
-
-  Records at or after the epoch come from a run that was killed before its backup; the re-run
-  repeats those epochs, so their old lines would be stale.
-  """
-  kept = [r for r in read_metrics(workdir) if r["epoch"] < record["epoch"]]
-  kept.append(dict(record))
-  atomic.write_text(os.path.join(workdir, METRICS_FILE),
-                    "".join(json.dumps(r, sort_keys=True, default=float) + "\n" for r in kept))
-
-
-def save_model_atomically(model: keras.Model, path: str) -> None:
-  """Saves a `.keras` file under a temporary name in the same folder, then renames it."""
-  with atomic.atomic_path(path) as tmp:
-    staging = tmp + ".keras"  # Keras insists on the extension
-    try:
-      model.save(staging)
-      os.replace(staging, tmp)
-    finally:
-      if os.path.exists(staging):
-        os.remove(staging)
-
-
 def _retrieval(embeddings: np.ndarray, labels: np.ndarray) -> dict:
-  from facetriplet import metrics  # pylint: disable=g-import-not-at-top
   result = metrics.retrieval_metrics(embeddings, labels, embeddings, labels, ks=KS,
                                      leave_one_out=True)
   return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in result.items()}
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
-  """Scores val retrieval each `every` epochs and keeps last/best checkpoints.
+  """Scores val retrieval each `every` epochs (and after the last one) into metrics.jsonl.
+
+  After each epoch `last_result` holds that epoch's metrics, or None when it was not evaluated.
 
   Args:
-    workdir: training workdir.
+    workdir: training workdir (a path or a `Workdir`).
     val_dataset: `input_pipeline.eval_dataset` of the val split.
     every: evaluate every this many epochs (and always after the last one).
     steps_per_epoch: to report the step of each record.
@@ -88,20 +56,14 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     super().__init__()
     self.embedding_model = embedding_model
     self.flip = bool(flip)
-    self.workdir = workdir
+    self.workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    self.last_result: Optional[dict] = None
     self.val_dataset = val_dataset
     self.every = max(1, int(every))
     self.steps_per_epoch = steps_per_epoch
     self.crop = crop
     self._labels: Optional[np.ndarray] = None
     self._writer = None
-    self.checkpoint_dir = os.path.join(workdir, "checkpoints")
-    for name in ("last.keras", "best.keras"):  # temporaries of a killed run's saves
-      atomic.recover(os.path.join(self.checkpoint_dir, name))
-    trained = [r for r in read_metrics(workdir) if r["epoch"] > 0 and "map@r" in r]
-    best = max(trained, key=lambda r: r["map@r"], default=None)
-    self.best_map = best["map@r"] if best else -1.0
-    self.best_epoch = best["epoch"] if best else 0
 
   def _images(self) -> tf.data.Dataset:
     return self.val_dataset.map(lambda d: d["image"])
@@ -135,7 +97,6 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
   def _pixel_baseline(self) -> dict:
     try:
-      from facetriplet import classical  # pylint: disable=g-import-not-at-top
       extractor = classical.get_extractor("pixels", crop=self.crop)
       embeddings = np.concatenate([extractor.embed(b.numpy()) for b in self._images()])
       return {f"pixels/{k}": v for k, v in _retrieval(embeddings, self._labels_array()).items()
@@ -153,9 +114,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
       lr = self.model.optimizer.learning_rate
       record["learning_rate"] = float(np.asarray(lr(step) if callable(lr) else lr))
     record.update(result)
-    write_metrics_record(self.workdir, record)
+    self.workdir.write_metrics_record(record)
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(os.path.join(self.workdir, "logs",
+      self._writer = tf.summary.create_file_writer(os.path.join(self.workdir.logs_dir,
                                                                 "retrieval"))
     with self._writer.as_default():
       for key, value in result.items():
@@ -166,7 +127,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     logging.info("epoch %d (step %d) val retrieval: %s", epoch, step, shown)
 
   def on_train_begin(self, logs=None):
-    if any(r["epoch"] == 0 for r in read_metrics(self.workdir)):
+    if any(r["epoch"] == 0 for r in self.workdir.read_metrics()):
       return
     result = self.evaluate()
     result.update(self._pixel_baseline())
@@ -174,14 +135,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     done = epoch + 1
-    save_model_atomically(self.scored_model, os.path.join(self.checkpoint_dir, "last.keras"))
+    self.last_result = None
     if done % self.every and done != self.params.get("epochs"):
       return
-    result = self.evaluate()
-    self._record(done, result, logs)
-    if result.get("map@r", -1.0) > self.best_map:
-      self.best_map, self.best_epoch = result["map@r"], done
-      save_model_atomically(self.scored_model, os.path.join(self.checkpoint_dir, "best.keras"))
-
-  def best_summary(self) -> dict:
-    return {"best_map@r": self.best_map, "best_epoch": self.best_epoch}
+    self.last_result = self.evaluate()
+    self._record(done, self.last_result, logs)

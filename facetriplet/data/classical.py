@@ -24,11 +24,10 @@ from typing import Any, Mapping, Optional, Union
 import cv2
 import numpy as np
 
-from facetriplet import faces
+from facetriplet.data import faces
 from facetriplet.errors import UserError
 
 EXTRACTORS = ("pixels", "color_hist", "lbp", "hog")
-NAMES = ("embedding",) + EXTRACTORS
 _CHUNK = 256  # images converted at a time, to bound memory
 
 
@@ -177,37 +176,20 @@ _CLASSES = {cls.name: cls for cls in (PixelsExtractor, ColorHistExtractor, LbpEx
                                       HogExtractor)}
 
 
-def get_extractor(name: str, export_dir: Optional[str] = None,
+def get_extractor(name: str,
                   crop: Union[faces.CropSettings, Mapping[str, Any], None] = None) -> Any:
-  """The feature extractor called `name`.
-
-  Args:
-    name: `embedding` (the exported model in `export_dir`) or one of `EXTRACTORS`.
-    export_dir: folder written by facetriplet-export; required for `embedding`. For a classical
-      extractor without `crop`, its crop settings are taken from the export, so classical
-      features see the same face crops as the model.
-    crop: crop settings (a `CropSettings` or its dict) for a classical extractor; default: the
-      export's when `export_dir` is given, else `CropSettings()`.
-
-  Returns:
-    An `export.Embedder` or a `ClassicalExtractor`.
+  """The classical extractor called `name` (one of `EXTRACTORS`), cropping with `crop` (a
+  `CropSettings` or its dict; default `CropSettings()`). Which crop a caller should pass is
+  decided by `facetriplet.search.features`.
 
   Raises:
-    UserError: unknown name (the message lists the valid ones), or `embedding` without an export.
+    UserError: unknown name (the message lists the valid ones).
   """
-  if name == "embedding":
-    if not export_dir:
-      raise UserError("features 'embedding' need an export folder: pass --model=<export dir "
-                      "written by facetriplet-export>")
-    from facetriplet import export  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    return export.load_embedder(export_dir)
   if name not in _CLASSES:
-    raise UserError(f"unknown feature extractor {name!r}; valid names: {', '.join(NAMES)}")
+    raise UserError(f"unknown classical feature extractor {name!r}; valid names: "
+                    f"{', '.join(EXTRACTORS)}")
   if isinstance(crop, Mapping):
     crop = faces.CropSettings.from_dict(crop)
-  elif crop is None and export_dir:
-    from facetriplet import export  # pylint: disable=g-import-not-at-top
-    crop = faces.CropSettings.from_dict(export.read_metadata(export_dir)["crop"])
   return _CLASSES[name](crop=crop)
 
 

@@ -1,0 +1,1 @@
+"""The shipped experiment configs: `--config=<name>` (e.g. lfw) or `--config=configs/<name>.py`."""

@@ -1,0 +1,141 @@
+"""Embedding many images with the training-time face crop, streaming batch by batch.
+
+`embed_entries` streams image files through load -> crop (a thread pool, each thread with its own
+`FaceCropper`) -> embed, so memory holds a couple of batches of crops, never the whole gallery.
+`record_batches` does the same for TFRecords, whose records already hold the crops (decoded by
+`tfrecords.decode_image`, the decoder training uses). Unreadable files are skipped and returned
+as `Problem`s; photos without a detectable face use the fallback crop (and are reported) unless
+the crop settings say 'skip'.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import threading
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from facetriplet.data import faces, tfrecords
+from facetriplet.data.layouts import ImageEntry
+from facetriplet.errors import ImageError
+
+NO_FACE = "no-face"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """An image that was skipped (`kept=False`) or used with a fallback (`kept=True`, no-face)."""
+  path: str
+  rel_path: str
+  reason: str
+  detail: str = ""
+  kept: bool = False
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+  for i in range(0, len(items), size):
+    yield items[i:i + size]
+
+
+def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: int = 4,
+               ) -> Iterator[list[tuple[Any, Any]]]:
+  """Yields, batch by batch, [(entry, CropResult or ImageError)] in entry order.
+
+  Loading and cropping run in a thread pool (decoding and OpenCV release the GIL); at most two
+  batches are in flight, so memory does not grow with the number of entries. Each thread owns its
+  FaceCropper: an OpenCV cascade must not be shared by concurrent detections.
+  """
+  local = threading.local()
+
+  def load(entry):
+    cropper = getattr(local, "cropper", None)
+    if cropper is None:
+      cropper = local.cropper = faces.FaceCropper(settings)
+    try:
+      return entry, cropper.crop(faces.load_rgb(entry.path))
+    except ImageError as e:
+      return entry, e
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    pending: list[list[concurrent.futures.Future]] = []
+    for batch in _batches(entries, batch_size):
+      pending.append([pool.submit(load, e) for e in batch])
+      if len(pending) == 2:
+        yield [f.result() for f in pending.pop(0)]
+    while pending:
+      yield [f.result() for f in pending.pop(0)]
+
+
+def record_batches(shard_set: tfrecords.ShardSet, splits: Optional[Sequence[str]], size: int,
+                   batch_size: int = 64) -> Iterator[list[tuple[ImageEntry, faces.CropResult]]]:
+  """Batches of (ImageEntry, CropResult) from the records, crops resized to `size` when the
+  stored size differs."""
+  root = shard_set.input_root
+  for batch in shard_set.decoded_batches(splits, batch_size):
+    out = []
+    for rec, rgb in batch:
+      if rgb.shape[0] != size or rgb.shape[1] != size:
+        interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
+      entry = ImageEntry(os.path.join(root, rec["path"]), rec["path"], rec["identity"] or None,
+                         rec["split"])
+      out.append((entry, faces.CropResult(rgb, tuple(rec["box"]), rec["found"])))
+    yield out
+
+
+def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
+                on_no_face: str = "center", progress: bool = True, desc: str = "embedding",
+                ) -> tuple[np.ndarray, list[Any], list[Problem]]:
+  """Embeds batches of (entry, CropResult | ImageError) as they come; see `embed_entries`."""
+  chunks, kept, problems = [], [], []
+  with tqdm(total=total, unit="img", desc=desc, disable=not progress, leave=False) as bar:
+    for batch in batches:
+      images = []
+      for entry, result in batch:
+        if isinstance(result, ImageError):
+          problems.append(Problem(entry.path, entry.rel_path, result.reason, result.detail))
+          continue
+        if not result.found:
+          skip = on_no_face == "skip"
+          problems.append(Problem(entry.path, entry.rel_path, NO_FACE, kept=not skip))
+          if skip:
+            continue
+        images.append(result.image)
+        kept.append(entry)
+      if images:
+        chunks.append(np.asarray(extractor.embed(np.stack(images)), dtype=np.float32))
+      bar.update(len(batch))
+  dim = int(extractor.dim)
+  embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+  return embeddings, kept, problems
+
+
+def embed_entries(extractor, entries: Sequence[Any], batch_size: int = 64, workers: int = 4,
+                  progress: bool = True, desc: str = "embedding",
+                  ) -> tuple[np.ndarray, list[Any], list[Problem]]:
+  """Loads, crops (with the extractor's crop settings) and embeds images, streaming in batches.
+
+  Args:
+    extractor: an `Embedder` or a classical extractor (`.embed`, `.dim`, `.crop_settings`).
+    entries: objects with `.path` and `.rel_path` (layouts.ImageEntry).
+    batch_size: images per embedding call.
+    workers: loading threads.
+    progress: show a tqdm bar.
+    desc: label of the bar.
+
+  Returns:
+    (embeddings float32 [M, D], kept entries (M, in input order), problems): problems list the
+    unreadable files (skipped) and the photos without a detected face (kept with the fallback
+    crop, or skipped when the crop settings say on_no_face='skip').
+  """
+  settings = extractor.crop_settings
+  return embed_crops(extractor, iter_crops(entries, settings, batch_size, workers), len(entries),
+                     settings.on_no_face, progress, desc)

@@ -1,0 +1,46 @@
+"""The checkpoints a training run keeps: `checkpoints/last.keras` after every epoch and
+`checkpoints/best.keras` whenever the val mAP@R of `RetrievalEvaluation` improves.
+
+`Checkpoints` is the Keras callback after the evaluation in `fit`'s list: it reads the epoch's
+metrics from the evaluation callback and saves the embedding model (never a training-only head),
+each file written under a temporary name and renamed (`workdir.save_model_atomically`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+
+from facetriplet.training.train_eval import RetrievalEvaluation
+from facetriplet.training.workdir import Workdir, save_model_atomically
+
+
+class Checkpoints(keras.callbacks.Callback):
+  """Saves last.keras every epoch and best.keras on a new best val mAP@R.
+
+  Args:
+    workdir: the run's `Workdir`.
+    evaluation: the run's `RetrievalEvaluation` (placed before this callback).
+  """
+
+  def __init__(self, workdir: Workdir, evaluation: RetrievalEvaluation):
+    super().__init__()
+    self.workdir = workdir
+    self.evaluation = evaluation
+    workdir.recover_checkpoints()  # temporaries of a killed run's saves
+    trained = [r for r in workdir.read_metrics() if r["epoch"] > 0 and "map@r" in r]
+    best: Optional[dict] = max(trained, key=lambda r: r["map@r"], default=None)
+    self.best_map = best["map@r"] if best else -1.0
+    self.best_epoch = best["epoch"] if best else 0
+
+  def on_epoch_end(self, epoch, logs=None):
+    model = self.evaluation.scored_model
+    save_model_atomically(model, self.workdir.checkpoint("last"))
+    result = self.evaluation.last_result
+    if result is not None and result.get("map@r", -1.0) > self.best_map:
+      self.best_map, self.best_epoch = result["map@r"], epoch + 1
+      save_model_atomically(model, self.workdir.checkpoint("best"))
+
+  def best_summary(self) -> dict:
+    return {"best_map@r": self.best_map, "best_epoch": self.best_epoch}
