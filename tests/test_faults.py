@@ -156,7 +156,7 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   from facetriplet.search import export  # pylint: disable=g-import-not-at-top
   from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
-  from tests.test_export import make_export  # pylint: disable=g-import-not-at-top
+  from tests.search.test_export import make_export  # pylint: disable=g-import-not-at-top
   a = make_export(str(tmp_path / "a"), seed=0)
   b = make_export(str(tmp_path / "b"), seed=1)
   fp_a, fp_b = export.load_embedder(a).fingerprint, export.load_embedder(b).fingerprint
@@ -233,7 +233,7 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
 @pytest.mark.slow
 def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
   from facetriplet.search import export  # pylint: disable=g-import-not-at-top
-  from tests.test_export import make_workdir  # pylint: disable=g-import-not-at-top
+  from tests.search.test_export import make_workdir  # pylint: disable=g-import-not-at-top
   workdir = make_workdir(str(tmp_path / "w"), kind="tiny")
   out = tmp_path / "exports" / "model"
   tool = [os.path.join(BIN, "facetriplet-export"), f"--workdir={workdir}",
@@ -286,8 +286,8 @@ def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_pat
 @pytest.mark.slow
 def test_kill_9_during_index_build_keeps_the_previous_index(tmp_path):
   from facetriplet.search.index import ScannIndex  # pylint: disable=g-import-not-at-top
-  from tests.test_export import make_export  # pylint: disable=g-import-not-at-top
-  from tests.test_retrieval import write_image_set  # pylint: disable=g-import-not-at-top
+  from tests.search.test_export import make_export  # pylint: disable=g-import-not-at-top
+  from tests.search.test_retrieval import write_image_set  # pylint: disable=g-import-not-at-top
   model = make_export(str(tmp_path / "m"), seed=0)
   rng = np.random.default_rng(3)
   write_image_set(str(tmp_path / "gallery"), rng, per_identity=20)

@@ -11,7 +11,7 @@ same number of steps as an uninterrupted one (a kill between two backups repeats
 
 Loss scaling: Keras 3 divides each replica's mean loss by the number of replicas before the
 gradient all-reduce (a sum), so the applied gradient is that of the mean of the per-replica
-losses, and the reported loss is that mean too (tests/test_train.py checks both numbers).
+losses, and the reported loss is that mean too (tests/training/test_train.py checks both numbers).
 Triplet mining sees one replica's sub-batch, which the input pipeline fills with whole identities.
 
 Transfer learning: with `train.freeze_backbone_epochs = N > 0` the first N epochs train only the

@@ -11,8 +11,8 @@ from facetriplet import metrics
 from facetriplet.evaluation import evaluation
 from facetriplet.search import features, gallery
 from facetriplet.errors import UserError
-from tests.test_export import make_export
-from tests.test_retrieval import write_image_set
+from tests.search.test_export import make_export
+from tests.search.test_retrieval import write_image_set
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from facetriplet.training import train  # noqa: E402
 from facetriplet.training.workdir import read_metrics  # noqa: E402
 from tests import shard_helpers  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 32
 needs_two_cpus = pytest.mark.skipif(
     len(tf.config.list_logical_devices("CPU")) < 2,

@@ -20,7 +20,7 @@ from facetriplet.search import export  # noqa: E402
 from facetriplet.training import margin_softmax  # noqa: E402
 from facetriplet.training import train  # noqa: E402
 from facetriplet.training.workdir import read_metrics  # noqa: E402
-from tests.test_train import (SIZE, _Interrupt, data_dir, needs_two_cpus,  # noqa: E402,F401
+from tests.training.test_train import (SIZE, _Interrupt, data_dir, needs_two_cpus,  # noqa: E402,F401
                                smoke_config)
 
 

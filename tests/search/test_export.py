@@ -46,7 +46,7 @@ def build_smoke_model(size: int = SIZE):
   import keras  # pylint: disable=g-import-not-at-top
   from facetriplet import config_files  # pylint: disable=g-import-not-at-top
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "default.py")
   keras.utils.set_random_seed(0)
   return model_lib.build_embedding_model(config_files.load_config(path, "smoke"),
                                          input_size=size)

@@ -14,9 +14,9 @@ from PIL import Image
 from facetriplet.data import crop_workers, faces, ingest, shard_plan, tfrecords
 from facetriplet.errors import UserError
 
-from tests.test_faces import write_huge_png_header
+from tests.data.test_faces import write_huge_png_header
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")  # absl log lines (settings, progress)
 NONE = faces.CropSettings(detector="none", size=32)
 

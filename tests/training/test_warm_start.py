@@ -9,7 +9,7 @@ from facetriplet.search import export
 from facetriplet.training import warm_start
 from facetriplet.training import model as model_lib
 from facetriplet.errors import UserError
-from tests.test_train import load_config
+from tests.training.test_train import load_config
 
 SIZE = 32
 
