@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 from facetriplet.data import classical, faces, tfrecords
 from facetriplet.errors import UserError
+from facetriplet.search import export
 
 FEATURES = ("embedding",) + classical.EXTRACTORS
 
@@ -26,7 +27,6 @@ def crop_for(model_dir: Optional[str] = None, source: Optional[str] = None,
   if crop:
     return faces.CropSettings.from_dict(crop)
   if model_dir:
-    from facetriplet.search import export  # pylint: disable=g-import-not-at-top  (TensorFlow)
     return faces.CropSettings.from_dict(export.read_metadata(model_dir)["crop"])
   if source and tfrecords.is_shard_folder(source):
     recorded = tfrecords.ShardSet.open(source).crop
@@ -56,6 +56,5 @@ def make_extractor(features: str, model_dir: Optional[str] = None,
     if not model_dir:
       raise UserError("features 'embedding' need an export folder: pass --model=<export dir "
                       "written by facetriplet-export>")
-    from facetriplet.search import export  # pylint: disable=g-import-not-at-top  (TensorFlow)
     return export.load_embedder(model_dir)
   return classical.get_extractor(features, crop_for(model_dir, source, crop))
