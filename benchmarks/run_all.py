@@ -56,6 +56,7 @@ BENCHMARKS = [
     Benchmark("search_1m", "benchmarks.bench_search",
               ["--sizes=1000000", "--queries=1000", "--hnsw_m=16", "--hnsw_build_budget_s=480"],
               ["--sizes=20000", "--queries=100", "--skip_faiss"], "~15 min"),
+    Benchmark("serve", "benchmarks.bench_serve", [], ["--quick"], "~10 min"),
     Benchmark("quality", "benchmarks.bench_quality", [],
               ["--config_variant=smoke", "--epochs=1", "--limit_identities=60",
                "--workdir_root={tmp}/quality", "--classical=pixels,lbp"], "~60 min"),

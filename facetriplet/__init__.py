@@ -35,11 +35,18 @@ _MOVED = {
 }
 
 
+# The library's front door, imported on first use: `from facetriplet import Searcher`.
+_PUBLIC = {"Searcher": "facetriplet.search.searcher"}
+
+
 def __getattr__(name):
-  """`from facetriplet import faces` (0.1 layout): imports the module from its new home."""
-  target = _MOVED.get(name)
-  if target is None:
+  """`from facetriplet import Searcher`; and the 0.1 module names (`from facetriplet import
+  faces`), imported from their new homes."""
+  if name in _PUBLIC:
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+  elif name in _MOVED:
+    value = importlib.import_module(_MOVED[name])
+  else:
     raise AttributeError(f"module 'facetriplet' has no attribute {name!r}")
-  module = importlib.import_module(target)
-  globals()[name] = module
-  return module
+  globals()[name] = value
+  return value

@@ -160,3 +160,164 @@ def test_to_markdown():
   assert lines[0] == "| method | top1 | num_queries | map@r |"
   assert lines[2] == "| lbp | 0.5000 | 3 |  |"
   assert lines[3] == "| embedding | 0.9000 |  | 0.2500 |"
+
+
+# --- Verification ------------------------------------------------------------------------------
+
+def test_verification_hand_worked():
+  """Four faces at 0, 70, 90, 135 degrees, identities A A B B.
+
+  Positive pairs: (0,1) cos70 = .342, (2,3) cos45 = .707. Negatives: (0,2) cos90 = 0,
+  (0,3) cos135 = -.707, (1,2) cos20 = .940, (1,3) cos65 = .423.
+  Thresholds high to low -> (TAR, FAR): above all (0, 0), .940 (0, .25), .707 (.5, .25),
+  .423 (.5, .5), .342 (1, .5), 0 (1, .75), -.707 (1, 1).
+  FAR <= .25: lowest threshold .707, TAR .5; FAR <= .5: threshold .342, TAR 1; FAR .1 is below
+  1/4 negatives: unresolved. |FAR - FRR| is 0 at .423: EER = (.5 + .5)/2 = .5.
+  AUC = P(pos > neg) = (3 + 2) / 8 = .625.
+  """
+  x = at_angles([0, 70, 90, 135])
+  labels = ["A", "A", "B", "B"]
+  pairs = metrics.verification_pairs(labels)
+  assert sorted(map(tuple, pairs.positive.tolist())) == [(0, 1), (2, 3)]
+  assert sorted(map(tuple, pairs.negative.tolist())) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+  got = metrics.verification_metrics(x, labels, fars=(0.1, 0.25, 0.5))
+  cos = lambda d: np.cos(np.deg2rad(d))  # noqa: E731
+  assert got["num_positive_pairs"] == 2 and got["num_negative_pairs"] == 4
+  assert got["tar@far=0.25"] == pytest.approx(0.5)
+  assert got["threshold@far=0.25"] == pytest.approx(cos(45), abs=1e-6)
+  assert got["tar@far=0.5"] == pytest.approx(1.0)
+  assert got["threshold@far=0.5"] == pytest.approx(cos(70), abs=1e-6)
+  assert got["tar@far=0.1"] is None and got["threshold@far=0.1"] is None
+  assert got["unresolved_fars"] == [0.1] and got["min_resolvable_far"] == 0.25
+  assert got["eer"] == pytest.approx(0.5)
+  assert got["eer_threshold"] == pytest.approx(cos(65), abs=1e-6)
+  assert got["auc"] == pytest.approx(0.625)
+  roc = np.array(got["roc"])
+  np.testing.assert_allclose(roc[:, :2], [[0, 0], [.25, 0], [.25, .5], [.5, .5], [.5, 1],
+                                          [.75, 1], [1, 1]])
+
+
+def test_verification_from_scores_with_ties_and_no_pairs():
+  """Positives .9 .6 and negatives .7 .6 .2 (a tie at .6): at threshold .6 both the positive and
+  the negative are accepted, so FAR <= 1/3 stops at .7 (TAR .5); FAR <= 2/3 reaches .6 (TAR 1)."""
+  got = metrics.verification_from_scores([0.9, 0.6], [0.7, 0.6, 0.2], fars=(1 / 3, 2 / 3))
+  assert got["tar@far=0.333333"] == 0.5 and got["threshold@far=0.333333"] == 0.7
+  assert got["tar@far=0.666667"] == 1.0 and got["threshold@far=0.666667"] == 0.6
+  assert got["auc"] == pytest.approx((3 + 0.5 + 1) / 6)  # .9 beats 3; .6 ties one, beats one
+  empty = metrics.verification_from_scores([0.5], [])
+  assert empty["tar@far=0.01"] is None and empty["eer"] is None and empty["roc"] == []
+
+
+def reference_verification(pos, neg, fars):
+  """A plain loop over every distinct threshold (accept when score >= t), counting by hand."""
+  pos, neg = [float(s) for s in pos], [float(s) for s in neg]
+  points = [(0.0, 0.0, float("inf"))]
+  for t in sorted(set(pos + neg), reverse=True):
+    tar = sum(s >= t for s in pos) / len(pos)
+    far = sum(s >= t for s in neg) / len(neg)
+    points.append((far, tar, t))
+  out = {}
+  for f in fars:
+    if f < 1 / len(neg):
+      out[f] = None
+      continue
+    ok = [p for p in points if p[0] <= f + 1e-12]
+    out[f] = (max(p[1] for p in ok), min(p[2] for p in ok))
+  best = min(points, key=lambda p: (abs(p[0] - (1 - p[1])), -p[2]))
+  wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+  return out, (best[0] + 1 - best[1]) / 2, best[2], wins / (len(pos) * len(neg)), points
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_verification_agrees_with_a_threshold_loop(seed):
+  rng = np.random.default_rng(seed)
+  pos = np.round(rng.normal(0.5, 0.25, size=150), 2)  # rounded: ties within and across kinds
+  neg = np.round(rng.normal(0.0, 0.25, size=700), 2)
+  fars = (0.1, 0.01, 0.001)
+  got = metrics.verification_from_scores(pos, neg, fars)
+  want, eer, eer_threshold, auc, points = reference_verification(pos, neg, fars)
+  for f in fars:
+    key = metrics.far_key(f)
+    if want[f] is None:
+      assert got[f"tar@far={key}"] is None and f in got["unresolved_fars"]
+    else:
+      assert got[f"tar@far={key}"] == pytest.approx(want[f][0], abs=1e-12)
+      assert got[f"threshold@far={key}"] == pytest.approx(want[f][1], abs=1e-12)
+  assert got["eer"] == pytest.approx(eer, abs=1e-12)
+  assert got["eer_threshold"] == pytest.approx(eer_threshold, abs=1e-12)
+  assert got["auc"] == pytest.approx(auc, abs=1e-12)
+  full = {(round(p[0], 12), round(p[1], 12)) for p in points}
+  roc = got["roc"]
+  assert 2 < len(roc) <= 200 and roc[0][:2] == [0.0, 0.0] and roc[-1][:2] == [1.0, 1.0]
+  assert all((round(f, 12), round(t, 12)) in full for f, t, _ in roc)
+  assert [p[0] for p in roc] == sorted(p[0] for p in roc)
+
+
+def brute_force_pairs(labels, other=None):
+  if other is None:
+    n = len(labels)
+    all_pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    other = labels
+  else:
+    all_pairs = [(i, j) for i in range(len(labels)) for j in range(len(other))]
+  pos = {p for p in all_pairs if labels[p[0]] == other[p[1]]}
+  return pos, set(all_pairs) - pos
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_verification_pairs_agree_with_brute_force(cross):
+  rng = np.random.default_rng(4)
+  labels = rng.integers(0, 7, size=45)
+  other = rng.integers(2, 9, size=30) if cross else None
+  pos, neg = brute_force_pairs(list(labels), None if other is None else list(other))
+  pairs = metrics.verification_pairs(labels, other)
+  assert set(map(tuple, pairs.positive.tolist())) == pos and len(pairs.positive) == len(pos)
+  assert set(map(tuple, pairs.negative.tolist())) == neg and len(pairs.negative) == len(neg)
+  assert (pairs.total_positive, pairs.total_negative) == (len(pos), len(neg))
+  # Capped: a seeded sample of distinct pairs of the right kind, the same for the same seed.
+  sampled = metrics.verification_pairs(labels, other, max_positives=20, max_negatives=50, seed=3)
+  for got, want, cap in ((sampled.positive, pos, 20), (sampled.negative, neg, 50)):
+    as_set = set(map(tuple, got.tolist()))
+    assert len(got) == cap == len(as_set) and as_set <= want
+  again = metrics.verification_pairs(labels, other, max_positives=20, max_negatives=50, seed=3)
+  np.testing.assert_array_equal(again.negative, sampled.negative)
+  other_seed = metrics.verification_pairs(labels, other, max_negatives=50, seed=4)
+  assert not np.array_equal(other_seed.negative, sampled.negative)
+
+
+def test_verification_pairs_sample_large_sets_quickly():
+  """One identity of 3,000 photos (4.5M positive pairs, decoded from pair numbers) and 10k photos
+  overall: capped samples, every pair valid and distinct."""
+  import time  # pylint: disable=g-import-not-at-top
+  labels = np.concatenate([np.zeros(3000, np.int64), np.arange(1, 7001) // 5 + 1])
+  np.random.default_rng(0).shuffle(labels)
+  start = time.time()
+  pairs = metrics.verification_pairs(labels)
+  assert time.time() - start < 5
+  assert len(pairs.positive) == metrics.MAX_POSITIVE_PAIRS
+  assert len(pairs.negative) == metrics.MAX_NEGATIVE_PAIRS
+  counts = np.bincount(labels)
+  assert pairs.total_positive == int(np.sum(counts * (counts - 1) // 2))
+  assert pairs.total_negative == 10000 * 9999 // 2 - pairs.total_positive
+  for p, same in ((pairs.positive, True), (pairs.negative, False)):
+    assert np.all(p[:, 0] < p[:, 1]) and np.all((labels[p[:, 0]] == labels[p[:, 1]]) == same)
+    assert len(np.unique(p[:, 0] * 10000 + p[:, 1])) == len(p)
+
+
+def test_verification_metrics_across_sets_with_excluded_pairs():
+  """Scores are the dot products of the unit rows of each pair; an excluded pair is not scored."""
+  rng = np.random.default_rng(5)
+  q, g = rng.normal(size=(12, 4)), rng.normal(size=(20, 4))
+  ql, gl = rng.integers(0, 4, size=12), rng.integers(0, 4, size=20)
+  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+  gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+  exclude = np.array([[0, j] for j in range(20) if gl[j] == ql[0]][:1] + [[1, 0]])
+  pos, neg = brute_force_pairs(list(ql), list(gl))
+  skip = set(map(tuple, exclude.tolist()))
+  pos_scores = [qn[i] @ gn[j] for i, j in pos if (i, j) not in skip]
+  neg_scores = [qn[i] @ gn[j] for i, j in neg if (i, j) not in skip]
+  got = metrics.verification_metrics(q, ql, g, gl, fars=(0.1, 0.05), exclude=exclude)
+  want = metrics.verification_from_scores(pos_scores, neg_scores, fars=(0.1, 0.05))
+  assert got["num_positive_pairs"] == len(pos_scores) and got["positive_pairs_total"] == len(pos)
+  for key in ("tar@far=0.1", "threshold@far=0.1", "tar@far=0.05", "eer", "eer_threshold", "auc"):
+    assert got[key] == pytest.approx(want[key], abs=1e-6), key

@@ -1,11 +1,17 @@
-"""Embeds a gallery with an exported model (or classical features) and saves a ScaNN index.
+r"""Embeds a gallery with an exported model (or classical features) and saves a ScaNN index;
+or adds photos to / removes items from an existing index without rebuilding it.
 
   facetriplet-build-index --model=runs/demo/export --gallery=data/gallery --index_dir=runs/index
   facetriplet-build-index --model=runs/demo/export --gallery=runs/tfrecords --index_dir=...
   facetriplet-build-index --features=hog --gallery=data/gallery --index_dir=runs/index_hog
+  facetriplet-build-index --index_dir=runs/index --add=new_photos/     # enrol: only new photos
+  facetriplet-build-index --index_dir=runs/index --remove=gone.txt     # ids or paths, one a line
+  facetriplet-build-index --index_dir=runs/index --rebuild             # retrain the partitions
 
-The face crop is the one the model was trained with (the export's metadata). The logic lives in
-`facetriplet.search.gallery.build_gallery_index`.
+The face crop is the one the model was trained with (the export's metadata). --faces=all (the
+default for a flat folder of photos) indexes every face of each photo with its box; identity
+folders and TFRecords index each photo's chosen face. The logic lives in
+`facetriplet.search.gallery.build_gallery_index` and `facetriplet.search.searcher.Searcher`.
 """
 
 import os
@@ -15,9 +21,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from facetriplet.data import layouts
-from facetriplet.search import features, gallery
+from facetriplet.data import faces, layouts
 from facetriplet.errors import UserError, run_tool
+from facetriplet.search import features, gallery
+from facetriplet.search.searcher import Searcher
 
 _GALLERY = flags.DEFINE_string("gallery", None,
                                "Gallery: a folder of images or a facetriplet TFRecord folder.")
@@ -36,12 +43,58 @@ _TARGET_RECALL = flags.DEFINE_float("target_recall", 0.95,
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
+_FACES = flags.DEFINE_enum("faces", "auto", list(gallery.FACE_MODES),
+                           "Faces indexed per photo: all (every face, with its box), largest "
+                           "(the chosen one), auto (all for a flat folder, else largest).")
+_MIN_FACE = flags.DEFINE_float("min_face", faces.MIN_FACE_FRACTION,
+                               "With --faces=all: smallest face indexed, as a fraction of the "
+                               "photo's short side.")
+_ADD = flags.DEFINE_string("add", None, "Add the photos of this folder, image or list file to "
+                           "the existing --index_dir (photos already indexed are skipped).")
+_REMOVE = flags.DEFINE_string("remove", None, "Remove the items listed in this file (item ids or "
+                              "photo paths, one a line) from the existing --index_dir.")
+_REBUILD = flags.DEFINE_bool("rebuild", False, "Retrain the existing index's search partitions "
+                             "(after it grew or shrank a lot).")
+
+
+def update(workers: int) -> None:
+  """--add / --remove / --rebuild on an existing index, saved atomically once at the end."""
+  if _GALLERY.value:
+    raise UserError("--gallery builds a new index; with --add/--remove/--rebuild pass only "
+                    "--index_dir=<existing index>")
+  searcher = Searcher.open(_INDEX_DIR.value, _MODEL.value)
+  before = len(searcher)
+  if _REMOVE.value:
+    keys = [fields[0] for _, fields in layouts.read_list_file(
+        _REMOVE.value, 1, "<item id or photo path>", "list one item id or photo path a line")]
+    print(f"removed {searcher.remove(keys)} item(s) listed in {_REMOVE.value}")
+  if _ADD.value:
+    s = searcher.add(_ADD.value, _FACES.value, _MIN_FACE.value, _LAYOUT.value,
+                     batch_size=_BATCH_SIZE.value, workers=workers, progress=_PROGRESS.value)
+    print(f"added {s.added} item(s) from {_ADD.value} ({s.replaced} replaced, "
+          f"{s.already_indexed} photo(s) already indexed, {len(s.problems)} problem(s))")
+    for p in s.problems:
+      print(f"  {p.rel_path}: {p.reason}" + (" (kept, centred crop)" if p.kept else " (skipped)"))
+  if _REBUILD.value:
+    searcher.rebuild()
+    print(f"rebuilt the search partitions for {len(searcher)} items: {searcher.index.config}")
+  elif searcher.index.needs_rebuild:
+    print(f"advice: {searcher.index.needs_rebuild}; run with --rebuild for full speed/recall")
+  searcher.save()
+  print(f"index {_INDEX_DIR.value}: {before} -> {len(searcher)} items (saved)")
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  workers = _WORKERS.value or os.cpu_count() or 1
+  if _ADD.value or _REMOVE.value or _REBUILD.value:
+    if not _INDEX_DIR.value:
+      raise UserError("--add/--remove/--rebuild need --index_dir=<existing index folder>")
+    update(workers)
+    return
   if not _GALLERY.value or not _INDEX_DIR.value:
     raise UserError("--gallery=<folder> and --index_dir=<output folder> are required")
-  workers = _WORKERS.value or os.cpu_count() or 1
   extractor = features.make_extractor(_FEATURES.value, _MODEL.value, source=_GALLERY.value)
   logging.info("build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "
                "index_dir=%s batch_size=%d workers=%d target_recall=%s", _GALLERY.value,
@@ -51,7 +104,8 @@ def main(argv: Sequence[str]) -> None:
   s = gallery.build_gallery_index(
       extractor, _GALLERY.value, _INDEX_DIR.value, layout=_LAYOUT.value, splits=_SPLITS.value,
       batch_size=_BATCH_SIZE.value, workers=workers, progress=_PROGRESS.value,
-      target_recall=_TARGET_RECALL.value, model_dir=_MODEL.value)
+      target_recall=_TARGET_RECALL.value, model_dir=_MODEL.value, faces_mode=_FACES.value,
+      min_face=_MIN_FACE.value)
   print(f"index {s.index_dir}: {s.items} items, {len(s.skipped)} skipped, {len(s.no_face)} "
         f"without a detected face (fallback crop), dim {s.dim}, features {_FEATURES.value}\n"
         f"  ScaNN {s.scann}\n  {s.images_per_second:.1f} images/s, {s.seconds:.1f} s")

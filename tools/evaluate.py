@@ -1,4 +1,6 @@
-"""Scores retrieval on labelled photos: top-1/5/10 accuracy, precision@k, recall@k, MAP@R.
+r"""Scores retrieval on labelled photos: top-1/5/10 accuracy, precision@k, recall@k, MAP@R; and
+verification (same person or not, by cosine >= threshold): TAR at FAR 1e-1/1e-2/1e-3, EER, and the
+threshold for the false accept rate --far.
 
   facetriplet-evaluate --model=runs/demo/export --queries=data/query --gallery=data/gallery \
       --output=runs/eval
@@ -7,7 +9,8 @@
       --features=embedding,pixels,color_hist,lbp,hog --output=runs/eval     # comparison table
 
 Identities come from identity folders, TFRecords, or --labels ("<file> <identity>" lines).
-Writes metrics.json, metrics.md and grid.png (first --grid_queries queries) into --output.
+Writes metrics.json (retrieval under `results`, verification under `verification`, per feature),
+metrics.md and grid.png (first --grid_queries queries) into --output.
 The logic lives in `facetriplet.evaluation.evaluate`.
 """
 
@@ -43,6 +46,8 @@ _GRID_K = flags.DEFINE_integer("grid_k", 10, "Results per query in grid.png.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per embedding batch.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Loading threads; 0 = CPU count.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_FAR = flags.DEFINE_float("far", 0.01, "False accept rate whose verification threshold is "
+                          "reported (threshold_at_far), e.g. 0.01 or 0.001.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -61,17 +66,20 @@ def main(argv: Sequence[str]) -> None:
     if f not in features_lib.FEATURES:
       raise UserError(f"--features: {f!r} is not one of {', '.join(features_lib.FEATURES)}")
   logging.info("evaluate: features=%s model=%s queries=%s gallery=%s index=%s leave_one_out=%s "
-               "data=%s labels=%s layout=%s ks=%s output=%s grid_queries=%d", features,
+               "data=%s labels=%s layout=%s ks=%s output=%s grid_queries=%d far=%g", features,
                _MODEL.value, _QUERIES.value, _GALLERY.value, _INDEX.value, _LEAVE_ONE_OUT.value,
-               _DATA.value, _LABELS.value, _LAYOUT.value, ks, _OUTPUT.value, _GRID_QUERIES.value)
+               _DATA.value, _LABELS.value, _LAYOUT.value, ks, _OUTPUT.value, _GRID_QUERIES.value,
+               _FAR.value)
   report = evaluation.evaluate(
       features, _OUTPUT.value, model_dir=_MODEL.value, queries=_QUERIES.value,
       gallery_dir=_GALLERY.value, index_dir=_INDEX.value, data=_DATA.value,
       leave_one_out=_LEAVE_ONE_OUT.value, labels_file=_LABELS.value, layout=_LAYOUT.value,
       ks=ks, grid_queries=_GRID_QUERIES.value, grid_k=_GRID_K.value,
       batch_size=_BATCH_SIZE.value, workers=_WORKERS.value or os.cpu_count() or 1,
-      progress=_PROGRESS.value)
+      progress=_PROGRESS.value, far=_FAR.value)
   print(metrics.to_markdown(report["results"]), end="")
+  print("\nverification (" + report["setup"]["verification_pairs"] + "):")
+  print(evaluation.verification_markdown(report["verification"], _FAR.value), end="")
   skipped = sum(1 for ps in report["problems"].values() for p in ps if not p["kept"])
   print(f"{report['setup']['mode']} evaluation; {skipped} unreadable file(s) skipped; wrote "
         f"metrics.json, metrics.md" + (", grid.png" if _GRID_QUERIES.value > 0 else "")

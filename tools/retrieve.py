@@ -1,7 +1,8 @@
-"""Finds the top-k gallery images of each query and writes the competition submission.
+r"""Finds the top-k gallery images of each query and writes the competition submission.
 
   facetriplet-retrieve --index=runs/index --queries=data/query --output=runs/submission \
       --groupname=my_team [--k=10] [--submit_url=http://server/submit]
+  facetriplet-retrieve --index=runs/index --queries=photo.jpg --min_score=0.45 --output=/tmp/q
 
 Writes <output>/submission.json ({"groupname", "images": {query file: [gallery files]}}) and
 <output>/results.csv (query, rank, gallery, similarity, identities), both before any POST, so a
@@ -22,8 +23,8 @@ from facetriplet.search import gallery, retrieval, submission
 from facetriplet.search.embedding import NO_FACE
 from facetriplet.errors import UserError, run_tool
 
-_QUERIES = flags.DEFINE_string("queries", None,
-                               "Query images: a folder, or a text file with one path a line.")
+_QUERIES = flags.DEFINE_string("queries", None, "Query images: one image, a folder, or a text "
+                               "file with one image path a line.")
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
 _MODEL = flags.DEFINE_string("model", None,
                              "Export folder (default: the one the index was built with).")
@@ -31,6 +32,8 @@ _FEATURES = flags.DEFINE_enum("features", None, list(features_lib.FEATURES),
                               "Features (default: those the index was built with).")
 _LAYOUT = flags.DEFINE_enum("layout", "auto", list(layouts.LAYOUT_CHOICES), "Layout of a query folder.")
 _K = flags.DEFINE_integer("k", 10, "Gallery images per query.")
+_MIN_SCORE = flags.DEFINE_float("min_score", None, "Leave out gallery images below this cosine "
+                                "similarity: a query may then list none (no match).")
 _EXCLUDE_SELF = flags.DEFINE_bool(
     "exclude_self", True,
     "A query that is itself a gallery file (same path: leave-one-out over one labelled set) "
@@ -50,7 +53,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _QUERIES.value or not _INDEX.value:
-    raise UserError("--queries=<folder or list file> and --index=<index folder> are required")
+    raise UserError("--queries=<image, folder or list file> and --index=<index folder> are required")
   if _SUBMIT_URL.value:  # before any work: a typo must not cost the whole run
     submission.check_submit_url(_SUBMIT_URL.value)
   workers = _WORKERS.value or os.cpu_count() or 1
@@ -62,7 +65,8 @@ def main(argv: Sequence[str]) -> None:
                len(index), features, model, _K.value, _OUTPUT.value, _GROUPNAME.value,
                _SUBMIT_URL.value)
   result = retrieval.retrieve(extractor, index, entries, _K.value, _BATCH_SIZE.value, workers,
-                              _PROGRESS.value, exclude_self=_EXCLUDE_SELF.value)
+                              _PROGRESS.value, exclude_self=_EXCLUDE_SELF.value,
+                              min_score=_MIN_SCORE.value)
   payload = submission.make_submission(result, _GROUPNAME.value)
   json_path = os.path.join(_OUTPUT.value, "submission.json")
   csv_path = os.path.join(_OUTPUT.value, "results.csv")

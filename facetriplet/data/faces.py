@@ -182,41 +182,49 @@ class FaceCropper:
 
   def detect(self, rgb: np.ndarray) -> tuple[float, float, float, float] | None:
     """The chosen Haar face box (x, y, w, h) in source pixels, or None (also for 'none')."""
+    boxes = self.detect_all(rgb)
+    return boxes[self._pick(boxes, rgb.shape[0], rgb.shape[1])] if boxes else None
+
+  def detect_all(self, rgb: np.ndarray, min_fraction: float = MIN_FACE_FRACTION,
+                 ) -> list[tuple[float, float, float, float]]:
+    """Every Haar face box (x, y, w, h) in source pixels at least `min_fraction` of the short
+    side ([] for 'none')."""
     if self._cascade is None:
-      return None
+      return []
     gray, scale = _downscale(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     gray = cv2.equalizeHist(gray)
-    min_side = max(24, int(MIN_FACE_FRACTION * min(gray.shape)))
+    min_side = max(24, int(min_fraction * min(gray.shape)))
     with self._lock:
       faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
                                              minSize=(min_side, min_side))
-    if len(faces) == 0:
-      return None
-    boxes = [tuple(int(v) for v in f) for f in faces]
-    x, y, fw, fh = boxes[self._pick(boxes, gray.shape[0], gray.shape[1])]
-    return (x / scale, y / scale, fw / scale, fh / scale)
+    return [tuple(int(v) / scale for v in f) for f in faces]
 
   def detect_landmarks(self, images: list[np.ndarray]) -> list[tuple[tuple, np.ndarray] | None]:
     """MTCNN on a batch: for each image (box (x, y, w, h), landmarks [5, 2]) in source pixels,
     or None when no face was found. Empty for other detectors."""
+    out = []
+    for rgb, faces in zip(images, self.detect_all_landmarks(images)):
+      if not faces:
+        out.append(None)
+        continue
+      out.append(faces[self._pick([box for box, _ in faces], rgb.shape[0], rgb.shape[1])])
+    return out
+
+  def detect_all_landmarks(self, images: list[np.ndarray]) -> list[list[tuple[tuple, np.ndarray]]]:
+    """MTCNN on a batch: for each image every face found, as (box (x, y, w, h), landmarks
+    [5, 2]) in source pixels. Empty lists for other detectors."""
     if self._mtcnn is None or not images:
-      return [None] * len(images)
+      return [[] for _ in images]
     small, scales = zip(*[_downscale(rgb) for rgb in images])
     # MTCNN's own smallest face (20 px of the downscaled copy): mtcnn 1.0.0 fails inside P-Net
     # ("empty output" of a Conv2D) with a larger `min_face_size` on 250-px photos.
     with _MTCNN_CALL_LOCK:  # one detector per process, shared by every FaceCropper
       rows = self._mtcnn.detect_faces(list(small), output_type="numpy")
     rows = np.asarray(rows, np.float64).reshape(-1, 16)
-    out: list[tuple[tuple, np.ndarray] | None] = []
-    for i, (im, scale) in enumerate(zip(small, scales)):
-      mine = rows[rows[:, 0] == i]
-      if not len(mine):
-        out.append(None)
-        continue
-      boxes = [tuple(float(v) for v in r[1:5]) for r in mine]
-      r = mine[self._pick(boxes, im.shape[0], im.shape[1])]
-      points = np.stack([r[6:11], r[11:16]], axis=1) / scale
-      out.append((tuple(float(v) / scale for v in r[1:5]), points))
+    out: list[list[tuple[tuple, np.ndarray]]] = []
+    for i, scale in enumerate(scales):
+      out.append([(tuple(float(v) / scale for v in r[1:5]),
+                   np.stack([r[6:11], r[11:16]], axis=1) / scale) for r in rows[rows[:, 0] == i]])
     return out
 
   def crop(self, rgb: np.ndarray) -> CropResult:
@@ -246,6 +254,36 @@ class FaceCropper:
         results.append(self._box_crop(rgb))
     return results
 
+  def crop_faces(self, rgb: np.ndarray, min_face: float = MIN_FACE_FRACTION) -> list[CropResult]:
+    """Every face of one photo, each cropped exactly as `crop` crops its chosen face (aligned for
+    MTCNN, boxed for Haar), largest first; faces whose box is narrower than `min_face` x the
+    photo's short side are left out. No face: [the fallback crop] (`found` False)."""
+    h, w = rgb.shape[:2]
+    smallest = min_face * min(h, w)
+    results = []
+    if self._mtcnn is not None:
+      for box, points in self.detect_all_landmarks([rgb])[0]:
+        if box[2] >= smallest:
+          landmarks = tuple(round(float(v), 2)
+                            for v in np.concatenate([points[:, 0], points[:, 1]]))
+          results.append(CropResult(align(rgb, points, self.settings),
+                                    tuple(round(v, 2) for v in box), True, landmarks, "mtcnn"))
+    if not results:
+      for box in self.detect_all(rgb, min_fraction=min(min_face, MIN_FACE_FRACTION)):
+        if box[2] >= smallest:
+          results.append(self._square_crop(rgb, box))
+    if not results:
+      return [self._box_crop(rgb)]
+    return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
+
+  def _square_crop(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> CropResult:
+    """The margin square around a Haar box."""
+    bx, by, bw, bh = box
+    side = max(bw, bh) * (1 + 2 * self.settings.margin)
+    cx, cy = bx + bw / 2, by + bh / 2
+    image = _cut_square(rgb, (cx - side / 2, cy - side / 2, side, side), self.settings.size)
+    return CropResult(image, tuple(round(float(v), 2) for v in box), True, NO_LANDMARKS, "haar")
+
   def _box_crop(self, rgb: np.ndarray) -> CropResult:
     """The Haar square crop, or the centred square when Haar finds nothing (or detector='none')."""
     h, w = rgb.shape[:2]
@@ -257,11 +295,7 @@ class FaceCropper:
       found = self._cascade is None
       method = "none" if found else "center"
     else:
-      bx, by, bw, bh = box
-      side = max(bw, bh) * (1 + 2 * self.settings.margin)
-      cx, cy = bx + bw / 2, by + bh / 2
-      square = (cx - side / 2, cy - side / 2, side, side)
-      found, method = True, "haar"
+      return self._square_crop(rgb, box)
     image = _cut_square(rgb, square, self.settings.size)
     return CropResult(image, tuple(round(float(v), 2) for v in box), found, NO_LANDMARKS, method)
 

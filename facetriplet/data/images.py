@@ -9,6 +9,7 @@ rather than downscaled, so a hostile or broken file never costs more memory than
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facetriplet.errors import ImageError
+from facetriplet.errors import ImageError, UserError
 
 MAX_PIXELS = 50_000_000  # Refused above this (reason `too-large`); 50 MP RGB is 150 MB decoded.
 JPEG_QUALITY = 95
@@ -43,10 +44,21 @@ def load_rgb(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
       raise ImageError(path, "empty-file")
   except OSError as e:
     raise ImageError(path, "unreadable", str(e)) from None
+  return _decode(path, path, max_pixels)
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """`load_rgb` for an encoded image held in memory (an upload); `name` appears in errors."""
+  if not data:
+    raise ImageError(name, "empty-file")
+  return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, path: str, max_pixels: int) -> np.ndarray:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
-      with Image.open(path) as im:
+      with Image.open(source) as im:
         width, height = im.size
         if width * height > max_pixels:
           raise ImageError(path, "too-large", f"{width}x{height} over {max_pixels} pixels")
@@ -123,3 +135,23 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
   if not ok:
     raise RuntimeError("cv2.imencode failed to encode a JPEG")
   return buf.tobytes()
+
+
+def to_rgb(image, name: str = "<image>") -> np.ndarray:
+  """An RGB uint8 [H, W, 3] array from a path, encoded bytes or an array (gray or RGB[A]).
+
+  Raises:
+    ImageError: unreadable file or bytes; UserError: an array of another shape or type.
+  """
+  if isinstance(image, (str, os.PathLike)):
+    return load_rgb(os.fspath(image))
+  if isinstance(image, (bytes, bytearray)):
+    return decode_rgb(bytes(image), name)
+  array = np.asarray(image)
+  if array.dtype != np.uint8:
+    raise UserError(f"{name}: arrays must be uint8 RGB [H, W, 3], got {array.dtype}")
+  if array.ndim == 2:
+    array = np.stack([array] * 3, axis=-1)
+  if array.ndim != 3 or array.shape[2] not in (3, 4):
+    raise UserError(f"{name}: arrays must be RGB [H, W, 3], got shape {array.shape}")
+  return np.ascontiguousarray(array[..., :3])

@@ -96,6 +96,8 @@ def read_list_file(path: str, fields: int, expected: str, fix: str = "",
   except UnicodeDecodeError:
     raise UserError(f"{path} is not a UTF-8 text list file (one '{expected}' a line)"
                     + (f": {fix}" if fix else "")) from None
+  except OSError as e:
+    raise UserError(f"cannot read list file {path} ({e.strerror or e}): check the path") from None
   return out
 
 
@@ -109,7 +111,9 @@ def read_path_list(path: str) -> list[ImageEntry]:
   """Entries of a text file listing image paths (one a line; '#' comments; relative to the file)."""
   base = os.path.dirname(os.path.abspath(path))
   entries = []
-  for _, (line,) in read_list_file(path, 1, "<image path>"):
+  for _, (line,) in read_list_file(path, 1, "<image path>", "pass an image file (.jpg, .png, "
+                                   "...), a folder of images or a text file with one image path "
+                                   "a line"):
     full = line if os.path.isabs(line) else os.path.join(base, line)
     entries.append(ImageEntry(full, line.replace(os.sep, "/"), None, None))
   if not entries:
@@ -131,12 +135,20 @@ def resolve_layout(root: str, layout: str = "auto") -> str:
 
 
 def list_inputs(path: str, layout: str = "auto") -> list[ImageEntry]:
-  """Images to embed from a folder (any layout, see `resolve_layout`) or a text file of paths."""
+  """Images to embed: one image file, a folder (any layout, see `resolve_layout`) or a text file
+  of paths (one a line).
+
+  Raises:
+    UserError: a path that does not exist, or a file that is neither an image (by extension)
+      nor a UTF-8 list of paths; the message names the file and what is accepted.
+  """
   if os.path.isfile(path):
+    if is_image_file(path):
+      return [ImageEntry(os.path.abspath(path), os.path.basename(path), None, None)]
     return read_path_list(path)
   if not os.path.isdir(path):
-    raise UserError(f"{path} does not exist: pass a folder of images or a text file listing "
-                    "image paths")
+    raise UserError(f"{path} does not exist: pass an image, a folder of images or a text file "
+                    "listing image paths")
   return list_images(path, resolve_layout(path, layout))
 
 

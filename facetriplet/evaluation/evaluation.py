@@ -7,8 +7,16 @@ recall@k, MAP@R):
   * queries + index: the gallery is a built ScaNN index; its answers are scored
     (`metrics_from_ranked`), searching deep enough (k >= the largest R) for an exact MAP@R;
   * leave-one-out over one labelled set: every photo queries all the others.
-Outputs (in `output_dir`, written atomically): metrics.json, metrics.md (one row per feature)
-and grid.png (the first queries beside their top-k; grid_<features>.png for further features).
+Verification (`metrics.verification_metrics`: is a pair one person, by cosine score >= threshold)
+is scored beside retrieval, over pairs of photos of known identity: in leave-one-out, pairs of two
+different photos of the set; with a gallery or an index, pairs of one query and one gallery item
+(a query never paired with its own file in the index). Same-identity pairs are all kept (up to
+1M), different-identity pairs are a seeded sample of at most 100k. Reported: TAR at FAR 1e-1,
+1e-2, 1e-3 and at `far`, the threshold for each, EER and its threshold, AUC, a ROC of <= 200 points.
+Outputs (in `output_dir`, written atomically): metrics.json (`results`: retrieval per feature,
+`verification`: verification per feature), metrics.md (retrieval, then verification; one row per
+feature) and grid.png (the first queries beside their top-k; grid_<features>.png for further
+features).
 """
 
 from __future__ import annotations
@@ -114,11 +122,7 @@ def _score_index(extractor, q: Labelled, index, ks, labels, grid_rows: int, grid
   if not keep.any():
     raise UserError("no query has a known identity: use identity folders (--layout=folders) or "
                     "--labels=<file with '<file> <identity>' lines>")
-  # abspath is string work only (no filesystem calls).
-  gallery_row = {os.path.abspath(item["path"]): j for j, item in enumerate(index.items)
-                 if item.get("path")}
-  own = np.array([gallery_row.get(os.path.abspath(e.path), -1) if getattr(e, "path", None)
-                  else -1 for e in q.entries], np.int64)
+  own = _own_rows(q, index)
   counts = np.bincount(g_ids[g_ids >= 0], minlength=int(max(q_ids.max(), g_ids.max(), 0)) + 1)
   num_relevant = np.where(q_ids >= 0, counts[np.maximum(q_ids, 0)], 0)
   own_relevant = (own >= 0) & (q_ids >= 0) & (g_ids[np.maximum(own, 0)] == q_ids)
@@ -135,6 +139,56 @@ def _score_index(extractor, q: Labelled, index, ks, labels, grid_rows: int, grid
   return result, Ranking(idx[:n, :grid_k], scores[:n, :grid_k]), g_identities
 
 
+def _own_rows(q: Labelled, index) -> np.ndarray:
+  """Per query, the index row holding the same file (same absolute path), -1 where none."""
+  # abspath is string work only (no filesystem calls).
+  gallery_row = {os.path.abspath(item["path"]): j for j, item in enumerate(index.items)
+                 if item.get("path")}
+  return np.array([gallery_row.get(os.path.abspath(e.path), -1) if getattr(e, "path", None)
+                   else -1 for e in q.entries], np.int64)
+
+
+def _verification(q: Labelled, far: float, g_embeddings: Optional[np.ndarray] = None,
+                  g_identities: Optional[Sequence[Optional[str]]] = None,
+                  own: Optional[np.ndarray] = None) -> dict[str, Any]:
+  """Verification over pairs of known identity: within the queries (no gallery given), else one
+  query and one gallery item, leaving out each query's own gallery row `own` (-1: none)."""
+  fars = sorted(set(metrics.FARS) | {float(far)}, reverse=True)
+  q_ids, g_ids = _encode(q.identities, g_identities if g_identities is not None else [])
+  qk = np.flatnonzero(q_ids != UNKNOWN)
+  if g_embeddings is None:
+    result = metrics.verification_metrics(q.embeddings[qk], q_ids[qk], fars=fars)
+  else:
+    gk = np.flatnonzero(g_ids != UNKNOWN)
+    exclude = None
+    if own is not None:
+      where = np.full(len(g_ids) + 1, -1, np.int64)  # gallery row -> row among the kept ones
+      where[gk] = np.arange(len(gk))
+      theirs = where[own[qk]]  # own = -1 reads the sentinel at the end
+      rows = np.flatnonzero(theirs >= 0)
+      exclude = np.stack([rows, theirs[rows]], axis=1)
+    result = metrics.verification_metrics(q.embeddings[qk], q_ids[qk],
+                                          np.asarray(g_embeddings)[gk], g_ids[gk], fars=fars,
+                                          exclude=exclude)
+  key = metrics.far_key(far)
+  result.update(far=float(far), threshold_at_far=result[f"threshold@far={key}"],
+                tar_at_far=result[f"tar@far={key}"])
+  return result
+
+
+def verification_markdown(verification: dict[str, dict[str, Any]], far: float) -> str:
+  """The verification table of metrics.md: one row per feature ('n/a': too few negatives)."""
+  rows = {}
+  for name, v in verification.items():
+    cells = {f"TAR@FAR={metrics.far_key(f)}": v.get(f"tar@far={metrics.far_key(f)}")
+             for f in metrics.FARS}
+    cells.update({"EER": v.get("eer"), f"threshold@FAR={metrics.far_key(far)}":
+                  v.get("threshold_at_far"), "pairs (same/different)":
+                  f"{v['num_positive_pairs']}/{v['num_negative_pairs']}"})
+    rows[name] = {k: "n/a" if c is None else c for k, c in cells.items()}
+  return metrics.to_markdown(rows) if rows else ""
+
+
 def _crop(path: str, settings) -> Optional[np.ndarray]:
   try:
     return faces.load_and_crop(path, settings).image
@@ -142,9 +196,21 @@ def _crop(path: str, settings) -> Optional[np.ndarray]:
     return None
 
 
+def _cell_image(item: dict, settings) -> Optional[np.ndarray]:
+  """A result's picture: its face crop, or, for an index of every face of each photo, the whole
+  photo with the matched face's box drawn."""
+  if "face" not in item or not item.get("box"):
+    return _crop(item["path"], settings)
+  try:
+    return grid.photo_with_box(faces.load_rgb(item["path"]), item["box"], settings.size)
+  except (ImageError, OSError):
+    return None
+
+
 def grid_rows(q: Labelled, ranking: Ranking, gallery_items: Sequence[dict],
               gallery_identities: Sequence[Optional[str]], settings) -> list[grid.GridRow]:
-  """GridRows for the ranked queries (images re-cropped from their files)."""
+  """GridRows for the ranked queries (images re-cropped from their files; photos of a
+  several-faces index shown whole with the matched face boxed)."""
   rows = []
   for i in range(len(ranking.indices)):
     cells = []
@@ -153,7 +219,7 @@ def grid_rows(q: Labelled, ranking: Ranking, gallery_items: Sequence[dict],
         continue
       g_id, q_id = gallery_identities[j], q.identities[i]
       correct = None if g_id is None or q_id is None else g_id == q_id
-      cells.append(grid.GridCell(_crop(gallery_items[j]["path"], settings), correct,
+      cells.append(grid.GridCell(_cell_image(gallery_items[j], settings), correct,
                                  f"#{rank} {float(s):.2f}"))
     caption = q.entries[i].rel_path
     rows.append(grid.GridRow(_crop(q.entries[i].path, settings), caption, cells))
@@ -166,15 +232,21 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
              leave_one_out: bool = False, labels_file: Optional[str] = None,
              layout: str = "auto", ks: Sequence[int] = (1, 5, 10), grid_queries: int = 8,
              grid_k: int = 10, batch_size: int = 64, workers: int = 4,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, far: float = 0.01) -> dict[str, Any]:
   """Scores each feature extractor and writes metrics.json, metrics.md and the grid(s).
 
+  `far`: the false accept rate whose threshold is reported as `threshold_at_far`.
+
   Returns:
-    {"results": {features: metrics}, "setup": {...}, "problems": {...}}.
+    {"results": {features: metrics}, "verification": {features: verification metrics},
+    "setup": {...}, "problems": {...}}.
 
   Raises:
-    UserError: inconsistent set-up flags, unknown identities, empty sets, model mismatch.
+    UserError: inconsistent set-up flags, unknown identities, empty sets, model mismatch, a
+      `far` outside (0, 1).
   """
+  if not 0.0 < far < 1.0:
+    raise UserError(f"--far={far} must be a false accept rate between 0 and 1, e.g. 0.01")
   if leave_one_out:
     if not data or queries or gallery_dir or index_dir:
       raise UserError("--leave_one_out takes --data=<labelled folder> only (no --queries, "
@@ -192,7 +264,7 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
     features, model_dir = [info["features"]], info["model"]
   if not features:
     raise UserError("no features to evaluate: pass --features=embedding (or pixels, hog, ...)")
-  results, problems, first = {}, {}, True
+  results, verification, problems, first = {}, {}, {}, True
   clamped: dict[int, int] = {}
   for name in features:
     extractor = (index_extractor if index is not None else
@@ -206,6 +278,7 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
       result, ranking, g_ids = _score_index(extractor, q, index, ks_used, labels, grid_queries,
                                             grid_k)
       items = index.items
+      verification[name] = _verification(q, far, index.embeddings, g_ids, _own_rows(q, index))
     else:
       g = q if leave_one_out else embed_set(extractor, gallery_dir, layout, labels, batch_size,
                                             workers, progress)
@@ -214,6 +287,8 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
       ks_used = _clamp_ks(ks, len(g.entries) - (1 if leave_one_out else 0), clamped)
       result, ranking = _score_dense(q, g, ks_used, leave_one_out, grid_queries, grid_k)
       items, g_ids = [gallery.item_of(e) for e in g.entries], g.identities
+      verification[name] = (_verification(q, far) if leave_one_out else
+                            _verification(q, far, g.embeddings, g.identities))
       problems[f"{name}/gallery"] = [p.to_dict() for p in g.problems] if g is not q else []
     result = _keys_as_asked(result, ks, ks_used)
     if not result.get("num_queries"):
@@ -236,10 +311,17 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
            "queries": data or queries, "gallery": gallery_dir, "index": index_dir,
            "model": model_dir, "labels": labels_file, "ks": list(ks), "features": list(features),
            # k larger than the candidates of a query: scored at the number of candidates.
-           "ks_clamped": {f"@{k}": v for k, v in sorted(clamped.items())}}
-  report = {"results": results, "setup": setup, "problems": problems}
+           "ks_clamped": {f"@{k}": v for k, v in sorted(clamped.items())},
+           "far": float(far),
+           "verification_pairs": ("two photos of the set" if leave_one_out else
+                                  "one query and one gallery item") + ", both of known identity"}
+  report = {"results": results, "verification": verification, "setup": setup,
+            "problems": problems}
   atomic.write_json(os.path.join(output_dir, "metrics.json"), report)
-  atomic.write_text(os.path.join(output_dir, "metrics.md"), metrics.to_markdown(results))
+  atomic.write_text(os.path.join(output_dir, "metrics.md"), metrics.to_markdown(results) + (
+      f"\nVerification (pairs: {setup['verification_pairs']}; accept when cosine >= threshold; "
+      "n/a: fewer than 1/FAR different-identity pairs):\n\n" + verification_markdown(
+          verification, far) if verification else ""))
   return report
 
 

@@ -124,3 +124,19 @@ def save_grid(path: str, image: Image.Image) -> None:
   """Writes the grid as PNG, atomically."""
   with atomic.atomic_path(path) as tmp:
     image.save(tmp, format="PNG")
+
+
+def photo_with_box(rgb: np.ndarray, box: Sequence[float], size: int,
+                   color: tuple[int, int, int] = (255, 210, 0)) -> np.ndarray:
+  """The whole photo fitted into a size x size square (black bars) with the face box drawn:
+  how a result of a several-faces-per-photo index shows which face matched."""
+  h, w = rgb.shape[:2]
+  scale = size / max(h, w)
+  im = Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))))
+  canvas = Image.new("RGB", (size, size))
+  ox, oy = (size - im.width) // 2, (size - im.height) // 2
+  canvas.paste(im, (ox, oy))
+  x, y, bw, bh = (float(v) * scale for v in box)
+  ImageDraw.Draw(canvas).rectangle([ox + x, oy + y, ox + x + bw, oy + y + bh], outline=color,
+                                   width=max(1, size // 48))
+  return np.asarray(canvas)

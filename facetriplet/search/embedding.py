@@ -14,7 +14,7 @@ import concurrent.futures
 import dataclasses
 import os
 import threading
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -25,6 +25,19 @@ from facetriplet.data.layouts import ImageEntry
 from facetriplet.errors import ImageError
 
 NO_FACE = "no-face"
+FACES = ("largest", "all")  # one face per photo (the chosen one), or every face found
+
+
+class FaceEntry(NamedTuple):
+  """One embedded face: the photo's ImageEntry fields plus which face and where it is."""
+  path: str
+  rel_path: str
+  identity: Optional[str]
+  partition: Optional[str]
+  face: int = 0
+  box: Optional[tuple] = None
+  landmarks: Optional[tuple] = None
+  found: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +59,11 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: int = 4,
+               faces_mode: str = "largest", min_face: float = faces.MIN_FACE_FRACTION,
                ) -> Iterator[list[tuple[Any, Any]]]:
-  """Yields, batch by batch, [(entry, CropResult or ImageError)] in entry order.
+  """Yields, batch by batch, [(entry, CropResult or ImageError)] in entry order; with
+  faces_mode='all' each CropResult is a list of every face's crop (`FaceCropper.crop_faces`,
+  faces of at least `min_face` x the short side).
 
   Loading and cropping run in a thread pool (decoding and OpenCV release the GIL); at most two
   batches are in flight, so memory does not grow with the number of entries. Each thread owns its
@@ -60,7 +76,8 @@ def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: 
     if cropper is None:
       cropper = local.cropper = faces.FaceCropper(settings)
     try:
-      return entry, cropper.crop(faces.load_rgb(entry.path))
+      rgb = faces.load_rgb(entry.path)
+      return entry, (cropper.crop_faces(rgb, min_face) if faces_mode == "all" else cropper.crop(rgb))
     except ImageError as e:
       return entry, e
 
@@ -87,14 +104,17 @@ def record_batches(shard_set: tfrecords.ShardSet, splits: Optional[Sequence[str]
         rgb = cv2.resize(rgb, (size, size), interpolation=interp)
       entry = ImageEntry(os.path.join(root, rec["path"]), rec["path"], rec["identity"] or None,
                          rec["split"])
-      out.append((entry, faces.CropResult(rgb, tuple(rec["box"]), rec["found"])))
+      out.append((entry, faces.CropResult(rgb, tuple(rec["box"]), rec["found"],
+                                          tuple(rec["landmarks"]), rec["method"] or "haar")))
     yield out
 
 
 def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
                 on_no_face: str = "center", progress: bool = True, desc: str = "embedding",
-                ) -> tuple[np.ndarray, list[Any], list[Problem]]:
-  """Embeds batches of (entry, CropResult | ImageError) as they come; see `embed_entries`."""
+                with_faces: bool = False) -> tuple[np.ndarray, list[Any], list[Problem]]:
+  """Embeds batches of (entry, CropResult | [CropResult] | ImageError) as they come; see
+  `embed_entries`. With `with_faces` the kept rows are `FaceEntry`s (box, landmarks, face
+  number), else the input entries themselves."""
   chunks, kept, problems = [], [], []
   with tqdm(total=total, unit="img", desc=desc, disable=not progress, leave=False) as bar:
     for batch in batches:
@@ -103,13 +123,16 @@ def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
         if isinstance(result, ImageError):
           problems.append(Problem(entry.path, entry.rel_path, result.reason, result.detail))
           continue
-        if not result.found:
-          skip = on_no_face == "skip"
-          problems.append(Problem(entry.path, entry.rel_path, NO_FACE, kept=not skip))
-          if skip:
-            continue
-        images.append(result.image)
-        kept.append(entry)
+        for face, crop in enumerate(result if isinstance(result, list) else [result]):
+          if not crop.found:
+            skip = on_no_face == "skip"
+            problems.append(Problem(entry.path, entry.rel_path, NO_FACE, kept=not skip))
+            if skip:
+              continue
+          images.append(crop.image)
+          kept.append(FaceEntry(*tuple(entry)[:4], face, tuple(crop.box),
+                                tuple(crop.landmarks), bool(crop.found))
+                      if with_faces else entry)
       if images:
         chunks.append(np.asarray(extractor.embed(np.stack(images)), dtype=np.float32))
       bar.update(len(batch))
@@ -119,7 +142,8 @@ def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
 
 
 def embed_entries(extractor, entries: Sequence[Any], batch_size: int = 64, workers: int = 4,
-                  progress: bool = True, desc: str = "embedding",
+                  progress: bool = True, desc: str = "embedding", faces_mode: str = "largest",
+                  min_face: float = faces.MIN_FACE_FRACTION, with_faces: bool = False,
                   ) -> tuple[np.ndarray, list[Any], list[Problem]]:
   """Loads, crops (with the extractor's crop settings) and embeds images, streaming in batches.
 
@@ -130,6 +154,9 @@ def embed_entries(extractor, entries: Sequence[Any], batch_size: int = 64, worke
     workers: loading threads.
     progress: show a tqdm bar.
     desc: label of the bar.
+    faces_mode: 'largest' (one face a photo) or 'all' (a row per face found).
+    min_face: with 'all', the smallest face kept, as a fraction of the photo's short side.
+    with_faces: return `FaceEntry`s (face number, box, landmarks) instead of the entries.
 
   Returns:
     (embeddings float32 [M, D], kept entries (M, in input order), problems): problems list the
@@ -137,5 +164,6 @@ def embed_entries(extractor, entries: Sequence[Any], batch_size: int = 64, worke
     crop, or skipped when the crop settings say on_no_face='skip').
   """
   settings = extractor.crop_settings
-  return embed_crops(extractor, iter_crops(entries, settings, batch_size, workers), len(entries),
-                     settings.on_no_face, progress, desc)
+  return embed_crops(extractor, iter_crops(entries, settings, batch_size, workers, faces_mode,
+                                           min_face),
+                     len(entries), settings.on_no_face, progress, desc, with_faces)

@@ -19,6 +19,12 @@ metadata.
 training manifest), `config` (the training config), `fingerprint` (first 16 hex digits of a sha256
 over the exported variables, the crop settings and the flip flag; `load_embedder` recomputes it
 from what it loaded and refuses an export that does not match) and where the weights came from.
+`verification` holds the calibrated "same person" thresholds of the exported weights, or None:
+{"thresholds": {"0.1": t, "0.01": t, "0.001": t or None}, "tar": {...}, "eer", "eer_threshold",
+"accept": "cosine similarity >= threshold", "source": {"file", "checkpoint", "epoch", "pairs",
+"num_positive_pairs", "num_negative_pairs"}}, from the training workdir's
+`<which>.calibration.json` whose `weights_sha256_16` and flip match what is exported (else None,
+with a warning). It is metadata only: the fingerprint (what the embeddings mean) ignores it.
 
 Trust: an export folder is code. Loading a SavedModel runs its graph, so load only exports you
 would install as a package; the fingerprint guards against edits and mix-ups, not against an
@@ -38,12 +44,12 @@ from typing import Any, Optional
 import numpy as np
 from absl import logging
 
-from facetriplet import atomic
+from facetriplet import atomic, metrics
 from facetriplet.data import faces
 from facetriplet.errors import UserError
 # Checkpoints belong to the training workdir; these names stay importable here.
 from facetriplet.training.workdir import (WHICH, Workdir, load_checkpoint,  # noqa: F401
-                                          resolve_checkpoint)
+                                          resolve_checkpoint, weights_digest)
 
 METADATA_FILE = "facetriplet.json"
 METADATA_VERSION = 1
@@ -59,13 +65,9 @@ def _tf():
 
 
 def model_fingerprint(model) -> str:
-  """First 16 hex digits of sha256 over every weight's shape, dtype and bytes, in model order."""
-  h = hashlib.sha256()
-  for w in model.weights:
-    a = np.ascontiguousarray(np.asarray(w))
-    h.update(f"{a.dtype.str}{a.shape};".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
+  """First 16 hex digits of sha256 over every weight's shape, dtype and bytes, in model order
+  (`workdir.weights_digest`: a workdir's calibration names its checkpoint's weights by it)."""
+  return weights_digest(model)
 
 
 FINGERPRINT_VERSION = 2
@@ -214,6 +216,8 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
                     crop.get("size"), size)
   if flip is None:
     flip = bool(((config or {}).get("model") or {}).get("test_time_flip", False))
+  weights = model_fingerprint(model)
+  verification = _calibration(workdir, checkpoint, weights, flip)
   dim = int(model.outputs[0].shape[-1])
   module = _make_module(model, size, flip)
   # Flip on or off, crop settings and weights all change what an index built from it means.
@@ -228,7 +232,8 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
       "config": config,
       "fingerprint": fingerprint,
       "fingerprint_version": FINGERPRINT_VERSION,
-      "weights_sha256_16": model_fingerprint(model),
+      "weights_sha256_16": weights,
+      "verification": verification,
       "test_time_flip": bool(flip),
       "checkpoint": os.path.abspath(checkpoint),
       "signatures": {
@@ -256,6 +261,33 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
   return ExportSummary(export_dir, checkpoint, fingerprint, dim, size, time.time() - start)
 
 
+def _calibration(workdir: Optional[Workdir], checkpoint: str, weights: str,
+                 flip: bool) -> Optional[dict[str, Any]]:
+  """The export's `verification`: the workdir's calibration made for these very weights (and
+  flip setting), or None with a warning."""
+  found = []
+  for which in WHICH if workdir else ():
+    calibration = workdir.read_calibration(which)
+    if calibration:
+      found.append(which)
+      if (calibration.get("weights_sha256_16") == weights
+          and bool(calibration.get("test_time_flip", False)) == bool(flip)):
+        return {"thresholds": calibration["thresholds"], "tar": calibration.get("tar"),
+                "eer": calibration.get("eer"), "eer_threshold": calibration.get("eer_threshold"),
+                "accept": calibration.get("accept", "cosine similarity >= threshold"),
+                "source": {"file": os.path.abspath(workdir.calibration_path(which)),
+                           "checkpoint": which, "epoch": calibration.get("epoch"),
+                           "pairs": calibration.get("pairs"),
+                           "num_positive_pairs": calibration.get("num_positive_pairs"),
+                           "num_negative_pairs": calibration.get("num_negative_pairs")}}
+  logging.warning("no verification calibration for %s (%s): the export records none, so "
+                  "Embedder.threshold() is None; export a checkpoint of a training run "
+                  "(best or last, as trained) to have one", checkpoint,
+                  f"calibrations of {', '.join(found)} are for other weights or flip setting"
+                  if found else ("none in its workdir" if workdir else "no training workdir"))
+  return None
+
+
 def read_metadata(export_dir: str) -> dict[str, Any]:
   """The export's assets/facetriplet.json; raises UserError when the folder is not an export."""
   path = os.path.join(export_dir, "assets", METADATA_FILE)
@@ -280,6 +312,8 @@ class Embedder:
     self.input_size: int = int(self.metadata["input_size"])
     self.batch_size = batch_size
     self.crop_settings = faces.CropSettings.from_dict(self.metadata["crop"])
+    # Calibrated "same person" thresholds of these weights, or None (see the module docstring).
+    self.verification: Optional[dict[str, Any]] = self.metadata.get("verification")
     self._loaded = tf.saved_model.load(export_dir)
     self._fn = self._loaded.signatures[SIGNATURE_IMAGES]
     self._verify()
@@ -300,6 +334,15 @@ class Embedder:
       raise UserError(f"{self.export_dir} does not match its own fingerprint (recorded "
                       f"{self.fingerprint}, its weights and settings give {actual}): the export "
                       "was modified or mixed with another; re-export it from the training workdir")
+
+  def threshold(self, far: float = 0.01) -> Optional[float]:
+    """The calibrated cosine-similarity threshold for a false accept rate `far` (accept a pair
+    as one person when its score >= threshold); None when the export has no calibration, or none
+    for that FAR (not calibrated, or too few val pairs to resolve it)."""
+    if not self.verification:
+      return None
+    value = self.verification.get("thresholds", {}).get(metrics.far_key(far))
+    return None if value is None else float(value)
 
   def embed(self, images: np.ndarray) -> np.ndarray:
     """Embeds uint8 face crops [N, S, S, 3] (any S is resized) into float32 [N, D] unit rows."""

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
-from facetriplet.data import layouts, tfrecords
+from facetriplet.data import faces, layouts, tfrecords
 from facetriplet.errors import UserError
 from facetriplet.search import embedding, features
 from facetriplet.search.embedding import NO_FACE, Problem
@@ -28,10 +28,32 @@ from facetriplet.search.index import ScannIndex
 GALLERY_FILE = "gallery.json"
 
 
+FACE_MODES = ("auto",) + embedding.FACES
+
+
+def resolve_faces(faces_mode: str, gallery: str, layout: str = "auto") -> str:
+  """'auto' -> 'all' for a flat folder of photos (a collection: every face is searchable),
+  'largest' for identity folders and TFRecords (one face per training photo)."""
+  if faces_mode not in FACE_MODES:
+    raise UserError(f"faces={faces_mode!r} is not one of {', '.join(FACE_MODES)}")
+  if tfrecords.is_shard_folder(gallery):
+    if faces_mode == "all":
+      raise UserError(f"{gallery} holds TFRecords, one crop per photo: --faces=all needs the "
+                      "photos themselves (pass their folder)")
+    return "largest"
+  if faces_mode != "auto":
+    return faces_mode
+  if os.path.isdir(gallery):
+    return "all" if layouts.resolve_layout(gallery, layout) == "flat" else "largest"
+  return "largest"
+
+
 def embed_gallery(extractor, gallery: str, layout: str = "auto",
                   splits: Optional[Sequence[str]] = None, batch_size: int = 64, workers: int = 4,
-                  progress: bool = True):
-  """Embeds a gallery folder or TFRecord folder; returns `embed_entries`'s triple."""
+                  progress: bool = True, faces_mode: str = "largest",
+                  min_face: float = faces.MIN_FACE_FRACTION):
+  """Embeds a gallery folder or TFRecord folder; returns `embed_entries`'s triple, the kept rows
+  as `embedding.FaceEntry`s (one per face with faces_mode='all')."""
   if not os.path.isdir(gallery):
     raise UserError(f"gallery {gallery} does not exist: pass a folder of images or a TFRecord "
                     "folder written by facetriplet-build-tfrecords")
@@ -44,9 +66,10 @@ def embed_gallery(extractor, gallery: str, layout: str = "auto",
     batches = embedding.record_batches(shard_set, splits, extractor.crop_settings.size,
                                        batch_size)
     return embedding.embed_crops(extractor, batches, shard_set.count(splits), "center", progress,
-                                 "gallery")
+                                 "gallery", with_faces=True)
   entries = layouts.list_images(gallery, layouts.resolve_layout(gallery, layout))
-  return embedding.embed_entries(extractor, entries, batch_size, workers, progress, "gallery")
+  return embedding.embed_entries(extractor, entries, batch_size, workers, progress, "gallery",
+                                 faces_mode, min_face, with_faces=True)
 
 
 @dataclasses.dataclass
@@ -64,36 +87,53 @@ class GallerySummary:
     return (self.items + len(self.skipped)) / max(self.seconds, 1e-9)
 
 
-def item_of(entry) -> dict[str, Any]:
-  """The index metadata of one gallery image."""
-  return {"path": entry.path, "rel_path": entry.rel_path, "name": os.path.basename(entry.rel_path),
-          "identity": entry.identity}
+def item_of(entry, faces_mode: str = "largest") -> dict[str, Any]:
+  """The index metadata of one gallery face: `id` (the photo's absolute path, plus '#<face>' with
+  faces_mode='all'), the photo's path, name and identity, and the face's box and landmarks."""
+  path = os.path.abspath(entry.path)
+  item = {"id": path + (f"#{getattr(entry, 'face', 0)}" if faces_mode == "all" else ""),
+          "path": entry.path, "rel_path": entry.rel_path,
+          "name": os.path.basename(entry.rel_path), "identity": entry.identity}
+  if getattr(entry, "box", None) is not None and getattr(entry, "found", True):
+    item["box"] = [round(float(v), 2) for v in entry.box]
+    if entry.landmarks and any(entry.landmarks):
+      item["landmarks"] = [round(float(v), 2) for v in entry.landmarks]
+  if faces_mode == "all":
+    item["face"] = int(getattr(entry, "face", 0))
+  return item
 
 
 def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "auto",
                         splits: Optional[Sequence[str]] = None, batch_size: int = 64,
                         workers: int = 4, progress: bool = True, target_recall: float = 0.95,
-                        model_dir: Optional[str] = None, **overrides: Any) -> GallerySummary:
+                        model_dir: Optional[str] = None, faces_mode: str = "auto",
+                        min_face: float = faces.MIN_FACE_FRACTION,
+                        **overrides: Any) -> GallerySummary:
   """Embeds `gallery` and saves a ScaNN index of it (plus gallery.json) to `index_dir`.
+
+  With faces_mode 'all' (the 'auto' choice for a flat folder of photos) every face of at least
+  `min_face` x the short side becomes an item with its box; else each photo's chosen face.
 
   Raises:
     UserError: missing or empty gallery (nothing readable), bad ScaNN overrides.
   """
   start = time.time()
+  faces_mode = resolve_faces(faces_mode, gallery, layout)
   embeddings, kept, problems = embed_gallery(extractor, gallery, layout, splits, batch_size,
-                                             workers, progress)
+                                             workers, progress, faces_mode, min_face)
   skipped = [p for p in problems if not p.kept]
   no_face = [p for p in problems if p.reason == NO_FACE]
   if not kept:
     raise UserError(f"no usable image in gallery {gallery} ({len(skipped)} skipped): check the "
                     "folder and --layout")
-  index = ScannIndex.build(embeddings, [item_of(e) for e in kept], extractor.fingerprint,
-                           target_recall=target_recall, **overrides)
+  index = ScannIndex.build(embeddings, [item_of(e, faces_mode) for e in kept],
+                           extractor.fingerprint, target_recall=target_recall, **overrides)
   info = {"features": getattr(extractor, "name", "embedding"),
           "model": os.path.abspath(model_dir) if model_dir else None,
           "fingerprint": extractor.fingerprint, "dim": int(extractor.dim),
           "crop": extractor.crop_settings.to_dict(), "gallery": os.path.abspath(gallery),
-          "layout": layout, "items": len(kept), "skipped": [p.to_dict() for p in skipped],
+          "layout": layout, "faces": faces_mode, "min_face": min_face, "items": len(kept),
+          "photos": len({e.path for e in kept}), "skipped": [p.to_dict() for p in skipped],
           "no_face": [p.rel_path for p in no_face]}
   index.save(index_dir, extra_json={GALLERY_FILE: info})
   return GallerySummary(index_dir, len(kept), skipped, no_face, int(extractor.dim), index.config,

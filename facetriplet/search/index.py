@@ -10,20 +10,24 @@ galleries, and for large ones a k-means partition (about sqrt(n) leaves) scored 
 asymmetric hashing and re-ranked exactly. The numbers come from `benchmarks/bench_search.py`
 (clustered synthetic 128-d face-like embeddings at 100k and 1M); see `auto_config`.
 
+Every item has an `id` (a string, unique in the index; the searcher's docid), so photos can be
+added (`add`, ScaNN's upsert: nothing re-embedded, partitions kept) and removed (`remove`) without
+a rebuild. When the gallery has grown or shrunk well past the size the partitions were trained
+for, `needs_rebuild` says so and `rebuild` retrains them.
+
 On disk an index is one folder, written atomically:
   index.json      format, fingerprint, dim, count, ScaNN settings, facetriplet version, created
   items.jsonl     one JSON object per gallery row, in row order
   embeddings.npy  float32 [count, dim]
-  scann/          the serialized searcher (asset paths stored relative, so the folder can move)
+  scann/          the serialized searcher (asset paths stored relative, so the folder can move;
+                  its docids in docids.json, not a pickle)
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
-import re
 from typing import Any, Sequence
 
 from absl import logging
@@ -32,75 +36,11 @@ import numpy as np
 import facetriplet
 from facetriplet import atomic
 from facetriplet.errors import UserError
+from facetriplet.search.scann_config import (BRUTE_FORCE_BELOW, _SEARCH_KEYS,  # noqa: F401
+                                             _build_searcher, _force_ah, _load_searcher,
+                                             _make_assets_relative, _validated, auto_config)
 
 FORMAT = "facetriplet-scann-index/1"
-BRUTE_FORCE_BELOW = 20_000  # exact below this: < 1 ms per query at 128-d, no recall lost
-
-# Fraction of the ~sqrt(n) leaves to search and re-ranking depth per target recall@10, measured
-# with benchmarks/bench_search.py (and at 300k) on clustered 128-d unit vectors (AH 2 dims/block,
-# anisotropic threshold 0.2); the fraction needed was the same at 100k and 300k. `auto_config`
-# uses the first row whose recall is >= the target, with a margin; the 1M run confirmed it (1.5 %
-# -> 0.966, 2 % -> 0.982, 2.5 % -> 0.986 at ~300x exact search). Above 0.99: exact brute force.
-_RECALL_TABLE: tuple[tuple[float, float, int], ...] = (
-    # (target recall@10, fraction of leaves searched, reorder_k); measured 100k / 300k:
-    (0.80, 0.01, 50),    # 0.856 / 0.846
-    (0.90, 0.015, 100),  # 0.960 / 0.951
-    (0.95, 0.025, 100),  # 0.975 / 0.976 at 2%; 0.988 / 0.985 at 3%
-    (0.98, 0.04, 200),   # 0.989 / 0.988 at 3%; 0.993 / 0.991 at 5%
-    (0.99, 0.08, 200),   # 0.995 / 0.995
-)
-_TRAINING_SAMPLE_CAP = 250_000
-_SEARCH_KEYS = ("num_leaves", "num_leaves_to_search", "training_sample_size",
-                "dimensions_per_block", "anisotropic_quantization_threshold", "reorder_k")
-_ASSET_PATH = re.compile(r'asset_path:\s*"([^"]*)"')
-
-
-def auto_config(n: int, dim: int, target_recall: float = 0.95) -> dict[str, Any]:
-  """Chooses ScaNN settings for a gallery of `n` unit vectors of dimension `dim`.
-
-  Rule: n < 20,000 (or target_recall > 0.99) -> exact brute force. Otherwise a k-means tree
-  with num_leaves = round(sqrt(n)) (the usual ScaNN choice: leaf size and leaf count grow alike,
-  so partition training and leaf scanning cost the same order), of which the smallest measured
-  fraction that reached `target_recall` is searched with anisotropic AH (2 dims per block,
-  threshold 0.2, ScaNN's recommendation for maximum inner product), and the best `reorder_k`
-  candidates are re-scored exactly. The fractions were measured with benchmarks/bench_search.py
-  (see `_RECALL_TABLE` and BENCHMARKS.md).
-
-  Args:
-    n: Number of gallery vectors.
-    dim: Embedding dimension.
-    target_recall: Wanted recall@10 relative to exact search, in (0, 1].
-
-  Returns:
-    A dict with `mode` ("brute_force" or "ah") and, for "ah", the keys num_leaves,
-    num_leaves_to_search, training_sample_size, dimensions_per_block,
-    anisotropic_quantization_threshold and reorder_k.
-
-  Raises:
-    UserError: For an empty gallery or a target recall outside (0, 1].
-  """
-  if n <= 0:
-    raise UserError("the gallery is empty: build the index from at least one embedding "
-                    "(check the gallery folder and that its images were embedded)")
-  if dim <= 0:
-    raise UserError(f"embedding dimension {dim} is not positive: pass float32 [N, D] embeddings")
-  if not 0.0 < target_recall <= 1.0:
-    raise UserError(f"target_recall={target_recall} is outside (0, 1]: pass e.g. 0.95")
-  if n < BRUTE_FORCE_BELOW or target_recall > _RECALL_TABLE[-1][0]:
-    return {"mode": "brute_force", "target_recall": target_recall}
-  num_leaves = max(2, int(round(math.sqrt(n))))
-  fraction, reorder_k = next((frac, reorder) for recall, frac, reorder in _RECALL_TABLE
-                             if recall >= target_recall)
-  return {
-      "mode": "ah",
-      "target_recall": target_recall,
-      "num_leaves": num_leaves,
-      "num_leaves_to_search": max(1, min(num_leaves, int(math.ceil(fraction * num_leaves)))),
-      "training_sample_size": min(n, _TRAINING_SAMPLE_CAP),
-      "dimensions_per_block": 2,
-      "anisotropic_quantization_threshold": 0.2,
-      "reorder_k": reorder_k,
-  }
 
 
 class ScannIndex:
@@ -115,6 +55,15 @@ class ScannIndex:
     self.fingerprint = fingerprint
     self.config = config
     self.created = created or _now()
+    self._row_of = {item_id(item, i): i for i, item in enumerate(items)}
+
+  def row_of(self, id_: str) -> int | None:
+    """The row of the item with this id, or None."""
+    return self._row_of.get(id_)
+
+  @property
+  def ids(self) -> list[str]:
+    return [item_id(item, i) for i, item in enumerate(self.items)]
 
   @property
   def dim(self) -> int:
@@ -146,7 +95,7 @@ class ScannIndex:
         unknown override.
     """
     embeddings = _check_embeddings(embeddings)
-    items = [dict(item) for item in items]
+    items = _with_ids(items)
     if len(items) != len(embeddings):
       raise UserError(f"{len(items)} items for {len(embeddings)} embeddings: pass one metadata "
                       "dict per embedding row, in the same order")
@@ -163,9 +112,97 @@ class ScannIndex:
       config.update(overrides)
       if config["mode"] == "brute_force":
         config = {"mode": "brute_force", "target_recall": target_recall}
-    config = _validated(config, n)
+    config = dict(_validated(config, n), trained_on=n)
     logging.info("Building ScaNN index over %d x %d embeddings with %s", n, dim, config)
-    return cls(_build_searcher(embeddings, config), embeddings, items, str(fingerprint), config)
+    searcher = _build_searcher(embeddings, config, [item["id"] for item in items])
+    return cls(searcher, embeddings, items, str(fingerprint), config)
+
+  def add(self, embeddings: np.ndarray, items: Sequence[dict]) -> tuple[int, int]:
+    """Adds gallery rows without retraining the partitions (ScaNN upsert). An item whose id is
+    already in the index replaces that row (so adding the same photos again changes nothing).
+
+    Returns:
+      (rows added, rows replaced).
+
+    Raises:
+      UserError: wrong shape or non-unit rows, items of another length, duplicate ids.
+    """
+    embeddings = _check_embeddings(embeddings, allow_empty=True)
+    if embeddings.shape[1] != self.dim:
+      raise UserError(f"new embeddings are {embeddings.shape[1]}-d, the index holds {self.dim}-d:"
+                      " embed them with the index's model")
+    items = _with_ids(items, start=len(self))
+    if len(items) != len(embeddings):
+      raise UserError(f"{len(items)} items for {len(embeddings)} embeddings")
+    if not items:
+      return 0, 0
+    self._ensure_docids()
+    self._searcher.upsert([item["id"] for item in items], embeddings, batch_size=256)
+    rows = [self._row_of.get(item["id"]) for item in items]
+    fresh = [i for i, row in enumerate(rows) if row is None]
+    stored = np.array(self.embeddings)  # a loaded index is memory-mapped read-only
+    for i, row in enumerate(rows):
+      if row is not None:
+        stored[row] = embeddings[i]
+        self.items[row] = items[i]
+    self.embeddings = np.concatenate([stored, embeddings[fresh]]) if fresh else stored
+    for i in fresh:
+      self._row_of[items[i]["id"]] = len(self.items)
+      self.items.append(items[i])
+    return len(fresh), len(items) - len(fresh)
+
+  def remove(self, ids: Sequence[str]) -> int:
+    """Removes the rows with these ids (ScaNN delete; partitions kept). Returns rows removed.
+
+    Raises:
+      UserError: an id that is not in the index (nothing is removed then), or removing all.
+    """
+    ids = list(dict.fromkeys(ids))
+    unknown = [i for i in ids if i not in self._row_of]
+    if unknown:
+      raise UserError(f"{len(unknown)} id(s) not in the index, e.g. {unknown[:3]}: nothing "
+                      "removed (ids are listed in the index's items.jsonl)")
+    if len(ids) >= len(self):
+      raise UserError("removing every item would leave an empty index: build a new one instead")
+    if not ids:
+      return 0
+    self._ensure_docids()
+    self._searcher.delete(ids)
+    gone = np.zeros(len(self), bool)
+    gone[[self._row_of[i] for i in ids]] = True
+    self.embeddings = np.asarray(self.embeddings)[~gone]
+    self.items = [item for item, g in zip(self.items, gone) if not g]
+    self._row_of = {item_id(item, i): i for i, item in enumerate(self.items)}
+    return int(gone.sum())
+
+  @property
+  def needs_rebuild(self) -> str:
+    """Why the searcher should be rebuilt ('' when it is fine): the gallery is more than twice or
+    less than half the size its partitions were trained for, or crossed the brute-force size."""
+    trained = int(self.config.get("trained_on") or len(self))
+    wanted = auto_config(len(self), self.dim, self.config.get("target_recall", 0.95))["mode"]
+    if wanted != self.config["mode"]:
+      return (f"{len(self)} items would now be searched with {wanted}, the index uses "
+              f"{self.config['mode']} (built for {trained})")
+    if self.config["mode"] == "ah" and not trained / 2 <= len(self) <= 2 * trained:
+      return f"{len(self)} items, partitions trained for {trained}"
+    return ""
+
+  def rebuild(self, target_recall: float | None = None) -> None:
+    """Retrains the searcher over the current rows (after many adds or removes)."""
+    target = target_recall or self.config.get("target_recall", 0.95)
+    config = dict(_validated(auto_config(len(self), self.dim, target), len(self)),
+                  trained_on=len(self))
+    self.embeddings = np.ascontiguousarray(self.embeddings)
+    self._searcher = _build_searcher(self.embeddings, config, self.ids)
+    self.config = config
+
+  def _ensure_docids(self) -> None:
+    """An index saved before ids existed has a searcher without docids: rebuild it with them."""
+    if getattr(self._searcher, "docids", None) is None:
+      logging.info("index without searcher ids (older format): rebuilding its searcher once")
+      self.embeddings = np.ascontiguousarray(self.embeddings)
+      self._searcher = _build_searcher(self.embeddings, self.config, self.ids)
 
   def check_queries_from(self, extractor) -> None:
     """Refuses queries embedded by another model than the index's (fingerprint, dimension)."""
@@ -219,6 +256,10 @@ class ScannIndex:
       indices, scores = self._searcher.search_batched_parallel(queries, **kwargs)
     else:
       indices, scores = self._searcher.search_batched(queries, **kwargs)
+    if getattr(self._searcher, "docids", None) is not None:  # docids -> our rows
+      indices = [[self._row_of[d] for d in row] for row in indices]
+      width = max((len(row) for row in indices), default=k)
+      indices = np.array([list(row) + [-1] * (width - len(row)) for row in indices], np.int64)
     indices = np.asarray(indices, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float32)
     missing = ~np.isfinite(scores)
@@ -242,6 +283,13 @@ class ScannIndex:
       os.makedirs(os.path.join(tmp, "scann"))
       self._searcher.serialize(os.path.join(tmp, "scann"))
       _make_assets_relative(os.path.join(tmp, "scann"))
+      docids = getattr(self._searcher, "docids", None)
+      pickled = os.path.join(tmp, "scann", "scann_docids.pkl")
+      if os.path.exists(pickled):
+        os.remove(pickled)  # never load a pickle from an index folder; docids.json instead
+      if docids is not None:
+        with open(os.path.join(tmp, "scann", "docids.json"), "w", encoding="utf-8") as f:
+          json.dump(list(docids), f)
       np.save(os.path.join(tmp, "embeddings.npy"), np.ascontiguousarray(self.embeddings))
       with open(os.path.join(tmp, "items.jsonl"), "w", encoding="utf-8") as f:
         for item in self.items:
@@ -311,10 +359,12 @@ def check_model(fingerprint: str, dim: int, query_fingerprint: str | None,
         "facetriplet-build-index using the model the queries come from")
 
 
-def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
+def _check_embeddings(embeddings: np.ndarray, allow_empty: bool = False) -> np.ndarray:
   embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
   if embeddings.ndim != 2:
     raise UserError(f"embeddings have shape {embeddings.shape}: pass a float32 [N, D] array")
+  if embeddings.shape[0] == 0 and allow_empty:
+    return embeddings
   if embeddings.shape[0] == 0:
     raise UserError("the gallery is empty: build the index from at least one embedding "
                     "(check the gallery folder and that its images were embedded)")
@@ -327,74 +377,19 @@ def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
   return embeddings
 
 
-def _force_ah(n: int, dim: int, target_recall: float) -> dict[str, Any]:
-  """AH settings for a gallery below the brute-force threshold (used when overrides ask for AH)."""
-  config = auto_config(BRUTE_FORCE_BELOW, dim, min(target_recall, _RECALL_TABLE[-1][0]))
-  leaves = max(2, min(int(round(math.sqrt(n))), n))
-  fraction = config["num_leaves_to_search"] / config["num_leaves"]
-  config.update(num_leaves=leaves, training_sample_size=n,
-                num_leaves_to_search=max(1, int(math.ceil(leaves * fraction))))
-  return config
+def item_id(item: dict, row: int) -> str:
+  """An item's id: its `id`, else (indexes written before ids) its row number."""
+  return str(item["id"]) if item.get("id") is not None else str(row)
 
 
-def _validated(config: dict[str, Any], n: int) -> dict[str, Any]:
-  if config["mode"] not in ("brute_force", "ah"):
-    raise UserError(f"mode={config['mode']!r}: valid modes are 'brute_force' and 'ah'")
-  if config["mode"] == "brute_force":
-    return config
-  config = dict(config)
-  for key in _SEARCH_KEYS:
-    if key != "anisotropic_quantization_threshold":
-      config[key] = int(config[key])
-      if config[key] < 1:
-        raise UserError(f"{key}={config[key]}: must be at least 1")
-  config["anisotropic_quantization_threshold"] = float(
-      config["anisotropic_quantization_threshold"])
-  if config["num_leaves"] > n:
-    raise UserError(f"num_leaves={config['num_leaves']} exceeds the {n} gallery items: "
-                    "use at most one leaf per item (about sqrt(n) is usual)")
-  config["num_leaves_to_search"] = min(config["num_leaves_to_search"], config["num_leaves"])
-  config["training_sample_size"] = min(config["training_sample_size"], n)
-  return config
-
-
-def _build_searcher(embeddings: np.ndarray, config: dict[str, Any]) -> Any:
-  from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
-
-  builder = scann_ops_pybind.builder(embeddings, 10, "dot_product")
-  if config["mode"] == "brute_force":
-    return builder.score_brute_force().build()
-  return (builder
-          .tree(num_leaves=config["num_leaves"],
-                num_leaves_to_search=config["num_leaves_to_search"],
-                training_sample_size=config["training_sample_size"])
-          .score_ah(config["dimensions_per_block"],
-                    anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"])
-          .reorder(config["reorder_k"])
-          .build())
-
-
-def _make_assets_relative(scann_dir: str) -> None:
-  """Stores asset paths as bare file names: the serialized ones point into the temp folder."""
-  path = os.path.join(scann_dir, "scann_assets.pbtxt")
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
-  text = _ASSET_PATH.sub(lambda m: f'asset_path: "{os.path.basename(m.group(1))}"', text)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
-def _load_searcher(scann_dir: str) -> Any:
-  """Loads a serialized searcher with its asset paths resolved inside `scann_dir`."""
-  from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
-
-  scann_dir = os.path.abspath(scann_dir)
-  with open(os.path.join(scann_dir, "scann_assets.pbtxt"), encoding="utf-8") as f:
-    text = f.read()
-  text = _ASSET_PATH.sub(
-      lambda m: 'asset_path: "%s"' % os.path.join(scann_dir, os.path.basename(m.group(1))), text)
-  return scann_ops_pybind.ScannSearcher(scann_ops_pybind.scann_pybind.ScannNumpy(scann_dir, text),
-                                        None)
+def _with_ids(items: Sequence[dict], start: int = 0) -> list[dict]:
+  """Copies of `items`, each with a unique string `id` (its row number where it had none)."""
+  out = [dict(item, id=item_id(item, start + i)) for i, item in enumerate(items)]
+  ids = [item["id"] for item in out]
+  if len(set(ids)) != len(ids):
+    dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+    raise UserError(f"duplicate item ids {dup}: every gallery item needs its own id")
+  return out
 
 
 def _read_metadata(directory: str) -> dict[str, Any]:

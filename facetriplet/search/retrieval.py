@@ -35,15 +35,46 @@ class RetrievalResult:
   seconds: float
 
 
+def faces_per_photo(index) -> int:
+  """The most items one gallery photo has in `index` (several with faces='all')."""
+  return 1 + max((int(item.get("face", 0)) for item in index.items), default=0)
+
+
+def rank_hits(index, indices: Sequence[int], scores: Sequence[float], k: int,
+              exclude_path: Optional[str] = None, min_score: Optional[float] = None,
+              ) -> list[tuple[int, float]]:
+  """[(row, score)] best first from one query's search results: one per gallery photo (its best
+  face), never the photo `exclude_path` (an absolute path), only scores >= `min_score`, at most k.
+  """
+  seen: set = set()
+  out = []
+  for j, s in zip(indices, scores):
+    if j < 0:
+      continue
+    if min_score is not None and s < min_score:
+      break
+    path = index.items[int(j)].get("path")
+    photo = os.path.abspath(path) if path else int(j)
+    if photo == exclude_path or photo in seen:
+      continue
+    seen.add(photo)
+    out.append((int(j), float(s)))
+    if len(out) == k:
+      break
+  return out
+
+
 def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: int = 64,
              workers: int = 4, progress: bool = True, exclude_self: bool = True,
-             ) -> RetrievalResult:
-  """Top-k gallery items for each query entry.
+             min_score: Optional[float] = None) -> RetrievalResult:
+  """Top-k gallery photos for each query entry.
 
   Every entry keeps a `QueryResult`, in input order: an unreadable query has no neighbours and
   its problem set; a query without a detected face is answered from the fallback crop and its
   problem says so. With `exclude_self`, a query that is itself a gallery file (the same path,
-  as in leave-one-out over one labelled set) never retrieves itself.
+  as in leave-one-out over one labelled set) never retrieves itself. A gallery photo indexed with
+  several faces appears once, at its best face. With `min_score`, neighbours scoring below it are
+  left out, so a query may get none ("no match").
 
   Raises:
     UserError: empty gallery, or an extractor other than the index's.
@@ -53,21 +84,19 @@ def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: 
   index.check_queries_from(extractor)
   embeddings, kept, problems = embed_entries(extractor, entries, batch_size, workers, progress,
                                              desc="queries")
-  self_row = {}
-  if exclude_self:
-    # abspath is string work only (no filesystem calls), so this stays cheap for 1M items.
-    gallery_row = {os.path.abspath(item["path"]): j for j, item in enumerate(index.items)
-                   if item.get("path")}
-    self_row = {id(e): gallery_row[os.path.abspath(e.path)] for e in kept
-                if os.path.abspath(e.path) in gallery_row}
-  # One extra neighbour when some query may find itself, which is then dropped.
-  search_k = min(k + 1, len(index)) if self_row else k
+  gallery_paths = ({os.path.abspath(item["path"]) for item in index.items if item.get("path")}
+                   if exclude_self else set())
+  # abspath is string work only (no filesystem calls), so this stays cheap for 1M items.
+  own_photo = {id(e): os.path.abspath(e.path) for e in kept
+               if os.path.abspath(e.path) in gallery_paths}
+  # Deep enough for k photos when some have several faces, plus one photo that may be the query.
+  per_photo = faces_per_photo(index)
+  search_k = min(len(index), (k + (1 if own_photo else 0)) * per_photo)
   indices, scores = (index.search(embeddings, search_k) if len(kept) else
                      (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)))
-  names = [item_name(item) for item in index.items]
-  counts: dict[str, int] = {}
-  for n in names:
-    counts[n] = counts.get(n, 0) + 1
+  names: dict[str, set] = {}
+  for item in index.items:
+    names.setdefault(item_name(item), set()).add(item.get("path"))
   row_of = {id(e): i for i, e in enumerate(kept)}
   problem_of = {p.path: p for p in problems}
   results = []
@@ -75,14 +104,14 @@ def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: 
     row = row_of.get(id(entry))
     neighbors = []
     if row is not None:
-      own = self_row.get(id(entry), -1)
-      hits = [(j, s) for j, s in zip(indices[row], scores[row]) if j >= 0 and j != own][:k]
+      hits = rank_hits(index, indices[row], scores[row], k, own_photo.get(id(entry)), min_score)
       for rank, (j, s) in enumerate(hits, 1):
-        item = index.items[int(j)]
-        # File names identify gallery images (the competition's flat folders); where two share a
-        # name (identity folders) the relative path does.
-        shown = names[j] if counts[names[j]] == 1 else item.get("rel_path") or item.get("path")
-        neighbors.append(dict(item, rank=rank, score=float(s), submit_name=shown))
+        item = index.items[j]
+        # File names identify gallery images (the competition's flat folders); where two photos
+        # share a name (identity folders) the relative path does.
+        name = item_name(item)
+        shown = name if len(names[name]) == 1 else item.get("rel_path") or item.get("path")
+        neighbors.append(dict(item, rank=rank, score=s, submit_name=shown))
     results.append(QueryResult(entry, neighbors, problem_of.get(entry.path)))
   return RetrievalResult(results, k, index.fingerprint, problems, time.time() - start)
 

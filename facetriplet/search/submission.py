@@ -189,7 +189,7 @@ def write_submission(path: str, payload: dict[str, Any]) -> None:
 
 
 CSV_COLUMNS = ("query", "rank", "gallery", "similarity", "gallery_identity", "query_identity",
-               "query_note")
+               "query_note", "gallery_box")  # gallery_box: "x y w h" of the matched face
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -216,11 +216,12 @@ def write_results_csv(path: str, result: RetrievalResult) -> int:
     identity = csv_text(q.entry.identity or "")
     name = csv_text(name)
     if not q.neighbors:
-      writer.writerow([name, "", "", "", "", identity, note])
+      writer.writerow([name, "", "", "", "", identity, note, ""])
       rows += 1
     for n in q.neighbors:
       writer.writerow([name, n["rank"], csv_text(item_name(n)), f"{n['score']:.6f}",
-                       csv_text(n.get("identity") or ""), identity, note])
+                       csv_text(n.get("identity") or ""), identity, note,
+                       " ".join(f"{v:g}" for v in n["box"]) if n.get("box") else ""])
       rows += 1
   atomic.write_text(path, buf.getvalue())
   return rows

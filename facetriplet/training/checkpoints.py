@@ -3,7 +3,11 @@
 
 `Checkpoints` is the Keras callback after the evaluation in `fit`'s list: it reads the epoch's
 metrics from the evaluation callback and saves the embedding model (never a training-only head),
-each file written under a temporary name and renamed (`workdir.save_model_atomically`).
+each file written under a temporary name and renamed (`workdir.save_model_atomically`). Beside
+each checkpoint it records the verification thresholds the same evaluation measured for those
+weights (`Workdir.write_calibration`: `<which>.calibration.json`, written after the checkpoint
+and naming its weights by `weights_digest`, so a kill in between never pairs a checkpoint with
+another one's thresholds); a last.keras saved after an epoch that was not evaluated has none.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from typing import Optional
 
 import keras
 
-from facetriplet.training.train_eval import RetrievalEvaluation
-from facetriplet.training.workdir import Workdir, save_model_atomically
+from facetriplet.training.train_eval import RetrievalEvaluation, calibration_record
+from facetriplet.training.workdir import Workdir, save_model_atomically, weights_digest
 
 
 class Checkpoints(keras.callbacks.Callback):
-  """Saves last.keras every epoch and best.keras on a new best val mAP@R.
+  """Saves last.keras every epoch and best.keras on a new best val mAP@R, each with its
+  calibration.
 
   Args:
     workdir: the run's `Workdir`.
@@ -36,11 +41,17 @@ class Checkpoints(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     model = self.evaluation.scored_model
-    save_model_atomically(model, self.workdir.checkpoint("last"))
     result = self.evaluation.last_result
+    calibration = None
+    if result is not None:
+      calibration = calibration_record(result, epoch + 1, weights_digest(model),
+                                       self.evaluation.flip)
+    save_model_atomically(model, self.workdir.checkpoint("last"))
+    self.workdir.write_calibration("last", calibration)
     if result is not None and result.get("map@r", -1.0) > self.best_map:
       self.best_map, self.best_epoch = result["map@r"], epoch + 1
       save_model_atomically(model, self.workdir.checkpoint("best"))
+      self.workdir.write_calibration("best", calibration)
 
   def best_summary(self) -> dict:
     return {"best_map@r": self.best_map, "best_epoch": self.best_epoch}

@@ -46,7 +46,7 @@ from absl import logging
 from facetriplet import atomic
 from facetriplet.data import input_pipeline, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.training import losses, margin_softmax, optim, warm_start
+from facetriplet.training import losses, margin_softmax, optim, projector, warm_start
 from facetriplet.training import model as model_lib
 from facetriplet.training.checkpoints import Checkpoints
 from facetriplet.training.train_eval import RetrievalEvaluation
@@ -248,6 +248,7 @@ def train_and_evaluate(config: Any, workdir: str,
                callbacks=[evaluation, checkpoints, backup, tensorboard,
                           *(extra_callbacks or [])],
                verbose=int(train.get("verbose", 2)))
+  projector.write_for_run(config, run_dir, model)  # logs/projector: val embeddings of best.keras
   records = run_dir.read_metrics()
   final = dict(records[-1]) if records else {}
   final.update(checkpoints.best_summary())

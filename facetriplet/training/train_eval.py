@@ -3,9 +3,12 @@
 `RetrievalEvaluation` is the Keras callback `train.py` adds to `fit`: at the start of a fresh run
 it scores the untrained network (epoch 0, with the raw-pixel baseline beside it); after every
 `every` epochs it embeds the val split, scores leave-one-out retrieval with
-`metrics.retrieval_metrics` (every val photo queries all the others), logs the numbers to the
-console and TensorBoard (`logs/retrieval`) and rewrites `metrics.jsonl`. It keeps no checkpoint:
-`checkpoints.Checkpoints`, the next callback, reads its `last_result`.
+`metrics.retrieval_metrics` (every val photo queries all the others) and verification with
+`metrics.verification_metrics` over the pairs of val photos (`verification/tar@far=0.01`,
+`verification/threshold@far=0.01`, `verification/eer`, ...: scalars only), logs the numbers to
+the console and TensorBoard (`logs/retrieval`) and rewrites `metrics.jsonl`. It keeps no
+checkpoint: `checkpoints.Checkpoints`, the next callback, reads its `last_result` (and records
+the thresholds beside the checkpoint with `calibration_record`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,54 @@ from facetriplet.training.workdir import Workdir
 
 KS = (1, 5, 10)
 _SHOWN = ("top1", "top5", "top10", "map@r")
+_LOGGED = _SHOWN + ("verification/tar@far=0.01", "verification/eer")
+
+
+VERIFICATION = "verification/"
 
 
 def _retrieval(embeddings: np.ndarray, labels: np.ndarray) -> dict:
   result = metrics.retrieval_metrics(embeddings, labels, embeddings, labels, ks=KS,
                                      leave_one_out=True)
   return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in result.items()}
+
+
+def _verification(embeddings: np.ndarray, labels: np.ndarray) -> dict:
+  """The scalars of verification over the val pairs, under `verification/` (None: too few
+  different-identity pairs to resolve that FAR)."""
+  result = metrics.verification_metrics(embeddings, labels)
+  keys = [f"{kind}@far={metrics.far_key(f)}" for f in metrics.FARS for kind in ("tar", "threshold")]
+  keys += ["eer", "eer_threshold", "auc", "num_positive_pairs", "num_negative_pairs"]
+  return {VERIFICATION + k: result[k] for k in keys}
+
+
+def calibration_record(result: Mapping[str, Any], epoch: int, weights: str,
+                       flip: bool) -> Optional[dict]:
+  """What `Workdir.write_calibration` keeps for a checkpoint: the thresholds an evaluation
+  `result` measured, the epoch, and `weights` (`workdir.weights_digest` of the checkpoint's
+  model) so an export can tell whether they belong to the model it exports. None when the result
+  holds no verification."""
+  if result.get(VERIFICATION + "num_positive_pairs") is None:
+    return None
+  fars = [metrics.far_key(f) for f in metrics.FARS]
+  return {"version": 1, "epoch": int(epoch), "weights_sha256_16": weights,
+          "test_time_flip": bool(flip), "pairs": "val photos, leave-one-out",
+          "accept": "cosine similarity >= threshold",
+          "thresholds": {f: result[f"{VERIFICATION}threshold@far={f}"] for f in fars},
+          "tar": {f: result[f"{VERIFICATION}tar@far={f}"] for f in fars},
+          **{k: result[VERIFICATION + k] for k in ("eer", "eer_threshold", "num_positive_pairs",
+                                                   "num_negative_pairs")}}
+
+
+def embed_images(model: keras.Model, images: np.ndarray, flip: bool = False) -> np.ndarray:
+  """Unit embeddings of a batch of uint8 images (inference mode); with `flip`, of each image and
+  its mirror summed and normalised, as the evaluation and the export do."""
+  out = np.asarray(model(images, training=False), np.float32)
+  if flip:
+    mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+    out = out + np.asarray(model(mirrored, training=False), np.float32)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+  return out
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -90,6 +135,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     both /= np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
     main, other, prefix = (both, plain, "noflip") if self.flip else (plain, both, "flip")
     result = _retrieval(main, self._labels_array())
+    result.update(_verification(main, self._labels_array()))
     result.update({f"{prefix}/{k}": v for k, v in _retrieval(other, self._labels_array()).items()
                    if k in _SHOWN})
     result["eval_seconds"] = round(time.time() - start, 2)
@@ -123,7 +169,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
           tf.summary.scalar(key, value, step=epoch)
     self._writer.flush()
-    shown = "  ".join(f"{k}={result[k]:.4f}" for k in _SHOWN if k in result)
+    shown = "  ".join(f"{k}={result[k]:.4f}" for k in _LOGGED if result.get(k) is not None)
     logging.info("epoch %d (step %d) val retrieval: %s", epoch, step, shown)
 
   def on_train_begin(self, logs=None):

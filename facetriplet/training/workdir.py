@@ -5,8 +5,12 @@
   metrics.jsonl          one line per evaluated epoch (`write_metrics_record`)
   checkpoints/last.keras the model after the latest epoch
   checkpoints/best.keras the model of the best val mAP@R so far
+  checkpoints/<which>.calibration.json
+                         verification thresholds (FAR 1e-1/1e-2/1e-3, EER) measured on the val
+                         pairs for the weights of <which>.keras (`weights_sha256_16` names them)
   backup/<phase>/        keras.callbacks.BackupAndRestore state (weights + epoch)
-  logs/                  TensorBoard: train/ (Keras) and retrieval/ (val metrics)
+  logs/                  TensorBoard: train/ (Keras), retrieval/ (val metrics), projector/ (val
+                         embeddings of best.keras with face thumbnails, written at the end)
 
 `Workdir` is the only code that spells these names; training, its callbacks, warm start and
 export ask it for paths. `load_checkpoint` loads a `.keras` file with facetriplet's layers.
@@ -14,10 +18,12 @@ export ask it for paths. `load_checkpoint` loads a `.keras` file with facetriple
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Mapping, Optional
 
+import numpy as np
 from absl import logging
 
 from facetriplet import atomic
@@ -72,6 +78,25 @@ class Workdir:
   @property
   def logs_dir(self) -> str:
     return os.path.join(self.path, "logs")
+
+  @property
+  def projector_dir(self) -> str:
+    """logs/projector: the TensorBoard embedding projector view (`training.projector`)."""
+    return os.path.join(self.logs_dir, "projector")
+
+  def calibration_path(self, which: str) -> str:
+    """checkpoints/<which>.calibration.json: verification thresholds of <which>.keras."""
+    return os.path.join(self.checkpoint_dir, f"{which}.calibration.json")
+
+  def write_calibration(self, which: str, calibration: Optional[Mapping[str, Any]]) -> None:
+    """Records (atomically) the calibration of <which>.keras; None removes a stale one."""
+    if calibration is None:
+      atomic.remove(self.calibration_path(which))
+    else:
+      atomic.write_json(self.calibration_path(which), dict(calibration))
+
+  def read_calibration(self, which: str) -> Optional[dict[str, Any]]:
+    return _read_json(self.calibration_path(which))
 
   def start(self, config: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
     """Creates the folder and records the run's config and dataset manifest (atomically)."""
@@ -172,6 +197,17 @@ def save_model_atomically(model, path: str) -> None:
     finally:
       if os.path.exists(staging):
         os.remove(staging)
+
+
+def weights_digest(model) -> str:
+  """First 16 hex digits of sha256 over every weight's shape, dtype and bytes, in model order:
+  names the weights a checkpoint holds (the export records it as `weights_sha256_16`)."""
+  h = hashlib.sha256()
+  for w in model.weights:
+    a = np.ascontiguousarray(np.asarray(w))
+    h.update(f"{a.dtype.str}{a.shape};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -122,3 +122,106 @@ def test_degenerate_evaluations_are_errors_or_stated_clamps(sets, tmp_path):
                                        ks=(1, 5, 8), leave_one_out=True)
   assert got["precision@20"] == pytest.approx(expected["precision@8"])
   assert got["top20"] == pytest.approx(expected["top8"]) and "top8" not in got
+
+
+def _reference(q_emb, q_ids, g_emb, g_ids, pairs, fars):
+  """Brute force: score every listed pair, then the threshold loop of tests/test_metrics.py."""
+  from tests.test_metrics import reference_verification  # pylint: disable=g-import-not-at-top
+  q = q_emb / np.linalg.norm(q_emb, axis=1, keepdims=True)
+  g = g_emb / np.linalg.norm(g_emb, axis=1, keepdims=True)
+  pos = [float(q[i] @ g[j]) for i, j in pairs if q_ids[i] == g_ids[j]]
+  neg = [float(q[i] @ g[j]) for i, j in pairs if q_ids[i] != g_ids[j]]
+  return len(pos), len(neg), reference_verification(pos, neg, fars)
+
+
+def _check_verification(got, reference, fars):
+  num_pos, num_neg, (want, eer, eer_threshold, auc, _) = reference
+  assert got["num_positive_pairs"] == num_pos and got["num_negative_pairs"] == num_neg
+  for f in fars:
+    key = metrics.far_key(f)
+    if want[f] is None:
+      assert got[f"tar@far={key}"] is None and got[f"threshold@far={key}"] is None, key
+    else:
+      assert got[f"tar@far={key}"] == pytest.approx(want[f][0], abs=1e-6), key
+      assert got[f"threshold@far={key}"] == pytest.approx(want[f][1], abs=1e-6), key
+  assert got["eer"] == pytest.approx(eer, abs=1e-6)
+  assert got["eer_threshold"] == pytest.approx(eer_threshold, abs=1e-6)
+  assert got["auc"] == pytest.approx(auc, abs=1e-6)
+
+
+def test_verification_in_every_mode_matches_brute_force(sets, tmp_path):
+  """Leave-one-out: pairs of two different photos (9 photos of 3 people: 9 same, 27 different);
+  queries + gallery: every query with every gallery photo (3 x 9); queries = the index's own
+  files: every query with every gallery photo but its own copy (9 x 8)."""
+  root, export_dir, extractor = sets
+  fars = (0.1, 0.05, 0.01, 0.001)
+  g = evaluation.embed_set(extractor, os.path.join(root, "gallery"), "auto", None, 8, 1, False)
+  q = evaluation.embed_set(extractor, os.path.join(root, "queries"), "auto", None, 8, 1, False)
+  loo = evaluation.evaluate(["embedding"], str(tmp_path / "loo"), export_dir, leave_one_out=True,
+                            data=os.path.join(root, "gallery"), grid_queries=0, progress=False,
+                            far=0.05)
+  got = loo["verification"]["embedding"]
+  n = len(g.entries)
+  _check_verification(got, _reference(g.embeddings, g.identities, g.embeddings, g.identities,
+                                      [(i, j) for i in range(n) for j in range(i + 1, n)],
+                                      fars), fars)
+  assert (got["num_positive_pairs"], got["num_negative_pairs"]) == (9, 27)
+  assert got["far"] == 0.05 and got["threshold_at_far"] == got["threshold@far=0.05"]
+  assert got["tar_at_far"] == got["tar@far=0.05"] is not None
+  assert got["tar@far=0.01"] is None and 0.01 in got["unresolved_fars"]  # 27 negatives < 100
+  assert 0 < len(got["roc"]) <= 200
+
+  dense = evaluation.evaluate(["embedding", "pixels"], str(tmp_path / "dense"), export_dir,
+                              queries=os.path.join(root, "queries"),
+                              gallery_dir=os.path.join(root, "gallery"), grid_queries=0,
+                              progress=False)
+  pairs = [(i, j) for i in range(len(q.entries)) for j in range(n)]
+  fars = metrics.FARS  # with the default --far=0.01
+  _check_verification(dense["verification"]["embedding"],
+                      _reference(q.embeddings, q.identities, g.embeddings, g.identities, pairs,
+                                 fars), fars)
+  assert set(dense["verification"]) == {"embedding", "pixels"}
+  assert dense["verification"]["embedding"]["far"] == 0.01  # the default
+
+  own = evaluation.evaluate([], str(tmp_path / "index"), queries=os.path.join(root, "gallery"),
+                            index_dir=os.path.join(root, "index"), grid_queries=0,
+                            progress=False)
+  _check_verification(own["verification"]["embedding"],
+                      _reference(g.embeddings, g.identities, g.embeddings, g.identities,
+                                 [(i, j) for i in range(n) for j in range(n) if i != j], fars),
+                      fars)
+  with open(tmp_path / "loo" / "metrics.json") as f:
+    on_disk = json.load(f)
+  assert on_disk["verification"]["embedding"]["eer"] == pytest.approx(got["eer"])
+  assert on_disk["setup"]["far"] == 0.05
+  with open(tmp_path / "dense" / "metrics.md") as f:
+    table = f.read()
+  assert "Verification" in table and "TAR@FAR=0.01" in table and "threshold@FAR=0.01" in table
+  assert table.count("| pixels |") == 2 and "n/a" in table
+  with pytest.raises(UserError, match="--far"):
+    evaluation.evaluate(["embedding"], str(tmp_path), export_dir, leave_one_out=True,
+                        data=os.path.join(root, "gallery"), progress=False, far=1.5)
+
+
+@pytest.mark.slow
+def test_tool_reports_verification_at_the_asked_far(sets, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root, export_dir, _ = sets
+  tool = os.path.join(os.path.dirname(sys.executable), "facetriplet-evaluate")
+  out = str(tmp_path / "eval")
+  proc = subprocess.run([tool, f"--model={export_dir}", "--leave_one_out",
+                         f"--data={os.path.join(root, 'gallery')}", "--far=0.05",
+                         "--grid_queries=0", "--noprogress", f"--output={out}"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, "metrics.json")) as f:
+    report = json.load(f)
+  got = report["verification"]["embedding"]
+  assert report["setup"]["far"] == 0.05 and got["far"] == 0.05
+  assert got["threshold_at_far"] == got["threshold@far=0.05"] is not None
+  assert "threshold@FAR=0.05" in proc.stdout and "TAR@FAR=0.1" in proc.stdout
+  bad = subprocess.run([tool, f"--model={export_dir}", "--leave_one_out",
+                        f"--data={os.path.join(root, 'gallery')}", "--far=2", f"--output={out}"],
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "--far" in bad.stderr and "Traceback" not in bad.stderr

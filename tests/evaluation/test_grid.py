@@ -48,3 +48,14 @@ def test_grid_size_and_frames(tmp_path):
   _, _, x1, y1 = geo.cell_box(0, 0)
   caption = pixels[y1 + 1:y1 + grid.CAPTION, geo.cell_box(0, 0)[0]:x1]
   assert (caption != grid.BACKGROUND).any(axis=-1).any()
+
+
+def test_photo_with_box_draws_the_face_box_where_it_is():
+  photo = np.zeros((50, 100, 3), np.uint8)  # wide: fitted into 40 px with bars above and below
+  out = grid.photo_with_box(photo, (50, 10, 20, 20), 40, color=(255, 0, 0))
+  assert out.shape == (40, 40, 3)
+  scale, top = 40 / 100, (40 - 20) // 2
+  x0, y0 = round(50 * scale), top + round(10 * scale)
+  assert tuple(out[y0, x0 + 3]) == (255, 0, 0)  # the top edge of the box
+  assert tuple(out[y0 + 4, x0 + 4]) == (0, 0, 0)  # inside it: the photo
+  assert tuple(out[2, 2]) == (0, 0, 0) and not out[:top - 1].any()  # the bar stays black

@@ -216,3 +216,42 @@ def test_export_tool(exported, tmp_path):
                         f"--workdir={tmp_path}/missing", f"--export_dir={out}"],
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and "error" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_calibration_travels_with_its_weights_only(tmp_path, caplog):
+  """The workdir's calibration of best.keras goes into the metadata as `verification`; an export
+  of other weights (a calibration naming different weights) records none and warns; the
+  fingerprint is the same with or without it."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from facetriplet.training.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  workdir = make_workdir(str(tmp_path), which=("best", "last"))
+  weights = export.model_fingerprint(
+      export.load_checkpoint(os.path.join(workdir, "checkpoints", "best.keras")))
+  calibration = {"version": 1, "epoch": 3, "weights_sha256_16": weights, "test_time_flip": False,
+                 "thresholds": {"0.1": 0.31, "0.01": 0.52, "0.001": None},
+                 "tar": {"0.1": 0.9, "0.01": 0.7, "0.001": None}, "eer": 0.08,
+                 "eer_threshold": 0.35, "num_positive_pairs": 40, "num_negative_pairs": 500,
+                 "pairs": "val photos, leave-one-out"}
+  Workdir(workdir).write_calibration("best", calibration)
+  summary = export.export_model(workdir, str(tmp_path / "calibrated"))
+  meta = export.read_metadata(str(tmp_path / "calibrated"))
+  assert meta["verification"]["thresholds"] == calibration["thresholds"]
+  assert meta["verification"]["eer_threshold"] == 0.35
+  source = meta["verification"]["source"]
+  assert source["checkpoint"] == "best" and source["epoch"] == 3
+  assert source["num_negative_pairs"] == 500
+  emb = export.load_embedder(str(tmp_path / "calibrated"))
+  assert emb.verification == meta["verification"]
+  assert emb.threshold() == 0.52 and emb.threshold(far=0.1) == 0.31
+  assert emb.threshold(far=1e-3) is None and emb.threshold(far=0.2) is None
+  # The flip setting must match too.
+  assert export._calibration(Workdir(workdir), "x.keras", weights, True) is None
+  assert export._calibration(Workdir(workdir), "x.keras", weights, False)["thresholds"]
+
+  Workdir(workdir).write_calibration("best", dict(calibration, weights_sha256_16="0" * 16))
+  with caplog.at_level(logging.WARNING):
+    other = export.export_model(workdir, str(tmp_path / "mismatch"))
+  assert export.read_metadata(str(tmp_path / "mismatch"))["verification"] is None
+  assert "other weights" in caplog.text
+  assert export.load_embedder(str(tmp_path / "mismatch")).threshold() is None
+  assert other.fingerprint == summary.fingerprint == meta["fingerprint"]

@@ -1,0 +1,402 @@
+"""Search as a library: open an index once, then search, embed, verify, enrol and remove.
+
+  from facetriplet import Searcher
+  searcher = Searcher.open("runs/index")            # the model the index was built with
+  for match in searcher.search("photo.jpg", k=5):   # a path, an RGB array or encoded bytes
+    print(match.rank, match.identity, round(match.score, 3), match.path, match.box)
+
+`Searcher` is the one owner of an opened index: the tools (`facetriplet-search`,
+`facetriplet-build-index --add/--remove`) and the HTTP service call it. Queries are cropped exactly
+as the gallery was (the index's crop settings), embedded by the index's model (fingerprints are
+checked), and answered with one `Match` per gallery photo. `min_score` turns "the closest face" into
+"no match" below a similarity; `verify` compares two photos against a threshold (the export's
+calibrated one by default). `add` embeds only photos not yet in the index and upserts them; `remove`
+deletes items; `save` writes the index folder atomically. Searches may run from many threads;
+`add`, `remove`, `rebuild` and `save` take the index for themselves meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+from absl import logging
+
+from facetriplet.data import faces, images, layouts
+from facetriplet.errors import ImageError, UserError
+from facetriplet.search import embedding, gallery, retrieval
+from facetriplet.search.index import ScannIndex
+
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+  """One gallery photo found for a query (its best-scoring face)."""
+  rank: int
+  score: float  # cosine similarity, -1..1
+  id: str  # the item id (what `remove` takes)
+  path: str
+  name: str
+  identity: Optional[str]
+  box: Optional[tuple]  # the matched face's (x, y, w, h) in the gallery photo
+  item: dict  # all the item's metadata
+
+  def to_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out.pop("item")
+    return out
+
+
+@dataclasses.dataclass
+class SearchResult:
+  """The answer for one query image: its matches (best first; empty = no match)."""
+  query: str
+  matches: list[Match]
+  box: Optional[tuple] = None  # the query face's box; None when no face was found
+  face: int = 0  # which face of the query photo (faces='all')
+  problem: Optional[str] = None  # e.g. 'no-face' (answered from the centred crop), 'not-an-image'
+
+  def __iter__(self) -> Iterator[Match]:
+    return iter(self.matches)
+
+  def __len__(self) -> int:
+    return len(self.matches)
+
+  def __getitem__(self, i: int) -> Match:
+    return self.matches[i]
+
+  @property
+  def best(self) -> Optional[Match]:
+    return self.matches[0] if self.matches else None
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"query": self.query, "box": list(self.box) if self.box else None, "face": self.face,
+            "problem": self.problem, "matches": [m.to_dict() for m in self.matches]}
+
+
+@dataclasses.dataclass
+class AddSummary:
+  added: int
+  replaced: int
+  already_indexed: int
+  problems: list[embedding.Problem]
+  rebuild_advised: str  # why the partitions should be retrained ('' when not)
+
+
+class _ReadWriteLock:
+  """Many readers (searches) or one writer (add/remove/save)."""
+
+  def __init__(self):
+    self._cond = threading.Condition()
+    self._readers = 0
+    self._writing = False
+
+  @contextlib.contextmanager
+  def read(self):
+    with self._cond:
+      while self._writing:
+        self._cond.wait()
+      self._readers += 1
+    try:
+      yield
+    finally:
+      with self._cond:
+        self._readers -= 1
+        self._cond.notify_all()
+
+  @contextlib.contextmanager
+  def write(self):
+    with self._cond:
+      while self._writing or self._readers:
+        self._cond.wait()
+      self._writing = True
+    try:
+      yield
+    finally:
+      with self._cond:
+        self._writing = False
+        self._cond.notify_all()
+
+
+def _is_many(images_: Any) -> bool:
+  if isinstance(images_, (str, os.PathLike, bytes, bytearray)):
+    return False
+  if isinstance(images_, np.ndarray):
+    return images_.ndim == 4
+  return True
+
+
+def _name(image: ImageLike, i: int) -> str:
+  if isinstance(image, (str, os.PathLike)):
+    return os.fspath(image)
+  return f"<{'bytes' if isinstance(image, (bytes, bytearray)) else 'array'} {i}>"
+
+
+class Searcher:
+  """An opened index with the model it was built with. Use `Searcher.open`."""
+
+  def __init__(self, index_dir: str, extractor: Any, index: ScannIndex, info: dict[str, Any]):
+    self.index_dir = index_dir
+    self.extractor = extractor
+    self.index = index
+    self.info = info
+    self._cropper = faces.FaceCropper(extractor.crop_settings)
+    self._lock = _ReadWriteLock()
+    self._per_photo = retrieval.faces_per_photo(index)
+
+  @classmethod
+  def open(cls, index_dir: str, model: Optional[str] = None,
+           features: Optional[str] = None) -> "Searcher":
+    """Opens an index folder written by facetriplet-build-index (or `save`).
+
+    Args:
+      index_dir: the index folder.
+      model: export folder (default: the one the index was built with).
+      features: feature name (default: the index's).
+
+    Raises:
+      UserError: missing index or model, or a model other than the index's.
+    """
+    extractor, index, info = gallery.open_index(index_dir, model, features)
+    return cls(index_dir, extractor, index, info)
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __repr__(self) -> str:
+    return (f"Searcher({self.index_dir!r}, {len(self.index)} items, "
+            f"model {self.extractor.fingerprint})")
+
+  @property
+  def dim(self) -> int:
+    return int(self.extractor.dim)
+
+  # ---- embedding --------------------------------------------------------------------------
+
+  def _crops(self, image: ImageLike, name: str, faces_mode: str,
+             min_face: float) -> list[faces.CropResult]:
+    rgb = images.to_rgb(image, name)
+    if faces_mode == "all":
+      return self._cropper.crop_faces(rgb, min_face)
+    return [self._cropper.crop(rgb)]
+
+  def embed(self, images_: Union[ImageLike, Sequence[ImageLike]]) -> np.ndarray:
+    """Unit embeddings float32 [N, D] of each image's chosen face ([D] for one image).
+
+    Raises:
+      ImageError: an image that cannot be read (its path or name and the reason).
+    """
+    many = _is_many(images_)
+    batch = list(images_) if many else [images_]
+    crops = [self._crops(img, _name(img, i), "largest", 0.0)[0].image
+             for i, img in enumerate(batch)]
+    vectors = (np.asarray(self.extractor.embed(np.stack(crops)), np.float32) if crops
+               else np.zeros((0, self.dim), np.float32))
+    return vectors if many else vectors[0]
+
+  def threshold(self, far: float = 0.01) -> Optional[float]:
+    """The export's calibrated similarity threshold at this false-accept rate, if recorded."""
+    get = getattr(self.extractor, "threshold", None)
+    return get(far) if callable(get) else None
+
+  def verify(self, a: ImageLike, b: ImageLike, threshold: Optional[float] = None,
+             far: float = 0.01) -> tuple[bool, float]:
+    """(same person, cosine similarity) of the chosen faces of two images.
+
+    The threshold defaults to the export's calibrated one at `far` (see facetriplet-evaluate).
+
+    Raises:
+      UserError: no threshold given and the export carries no calibration.
+    """
+    if threshold is None:
+      threshold = self.threshold(far)
+      if threshold is None:
+        raise UserError("this model has no calibrated threshold: pass threshold=... (see the "
+                        "threshold_at_far of facetriplet-evaluate) or export a model trained "
+                        "with this version")
+    ea, eb = self.embed([a, b])
+    score = float(np.dot(ea, eb))
+    return score >= threshold, score
+
+  # ---- search -----------------------------------------------------------------------------
+
+  def search(self, images_: Union[ImageLike, Sequence[ImageLike]], k: int = 10,
+             min_score: Optional[float] = None, faces_mode: str = "largest",
+             min_face: float = faces.MIN_FACE_FRACTION,
+             ) -> Union[SearchResult, list[SearchResult]]:
+    """The k best gallery photos for each query image.
+
+    Args:
+      images_: a path, encoded bytes or an RGB array, or a list of them.
+      k: photos per query (at most the gallery size).
+      min_score: leave out matches below this cosine similarity (then "no match" is an empty
+        result); see `threshold`.
+      faces_mode: 'largest' answers for each image's chosen face; 'all' for every face found,
+        one SearchResult per face (a list even for one image).
+      min_face: with 'all', the smallest face searched, as a fraction of the short side.
+
+    Returns:
+      One SearchResult for one image with faces_mode 'largest', else a list in input order.
+      An image that cannot be read gets a result with no matches and its `problem`.
+    """
+    many = _is_many(images_)
+    batch = list(images_) if many else [images_]
+    rows: list[tuple[str, int, Optional[faces.CropResult], Optional[str]]] = []
+    for i, image in enumerate(batch):
+      name = _name(image, i)
+      try:
+        for n, crop in enumerate(self._crops(image, name, faces_mode, min_face)):
+          rows.append((name, n, crop, None if crop.found else embedding.NO_FACE))
+      except ImageError as e:
+        rows.append((name, 0, None, e.reason))
+    crops = [crop.image for _, _, crop, _ in rows if crop is not None]
+    with self._lock.read():
+      k = self.index.clamp_k(k)
+      vectors = (np.asarray(self.extractor.embed(np.stack(crops)), np.float32) if crops
+                 else np.zeros((0, self.dim), np.float32))
+      depth = min(len(self.index), k * self._per_photo)
+      found = self.index.search(vectors, depth) if len(crops) else None
+      results, j = [], 0
+      for name, n, crop, problem in rows:
+        matches = []
+        if crop is not None:
+          hits = retrieval.rank_hits(self.index, found[0][j], found[1][j], k,
+                                     min_score=min_score)
+          matches = [self._match(rank, row, score) for rank, (row, score) in enumerate(hits, 1)]
+          j += 1
+        box = tuple(crop.box) if crop is not None and crop.found else None
+        results.append(SearchResult(name, matches, box, n, problem))
+    return results if many or faces_mode == "all" else results[0]
+
+  def _match(self, rank: int, row: int, score: float) -> Match:
+    item = self.index.items[row]
+    box = tuple(item["box"]) if item.get("box") else None
+    return Match(rank, score, str(item["id"]), item.get("path", ""),
+                 item.get("name") or os.path.basename(item.get("path", "")),
+                 item.get("identity"), box, dict(item))
+
+  # ---- enrol and remove -------------------------------------------------------------------
+
+  def add(self, paths_or_folder: Union[str, Sequence[str]], faces_mode: str = "auto",
+          min_face: float = faces.MIN_FACE_FRACTION, layout: str = "auto",
+          identity: Optional[str] = None, batch_size: int = 64, workers: int = 4,
+          progress: bool = False) -> AddSummary:
+    """Embeds photos not yet in the index and adds them (no partitions retrained).
+
+    Args:
+      paths_or_folder: a folder (any layout; identity folders give identities), an image, a list
+        file of paths, or a list of image paths.
+      faces_mode: 'auto' (the index's own choice), 'largest' or 'all'.
+      min_face: with 'all', the smallest face indexed (fraction of the short side).
+      layout: layout of a folder.
+      identity: identity recorded for photos that have none (e.g. enrolling one person).
+
+    Returns:
+      AddSummary; `rebuild_advised` says when the gallery outgrew its partitions.
+    """
+    if isinstance(paths_or_folder, (str, os.PathLike)):
+      entries = layouts.list_inputs(os.fspath(paths_or_folder), layout)
+      source = os.fspath(paths_or_folder)
+    else:
+      entries = [layouts.ImageEntry(os.path.abspath(p), os.path.basename(p), None, None)
+                 for p in paths_or_folder]
+      source = ""
+    if faces_mode == "auto":
+      faces_mode = self.info.get("faces") or (
+          "all" if source and os.path.isdir(source)
+          and layouts.resolve_layout(source, layout) == "flat" else "largest")
+    indexed = {os.path.abspath(item["path"]) for item in self.index.items if item.get("path")}
+    new = [e for e in entries if os.path.abspath(e.path) not in indexed]
+    vectors, kept, problems = embedding.embed_entries(
+        self.extractor, new, batch_size, workers, progress, "enrol", faces_mode, min_face,
+        with_faces=True)
+    items = [gallery.item_of(e, faces_mode) for e in kept]
+    for item in items:
+      if identity is not None and item.get("identity") is None:
+        item["identity"] = identity
+    with self._lock.write():
+      added, replaced = self.index.add(vectors, items)
+      self._per_photo = retrieval.faces_per_photo(self.index)
+      self.info["items"] = len(self.index)
+      self.info.setdefault("history", []).append(
+          {"add": source or f"{len(entries)} paths", "items": added + replaced})
+      advice = self.index.needs_rebuild
+    if advice:
+      logging.warning("the gallery outgrew its search partitions (%s): run "
+                      "facetriplet-build-index --index_dir=%s --rebuild", advice, self.index_dir)
+    return AddSummary(added, replaced, len(entries) - len(new), problems, advice)
+
+  def add_image(self, image: ImageLike, item_id: str, name: Optional[str] = None,
+                identity: Optional[str] = None, faces_mode: str = "largest",
+                min_face: float = faces.MIN_FACE_FRACTION) -> list[str]:
+    """Enrols one image held in memory (an upload) under `item_id` ('<item_id>#<n>' per face
+    with faces_mode='all'); an existing id is replaced. Returns the ids written.
+
+    Raises:
+      ImageError: not a readable image; UserError: no face found with faces_mode='all'.
+    """
+    crops = self._crops(image, name or item_id, faces_mode, min_face)
+    vectors = np.asarray(self.extractor.embed(np.stack([c.image for c in crops])), np.float32)
+    items = []
+    for n, crop in enumerate(crops):
+      item = {"id": item_id if faces_mode != "all" else f"{item_id}#{n}", "path": "",
+              "name": name or item_id, "identity": identity}
+      if crop.found:
+        item["box"] = [round(float(v), 2) for v in crop.box]
+      if faces_mode == "all":
+        item["face"] = n
+      items.append(item)
+    with self._lock.write():
+      self.index.add(vectors, items)
+      self._per_photo = retrieval.faces_per_photo(self.index)
+      self.info["items"] = len(self.index)
+    return [item["id"] for item in items]
+
+  def remove(self, ids_or_paths: Sequence[str]) -> int:
+    """Removes items by id, or every face of a photo by its path. Returns items removed.
+
+    Raises:
+      UserError: an id or path that is not in the index (nothing is removed then).
+    """
+    with self._lock.write():
+      by_path: dict[str, list[str]] = {}
+      for item in self.index.items:
+        if item.get("path"):
+          by_path.setdefault(os.path.abspath(item["path"]), []).append(str(item["id"]))
+      ids, unknown = [], []
+      for key in ids_or_paths:
+        if self.index.row_of(key) is not None:
+          ids.append(key)
+        elif os.path.abspath(key) in by_path:
+          ids.extend(by_path[os.path.abspath(key)])
+        else:
+          unknown.append(key)
+      if unknown:
+        raise UserError(f"{len(unknown)} of the ids/paths to remove are not in the index, e.g. "
+                        f"{unknown[:3]}: nothing removed (ids are in {self.index_dir}/items.jsonl)")
+      removed = self.index.remove(ids)
+      self._per_photo = retrieval.faces_per_photo(self.index)
+      self.info["items"] = len(self.index)
+      self.info.setdefault("history", []).append({"remove": removed})
+    return removed
+
+  def contains(self, item_id: str) -> bool:
+    return self.index.row_of(item_id) is not None
+
+  def rebuild(self) -> None:
+    """Retrains the search partitions over the current items."""
+    with self._lock.write():
+      self.index.rebuild()
+
+  def save(self, index_dir: Optional[str] = None) -> str:
+    """Writes the index folder (with gallery.json) atomically; a kill leaves the old one."""
+    with self._lock.write():
+      target = index_dir or self.index_dir
+      info = {k: v for k, v in self.info.items()}
+      self.index.save(target, extra_json={gallery.GALLERY_FILE: info})
+    return target
