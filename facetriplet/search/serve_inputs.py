@@ -1,0 +1,174 @@
+"""What an HTTP request to the search service carries, read and checked: the photo (multipart
+file `image`, JSON `image_base64` or the raw body) within the size limits, and its parameters.
+
+Every problem becomes an `HTTPException` with one line naming it: 413 for too many bytes
+(Content-Length or bytes actually read) or pixels, 415 for something that is not an image or an
+unsupported Content-Type, 400 for a broken body or image, 422 for a bad parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import math
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import HTTPException, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from facetriplet.data import images
+from facetriplet.errors import ImageError
+
+MAX_UPLOAD_BYTES = 10 * 2**20
+MAX_PIXELS = 40_000_000
+MAX_K = 1000
+FIELD_BYTES = 64 * 1024  # form fields other than the image
+FACE_MODES = ("largest", "all")
+_STATUS = {"not-an-image": 415, "too-large": 413}  # other image problems: 400
+_HINT = {"not-an-image": "send a JPEG, PNG, WebP, BMP, TIFF or GIF photo",
+         "empty-file": "the image was empty", "truncated": "the upload was cut short",
+         "unreadable": "the image data is damaged"}
+
+
+@dataclasses.dataclass
+class Upload:
+  """A request's photo (encoded bytes), its file name and its other fields."""
+  data: bytes
+  filename: str
+  fields: dict[str, Any]
+
+
+def error(status: int, message: str) -> HTTPException:
+  """An HTTP error whose detail is the message on one line."""
+  return HTTPException(status_code=status, detail=" ".join(message.split()))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+  """The body, refused (413) when its Content-Length or the bytes actually sent pass `limit`."""
+  declared = request.headers.get("content-length")
+  if declared is not None:
+    if not declared.strip().isdigit():
+      raise error(400, f"bad Content-Length {declared!r}")
+    if int(declared) > limit:
+      raise error(413, f"upload too large: Content-Length {int(declared)} bytes, at most {limit}")
+  chunks, size = [], 0
+  async for chunk in request.stream():
+    size += len(chunk)
+    if size > limit:
+      raise error(413, f"upload too large: more than {limit} bytes sent")
+    chunks.append(chunk)
+  return b"".join(chunks)
+
+
+async def read_upload(request: Request, max_upload_bytes: int) -> Upload:
+  """The photo and fields of a multipart, JSON or raw-image request (4xx with one line if not)."""
+  body_limit = max_upload_bytes * 4 // 3 + FIELD_BYTES  # base64 and form overhead
+  body = await _read_body(request, body_limit)
+  kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+  fields: dict[str, Any] = {}
+  data, filename = None, ""
+  if kind == "multipart/form-data":
+    async def stream():
+      yield body
+      yield b""
+    try:
+      form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=32,
+                                   max_part_size=FIELD_BYTES).parse()
+    except MultiPartException as e:
+      raise error(400, f"bad multipart body: {e.message}") from None
+    for key, value in form.multi_items():
+      if isinstance(value, UploadFile):
+        if key != "image":
+          raise error(400, f"unexpected file field {key!r}: send the photo as 'image'")
+        data, filename = await value.read(), value.filename or ""
+        await value.close()
+      else:
+        fields[key] = value
+  elif kind == "application/json":
+    try:
+      fields = json.loads(body)
+    except ValueError as e:
+      raise error(400, f"bad JSON body: {e}") from None
+    if not isinstance(fields, dict):
+      raise error(400, "the JSON body must be an object with an 'image_base64' key")
+  elif kind.startswith("image/") or kind == "application/octet-stream":
+    data = body
+  else:
+    raise error(415, f"unsupported Content-Type {kind or '(none)'!r}: send multipart/form-data "
+                 "with the file field 'image', JSON {\"image_base64\": ...} or the raw image")
+  if data is None:
+    encoded = fields.pop("image_base64", None)
+    if not isinstance(encoded, str) or not encoded:
+      raise error(400, "no image: send the photo as the multipart file field 'image' or as "
+                   "JSON {\"image_base64\": ...}")
+    if encoded.startswith("data:") and "," in encoded:  # a data: URL
+      encoded = encoded.split(",", 1)[1]
+    encoded = "".join(encoded.split())  # line breaks of wrapped base64
+    try:
+      data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+      raise error(400, "image_base64 is not valid base64") from None
+  if len(data) > max_upload_bytes:
+    raise error(413, f"image too large: {len(data)} bytes, at most {max_upload_bytes}")
+  return Upload(data, filename, fields)
+
+
+def decode(upload: Upload, max_pixels: int) -> np.ndarray:
+  """The upload as RGB uint8 (413/415/400 with the reason when it is not a usable image)."""
+  try:
+    return images.decode_rgb(upload.data, upload.filename or "upload", max_pixels)
+  except ImageError as e:
+    hint = _HINT.get(e.reason) or f"at most {max_pixels} pixels"
+    raise error(_STATUS.get(e.reason, 400), f"image {e.reason}: {hint}"
+                 + (f" ({e.detail})" if e.detail and e.reason != "not-an-image" else "")) from None
+
+
+def param(fields: dict[str, Any], name: str, query: Any) -> Any:
+  """A parameter from the body (form field or JSON key), else from the query string."""
+  value = fields.get(name)
+  return query if value is None or value == "" else value
+
+
+def parse_k(value: Any, default: int = 10, max_k: int = MAX_K) -> int:
+  """k from a form field, JSON value or query parameter (422 unless an integer 1..max_k)."""
+  if value is None:
+    return default
+  try:
+    if isinstance(value, bool):
+      raise ValueError
+    k = int(value) if isinstance(value, (int, str)) else None
+    if k is None and isinstance(value, float) and value.is_integer():
+      k = int(value)
+  except ValueError:
+    k = None
+  if k is None or not 1 <= k <= max_k:
+    raise error(422, f"k must be an integer from 1 to {max_k}, got {value!r}")
+  return k
+
+
+def parse_min_score(value: Any) -> Optional[float]:
+  """min_score (422 unless a finite number); None when not given."""
+  if value is None:
+    return None
+  try:
+    if isinstance(value, bool):
+      raise ValueError
+    score = float(value)
+  except (TypeError, ValueError):
+    score = math.nan
+  if not math.isfinite(score):
+    raise error(422, f"min_score must be a number (a cosine similarity, -1..1), got {value!r}")
+  return score
+
+
+def parse_faces(value: Any) -> str:
+  """faces: 'largest' (the default) or 'all'."""
+  if value is None:
+    return "largest"
+  if value not in FACE_MODES:
+    raise error(422, f"faces must be 'largest' or 'all', got {value!r}")
+  return value
