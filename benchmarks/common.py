@@ -23,14 +23,20 @@ RESULTS_DIR = os.environ.get("FACETRIPLET_BENCH_RESULTS",
 def machine_description() -> str:
   """CPU model, core count, memory and GPU (if TensorFlow sees one)."""
   cpu = platform.processor() or platform.machine()
+  vector = ""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
-        if line.startswith("model name"):
+        if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
           cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+          vector = " (" + " ".join(f for f in wanted if f in flags) + ")"
           break
   except OSError:
     pass
+  cpu += vector
   mem = ""
   try:
     with open("/proc/meminfo", encoding="utf-8") as f:

@@ -7,6 +7,8 @@ threshold for the false accept rate --far.
   facetriplet-evaluate --index=runs/index --queries=data/query --output=runs/eval
   facetriplet-evaluate --model=runs/demo/export --leave_one_out --data=data/faces \
       --features=embedding,pixels,color_hist,lbp,hog --output=runs/eval     # comparison table
+  facetriplet-evaluate --model=runs/lfw/export --leave_one_out --data=runs/lfw_tfrecords \
+      --splits=val --far=0.001 --output=runs/eval_val     # people never seen in training
 
 Identities come from identity folders, TFRecords, or --labels ("<file> <identity>" lines).
 Writes metrics.json (retrieval under `results`, verification under `verification`, per feature),
@@ -46,6 +48,8 @@ _GRID_K = flags.DEFINE_integer("grid_k", 10, "Results per query in grid.png.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per embedding batch.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Loading threads; 0 = CPU count.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_SPLITS = flags.DEFINE_list("splits", None, "TFRecord splits to embed where a set is a TFRecord "
+                            "folder (default: all), e.g. --splits=val for the held-out people.")
 _FAR = flags.DEFINE_float("far", 0.01, "False accept rate whose verification threshold is "
                           "reported (threshold_at_far), e.g. 0.01 or 0.001.")
 
@@ -76,7 +80,7 @@ def main(argv: Sequence[str]) -> None:
       leave_one_out=_LEAVE_ONE_OUT.value, labels_file=_LABELS.value, layout=_LAYOUT.value,
       ks=ks, grid_queries=_GRID_QUERIES.value, grid_k=_GRID_K.value,
       batch_size=_BATCH_SIZE.value, workers=_WORKERS.value or os.cpu_count() or 1,
-      progress=_PROGRESS.value, far=_FAR.value)
+      progress=_PROGRESS.value, far=_FAR.value, splits=_SPLITS.value)
   print(metrics.to_markdown(report["results"]), end="")
   print("\nverification (" + report["setup"]["verification_pairs"] + "):")
   print(evaluation.verification_markdown(report["verification"], _FAR.value), end="")

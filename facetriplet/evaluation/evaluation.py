@@ -56,14 +56,16 @@ def _identity(entry_like: Any, labels: Optional[dict[str, str]]) -> Optional[str
 
 
 def embed_set(extractor, path: str, layout: str, labels: Optional[dict[str, str]],
-              batch_size: int, workers: int, progress: bool) -> Labelled:
-  """Embeds a folder, TFRecord folder or list file and attaches identities."""
+              batch_size: int, workers: int, progress: bool,
+              splits: Optional[Sequence[str]] = None) -> Labelled:
+  """Embeds a folder, TFRecord folder (`splits` of it, default all) or list file and attaches
+  identities."""
   if os.path.isfile(path):
     entries = layouts.read_path_list(path)
     emb, kept, problems = embedding.embed_entries(extractor, entries, batch_size, workers,
                                                   progress)
   else:
-    emb, kept, problems = gallery.embed_gallery(extractor, path, layout, None, batch_size,
+    emb, kept, problems = gallery.embed_gallery(extractor, path, layout, splits, batch_size,
                                                 workers, progress)
   return Labelled(emb, kept, [_identity(e, labels) for e in kept], problems)
 
@@ -232,10 +234,12 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
              leave_one_out: bool = False, labels_file: Optional[str] = None,
              layout: str = "auto", ks: Sequence[int] = (1, 5, 10), grid_queries: int = 8,
              grid_k: int = 10, batch_size: int = 64, workers: int = 4,
-             progress: bool = True, far: float = 0.01) -> dict[str, Any]:
+             progress: bool = True, far: float = 0.01,
+             splits: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Scores each feature extractor and writes metrics.json, metrics.md and the grid(s).
 
-  `far`: the false accept rate whose threshold is reported as `threshold_at_far`.
+  `far`: the false accept rate whose threshold is reported as `threshold_at_far`; `splits`: the
+  TFRecord splits embedded where a set is a TFRecord folder (default: all).
 
   Returns:
     {"results": {features: metrics}, "verification": {features: verification metrics},
@@ -270,7 +274,8 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
     extractor = (index_extractor if index is not None else
                  features_lib.make_extractor(name, model_dir, source=data or gallery_dir))
     logging.info("evaluating %s (fingerprint %s)", name, extractor.fingerprint)
-    q = embed_set(extractor, data or queries, layout, labels, batch_size, workers, progress)
+    q = embed_set(extractor, data or queries, layout, labels, batch_size, workers, progress,
+                  splits)
     if len(q.entries) == 0:
       raise UserError(f"no readable query image in {data or queries}")
     if index is not None:
@@ -281,7 +286,7 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
       verification[name] = _verification(q, far, index.embeddings, g_ids, _own_rows(q, index))
     else:
       g = q if leave_one_out else embed_set(extractor, gallery_dir, layout, labels, batch_size,
-                                            workers, progress)
+                                            workers, progress, splits)
       if len(g.entries) == 0:
         raise UserError(f"the gallery {gallery_dir} has no readable image")
       ks_used = _clamp_ks(ks, len(g.entries) - (1 if leave_one_out else 0), clamped)
