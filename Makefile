@@ -20,7 +20,7 @@ help:
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -c constraints.txt -e '.[test,bench,serve]'
+	$(PY) -m pip install -c constraints.txt -e '.[test,bench,serve,beam]'
 	touch $(STAMP)
 
 venv: $(STAMP)

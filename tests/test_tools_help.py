@@ -12,10 +12,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 # Flags each tool's help must mention (beyond its docstring).
 FLAGS = {
-    "facetriplet-build-tfrecords": ["--layout", "--on_no_face", "--val_fraction"],
+    "facetriplet-build-tfrecords": ["--layout", "--on_no_face", "--val_fraction", "--runner"],
     "facetriplet-train": ["--config", "--workdir"],
     "facetriplet-export": ["--workdir", "--export_dir"],
-    "facetriplet-build-index": ["--gallery", "--target_recall", "--add", "--remove", "--faces"],
+    "facetriplet-build-index": ["--gallery", "--target_recall", "--add", "--remove", "--faces",
+                                "--runner", "--embeddings_dir"],
     "facetriplet-retrieve": ["--submit_url", "exclude_self", "--groupname", "--min_score"],
     "facetriplet-evaluate": ["--leave_one_out", "--features"],
     "facetriplet-make-demo-data": ["--identities", "--photos"],

@@ -7,11 +7,17 @@ or adds photos to / removes items from an existing index without rebuilding it.
   facetriplet-build-index --index_dir=runs/index --add=new_photos/     # enrol: only new photos
   facetriplet-build-index --index_dir=runs/index --remove=gone.txt     # ids or paths, one a line
   facetriplet-build-index --index_dir=runs/index --rebuild             # retrain the partitions
+  facetriplet-build-index --model=runs/demo/export --gallery=data/gallery --index_dir=runs/index \
+      --runner=DirectRunner -- --direct_num_workers=2 --direct_running_mode=multi_processing
 
 The face crop is the one the model was trained with (the export's metadata). --faces=all (the
 default for a flat folder of photos) indexes every face of each photo with its box; identity
 folders and TFRecords index each photo's chosen face. The logic lives in
 `facetriplet.search.gallery.build_gallery_index` and `facetriplet.search.searcher.Searcher`.
+
+With --runner the gallery is cropped and embedded by an Apache Beam pipeline (RunInference; extra
+`beam`; Beam options after `--`) into embedding shards, and the index is built from them
+(`facetriplet.search.beam_index`): the same items and embeddings as without it.
 """
 
 import os
@@ -21,6 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from facetriplet import pipelines
 from facetriplet.data import faces, layouts
 from facetriplet.errors import UserError, run_tool
 from facetriplet.search import features, gallery
@@ -57,6 +64,18 @@ _REBUILD = flags.DEFINE_bool("rebuild", False, "Retrain the existing index's sea
                              "(after it grew or shrank a lot).")
 
 
+_RUNNER = flags.DEFINE_string(
+    "runner", None, "Crop and embed the gallery as an Apache Beam pipeline on this runner "
+    "(DirectRunner, PrismRunner, FlinkRunner, SparkRunner, DataflowRunner; needs the 'beam' "
+    "extra), then index its embedding shards; Beam pipeline options follow '--'.")
+_EMBEDDINGS_DIR = flags.DEFINE_string(
+    "embeddings_dir", None, "With --runner: keep the embedding shards in this folder (empty, or "
+    "one of an earlier run); default: a temporary folder beside --index_dir, removed after.")
+_TRAIN_SAMPLE = flags.DEFINE_integer(
+    "train_sample", 250_000, "With --runner: a gallery larger than this has its partitions "
+    "trained on a random sample of this many items, the rest added (ScaNN upsert).")
+
+
 def update(workers: int) -> None:
   """--add / --remove / --rebuild on an existing index, saved atomically once at the end."""
   if _GALLERY.value:
@@ -85,27 +104,40 @@ def update(workers: int) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if len(argv) > 1 and not _RUNNER.value:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (Beam pipeline options "
+                         "need --runner)")
   workers = _WORKERS.value or os.cpu_count() or 1
   if _ADD.value or _REMOVE.value or _REBUILD.value:
     if not _INDEX_DIR.value:
       raise UserError("--add/--remove/--rebuild need --index_dir=<existing index folder>")
+    if _RUNNER.value:
+      raise UserError("--runner builds a new index from --gallery; --add/--remove/--rebuild "
+                      "change an existing one in this process: leave --runner out")
     update(workers)
     return
   if not _GALLERY.value or not _INDEX_DIR.value:
     raise UserError("--gallery=<folder> and --index_dir=<output folder> are required")
   extractor = features.make_extractor(_FEATURES.value, _MODEL.value, source=_GALLERY.value)
   logging.info("build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "
-               "index_dir=%s batch_size=%d workers=%d target_recall=%s", _GALLERY.value,
+               "index_dir=%s batch_size=%d workers=%d target_recall=%s runner=%s "
+               "pipeline_args=%s embeddings_dir=%s train_sample=%d", _GALLERY.value,
                _LAYOUT.value, _FEATURES.value, _MODEL.value, extractor.fingerprint,
                extractor.crop_settings.to_dict(), _INDEX_DIR.value, _BATCH_SIZE.value, workers,
-               _TARGET_RECALL.value)
-  s = gallery.build_gallery_index(
-      extractor, _GALLERY.value, _INDEX_DIR.value, layout=_LAYOUT.value, splits=_SPLITS.value,
-      batch_size=_BATCH_SIZE.value, workers=workers, progress=_PROGRESS.value,
-      target_recall=_TARGET_RECALL.value, model_dir=_MODEL.value, faces_mode=_FACES.value,
-      min_face=_MIN_FACE.value)
+               _TARGET_RECALL.value, _RUNNER.value, argv[1:], _EMBEDDINGS_DIR.value,
+               _TRAIN_SAMPLE.value)
+  common = dict(layout=_LAYOUT.value, splits=_SPLITS.value, batch_size=_BATCH_SIZE.value,
+                target_recall=_TARGET_RECALL.value, model_dir=_MODEL.value,
+                faces_mode=_FACES.value, min_face=_MIN_FACE.value)
+  if _RUNNER.value:
+    pipelines.require_beam()
+    from facetriplet.search import beam_index  # pylint: disable=g-import-not-at-top
+    s = beam_index.build_gallery_index_beam(
+        extractor, _GALLERY.value, _INDEX_DIR.value, _RUNNER.value, argv[1:],
+        embeddings_dir=_EMBEDDINGS_DIR.value, train_sample=_TRAIN_SAMPLE.value, **common)
+  else:
+    s = gallery.build_gallery_index(extractor, _GALLERY.value, _INDEX_DIR.value, workers=workers,
+                                    progress=_PROGRESS.value, **common)
   print(f"index {s.index_dir}: {s.items} items, {len(s.skipped)} skipped, {len(s.no_face)} "
         f"without a detected face (fallback crop), dim {s.dim}, features {_FEATURES.value}\n"
         f"  ScaNN {s.scann}\n  {s.images_per_second:.1f} images/s, {s.seconds:.1f} s")

@@ -12,6 +12,12 @@ Aligned crops (MTCNN landmarks; the named LFW person is the centred face):
       --detector=mtcnn --pick=center
 
 A killed run resumes: re-run the same command and only missing shards are written.
+
+As an Apache Beam pipeline (extra `beam`; same shards and manifest, decoding spread over the
+runner's workers; Beam options after `--`):
+
+  facetriplet-build-tfrecords --input=../shared/data/lfw_2to4 --output=/tmp/lfw_beam \
+      --runner=DirectRunner -- --direct_num_workers=2 --direct_running_mode=multi_processing
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from facetriplet import pipelines
 from facetriplet.data import faces, ingest, layouts
 from facetriplet.errors import UserError, run_tool
 
@@ -77,11 +84,16 @@ _MAX_MEGAPIXELS = flags.DEFINE_float(
     "max_megapixels", faces.MAX_PIXELS / 1e6,
     "Photos larger than this (read from the header) are rejected as too-large, never decoded.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_RUNNER = flags.DEFINE_string(
+    "runner", None, "Run the decoding and shard writing as an Apache Beam pipeline on this runner "
+    "(DirectRunner, PrismRunner, FlinkRunner, SparkRunner, DataflowRunner; needs the 'beam' "
+    "extra); Beam pipeline options follow '--'. --workers and --progress do not apply.")
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if len(argv) > 1 and not _RUNNER.value:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (Beam pipeline options "
+                         "need --runner)")
   if not _INPUT.value:
     raise UserError("--input is required: the folder of photos")
   if not _OUTPUT.value:
@@ -92,15 +104,23 @@ def main(argv: Sequence[str]) -> None:
                             on_no_face=_ON_NO_FACE.value, pick=_PICK.value,
                             template=_TEMPLATE.value, align_margin=_ALIGN_MARGIN.value)
   logging.info("layout=%s input=%s output=%s crop=%s val_fraction=%s seed=%d num_shards=%d "
-               "workers=%d overwrite=%s max_megapixels=%s", _LAYOUT.value, _INPUT.value,
-               _OUTPUT.value, crop.to_dict(), _VAL_FRACTION.value, _SEED.value,
-               _NUM_SHARDS.value, _WORKERS.value, _OVERWRITE.value, _MAX_MEGAPIXELS.value)
-  summary = ingest.build_tfrecords(
-      _INPUT.value, _OUTPUT.value, layout=_LAYOUT.value, crop=crop,
-      val_fraction=_VAL_FRACTION.value, seed=_SEED.value, num_shards=_NUM_SHARDS.value,
-      workers=_WORKERS.value, overwrite=_OVERWRITE.value,
-      identity_file=_IDENTITY_FILE.value or None, partition_file=_PARTITION_FILE.value or None,
-      max_pixels=int(_MAX_MEGAPIXELS.value * 1e6), progress=_PROGRESS.value)
+               "workers=%d overwrite=%s max_megapixels=%s runner=%s pipeline_args=%s",
+               _LAYOUT.value, _INPUT.value, _OUTPUT.value, crop.to_dict(), _VAL_FRACTION.value,
+               _SEED.value, _NUM_SHARDS.value, _WORKERS.value, _OVERWRITE.value,
+               _MAX_MEGAPIXELS.value, _RUNNER.value, argv[1:])
+  common = dict(layout=_LAYOUT.value, crop=crop, val_fraction=_VAL_FRACTION.value,
+                seed=_SEED.value, num_shards=_NUM_SHARDS.value, overwrite=_OVERWRITE.value,
+                identity_file=_IDENTITY_FILE.value or None,
+                partition_file=_PARTITION_FILE.value or None,
+                max_pixels=int(_MAX_MEGAPIXELS.value * 1e6))
+  if _RUNNER.value:
+    pipelines.require_beam()
+    from facetriplet.data import beam_ingest  # pylint: disable=g-import-not-at-top
+    summary = beam_ingest.build_tfrecords_beam(_INPUT.value, _OUTPUT.value, _RUNNER.value,
+                                               argv[1:], **common)
+  else:
+    summary = ingest.build_tfrecords(_INPUT.value, _OUTPUT.value, workers=_WORKERS.value,
+                                     progress=_PROGRESS.value, **common)
   print(summary.format())
   if summary.written == 0:
     raise UserError(f"no image of {_INPUT.value} was written ({summary.rejected} rejected: "

@@ -68,42 +68,59 @@ def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False
     if parent:
       _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent handles Ctrl-C and stops the pool.
-    if crop.get("detector") == "mtcnn":  # One process per core: TensorFlow gets one thread.
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.threading.set_intra_op_parallelism_threads(1)
-      tf.config.threading.set_inter_op_parallelism_threads(1)
+    limit_threads(crop.get("detector", ""))
   cv2.setNumThreads(1)  # One process per core already; OpenCV's own threads would oversubscribe.
   _WORKER["cropper"] = faces.FaceCropper(faces.CropSettings.from_dict(crop))
   _WORKER["max_pixels"] = max_pixels
   _WORKER["large_gate"] = large_gate
 
 
+def limit_threads(detector: str) -> None:
+  """One thread for OpenCV and, with MTCNN, TensorFlow: for a worker process among one per core
+  (the pool's, or a Beam runner's SDK worker)."""
+  if detector == "mtcnn":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    try:
+      tf.config.threading.set_intra_op_parallelism_threads(1)
+      tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process: keep its threads
+      pass
+  cv2.setNumThreads(1)
+
+
 def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
-  """`_crop_batch` of the chunk, except that photos over `LARGE_PIXELS` are cropped alone, one at
-  a time across all workers (the shared gate), and never held for the batch."""
-  gate = _WORKER.get("large_gate")
-  if gate is None:
-    return _crop_batch(tasks)
+  """`crop_chunk` with this worker process's cropper, size limit and gate."""
+  return crop_chunk(_WORKER["cropper"], tasks, _WORKER["max_pixels"], _WORKER.get("large_gate"))
+
+
+def crop_chunk(cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]], max_pixels: int,
+               large_gate: Any = None) -> list[tuple]:
+  """`crop_tasks` of the chunk, except that with a `large_gate` (a lock or semaphore) photos over
+  `LARGE_PIXELS` are cropped alone, one at a time across everything sharing the gate, and never
+  held for the batch. The pool and the Beam pipeline (`beam_ingest`) both crop through it."""
+  if large_gate is None:
+    return crop_tasks(cropper, tasks, max_pixels)
   large = {i for i, (path, _) in enumerate(tasks) if faces.image_pixels(path) > LARGE_PIXELS}
   out = dict(zip([i for i in range(len(tasks)) if i not in large],
-                 _crop_batch([t for i, t in enumerate(tasks) if i not in large])))
+                 crop_tasks(cropper, [t for i, t in enumerate(tasks) if i not in large],
+                            max_pixels)))
   for i in sorted(large):
-    with gate:
-      out[i] = _crop_batch([tasks[i]])[0]
+    with large_gate:
+      out[i] = crop_tasks(cropper, [tasks[i]], max_pixels)[0]
   return [out[i] for i in range(len(tasks))]
 
 
-def _crop_batch(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
-  """Per task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box) when skipped |
-  ('error', reason, detail). The decodable photos go through the detector together (MTCNN runs
-  batched)."""
-  cropper = _WORKER["cropper"]
+def crop_tasks(cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]],
+               max_pixels: int) -> list[tuple]:
+  """Per (path, rel_path) task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box)
+  when skipped | ('error', reason, detail). The decodable photos go through the detector together
+  (MTCNN runs batched)."""
   out: list[tuple] = [()] * len(tasks)
   good: list[tuple[int, Any]] = []
   # One bad photo must never stop the job: anything unexpected becomes a rejection.
   for i, (path, _) in enumerate(tasks):
     try:
-      good.append((i, faces.load_rgb(path, max_pixels=_WORKER["max_pixels"])))
+      good.append((i, faces.load_rgb(path, max_pixels=max_pixels)))
     except ImageError as e:
       out[i] = ("error", e.reason, e.detail)
     except Exception as e:  # pylint: disable=broad-except
@@ -128,7 +145,15 @@ def _crop_batch(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
   return out
 
 
-def _chunks(tasks: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tuple[str, str]]]:
+def chunk_size(crop: faces.CropSettings) -> int:
+  """Photos per detector call: `faces.MTCNN_BATCH` for MTCNN, else 1. MTCNN pads a batch to its
+  largest photo, so its boxes depend on which photos share a call: every engine cuts the task
+  list into the same chunks (`chunks`) to write the same bytes."""
+  return faces.MTCNN_BATCH if crop.detector == "mtcnn" else 1
+
+
+def chunks(tasks: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+  """`tasks` cut in order into runs of `size` (the last may be shorter)."""
   for i in range(0, len(tasks), size):
     yield tasks[i:i + size]
 
@@ -136,27 +161,27 @@ def _chunks(tasks: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tu
 def crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pixels: int,
               workers: int) -> Iterator[tuple]:
   """Results of `_crop_chunk` for every task, in task order."""
-  batch = faces.MTCNN_BATCH if crop.detector == "mtcnn" else 1
+  batch = chunk_size(crop)
   if workers == 1:
     previous = cv2.getNumThreads()
     _init_worker(crop.to_dict(), max_pixels)
     try:
-      for chunk in _chunks(tasks, batch):
+      for chunk in chunks(tasks, batch):
         yield from _crop_chunk(chunk)
     finally:
       cv2.setNumThreads(previous)
     return
   # spawn: workers start clean (no TensorFlow threads inherited from the parent).
   context = multiprocessing.get_context("spawn")
-  chunks = list(_chunks(tasks, batch))
-  per_call = max(1, min(32 // batch, len(chunks) // (workers * 8)))
+  todo = list(chunks(tasks, batch))
+  per_call = max(1, min(32 // batch, len(todo) // (workers * 8)))
   gate = context.BoundedSemaphore(1)
   pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_init_worker,
                                                 initargs=(crop.to_dict(), max_pixels, True,
                                                           os.getpid(), gate))
   try:
-    for results in pool.map(_crop_chunk, chunks, chunksize=per_call):
+    for results in pool.map(_crop_chunk, todo, chunksize=per_call):
       yield from results
   finally:  # On Ctrl-C or an error, drop the queued photos instead of decoding them all first.
     pool.shutdown(wait=True, cancel_futures=True)

@@ -3,7 +3,8 @@
 Flow: list the images (`layouts`), plan labels / splits / shards from the list alone
 (`shard_plan`), decode + crop the photos of every shard not yet complete in a process pool
 (`faces`, one cascade per worker), write each shard atomically (`tfrecords.write_shard`) followed
-by a small per-shard result file, and finally the manifest.
+by a small per-shard result file, and finally the manifest. `plan_build` / `write_planned_shard` /
+`finish_build` are those steps; `beam_ingest` runs the middle one as an Apache Beam pipeline.
 
 Resume and safety: `plan.json`, written (atomically) before any shard, holds a fingerprint of the
 input file list (names, sizes, mtimes) and of every setting that changes the bytes, plus the shard
@@ -59,6 +60,7 @@ class IngestSummary:
   shards_skipped: int = 0
   workers: int = 1
   seconds: float = 0.0
+  engine: str = "local"  # or the Beam runner that decoded and wrote the shards
   splits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
   rejected_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -82,7 +84,8 @@ class IngestSummary:
         f"splits: {splits}",
         f"shards written {self.shards_written}, skipped (already complete) {self.shards_skipped}",
         f"time {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, "
-        f"{self.workers} worker(s); details in {os.path.join(self.output, tfrecords.MANIFEST)}",
+        + (f"{self.workers} worker(s)" if self.engine == "local" else f"Beam {self.engine}")
+        + f"; details in {os.path.join(self.output, tfrecords.MANIFEST)}",
     ])
 
 
@@ -116,6 +119,44 @@ def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
     UserError: missing or empty input, output folder from another run or with foreign files,
       bad settings.
   """
+  build = plan_build(input_dir, output_dir, layout, crop, val_fraction, seed, num_shards,
+                     overwrite, identity_file, partition_file, max_pixels)
+  workers = crop_workers.resolve_workers(workers, sum(len(s.items) for s in build.todo))
+  logging.info("%d workers", workers)
+  decoded = 0
+  if build.todo:
+    tasks = [(e.path, e.rel_path) for s in build.todo for e, _, _ in s.items]
+    results = crop_workers.crop_all(tasks, crop, max_pixels, workers)
+    with tqdm.tqdm(total=len(tasks), unit="img", desc="build tfrecords", disable=not progress,
+                   smoothing=0.1) as bar:
+      for shard in build.todo:
+        decoded += write_planned_shard(output_dir, shard, results, crop.detector, bar)
+  return finish_build(build, decoded, workers)
+
+
+@dataclasses.dataclass
+class PlannedBuild:
+  """What a build decided before decoding anything (`plan_build`): the listing, the shard plan,
+  the run's settings and fingerprint, and the shards still `todo` (the others are complete).
+  An engine (the process pool here, the Beam pipeline in `beam_ingest`) writes the `todo` shards
+  with `write_planned_shard`, then `finish_build` writes the manifest from every shard's result
+  file."""
+  output_dir: str
+  listing: layouts.ImageListing
+  plan: shard_plan.ShardPlan
+  settings: dict[str, Any]
+  fingerprint: str
+  todo: list[shard_plan.PlannedShard]
+  start: float
+
+
+def plan_build(input_dir: str, output_dir: str, layout: str = "folders",
+               crop: faces.CropSettings = faces.CropSettings(), val_fraction: float = 0.2,
+               seed: int = 0, num_shards: int = 0, overwrite: bool = False,
+               identity_file: str | None = None, partition_file: str | None = None,
+               max_pixels: int = faces.MAX_PIXELS) -> PlannedBuild:
+  """Lists the input, plans the shards and prepares `output_dir` (see `build_tfrecords` for the
+  arguments): refuses a foreign or other-run folder, records plan.json, finds what to write."""
   start = time.time()
   listing = layouts.scan_images(input_dir, layout, identity_file, partition_file)
   for line in layouts.describe(listing):
@@ -131,21 +172,20 @@ def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
   todo = [s for s in plan.shards if not (
       os.path.exists(os.path.join(output_dir, s.file))
       and os.path.exists(os.path.join(state, s.file + ".json")))]
-  workers = crop_workers.resolve_workers(workers, sum(len(s.items) for s in todo))
-  logging.info("%d images, %d shards planned, %d to write, %d workers", len(listing.entries),
-               len(plan.shards), len(todo), workers)
-  decoded = 0
-  if todo:
-    tasks = [(e.path, e.rel_path) for s in todo for e, _, _ in s.items]
-    results = crop_workers.crop_all(tasks, crop, max_pixels, workers)
-    with tqdm.tqdm(total=len(tasks), unit="img", desc="build tfrecords", disable=not progress,
-                   smoothing=0.1) as bar:
-      for shard in todo:
-        decoded += _write_shard(output_dir, shard, results, bar, crop.detector)
-  manifest = _manifest(plan, listing, settings, fingerprint, output_dir)
-  tfrecords.write_manifest(output_dir, manifest)
-  return _summary(manifest, output_dir, len(listing.entries), decoded, len(todo),
-                  len(plan.shards) - len(todo), workers, time.time() - start)
+  logging.info("%d images, %d shards planned, %d to write", len(listing.entries),
+               len(plan.shards), len(todo))
+  return PlannedBuild(output_dir, listing, plan, settings, fingerprint, todo, start)
+
+
+def finish_build(build: PlannedBuild, decoded: int, workers: int,
+                 engine: str = "local") -> IngestSummary:
+  """Writes the manifest (every shard must be complete) and returns the run's summary."""
+  manifest = _manifest(build.plan, build.listing, build.settings, build.fingerprint,
+                       build.output_dir)
+  tfrecords.write_manifest(build.output_dir, manifest)
+  return _summary(manifest, build.output_dir, len(build.listing.entries), decoded,
+                  len(build.todo), len(build.plan.shards) - len(build.todo), workers,
+                  time.time() - build.start, engine)
 
 
 def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
@@ -219,9 +259,11 @@ def _runs(labels: Iterable[int]) -> list[list[int]]:
   return runs
 
 
-def _write_shard(output_dir: str, shard: shard_plan.PlannedShard, results: Iterator[tuple],
-                 bar: tqdm.tqdm, detector: str) -> int:
-  """Consumes this shard's results, writes the shard then its result file. Returns decoded."""
+def write_planned_shard(output_dir: str, shard: shard_plan.PlannedShard,
+                        results: Iterator[tuple], detector: str,
+                        bar: tqdm.tqdm | None = None) -> int:
+  """Consumes this shard's crop results (`crop_workers.crop_tasks`'s tuples, one per item in
+  plan order), writes the shard then its result file. Returns how many photos were decoded."""
   records: list[bytes] = []
   labels: list[int] = []
   info: dict[str, Any] = {"file": shard.file, "split": shard.split, "no_face": [],
@@ -230,7 +272,8 @@ def _write_shard(output_dir: str, shard: shard_plan.PlannedShard, results: Itera
   decoded = 0
   for entry, label, identity in shard.items:
     result = next(results)
-    bar.update(1)
+    if bar is not None:
+      bar.update(1)
     if result[0] == "error":
       info["rejected"].append({"path": entry.rel_path, "reason": result[1], "detail": result[2]})
       continue
@@ -316,7 +359,7 @@ def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
 
 def _summary(manifest: dict[str, Any], output_dir: str, listed: int, decoded: int,
              shards_written: int, shards_skipped: int, workers: int,
-             seconds: float) -> IngestSummary:
+             seconds: float, engine: str = "local") -> IngestSummary:
   reasons: dict[str, int] = {}
   for r in manifest["rejected"]:
     reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
@@ -329,7 +372,7 @@ def _summary(manifest: dict[str, Any], output_dir: str, listed: int, decoded: in
       identities=sum(1 for c in manifest["identity_counts"].values() if c > 0),
       single_photo_identities=len(manifest["single_photo_identities"]),
       empty_identities=len(manifest["empty_identities"]), shards_written=shards_written,
-      shards_skipped=shards_skipped, workers=workers, seconds=seconds,
+      shards_skipped=shards_skipped, workers=workers, seconds=seconds, engine=engine,
       splits={k: {"images": v["images"], "identities": v["identities"],
                   "shards": len(v["shards"])} for k, v in manifest["splits"].items()},
       rejected_by_reason=reasons)

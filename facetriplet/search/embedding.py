@@ -58,6 +58,17 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     yield items[i:i + size]
 
 
+def crop_entry(cropper: faces.FaceCropper, entry: Any, faces_mode: str = "largest",
+               min_face: float = faces.MIN_FACE_FRACTION) -> Any:
+  """One photo loaded and cropped: its CropResult, the list of every face's with
+  faces_mode='all', or the ImageError that made it unusable."""
+  try:
+    rgb = faces.load_rgb(entry.path)
+    return cropper.crop_faces(rgb, min_face) if faces_mode == "all" else cropper.crop(rgb)
+  except ImageError as e:
+    return e
+
+
 def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: int = 4,
                faces_mode: str = "largest", min_face: float = faces.MIN_FACE_FRACTION,
                ) -> Iterator[list[tuple[Any, Any]]]:
@@ -75,11 +86,7 @@ def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: 
     cropper = getattr(local, "cropper", None)
     if cropper is None:
       cropper = local.cropper = faces.FaceCropper(settings)
-    try:
-      rgb = faces.load_rgb(entry.path)
-      return entry, (cropper.crop_faces(rgb, min_face) if faces_mode == "all" else cropper.crop(rgb))
-    except ImageError as e:
-      return entry, e
+    return entry, crop_entry(cropper, entry, faces_mode, min_face)
 
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
     pending: list[list[concurrent.futures.Future]] = []
@@ -97,16 +104,41 @@ def record_batches(shard_set: tfrecords.ShardSet, splits: Optional[Sequence[str]
   stored size differs."""
   root = shard_set.input_root
   for batch in shard_set.decoded_batches(splits, batch_size):
-    out = []
-    for rec, rgb in batch:
-      if rgb.shape[0] != size or rgb.shape[1] != size:
-        interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
-      entry = ImageEntry(os.path.join(root, rec["path"]), rec["path"], rec["identity"] or None,
-                         rec["split"])
-      out.append((entry, faces.CropResult(rgb, tuple(rec["box"]), rec["found"],
-                                          tuple(rec["landmarks"]), rec["method"] or "haar")))
-    yield out
+    yield [record_crop(root, rec, rgb, size) for rec, rgb in batch]
+
+
+def record_crop(root: str, rec: dict[str, Any], rgb: np.ndarray,
+                size: int) -> tuple[ImageEntry, faces.CropResult]:
+  """A record (`ShardSet.decoded_batches`' dict, with `split`) and its decoded crop as the
+  (ImageEntry, CropResult) of an embedded photo, the crop resized to `size` when it differs."""
+  if rgb.shape[0] != size or rgb.shape[1] != size:
+    interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR
+    rgb = cv2.resize(rgb, (size, size), interpolation=interp)
+  entry = ImageEntry(os.path.join(root, rec["path"]), rec["path"], rec["identity"] or None,
+                     rec["split"])
+  return entry, faces.CropResult(rgb, tuple(rec["box"]), rec["found"], tuple(rec["landmarks"]),
+                                 rec["method"] or "haar")
+
+
+def entry_rows(entry: Any, result: Any, on_no_face: str = "center", with_faces: bool = False,
+               ) -> Iterator[tuple[Any, Optional[np.ndarray], Optional[Problem]]]:
+  """What one photo's crop result (`crop_entry`, or a record's CropResult) becomes, in face order:
+  (kept row, its crop image, its problem or None) per face to embed, and (None, None, problem)
+  for a photo or face left out. The kept row is a `FaceEntry` with `with_faces`, else `entry`."""
+  if isinstance(result, ImageError):
+    yield None, None, Problem(entry.path, entry.rel_path, result.reason, result.detail)
+    return
+  for face, crop in enumerate(result if isinstance(result, list) else [result]):
+    problem = None
+    if not crop.found:
+      skip = on_no_face == "skip"
+      problem = Problem(entry.path, entry.rel_path, NO_FACE, kept=not skip)
+      if skip:
+        yield None, None, problem
+        continue
+    row = (FaceEntry(*tuple(entry)[:4], face, tuple(crop.box), tuple(crop.landmarks),
+                     bool(crop.found)) if with_faces else entry)
+    yield row, crop.image, problem
 
 
 def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
@@ -120,19 +152,12 @@ def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
     for batch in batches:
       images = []
       for entry, result in batch:
-        if isinstance(result, ImageError):
-          problems.append(Problem(entry.path, entry.rel_path, result.reason, result.detail))
-          continue
-        for face, crop in enumerate(result if isinstance(result, list) else [result]):
-          if not crop.found:
-            skip = on_no_face == "skip"
-            problems.append(Problem(entry.path, entry.rel_path, NO_FACE, kept=not skip))
-            if skip:
-              continue
-          images.append(crop.image)
-          kept.append(FaceEntry(*tuple(entry)[:4], face, tuple(crop.box),
-                                tuple(crop.landmarks), bool(crop.found))
-                      if with_faces else entry)
+        for row, image, problem in entry_rows(entry, result, on_no_face, with_faces):
+          if problem is not None:
+            problems.append(problem)
+          if row is not None:
+            images.append(image)
+            kept.append(row)
       if images:
         chunks.append(np.asarray(extractor.embed(np.stack(images)), dtype=np.float32))
       bar.update(len(batch))

@@ -126,18 +126,29 @@ def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "
   if not kept:
     raise UserError(f"no usable image in gallery {gallery} ({len(skipped)} skipped): check the "
                     "folder and --layout")
-  index = ScannIndex.build(embeddings, [item_of(e, faces_mode) for e in kept],
-                           extractor.fingerprint, target_recall=target_recall, **overrides)
-  info = {"features": getattr(extractor, "name", "embedding"),
-          "model": os.path.abspath(model_dir) if model_dir else None,
-          "fingerprint": extractor.fingerprint, "dim": int(extractor.dim),
-          "crop": extractor.crop_settings.to_dict(), "gallery": os.path.abspath(gallery),
-          "layout": layout, "faces": faces_mode, "min_face": min_face, "items": len(kept),
-          "photos": len({e.path for e in kept}), "skipped": [p.to_dict() for p in skipped],
-          "no_face": [p.rel_path for p in no_face]}
+  items = [item_of(e, faces_mode) for e in kept]
+  index = ScannIndex.build(embeddings, items, extractor.fingerprint, target_recall=target_recall,
+                           **overrides)
+  info = gallery_info(extractor, gallery, layout, faces_mode, min_face, model_dir, items,
+                      problems)
   index.save(index_dir, extra_json={GALLERY_FILE: info})
   return GallerySummary(index_dir, len(kept), skipped, no_face, int(extractor.dim), index.config,
                         time.time() - start)
+
+
+def gallery_info(extractor, gallery: str, layout: str, faces_mode: str, min_face: float,
+                 model_dir: Optional[str], items: Sequence[dict[str, Any]],
+                 problems: Sequence[Problem]) -> dict[str, Any]:
+  """The gallery.json of an index: features, model, crop, source, and the skipped / no-face
+  photos (`problems` in gallery order)."""
+  return {"features": getattr(extractor, "name", "embedding"),
+          "model": os.path.abspath(model_dir) if model_dir else None,
+          "fingerprint": extractor.fingerprint, "dim": int(extractor.dim),
+          "crop": extractor.crop_settings.to_dict(), "gallery": os.path.abspath(gallery),
+          "layout": layout, "faces": faces_mode, "min_face": min_face, "items": len(items),
+          "photos": len({item["path"] for item in items}),
+          "skipped": [p.to_dict() for p in problems if not p.kept],
+          "no_face": [p.rel_path for p in problems if p.reason == NO_FACE]}
 
 
 def read_gallery_info(index_dir: str) -> dict[str, Any]:
