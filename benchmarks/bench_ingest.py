@@ -1,5 +1,5 @@
-"""Ingestion speed: images/s of `facetriplet.data.ingest.build_tfrecords`, by detector and worker count,
-and of the same ingest as an Apache Beam pipeline (`beam_ingest.build_tfrecords_beam`).
+"""Ingestion speed: images/s of `facetriplet.data.ingest.build_tfrecords` by detector and worker
+count, and of the same ingest as an Apache Beam pipeline (`beam_ingest.build_tfrecords_beam`).
 
 Each configuration decodes, crops and writes the whole input folder into a fresh temporary output
 folder (nothing is resumed), timed around the library call: listing, planning, decoding + face
