@@ -120,3 +120,29 @@ def test_directory_links_loops_and_hidden_folders_are_listed_not_followed(tmp_pa
   flat = layouts.scan_images(str(root / "ann"), "flat")
   assert [e.rel_path for e in flat.entries] == ["0.jpg", "1.jpg"]
   assert dict(flat.ignored)["up/"] == "link-outside-input"  # outside the flat root `ann`
+
+
+def test_inputs_are_one_image_a_folder_or_a_list_and_anything_else_one_clear_error(tmp_path):
+  _touch(str(tmp_path / "photos" / "a.jpg"))
+  _touch(str(tmp_path / "photos" / "b b.png"))
+  one = layouts.list_inputs(str(tmp_path / "photos" / "a.jpg"))
+  assert [(e.path, e.rel_path) for e in one] == [(str(tmp_path / "photos" / "a.jpg"), "a.jpg")]
+  assert [e.rel_path for e in layouts.list_inputs(str(tmp_path / "photos"))] == ["a.jpg", "b b.png"]
+  listing = tmp_path / "queries.txt"
+  listing.write_text("# two queries\nphotos/a.jpg\n\nphotos/b b.png\n", encoding="utf-8")
+  assert [e.path for e in layouts.list_inputs(str(listing))] == [
+      str(tmp_path / "photos" / "a.jpg"), str(tmp_path / "photos" / "b b.png")]
+  blob = tmp_path / "photo.heic"  # not an image extension we read, and not text
+  blob.write_bytes(bytes(range(256)) * 4)
+  with pytest.raises(UserError) as err:
+    layouts.list_inputs(str(blob))
+  message = str(err.value)
+  assert "photo.heic" in message and "\n" not in message and "image" in message
+  with pytest.raises(UserError, match="does not exist"):
+    layouts.list_inputs(str(tmp_path / "nope"))
+  labels = tmp_path / "labels.txt"
+  labels.write_text("a b.jpg alice\n# comment\nc.jpg\n", encoding="utf-8")
+  with pytest.raises(UserError, match=r"labels.txt:3: expected '<file> <identity>'"):
+    layouts.read_labels(str(labels))
+  labels.write_text("a b.jpg alice\n", encoding="utf-8")
+  assert layouts.read_labels(str(labels)) == {"a b.jpg": "alice"}  # spaces in file names

@@ -317,3 +317,21 @@ def test_gallery_files_as_queries_never_retrieve_themselves(setup):
   plain = retrieval.retrieve(setup["extractor"], index, entries, k=10, progress=False,
                              exclude_self=False)
   assert all(q.neighbors[0]["path"] == q.entry.path for q in plain.queries)
+
+
+def test_retrieve_tool_takes_one_image_and_min_score(setup, tmp_path):
+  """--queries=<one photo> answers that photo; --min_score above every similarity leaves its list
+  empty (no match) yet the query stays in the submission; a binary non-image file is one line."""
+  photo = os.path.join(setup["queries"], sorted(n for n in os.listdir(setup["queries"])
+                                                if n.startswith("q_"))[0])
+  proc = _retrieve_tool(setup, tmp_path, f"--queries={photo}", "--min_score=1.01")
+  assert proc.returncode == 0, proc.stderr
+  with open(os.path.join(tmp_path, "submission.json"), encoding="utf-8") as f:
+    assert json.load(f)["images"] == {os.path.basename(photo): []}
+  blob = os.path.join(tmp_path, "queries.bin")
+  with open(blob, "wb") as f:
+    f.write(bytes(range(256)) * 8)
+  bad = _retrieve_tool(setup, tmp_path, f"--queries={blob}")
+  last = bad.stderr.strip().splitlines()[-1]  # (TensorFlow may log a CUDA line before it)
+  assert bad.returncode == 2 and ": error: " in last and "Traceback" not in bad.stderr
+  assert "queries.bin" in last and "image" in last
