@@ -25,6 +25,17 @@ batch into R contiguous chunks of P*K records, each made of P whole identity gro
 triplet mining of every replica sees complete groups. Every parallel stage keeps
 `deterministic=True`, so a seed fixes the whole order.
 
+Several machines (`MultiWorkerMirroredStrategy`): the dataset carries
+`AutoShardPolicy.DATA`. Every worker runs this same seeded pipeline, so it produces the same
+global batches; tf.distribute splits each into its R contiguous P*K chunks and hands each worker
+the chunks of its own replicas. A step on N machines thus trains on exactly the batch one machine
+with R replicas would, no identity appears twice in a step, and the P*K layout of each replica
+holds. (The default, AUTO, would shard by file: each worker would form groups from its own shards
+only, and with fewer shards than workers the run fails.) The price: every worker reads and
+decodes every global batch and keeps its 1/N share, i.e. as much input work per machine as one
+machine training the same global batch. OFF with a seed per worker would save that work but
+give every worker different batches, tied to the number of workers.
+
 Evaluation (`eval_dataset`): every record once, in shard and record order, with label and path.
 """
 
@@ -172,6 +183,8 @@ def train_dataset(tfrecord_dir: str, split: str, p: int, k: int, num_replicas: i
   out = images.batch(groups_per_batch * k, drop_remainder=True).prefetch(AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
+  # Several workers: identical global batches, each worker keeps its replicas' chunks (above).
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   return out.with_options(options)
 
 

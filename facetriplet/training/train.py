@@ -28,6 +28,12 @@ end, peak lr times `finetune.lr_multiplier`). Each stage has its own backup fold
 in either stage resumes where it was. The head is never part of `checkpoints/*.keras` nor of the
 export: those hold the embedding model only.
 
+Several machines: under `MultiWorkerMirroredStrategy` (TF_CONFIG naming several tasks) every
+worker runs this same function with the same workdir; only the chief writes it, the others write
+the same files into a temporary folder removed at the end, and every worker restores the chief's
+backup (see `multi_worker`; the input pipeline gives every step the same global batch as one
+machine would, see `input_pipeline`).
+
 Warm start: `train.init_from` (a training workdir, a `.keras` checkpoint or an export folder)
 copies that model's embedding weights into the new model before the first step (same backbone,
 width, image size and embedding size), to fine-tune a trained model on a user's own people.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Optional, Sequence
 
 import keras
@@ -46,7 +53,7 @@ from absl import logging
 from facetriplet import atomic
 from facetriplet.data import input_pipeline, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.training import losses, margin_softmax, optim, projector, warm_start
+from facetriplet.training import losses, margin_softmax, multi_worker, optim, projector, warm_start
 from facetriplet.training import model as model_lib
 from facetriplet.training.checkpoints import Checkpoints
 from facetriplet.training.train_eval import RetrievalEvaluation
@@ -58,7 +65,28 @@ class _Backup(keras.callbacks.BackupAndRestore):
 
   Keras 3.15 tracks the epoch only in `on_epoch_end`, so a `save_freq=<steps>` backup written in
   the first epoch of a resumed run would claim epoch 0.
+
+  Multi-worker: a non-chief worker restores from `restore_from` (the chief's backup) and writes
+  its own saves into `backup_dir` (its temporary folder); at the start all workers check that they
+  restored the same epoch.
   """
+
+  def __init__(self, backup_dir: str, restore_from: Optional[str] = None, **kwargs):
+    super().__init__(backup_dir, **kwargs)
+    if restore_from:
+      for name in ("_weights_path", "_training_metadata_path"):
+        setattr(self, name, os.path.join(restore_from, os.path.basename(getattr(self, name))))
+      self._prev_weights_path = f"{self._weights_path}.bkp"
+      self._prev_training_metadata_path = f"{self._training_metadata_path}.bkp"
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    restored = self.model._initial_epoch  # pylint: disable=protected-access
+    multi_worker.check_agree(
+        self.model.distribute_strategy, -1 if restored is None else restored,
+        f"the epoch restored from {self._training_metadata_path} (-1: none)",
+        "the workdir must be on storage every worker sees (every worker restores the chief's "
+        "backup)")
 
   def on_epoch_begin(self, epoch, logs=None):
     self._current_epoch = epoch
@@ -100,16 +128,16 @@ _STRATEGIES: dict = {}
 
 
 def make_strategy(train_config: Any) -> tf.distribute.Strategy:
-  """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else MirroredStrategy
-  over all local GPUs, else over `train_config.cpu_replicas` logical CPUs (the default strategy
-  for one CPU).
+  """MultiWorkerMirroredStrategy when TF_CONFIG names several tasks (chief and workers; Keras
+  patched for it by `multi_worker.patch_keras`), else MirroredStrategy over all local GPUs, else
+  over `train_config.cpu_replicas` logical CPUs (the default strategy for one CPU).
 
   One strategy per kind is kept for the life of the process: a second MirroredStrategy over the
   same CPUs reuses the first one's collective keys, and its all-reduces then abort with "Shape
   mismatch in the collective instance" (seen when a run resumes in the same process).
   """
-  cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
-  if len(cluster.get("worker", [])) > 1:
+  if multi_worker.configured():
+    multi_worker.patch_keras()
     key = ("multi_worker",)
     factory = tf.distribute.MultiWorkerMirroredStrategy
   elif tf.config.list_physical_devices("GPU"):
@@ -177,11 +205,30 @@ def train_and_evaluate(config: Any, workdir: str,
                             int(config.data.min_photos))
   _check_loss(config)
   phases = optim.phases(config)
+  strategy = make_strategy(config.train)
   run_dir = Workdir(workdir)
-  run_dir.start(config.to_dict(), shard_set.manifest)
+  if multi_worker.is_chief(strategy):
+    return _train(config, shard_set, phases, strategy, run_dir, run_dir, extra_callbacks)
+  # Another worker of a multi-worker run: the same work, its files in a folder of its own.
+  task_type, task_id = multi_worker.task(strategy)
+  out = run_dir.worker_temp(task_id)
+  logging.info("%s %d of a multi-worker run: the chief writes %s, this worker %s (removed at "
+               "the end)", task_type, task_id, run_dir.path, out.path)
+  shutil.rmtree(out.path, ignore_errors=True)  # left by a killed run
+  try:
+    return _train(config, shard_set, phases, strategy, run_dir, out, extra_callbacks)
+  finally:
+    shutil.rmtree(out.path, ignore_errors=True)
 
+
+def _train(config: Any, shard_set: tfrecords.ShardSet, phases: Sequence[optim.Phase],
+           strategy: tf.distribute.Strategy, run_dir: Workdir, out: Workdir,
+           extra_callbacks: Optional[Sequence[keras.callbacks.Callback]]) -> dict:
+  """`train_and_evaluate` on this process: `run_dir` is the run's workdir, `out` the one this
+  process writes (`run_dir` itself, or a non-chief worker's temporary folder)."""
+  data_dir = config.data.tfrecord_dir
+  out.start(config.to_dict(), shard_set.manifest)
   train = config.train
-  strategy = make_strategy(train)
   replicas = strategy.num_replicas_in_sync
   p, k = int(train.p), int(train.k)
   global_batch = replicas * p * k
@@ -216,16 +263,17 @@ def train_and_evaluate(config: Any, workdir: str,
     if config.loss.kind in margin_softmax.KINDS:
       head = margin_softmax.CosineClassifier(len(classes), name="class_head")
       head_model = keras.Model(model.inputs, head(model.outputs[0]), name="train_with_head")
-  evaluation = RetrievalEvaluation(run_dir, val, int(train.get("eval_every_epochs", 1) or 1),
+  evaluation = RetrievalEvaluation(out, val, int(train.get("eval_every_epochs", 1) or 1),
                                    steps, crop=shard_set.crop, embedding_model=model,
-                                   flip=bool(config.model.get("test_time_flip", False)))
-  checkpoints = Checkpoints(run_dir, evaluation)
-  tensorboard = keras.callbacks.TensorBoard(run_dir.logs_dir, write_graph=False, profile_batch=0)
+                                   flip=bool(config.model.get("test_time_flip", False)),
+                                   local=multi_worker.in_multi_worker_mode(strategy))
+  checkpoints = Checkpoints(out, evaluation)
+  tensorboard = keras.callbacks.TensorBoard(out.logs_dir, write_graph=False, profile_batch=0)
   save_freq = int(train.checkpoint_every_steps) or "epoch"
   fitted = model
   for phase in phases:
-    backup = _Backup(run_dir.backup_dir(phase.backup), save_freq=save_freq,
-                     delete_checkpoint=False)
+    backup = _Backup(out.backup_dir(phase.backup), save_freq=save_freq, delete_checkpoint=False,
+                     restore_from=None if out is run_dir else run_dir.backup_dir(phase.backup))
     fitted = head_model if phase.loss.kind in margin_softmax.KINDS else model
     with strategy.scope():
       model_lib.set_backbone_trainable(model, phase.trainable)
@@ -248,10 +296,11 @@ def train_and_evaluate(config: Any, workdir: str,
                callbacks=[evaluation, checkpoints, backup, tensorboard,
                           *(extra_callbacks or [])],
                verbose=int(train.get("verbose", 2)))
-  projector.write_for_run(config, run_dir, model)  # logs/projector: val embeddings of best.keras
-  records = run_dir.read_metrics()
+  if out is run_dir:  # logs/projector: val embeddings of best.keras (the chief's only)
+    projector.write_for_run(config, run_dir, model)
+  records = out.read_metrics()
   final = dict(records[-1]) if records else {}
   final.update(checkpoints.best_summary())
-  final.update({"steps": int(fitted.optimizer.iterations.numpy()), "workdir": workdir})
+  final.update({"steps": int(fitted.optimizer.iterations.numpy()), "workdir": run_dir.path})
   logging.info("done: %s", json.dumps(final, sort_keys=True, default=str))
   return final

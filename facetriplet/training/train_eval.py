@@ -93,12 +93,18 @@ class RetrievalEvaluation(keras.callbacks.Callback):
       embedding model under a training-only classifier head); default: the fitted model.
     flip: the primary metrics embed each image and its mirror and average (test-time flip, as
       the export will); the other variant is recorded too, under `noflip/` or `flip/`.
+    local: embed by calling the model on this process's CPU/GPU instead of `model.predict`
+      (multi-worker training, where `predict` is a collective that shards the val split across
+      the workers; see `multi_worker`).
   """
 
   def __init__(self, workdir: str, val_dataset: tf.data.Dataset, every: int = 1,
                steps_per_epoch: int = 1, crop: Optional[Mapping[str, Any]] = None,
-               embedding_model: Optional[keras.Model] = None, flip: bool = False):
+               embedding_model: Optional[keras.Model] = None, flip: bool = False,
+               local: bool = False):
     super().__init__()
+    self.local = bool(local)
+    self._local_call = None
     self.embedding_model = embedding_model
     self.flip = bool(flip)
     self.workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
@@ -123,14 +129,21 @@ class RetrievalEvaluation(keras.callbacks.Callback):
   def scored_model(self) -> keras.Model:
     return self.embedding_model if self.embedding_model is not None else self.model
 
+  def _embed(self, images: tf.data.Dataset) -> np.ndarray:
+    model = self.scored_model
+    if not self.local:
+      return np.asarray(model.predict(images, verbose=0), np.float32)
+    if self._local_call is None or self._local_call[0] is not model:
+      self._local_call = (model, tf.function(lambda x: model(x, training=False),
+                                             reduce_retracing=True))
+    return np.concatenate([np.asarray(self._local_call[1](b), np.float32) for b in images])
+
   def evaluate(self) -> dict:
     """Val retrieval metrics of the model as it is now (inference mode), with and without the
     test-time flip (`flip` picks which is primary)."""
     start = time.time()
-    model = self.scored_model
-    plain = np.asarray(model.predict(self._images(), verbose=0), np.float32)
-    mirrored = np.asarray(model.predict(self._images().map(lambda x: tf.reverse(x, axis=[2])),
-                                        verbose=0), np.float32)
+    plain = self._embed(self._images())
+    mirrored = self._embed(self._images().map(lambda x: tf.reverse(x, axis=[2])))
     both = plain + mirrored
     both /= np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
     main, other, prefix = (both, plain, "noflip") if self.flip else (plain, both, "flip")

@@ -11,6 +11,8 @@
   backup/<phase>/        keras.callbacks.BackupAndRestore state (weights + epoch)
   logs/                  TensorBoard: train/ (Keras), retrieval/ (val metrics), projector/ (val
                          embeddings of best.keras with face thumbnails, written at the end)
+  workertemp_<id>/       multi-worker training: a non-chief worker's copy of the files above,
+                         removed when its run ends (`training.multi_worker`)
 
 `Workdir` is the only code that spells these names; training, its callbacks, warm start and
 export ask it for paths. `load_checkpoint` loads a `.keras` file with facetriplet's layers.
@@ -83,6 +85,11 @@ class Workdir:
   def projector_dir(self) -> str:
     """logs/projector: the TensorBoard embedding projector view (`training.projector`)."""
     return os.path.join(self.logs_dir, "projector")
+
+  def worker_temp(self, task_id: int) -> "Workdir":
+    """<path>/workertemp_<task_id>: where a non-chief worker of a multi-worker run writes
+    (TensorFlow's convention); the run removes it at its end."""
+    return Workdir(os.path.join(self.path, f"workertemp_{int(task_id)}"))
 
   def calibration_path(self, which: str) -> str:
     """checkpoints/<which>.calibration.json: verification thresholds of <which>.keras."""
