@@ -164,3 +164,22 @@ def test_tool_runner(setup):
   proc = _tool(f"--index_dir={beam_dir}", "--rebuild", "--runner=DirectRunner")
   lines = [l for l in proc.stderr.splitlines() if not ABSL_LOG.match(l)]
   assert proc.returncode == 2 and len(lines) == 1 and "leave --runner out" in lines[0]
+
+
+@pytest.mark.slow
+def test_lfw_gallery_same_index_and_answers(setup, lfw_2to4, tmp_path):
+  """Real photos: 12 LFW people as an identity-folder gallery, embedded by the local path and by
+  the Beam DirectRunner pipeline, give the same items, embeddings and top-k answers."""
+  people = sorted(n for n in os.listdir(lfw_2to4) if os.path.isdir(os.path.join(lfw_2to4, n)))
+  root = tmp_path / "lfw"
+  for name in people[:12]:
+    os.makedirs(root / name)
+    for f in sorted(os.listdir(os.path.join(lfw_2to4, name))):
+      os.symlink(os.path.join(lfw_2to4, name, f), root / name / f)
+  local_dir = _local(setup, str(root), "local_lfw")
+  beam_dir = str(tmp_path / "beam_lfw")
+  s = beam_index.build_gallery_index_beam(setup["extractor"], str(root), beam_dir,
+                                          "DirectRunner", model_dir=setup["export"],
+                                          shard_rows=8)
+  assert s.items >= 24 and not s.skipped
+  assert_same_index(setup, local_dir, beam_dir, k=10)
