@@ -39,7 +39,6 @@ import tempfile
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-from absl import logging
 import apache_beam as beam
 from apache_beam.ml.inference import base as inference
 import numpy as np
@@ -176,11 +175,7 @@ def _tasks(extractor, gallery_dir: str, layout: str, splits: Optional[Sequence[s
   """(tasks, embedding shard count, on_no_face): one task per TFRecord shard (its own embedding
   shard) or per photo (`shard_rows` photos per embedding shard), in gallery order."""
   if tfrecords.is_shard_folder(gallery_dir):
-    shard_set = tfrecords.ShardSet.open(gallery_dir)
-    splits = list(splits or shard_set.split_names)
-    if shard_set.crop and dict(shard_set.crop) != extractor.crop_settings.to_dict():
-      logging.warning("the records were cropped with %s, the model expects %s", shard_set.crop,
-                      extractor.crop_settings.to_dict())
+    shard_set, splits = gallery.open_records(gallery_dir, extractor, splits)
     files = [(split, path) for split in splits for path in shard_set.shards(split)]
     tasks = [{"kind": "records", "shard": k, "path": os.path.abspath(path), "split": split,
               "root": shard_set.input_root, "stored": shard_set.crop_size}

@@ -48,6 +48,17 @@ def resolve_faces(faces_mode: str, gallery: str, layout: str = "auto") -> str:
   return "largest"
 
 
+def open_records(gallery: str, extractor, splits: Optional[Sequence[str]] = None,
+                 ) -> tuple[tfrecords.ShardSet, list[str]]:
+  """A TFRecord gallery and the splits to embed (default all), warning when its crops were made
+  with other settings than the extractor's."""
+  shard_set = tfrecords.ShardSet.open(gallery)
+  if shard_set.crop and dict(shard_set.crop) != extractor.crop_settings.to_dict():
+    logging.warning("the records were cropped with %s, the model expects %s", shard_set.crop,
+                    extractor.crop_settings.to_dict())
+  return shard_set, list(splits or shard_set.split_names)
+
+
 def embed_gallery(extractor, gallery: str, layout: str = "auto",
                   splits: Optional[Sequence[str]] = None, batch_size: int = 64, workers: int = 4,
                   progress: bool = True, faces_mode: str = "largest",
@@ -58,11 +69,7 @@ def embed_gallery(extractor, gallery: str, layout: str = "auto",
     raise UserError(f"gallery {gallery} does not exist: pass a folder of images or a TFRecord "
                     "folder written by facetriplet-build-tfrecords")
   if tfrecords.is_shard_folder(gallery):
-    shard_set = tfrecords.ShardSet.open(gallery)
-    splits = list(splits or shard_set.split_names)
-    if shard_set.crop and dict(shard_set.crop) != extractor.crop_settings.to_dict():
-      logging.warning("the records were cropped with %s, the model expects %s", shard_set.crop,
-                      extractor.crop_settings.to_dict())
+    shard_set, splits = open_records(gallery, extractor, splits)
     batches = embedding.record_batches(shard_set, splits, extractor.crop_settings.size,
                                        batch_size)
     return embedding.embed_crops(extractor, batches, shard_set.count(splits), "center", progress,

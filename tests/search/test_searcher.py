@@ -186,6 +186,7 @@ def test_readme_notebook_example_runs(setup, tmp_path, monkeypatch, capsys):
   assert len(lines) == 5 and lines[0].startswith("1 ")
 
 
+@pytest.mark.slow
 def test_search_tool_table_and_json(setup):
   query = _photos(setup["queries"])[0]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -205,6 +206,7 @@ def test_search_tool_table_and_json(setup):
   assert usage.returncode == 2 and usage.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_build_index_tool_adds_removes_and_rebuilds(setup, tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   index_dir = str(tmp_path / "index")
