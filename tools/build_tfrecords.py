@@ -30,7 +30,7 @@ from absl import flags
 from absl import logging
 
 from facetriplet import pipelines
-from facetriplet.data import faces, ingest, layouts
+from facetriplet.data import detectors, faces, ingest, layouts
 from facetriplet.errors import UserError, run_tool
 
 _LAYOUT = flags.DEFINE_enum(
@@ -43,21 +43,19 @@ _INPUT = flags.DEFINE_string("input", None, "Input folder of photos.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Output folder for the shards and manifest.json: empty or new, or the folder "
     "of an earlier run with the same inputs and settings (it is resumed).")
-_DETECTOR = flags.DEFINE_enum(
-    "detector", "mtcnn", list(faces.DETECTORS),
-    "'mtcnn' = MTCNN face box + five landmarks, crop aligned onto --template (Haar, then the "
-    "centred square when MTCNN finds no face); 'haar' = OpenCV frontal-face Haar cascade, box "
-    "crop; 'none' = centred square of the whole image (for sets already cropped to the face).")
+_DETECTOR = flags.DEFINE_enum("detector", detectors.DEFAULT, list(detectors.NAMES),
+                              detectors.help_text() + ".")
 _PICK = flags.DEFINE_enum(
     "pick", "largest", list(faces.PICKS),
     "Which face of a photo with several: 'largest', or 'center' (nearest the photo's centre "
     "among faces at least 1/4 the largest's area; for centred sets such as LFW).")
 _MARGIN = flags.DEFINE_float(
-    "margin", 0.2, "haar: fraction of the detected face box added on every side before squaring.")
+    "margin", 0.2, "Detectors with boxes only (haar): fraction of the detected face box added on every side before squaring.")
 _TEMPLATE = flags.DEFINE_enum(
-    "template", "arcface112", list(faces.TEMPLATES), "mtcnn: five-point alignment template.")
+    "template", "arcface112", list(faces.TEMPLATES),
+    "Detectors with landmarks: five-point alignment template.")
 _ALIGN_MARGIN = flags.DEFINE_float(
-    "align_margin", 0.0, "mtcnn: zoom-out of the aligned crop (0 = the template as is, 0.1 = "
+    "align_margin", 0.0, "Detectors with landmarks: zoom-out of the aligned crop (0 = the template as is, 0.1 = "
     "face shrunk by 1/1.2 around the centre).")
 _SIZE = flags.DEFINE_integer("size", 128, "Side in pixels of the stored square face crop.")
 _ON_NO_FACE = flags.DEFINE_enum(

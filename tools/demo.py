@@ -44,7 +44,7 @@ from absl import flags
 
 from facetriplet import atomic, metrics
 from facetriplet.data import heldout as heldout_lib
-from facetriplet.data import layouts, tfrecords
+from facetriplet.data import detectors, layouts, tfrecords
 from facetriplet.errors import UserError, run_tool
 from facetriplet.training import plan
 
@@ -194,7 +194,7 @@ def _settings(args: Any) -> dict[str, Any]:
       raise UserError(f"--data={args.data} is not a folder: pass a folder with one sub-folder of "
                       "photos per identity")
     s = plan.plan_for_data(_count_photos(data), 2 if args.quick else None)
-    s.update(data=data, detector=args.detector or "mtcnn",
+    s.update(data=data, detector=args.detector or detectors.DEFAULT,
              config=s["config"] + (":smoke" if args.quick else ""))
   else:
     s = dict(QUICK if args.quick else GENERATED)
@@ -290,8 +290,9 @@ _EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs (default: 25 for
                                "from the data size for --data).")
 _IDENTITIES = flags.DEFINE_integer("identities", None, "Generated identities (default 60).")
 _PHOTOS = flags.DEFINE_integer("photos", None, "Generated photos per identity (default 12).")
-_DETECTOR = flags.DEFINE_enum("detector", None, ["mtcnn", "haar", "none"], "Face detector "
-                              "(default: mtcnn for --data, none for drawn faces).")
+_DETECTOR = flags.DEFINE_enum("detector", None, list(detectors.NAMES), "Face detector (default: "
+                              f"{detectors.DEFAULT} for --data, none for drawn faces): "
+                              + detectors.help_text() + ".")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of data, split and training.")
 
 

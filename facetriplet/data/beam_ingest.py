@@ -11,7 +11,7 @@ writes the photos of the shards still to do as chunks, one JSON line each, to
   plan order (`ingest.write_planned_shard`: `tfrecords.write_shard`, atomic, plus its result file)
 
 and the driver writes the manifest from the result files (`ingest.finish_build`). Chunks are the
-local path's (`crop_workers.chunks`: MTCNN_BATCH photos for MTCNN, whose boxes depend on which
+local path's (`crop_workers.chunks`: the detector's batch_size photos; MTCNN boxes depend on which
 photos share a call, else one), and photos over `crop_workers.LARGE_PIXELS` are cropped alone as
 the local pool does, so a Beam run writes byte-identical shards and the same manifest as a local
 run of the same input and settings, and either resumes the other's folder. A bundle the runner
@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import apache_beam as beam
 
 from facetriplet import pipelines
-from facetriplet.data import crop_workers, faces, ingest, layouts, shard_plan
+from facetriplet.data import crop_workers, detectors, faces, ingest, layouts, shard_plan
 
 TASKS_FILE = "tasks.jsonl"
 # One large photo at a time per worker process (the local pool's gate spans all its workers).
@@ -62,13 +62,12 @@ def build_tfrecords_beam(input_dir: str, output_dir: str, runner: str,
   if build.todo:
     tasks = os.path.join(output_dir, ingest.STATE_DIR, TASKS_FILE)
     count = pipelines.write_tasks(tasks, task_chunks(build.todo, crop))
-    detector = crop.detector
 
     def pipeline(p):
       _ = (pipelines.read_tasks(p, tasks)
            | "Crop" >> beam.ParDo(CropChunkFn(crop.to_dict(), max_pixels))
            | "ByShard" >> beam.GroupByKey()
-           | "WriteShard" >> beam.ParDo(WriteShardFn(os.path.abspath(output_dir), detector)))
+           | "WriteShard" >> beam.ParDo(WriteShardFn(os.path.abspath(output_dir))))
 
     pipelines.run(pipeline, runner, pipeline_args)
     os.remove(tasks)
@@ -104,7 +103,7 @@ class CropChunkFn(beam.DoFn):
 
   def setup(self):
     if os.getpid() != self._driver:  # an SDK worker process, one of several: as the pool's
-      crop_workers.limit_threads(self._crop["detector"])
+      detectors.limit_threads(self._crop["detector"])
     self._cropper = faces.FaceCropper(faces.CropSettings.from_dict(self._crop))
     self._gate = _LARGE_GATE
 
@@ -118,10 +117,9 @@ class CropChunkFn(beam.DoFn):
 class WriteShardFn(beam.DoFn):
   """Writes one planned shard from its grouped (task, result) pairs, in plan order."""
 
-  def __init__(self, output_dir: str, detector: str):
+  def __init__(self, output_dir: str):
     super().__init__()
     self._output_dir = output_dir
-    self._detector = detector
 
   def process(self, element):
     file, values = element
@@ -131,8 +129,7 @@ class WriteShardFn(beam.DoFn):
       raise RuntimeError(f"{file}: got positions {[v[0][2] for v in values][:10]}... of {size}")
     items = tuple((layouts.ImageEntry(t[4], t[5], t[6], t[7]), t[8], t[9]) for t, _ in values)
     shard = shard_plan.PlannedShard(split, file, items)
-    decoded = ingest.write_planned_shard(self._output_dir, shard, iter(r for _, r in values),
-                                         self._detector)
+    decoded = ingest.write_planned_shard(self._output_dir, shard, iter(r for _, r in values))
     yield file, decoded
 
 

@@ -2,8 +2,8 @@
 
 `crop_all` crops every (path, rel_path) task with `faces.FaceCropper`, in task order: in this
 process for one worker, else in a pool of spawned processes (each with its own cropper, one thread
-each, dying with the parent). MTCNN photos go through the detector in batches of
-`faces.MTCNN_BATCH`; photos over `LARGE_PIXELS` are decoded one at a time across all workers.
+each, dying with the parent). Photos go through the detector in batches of its `batch_size`;
+photos over `LARGE_PIXELS` are decoded one at a time across all workers.
 Results per task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box) | ('error',
 reason, detail): one bad photo never stops the job.
 """
@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import cv2
 
-from facetriplet.data import faces
+from facetriplet.data import detectors, faces
 from facetriplet.errors import ImageError, UserError
 
 
@@ -68,24 +68,11 @@ def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False
     if parent:
       _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent handles Ctrl-C and stops the pool.
-    limit_threads(crop.get("detector", ""))
+    detectors.limit_threads(crop["detector"])
   cv2.setNumThreads(1)  # One process per core already; OpenCV's own threads would oversubscribe.
   _WORKER["cropper"] = faces.FaceCropper(faces.CropSettings.from_dict(crop))
   _WORKER["max_pixels"] = max_pixels
   _WORKER["large_gate"] = large_gate
-
-
-def limit_threads(detector: str) -> None:
-  """One thread for OpenCV and, with MTCNN, TensorFlow: for a worker process among one per core
-  (the pool's, or a Beam runner's SDK worker)."""
-  if detector == "mtcnn":
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    try:
-      tf.config.threading.set_intra_op_parallelism_threads(1)
-      tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # TensorFlow already ran in this process: keep its threads
-      pass
-  cv2.setNumThreads(1)
 
 
 def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
@@ -146,10 +133,10 @@ def crop_tasks(cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]],
 
 
 def chunk_size(crop: faces.CropSettings) -> int:
-  """Photos per detector call: `faces.MTCNN_BATCH` for MTCNN, else 1. MTCNN pads a batch to its
-  largest photo, so its boxes depend on which photos share a call: every engine cuts the task
-  list into the same chunks (`chunks`) to write the same bytes."""
-  return faces.MTCNN_BATCH if crop.detector == "mtcnn" else 1
+  """Photos per detector call: the detector's `batch_size`. MTCNN pads a batch to its largest
+  photo, so its boxes depend on which photos share a call: every engine cuts the task list into
+  the same chunks (`chunks`) to write the same bytes."""
+  return detectors.detector_class(crop.detector).batch_size
 
 
 def chunks(tasks: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

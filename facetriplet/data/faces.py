@@ -3,48 +3,43 @@
 Photos are decoded by `facetriplet.data.images.load_rgb` (re-exported here with `load_rgb`,
 `image_pixels`, `encode_jpeg` and `MAX_PIXELS`).
 
-`FaceCropper` finds one face per photo and cuts a `size` x `size` crop of it. Detectors:
+`FaceCropper` asks the detector named by the settings (`facetriplet.data.detectors`: mtcnn, haar,
+none, ...) for the faces of a batch of photos, chooses one face per photo and cuts a `size` x
+`size` crop of it:
 
-- `mtcnn` (the `mtcnn` package, MIT, P/R/O-Net weights inside its wheel, nothing downloaded):
-  a face box and five landmarks (eyes, nose tip, mouth corners). The crop is *aligned*: the
-  similarity transform (rotation, uniform scale, shift; `cv2.estimateAffinePartial2D`) that maps
-  the landmarks onto `TEMPLATES[template]` (the usual 5-point template of a 112-px face, scaled to
-  `size` and shrunk towards the centre by `1 / (1 + 2 * align_margin)`) warps the photo, black
-  outside it. Detection runs batched (`FaceCropper.crop_batch`) on RGB copies downscaled to at
-  most `DETECT_MAX_SIDE` pixels (faces of 20+ px there).
-  When MTCNN finds no face the Haar cascade is tried, then the centred square (each counted and
-  listed by ingest: `CropResult.method` says which one made the crop).
-- `haar` (OpenCV's bundled frontal-face cascade, `cv2.data.haarcascades`): a box only; the crop is
-  the square of side `max(w, h) * (1 + 2 * margin)` centred on the box, black outside the image.
-  Runs on a histogram-equalised grayscale copy downscaled the same way.
-- `none` (sets that are already cropped): the centred square of side min(H, W).
+- a face with five landmarks (eyes, nose tip, mouth corners) is *aligned*: the similarity
+  transform (rotation, uniform scale, shift; `cv2.estimateAffinePartial2D`) that maps the
+  landmarks onto `TEMPLATES[template]` (a 5-point template scaled to `size` and shrunk towards the
+  centre by `1 / (1 + 2 * align_margin)`) warps the photo, black outside it;
+- a face with a box only gets the square of side `max(w, h) * (1 + 2 * margin)` centred on the
+  box, black outside the image;
+- where the detector finds nothing its `fallback` detector is tried (MTCNN falls back to Haar),
+  then the centred square of side min(H, W) is used (`found` False); a `whole_image` detector
+  (`none`, for sets that are already cropped) takes that centred square as the intended crop.
+`CropResult.method` says which detector made the crop ('center' for the last resort).
 
 Which face (`pick`): `largest` (default), or `center`, the face nearest the photo's centre among
 those at least a quarter of the largest one's area (for centred sets such as LFW, where the named
-person is in the middle and others may be larger). When no face is found the crop is the centred
-square of side min(H, W), with no margin. Everything stays RGB; OpenCV's BGR order appears only
-inside `encode_jpeg`.
+person is in the middle and others may be larger). Everything stays RGB; OpenCV's BGR order
+appears only inside `encode_jpeg`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import cv2
 import numpy as np
 
+from facetriplet.data import detectors
+from facetriplet.data.detectors import DETECT_MAX_SIDE, MIN_FACE_FRACTION, Detector, Face
+from facetriplet.data.detectors.haar import CASCADE_FILE
 from facetriplet.data.images import (JPEG_QUALITY, MAX_PIXELS, REASONS,  # noqa: F401
                                      encode_jpeg, image_pixels, load_rgb)
 from facetriplet.errors import UserError
 
-DETECT_MAX_SIDE = 640  # Haar runs on a copy no larger than this; faces stay well above 24 px.
-# Faces narrower than this fraction of the short side are not searched for: the finest pyramid
-# levels cost most of Haar's time (30 → 19 ms per LFW photo) and found no extra LFW/ORL faces.
-MIN_FACE_FRACTION = 0.2
-CASCADE_FILE = "haarcascade_frontalface_default.xml"
-DETECTORS = ("mtcnn", "haar", "none")
 ON_NO_FACE = ("center", "skip")
 PICKS = ("largest", "center")
 # Five-point templates (left eye, right eye, nose tip, left and right mouth corner) in the pixel
@@ -55,28 +50,30 @@ TEMPLATES = {
                                               (56.0252, 71.7366), (41.5493, 92.3655),
                                               (70.7299, 92.2041))},
 }
-# Ways a crop was made (`CropResult.method`, record `face/method`, manifest counts).
-METHODS = ("mtcnn", "haar", "center", "none")
-MTCNN_BATCH = 16  # photos per MTCNN call at ingest (its stages run on the whole batch)
+# Ways a crop was made (`CropResult.method`, record `face/method`, manifest counts): the detector
+# that found the face, or 'center' when none did.
+METHODS = detectors.NAMES + ("center",)
 PAD = "black"  # Pixels of the margin box outside the image are zeros (documented in the manifest).
+
 
 @dataclasses.dataclass(frozen=True)
 class CropSettings:
   """How faces are found and cropped; stored in the manifest and the export metadata.
 
   Attributes:
-    detector: 'mtcnn' (aligned on five landmarks; the default: alignment lifted LFW top-1 of
-      every feature, see BENCHMARKS.md), 'haar' (OpenCV frontal-face cascade, box crop) or
-      'none' (centred square of the whole image, for sets that are already cropped).
+    detector: a `facetriplet.data.detectors` name: 'mtcnn' (aligned on five landmarks; the
+      default: alignment lifted LFW top-1 of every feature, see BENCHMARKS.md), 'haar' (OpenCV
+      frontal-face cascade, box crop), 'none' (centred square of the whole image, for sets that
+      are already cropped), ...
     margin: fraction of the face box added on every side before squaring (0.2 → 1.4x the box).
     size: side in pixels of the stored square crop.
     on_no_face: 'center' keeps the centred square and marks face/found=0; 'skip' drops the photo.
     pick: which face of a photo with several: 'largest' or 'center' (see the module docstring).
-    template: the 5-point alignment template (`TEMPLATES`), used by `mtcnn`.
+    template: the 5-point alignment template (`TEMPLATES`), used for faces with landmarks.
     align_margin: zoom-out of the aligned crop: 0 puts the template's points where they are in a
       112-px ArcFace crop scaled to `size`; 0.1 shrinks the face by 1/1.2 around the centre.
   """
-  detector: str = "mtcnn"
+  detector: str = detectors.DEFAULT
   margin: float = 0.2
   size: int = 128
   on_no_face: str = "center"
@@ -85,8 +82,7 @@ class CropSettings:
   align_margin: float = 0.0
 
   def __post_init__(self):
-    if self.detector not in DETECTORS:
-      raise UserError(f"detector={self.detector!r} is not one of {', '.join(DETECTORS)}")
+    detectors.check(self.detector)
     if self.on_no_face not in ON_NO_FACE:
       raise UserError(f"on_no_face={self.on_no_face!r} is not one of {', '.join(ON_NO_FACE)}")
     if not 0 <= float(self.margin) <= 2:
@@ -135,9 +131,9 @@ class CropResult(NamedTuple):
   Attributes:
     image: uint8 [size, size, 3].
     box: face box (x, y, w, h) in source pixels (the centred square when no face was found).
-    found: a face was detected (always True for detector='none').
-    landmarks: (x1..x5, y1..y5) of the five MTCNN points in source pixels, zeros without them.
-    method: 'mtcnn' (aligned), 'haar', 'center' (no face found) or 'none' (detector='none').
+    found: a face was detected (always True for a `whole_image` detector such as 'none').
+    landmarks: (x1..x5, y1..y5) of the five points in source pixels, zeros without them.
+    method: the detector that found the face, 'center' (none did) or 'none' (detector='none').
   """
   image: np.ndarray
   box: tuple[float, float, float, float]
@@ -149,26 +145,18 @@ class CropResult(NamedTuple):
 class FaceCropper:
   """Finds one face per photo and cuts its crop. Load once, call `crop` or `crop_batch`.
 
-  Thread-safe: the process's one MTCNN detector is called by one thread at a time (TensorFlow
-  already uses every core inside one call); this cropper's Haar cascade likewise.
+  Thread-safe: each detector guards what it cannot share (a Haar cascade per cropper, one
+  process-wide MTCNN).
   """
 
-  def __init__(self, settings: CropSettings = CropSettings()):
+  def __init__(self, settings: CropSettings = CropSettings(), detector: Optional[Detector] = None):
+    """`detector` replaces the one the settings name (tests, experiments); its fallback stays."""
     self.settings = settings
-    self._cascade = None
-    self._mtcnn = None
-    self._lock = threading.Lock()
-    if settings.detector in ("haar", "mtcnn"):
-      path = cv2.data.haarcascades + CASCADE_FILE
-      cascade = cv2.CascadeClassifier(path)
-      if cascade.empty():
-        raise UserError(f"cannot load the Haar cascade {path}: reinstall opencv-python-headless<5 "
-                        "or pass --detector=none")
-      self._cascade = cascade
-    if settings.detector == "mtcnn":
-      self._mtcnn = _load_mtcnn()
+    self.detector = detector or detectors.create(settings.detector)
+    name = detectors.detector_class(settings.detector).fallback
+    self.fallback = detectors.create(name) if name else None
 
-  def _pick(self, boxes: list[tuple[float, float, float, float]], h: int, w: int) -> int:
+  def _pick(self, boxes: Sequence[tuple[float, float, float, float]], h: int, w: int) -> int:
     """Index of the chosen face among `boxes` (x, y, w, h) of an h x w image."""
     areas = [b[2] * b[3] for b in boxes]
     if self.settings.pick == "center":
@@ -180,134 +168,80 @@ class FaceCropper:
     # Largest area wins; ties broken by position so the choice never depends on detector order.
     return max(range(len(boxes)), key=lambda i: (areas[i], -boxes[i][1], -boxes[i][0]))
 
-  def detect(self, rgb: np.ndarray) -> tuple[float, float, float, float] | None:
-    """The chosen Haar face box (x, y, w, h) in source pixels, or None (also for 'none')."""
-    boxes = self.detect_all(rgb)
-    return boxes[self._pick(boxes, rgb.shape[0], rgb.shape[1])] if boxes else None
-
-  def detect_all(self, rgb: np.ndarray, min_fraction: float = MIN_FACE_FRACTION,
-                 ) -> list[tuple[float, float, float, float]]:
-    """Every Haar face box (x, y, w, h) in source pixels at least `min_fraction` of the short
-    side ([] for 'none')."""
-    if self._cascade is None:
-      return []
-    gray, scale = _downscale(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    gray = cv2.equalizeHist(gray)
-    min_side = max(24, int(min_fraction * min(gray.shape)))
-    with self._lock:
-      faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                             minSize=(min_side, min_side))
-    return [tuple(int(v) / scale for v in f) for f in faces]
-
-  def detect_landmarks(self, images: list[np.ndarray]) -> list[tuple[tuple, np.ndarray] | None]:
-    """MTCNN on a batch: for each image (box (x, y, w, h), landmarks [5, 2]) in source pixels,
-    or None when no face was found. Empty for other detectors."""
-    out = []
-    for rgb, faces in zip(images, self.detect_all_landmarks(images)):
-      if not faces:
-        out.append(None)
-        continue
-      out.append(faces[self._pick([box for box, _ in faces], rgb.shape[0], rgb.shape[1])])
-    return out
-
-  def detect_all_landmarks(self, images: list[np.ndarray]) -> list[list[tuple[tuple, np.ndarray]]]:
-    """MTCNN on a batch: for each image every face found, as (box (x, y, w, h), landmarks
-    [5, 2]) in source pixels. Empty lists for other detectors."""
-    if self._mtcnn is None or not images:
-      return [[] for _ in images]
-    small, scales = zip(*[_downscale(rgb) for rgb in images])
-    # MTCNN's own smallest face (20 px of the downscaled copy): mtcnn 1.0.0 fails inside P-Net
-    # ("empty output" of a Conv2D) with a larger `min_face_size` on 250-px photos.
-    with _MTCNN_CALL_LOCK:  # one detector per process, shared by every FaceCropper
-      rows = self._mtcnn.detect_faces(list(small), output_type="numpy")
-    rows = np.asarray(rows, np.float64).reshape(-1, 16)
-    out: list[list[tuple[tuple, np.ndarray]]] = []
-    for i, scale in enumerate(scales):
-      out.append([(tuple(float(v) / scale for v in r[1:5]),
-                   np.stack([r[6:11], r[11:16]], axis=1) / scale) for r in rows[rows[:, 0] == i]])
-    return out
+  def choose(self, found: Sequence[Face], h: int, w: int) -> Optional[Face]:
+    """The face `pick` chooses among those found in an h x w photo (None when there are none)."""
+    return found[self._pick([f.box for f in found], h, w)] if found else None
 
   def crop(self, rgb: np.ndarray) -> CropResult:
     """Crops one RGB uint8 image [H, W, 3]; see `crop_batch`."""
     return self.crop_batch([rgb])[0]
 
-  def crop_batch(self, images: list[np.ndarray]) -> list[CropResult]:
-    """Crops RGB uint8 images [H, W, 3] to `size` x `size` faces (MTCNN runs once per batch).
+  def crop_batch(self, images: Sequence[np.ndarray]) -> list[CropResult]:
+    """Crops RGB uint8 images [H, W, 3] to `size` x `size` faces (one detector call per batch).
 
     Returns:
       A CropResult per image; `found` is False when no face was detected and the centred square
-      was used. With detector='none' the centred square is the intended crop and `found` is True.
+      was used. With a `whole_image` detector ('none') the centred square is the intended crop
+      and `found` is True.
     """
     for rgb in images:
       if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected RGB uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
-    marks = self.detect_landmarks(images)
+    found = self.detector.detect(list(images)) if images else []
     results = []
-    for rgb, mark in zip(images, marks):
-      if mark is not None:
-        box, points = mark
-        image = align(rgb, points, self.settings)
-        landmarks = tuple(round(float(v), 2) for v in np.concatenate([points[:, 0], points[:, 1]]))
-        results.append(CropResult(image, tuple(round(v, 2) for v in box), True, landmarks,
-                                  "mtcnn"))
-      else:
-        results.append(self._box_crop(rgb))
+    for rgb, faces_found in zip(images, found):
+      face = self.choose(faces_found, *rgb.shape[:2])
+      results.append(self.crop_face(rgb, face, self.detector.name) if face is not None
+                     else self._fallback_crop(rgb))
     return results
 
   def crop_faces(self, rgb: np.ndarray, min_face: float = MIN_FACE_FRACTION) -> list[CropResult]:
-    """Every face of one photo, each cropped exactly as `crop` crops its chosen face (aligned for
-    MTCNN, boxed for Haar), largest first; faces whose box is narrower than `min_face` x the
-    photo's short side are left out. No face: [the fallback crop] (`found` False)."""
-    h, w = rgb.shape[:2]
-    smallest = min_face * min(h, w)
-    results = []
-    if self._mtcnn is not None:
-      for box, points in self.detect_all_landmarks([rgb])[0]:
-        if box[2] >= smallest:
-          landmarks = tuple(round(float(v), 2)
-                            for v in np.concatenate([points[:, 0], points[:, 1]]))
-          results.append(CropResult(align(rgb, points, self.settings),
-                                    tuple(round(v, 2) for v in box), True, landmarks, "mtcnn"))
-    if not results:
-      for box in self.detect_all(rgb, min_fraction=min(min_face, MIN_FACE_FRACTION)):
-        if box[2] >= smallest:
-          results.append(self._square_crop(rgb, box))
-    if not results:
-      return [self._box_crop(rgb)]
-    return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
+    """Every face of one photo, each cropped exactly as `crop` crops its chosen face, largest
+    first; faces whose box is narrower than `min_face` x the photo's short side are left out.
+    No face (from the detector, then its fallback): [the fallback crop] (`found` False)."""
+    smallest = min_face * min(rgb.shape[:2])
+    hint = min(min_face, MIN_FACE_FRACTION)
+    for detector in (self.detector, self.fallback):
+      if detector is None:
+        continue
+      results = [self.crop_face(rgb, face, detector.name)
+                 for face in detector.detect([rgb], hint)[0] if face.box[2] >= smallest]
+      if results:
+        return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
+    return [self._centre_crop(rgb)]
 
-  def _square_crop(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> CropResult:
-    """The margin square around a Haar box."""
-    bx, by, bw, bh = box
+  def crop_face(self, rgb: np.ndarray, face: Face, method: str) -> CropResult:
+    """The crop of one found face: aligned on its landmarks, else the margin square of its
+    box."""
+    box = tuple(round(float(v), 2) for v in face.box)
+    if face.landmarks is not None:
+      points = np.asarray(face.landmarks, np.float64).reshape(5, 2)
+      landmarks = tuple(round(float(v), 2) for v in np.concatenate([points[:, 0], points[:, 1]]))
+      return CropResult(align(rgb, points, self.settings), box, True, landmarks, method)
+    bx, by, bw, bh = face.box
     side = max(bw, bh) * (1 + 2 * self.settings.margin)
     cx, cy = bx + bw / 2, by + bh / 2
     image = _cut_square(rgb, (cx - side / 2, cy - side / 2, side, side), self.settings.size)
-    return CropResult(image, tuple(round(float(v), 2) for v in box), True, NO_LANDMARKS, "haar")
+    return CropResult(image, box, True, NO_LANDMARKS, method)
 
-  def _box_crop(self, rgb: np.ndarray) -> CropResult:
-    """The Haar square crop, or the centred square when Haar finds nothing (or detector='none')."""
+  def _fallback_crop(self, rgb: np.ndarray) -> CropResult:
+    """The fallback detector's chosen face, else the centred square."""
+    if self.fallback is not None:
+      face = self.choose(self.fallback.detect([rgb])[0], *rgb.shape[:2])
+      if face is not None:
+        return self.crop_face(rgb, face, self.fallback.name)
+    return self._centre_crop(rgb)
+
+  def _centre_crop(self, rgb: np.ndarray) -> CropResult:
+    """The centred square of side min(H, W): the intended crop of a `whole_image` detector,
+    else the last resort (`found` False, method 'center')."""
     h, w = rgb.shape[:2]
-    box = self.detect(rgb)
-    if box is None:
-      side = float(min(h, w))
-      box = ((w - side) / 2, (h - side) / 2, side, side)
-      square = box
-      found = self._cascade is None
-      method = "none" if found else "center"
-    else:
-      return self._square_crop(rgb, box)
-    image = _cut_square(rgb, square, self.settings.size)
-    return CropResult(image, tuple(round(float(v), 2) for v in box), found, NO_LANDMARKS, method)
-
-
-def _downscale(image: np.ndarray) -> tuple[np.ndarray, float]:
-  """A copy no larger than `DETECT_MAX_SIDE` for detection, and the factor applied."""
-  h, w = image.shape[:2]
-  scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-  if scale < 1.0:
-    image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA)
-  return image, scale
+    side = float(min(h, w))
+    box = ((w - side) / 2, (h - side) / 2, side, side)
+    image = _cut_square(rgb, box, self.settings.size)
+    whole = self.detector.whole_image
+    return CropResult(image, tuple(round(float(v), 2) for v in box), whole, NO_LANDMARKS,
+                      self.detector.name if whole else "center")
 
 
 def similarity_transform(points: np.ndarray, settings: CropSettings) -> np.ndarray:
@@ -337,25 +271,6 @@ def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.nda
   out = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
   return np.ascontiguousarray(out)
-
-
-_MTCNN_LOCK = threading.Lock()
-_MTCNN_CALL_LOCK = threading.Lock()
-_MTCNN: list = []
-
-
-def _load_mtcnn():
-  """The process's MTCNN detector (loaded once; it imports TensorFlow)."""
-  with _MTCNN_LOCK:
-    if not _MTCNN:
-      try:
-        from mtcnn import MTCNN  # pylint: disable=g-import-not-at-top
-      except ImportError as e:
-        raise UserError(f"--detector=mtcnn needs the mtcnn package ({e}): pip install "
-                        "'mtcnn==1.0.0' lz4 joblib, or pass --detector=haar") from None
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      _MTCNN.append(MTCNN(device="GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"))
-    return _MTCNN[0]
 
 
 def _cut_square(rgb: np.ndarray, square: tuple[float, float, float, float],

@@ -30,7 +30,7 @@ from absl import logging
 import tqdm
 
 from facetriplet import atomic
-from facetriplet.data import crop_workers, faces, layouts, shard_plan, tfrecords
+from facetriplet.data import crop_workers, detectors, faces, layouts, shard_plan, tfrecords
 from facetriplet.errors import UserError
 
 FORMAT_VERSION = 1
@@ -50,7 +50,7 @@ class IngestSummary:
   decoded: int = 0
   written: int = 0
   no_face: int = 0
-  haar_fallback: int = 0
+  fallback: int = 0  # crops made by the detector's fallback (it found no face, the fallback did)
   rejected: int = 0
   ignored_files: int = 0
   identities: int = 0
@@ -77,7 +77,7 @@ class IngestSummary:
         f"output: {self.output}",
         f"images listed {self.listed}, read this run {self.decoded}, written {self.written}, "
         f"no face {self.no_face}, rejected {self.rejected}" + (f" ({reasons})" if reasons else "")
-        + (f", MTCNN missed but Haar found {self.haar_fallback}" if self.haar_fallback else ""),
+        + (f", found by the fallback detector {self.fallback}" if self.fallback else ""),
         f"identities {self.identities}, single-photo identities (unusable as triplet anchors) "
         f"{self.single_photo_identities}, empty identity folders {self.empty_identities}, "
         f"other files ignored {self.ignored_files}",
@@ -130,7 +130,7 @@ def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
     with tqdm.tqdm(total=len(tasks), unit="img", desc="build tfrecords", disable=not progress,
                    smoothing=0.1) as bar:
       for shard in build.todo:
-        decoded += write_planned_shard(output_dir, shard, results, crop.detector, bar)
+        decoded += write_planned_shard(output_dir, shard, results, bar)
   return finish_build(build, decoded, workers)
 
 
@@ -260,14 +260,13 @@ def _runs(labels: Iterable[int]) -> list[list[int]]:
 
 
 def write_planned_shard(output_dir: str, shard: shard_plan.PlannedShard,
-                        results: Iterator[tuple], detector: str,
-                        bar: tqdm.tqdm | None = None) -> int:
+                        results: Iterator[tuple], bar: tqdm.tqdm | None = None) -> int:
   """Consumes this shard's crop results (`crop_workers.crop_tasks`'s tuples, one per item in
   plan order), writes the shard then its result file. Returns how many photos were decoded."""
   records: list[bytes] = []
   labels: list[int] = []
   info: dict[str, Any] = {"file": shard.file, "split": shard.split, "no_face": [],
-                          "haar_fallback": [], "methods": {}, "rejected": [],
+                          "methods": {}, "rejected": [],
                           "identity_counts": {}}
   decoded = 0
   for entry, label, identity in shard.items:
@@ -286,8 +285,6 @@ def write_planned_shard(output_dir: str, shard: shard_plan.PlannedShard,
     _, jpeg, box, found, landmarks, method = result
     if not found:
       info["no_face"].append(entry.rel_path)
-    if method == "haar" and detector == "mtcnn":
-      info["haar_fallback"].append(entry.rel_path)
     info["methods"][method] = info["methods"].get(method, 0) + 1
     records.append(tfrecords.make_example(jpeg, label, identity, entry.rel_path, box, found,
                                           landmarks, method))
@@ -307,7 +304,6 @@ def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
   splits: dict[str, dict[str, Any]] = {}
   identity_counts: dict[str, int] = {}
   no_face: list[str] = []
-  haar_fallback: list[str] = []
   methods: dict[str, int] = {}
   rejected = [{"path": p, "reason": r, "detail": ""} for p, r in listing.missing]
   rejected += [{"path": p, "reason": r, "detail": ""} for p, r in listing.ignored
@@ -324,7 +320,6 @@ def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
     for identity, count in info["identity_counts"].items():
       identity_counts[identity] = identity_counts.get(identity, 0) + count
     no_face += info["no_face"]
-    haar_fallback += info.get("haar_fallback", [])
     for method, count in info.get("methods", {}).items():
       methods[method] = methods.get(method, 0) + count
     rejected += info["rejected"]
@@ -346,10 +341,9 @@ def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
       "single_photo_identities": sorted(i for i, c in identity_counts.items() if c == 1),
       "empty_identities": sorted(listing.empty_identities),
       "no_face": sorted(no_face),
-      # How each written crop was made (faces.METHODS); with detector=mtcnn the photos where
-      # MTCNN found nothing and the Haar cascade did. Boxes and landmarks are in the records.
+      # How each written crop was made (faces.METHODS: the detector that found the face, its
+      # fallback, or 'center'). Boxes and landmarks are in the records.
       "crop_methods": dict(sorted(methods.items())),
-      "haar_fallback": sorted(haar_fallback),
       "rejected": sorted(rejected, key=lambda r: r["path"]),
       "ignored": [{"path": p, "reason": r} for p, r in listing.ignored
                   if not layouts.is_image_file(p)],
@@ -366,7 +360,7 @@ def _summary(manifest: dict[str, Any], output_dir: str, listed: int, decoded: in
   return IngestSummary(
       output=output_dir, listed=listed, decoded=decoded,
       written=sum(s["images"] for s in manifest["splits"].values()),
-      no_face=len(manifest["no_face"]), haar_fallback=len(manifest.get("haar_fallback", [])),
+      no_face=len(manifest["no_face"]), fallback=_fallback_count(manifest),
       rejected=len(manifest["rejected"]),
       ignored_files=len(manifest["ignored"]),
       identities=sum(1 for c in manifest["identity_counts"].values() if c > 0),
@@ -377,3 +371,8 @@ def _summary(manifest: dict[str, Any], output_dir: str, listed: int, decoded: in
                   "shards": len(v["shards"])} for k, v in manifest["splits"].items()},
       rejected_by_reason=reasons)
 
+
+def _fallback_count(manifest: dict[str, Any]) -> int:
+  """Crops made by the detector's fallback detector (from `crop_methods`)."""
+  fallback = detectors.detector_class(manifest["crop"]["detector"]).fallback
+  return int(manifest.get("crop_methods", {}).get(fallback, 0)) if fallback else 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetriplet.data import faces
+from facetriplet.data import detectors, faces
 from facetriplet.errors import ImageError, UserError
 
 
@@ -135,13 +135,47 @@ def test_no_face_gives_centred_square_and_detector_none():
   np.testing.assert_array_equal(result.image, expected)
 
 
+class _FixedBox(detectors.Detector):
+  """A detector that always finds one face at `box` (tests the cropper behind the seam)."""
+
+  name = "fixed"
+
+  def __init__(self, box, landmarks=None):
+    self.box, self.landmarks = box, landmarks
+
+  def detect(self, images, min_face=detectors.MIN_FACE_FRACTION):
+    return [[detectors.Face(self.box, self.landmarks, 0.9)] for _ in images]
+
+
 def test_margin_box_outside_image_is_padded_black():
   rgb = np.full((100, 100, 3), 255, np.uint8)
-  cropper = faces.FaceCropper(faces.CropSettings(margin=0.5, size=40))
-  cropper.detect = lambda _: (0.0, 0.0, 40.0, 40.0)  # face in the corner: square runs off the top
+  # Face in the corner: the square runs off the top.
+  cropper = faces.FaceCropper(faces.CropSettings(detector="haar", margin=0.5, size=40),
+                              detector=_FixedBox((0.0, 0.0, 40.0, 40.0)))
   result = cropper.crop(rgb)  # square side 80 centred on (20, 20): (-20, -20) .. (60, 60)
-  assert result.found and result.box == (0.0, 0.0, 40.0, 40.0)
+  assert result.found and result.box == (0.0, 0.0, 40.0, 40.0) and result.method == "fixed"
   assert result.image[:9, :9].max() == 0 and result.image[-5:, -5:].min() == 255
+
+
+def test_a_face_with_landmarks_is_aligned_whatever_its_detector():
+  settings = faces.CropSettings(detector="none", size=56)
+  points = np.array([[30, 40], [60, 40], [45, 55], [33, 70], [57, 70]], np.float64)
+  rgb = _rng_image(100, 100, seed=5)
+  result = faces.FaceCropper(settings, detector=_FixedBox((20.0, 25.0, 50.0, 60.0),
+                                                          points)).crop(rgb)
+  np.testing.assert_array_equal(result.image, faces.align(rgb, points, settings))
+  assert result.landmarks == tuple(points[:, 0]) + tuple(points[:, 1])
+
+
+def test_every_registered_detector_loads_and_answers_per_image():
+  images = [_rng_image(60, 80, seed=1), _rng_image(90, 70, seed=2)]
+  for name in detectors.NAMES:
+    cls = detectors.detector_class(name)
+    assert cls.name == name and cls.batch_size >= 1 and name in detectors.help_text()
+    found = detectors.create(name).detect(images)
+    assert len(found) == 2 and all(isinstance(f, list) for f in found)
+  with pytest.raises(UserError, match="mtcnn"):
+    detectors.check("dlib")
 
 
 def test_rgb_order_survives_crop_and_jpeg():

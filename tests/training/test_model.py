@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from facetriplet.training import model as model_lib
+from facetriplet.training import networks
 from facetriplet.errors import UserError
 
 
@@ -91,17 +92,17 @@ def test_imagenet_download_failure_is_a_user_error(monkeypatch):
 def test_bad_weights_and_backbone_are_user_errors(tmp_path):
   with pytest.raises(UserError, match="not found"):
     model_lib.build_embedding_model(_config(weights=str(tmp_path / "missing.h5")))
-  with pytest.raises(UserError, match="no ImageNet weights"):
+  with pytest.raises(UserError, match="has no 'imagenet' weights"):
     model_lib.build_embedding_model(_config(weights="imagenet"))
   with pytest.raises(UserError, match="unknown backbone"):
     model_lib.build_embedding_model(_config(backbone="resnet1000"))
 
 
 def test_local_weights_file(tmp_path):
-  first = model_lib.build_backbone("resnet18", 32, None, 0.125)
+  first = networks.build("resnet18", 32, None, 0.125)
   path = str(tmp_path / "backbone.weights.h5")
   first.save_weights(path)
-  second = model_lib.build_backbone("resnet18", 32, path, 0.125)
+  second = networks.build("resnet18", 32, path, 0.125)
   for a, b in zip(first.weights, second.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -117,13 +118,21 @@ def test_keras_application_backbones(backbone):
 
 def test_resnet18_stem_pool_quarters_the_feature_map():
   def stage1_side(stem_pool):
-    backbone = model_lib.build_backbone("resnet18", 64, None, 0.125, stem_pool=stem_pool)
+    backbone = networks.build("resnet18", 64, None, 0.125, stem_pool=stem_pool)
     return backbone.get_layer("stage1_block1_out").output.shape[1]
   assert stage1_side(None) == 32 and stage1_side(False) == 32  # auto: no pool below 96 px
   assert stage1_side(True) == 16
-  assert model_lib.build_backbone("resnet18", 96, None, 0.125).get_layer(
+  assert networks.build("resnet18", 96, None, 0.125).get_layer(
       "stage1_block1_out").output.shape[1] == 24
   with pytest.raises(UserError, match="stem_pool"):
     config = _config(backbone="resnet18", image_size=32)
     config.model.stem_pool = "maybe"
     model_lib.build_embedding_model(config)
+
+
+def test_every_registered_network_has_a_spec():
+  for name in networks.NAMES:
+    spec = networks.get(name)
+    assert spec.name == name and spec.preprocess in networks.PREPROCESS_MODES
+  with pytest.raises(UserError, match="unknown backbone"):
+    networks.check("resnet1000")
