@@ -96,12 +96,14 @@ def write_curve(workdir: str, name: str) -> None:
 
 
 def export_variant(workdir: str, flip: bool) -> str:
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
+  from facetriplet import export_format  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "export_best_flip" if flip else "export_best")
   ckpt = export.resolve_checkpoint(workdir, "best")
   pb = os.path.join(out, "saved_model.pb")
   if (not os.path.isfile(pb) or os.path.getmtime(pb) < os.path.getmtime(ckpt)
-      or export.read_metadata(out).get("test_time_flip", False) != flip):
+      or export_format.read_metadata(out).get("test_time_flip", False) != flip):
     export.export_model(workdir, out, which="best", flip=flip)
   return out
 
@@ -124,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.curve:
     write_curve(args.curve, f"{args.name_prefix}_curve")
   from facetriplet.data import classical, faces, tfrecords  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
+  from facetriplet import export_format  # pylint: disable=g-import-not-at-top
   runs = [(name, run_info(workdir), workdir) for name, workdir in _pairs(args.runs)]
   orl = dict(_pairs(args.orl_records))
   lfw_rows, orl_rows = [], []
@@ -132,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   for name, info, workdir in runs:
     det = info["detector"]
     for flip in (False, True):
-      extractor = export.load_embedder(export_variant(workdir, flip))
+      extractor = embedder.load_embedder(export_variant(workdir, flip))
       m = score(extractor, info["records"], ["val"])
       lfw_rows.append(_row(det, info["method"], "on" if flip else "off", m, info["minutes"]))
       _log(f"{name} flip={flip} LFW top1 {m['top1']:.3f} mAP@R {m['map@r']:.3f}")

@@ -2,7 +2,7 @@
 
 An untrained `build_embedding_model(config)` (configs/default.py with --backbone, --image_size and
 random weights, i.e. `weights='none'`) is saved as a `.keras` checkpoint and exported with
-`facetriplet.search.export.export_model` into a temporary folder, then loaded back with
+`facetriplet.training.export.export_model` into a temporary folder, then loaded back with
 `tf.saved_model.load`, as a server would. The same random uint8 crops (S = --input_size, the stored
 crop size) are embedded at every batch size by:
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from facetriplet.data import faces  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
 
   config = load_config(os.path.join(REPO, "configs", "default.py"))

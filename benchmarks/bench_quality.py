@@ -161,7 +161,8 @@ def train_kind(base_config, kind: str, root: str, skip_train: bool) -> str | Non
 
 def export_workdir(workdir: str, which: str = "best") -> str:
   """workdir/export_<which> from checkpoints/<which>.keras (redone when the checkpoint is newer)."""
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, f"export_{which}")
   ckpt = export.resolve_checkpoint(workdir, which)
   pb = os.path.join(out, "saved_model.pb")
@@ -173,7 +174,8 @@ def export_workdir(workdir: str, which: str = "best") -> str:
 def export_untrained(config, root: str, crop: dict, input_size: int) -> str:
   """Export of the untrained network of `config` (weights from its seed), made once."""
   import keras  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   key = json.dumps(config.model.to_dict(), sort_keys=True) + str(config.seed) + str(input_size)
@@ -240,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   root = os.path.abspath(args.workdir_root)
   os.makedirs(root, exist_ok=True)
   from facetriplet.data import classical  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
 
   # 1. Records.
   lfw_input, lfw_tag = args.lfw, "lfw"
@@ -294,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   for set_name, records, splits, manifest in sets:
     rows = []
     for method, export_dir, minutes in methods:
-      m = score(export.load_embedder(export_dir, batch_size=128), records, splits)
+      m = score(embedder.load_embedder(export_dir, batch_size=128), records, splits)
       rows.append(_row(method, m, minutes))
       _log(f"{set_name} {method}: top-1 {m['top1']:.4f}, mAP@R {m['map@r']:.4f} "
            f"({m['num_queries']} queries)")

@@ -3,7 +3,7 @@ without micro-batching.
 
 Setup (unless --index is given): the network of `--config` (default `lfw`: the half-width
 ResNet-18 at 64 px that configs/lfw.py trains) with random weights, saved and exported with
-`facetriplet.search.export.export_model` with each --detectors crop (`mtcnn` is what users get;
+`facetriplet.training.export.export_model` with each --detectors crop (`mtcnn` is what users get;
 `none` leaves only the model's cost); a gallery of drawn faces (`facetriplet.synthetic`,
 --identities x --photos JPEGs of --photo_size px, the size of an LFW photo) indexed with
 `build_gallery_index`. Queries are new photos of gallery identities (same generator, unseen
@@ -99,7 +99,8 @@ def build_index(scratch: str, detector: str, args: argparse.Namespace) -> str:
   import keras  # pylint: disable=g-import-not-at-top
   from facetriplet import config_files, synthetic  # pylint: disable=g-import-not-at-top
   from facetriplet.data import faces  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import export, features, gallery  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import features, gallery  # pylint: disable=g-import-not-at-top
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
 
   gallery_dir = os.path.join(scratch, "gallery")

@@ -28,7 +28,7 @@ _MOVED = {
     "margin_softmax": "facetriplet.training.margin_softmax",
     "warm_start": "facetriplet.training.warm_start", "train": "facetriplet.training.train",
     "train_eval": "facetriplet.training.train_eval",
-    "export": "facetriplet.search.export", "index": "facetriplet.search.index",
+    "export": "facetriplet.training.export", "index": "facetriplet.search.index",
     "gallery": "facetriplet.search.gallery", "retrieval": "facetriplet.search.retrieval",
     "submission": "facetriplet.search.submission",
     "grid": "facetriplet.evaluation.grid",

@@ -154,12 +154,13 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
   """Issue: the fingerprint was a string read from assets/facetriplet.json, never recomputed."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
-  from tests.search.test_export import make_export  # pylint: disable=g-import-not-at-top
+  from tests.training.test_export import make_export  # pylint: disable=g-import-not-at-top
   a = make_export(str(tmp_path / "a"), seed=0)
   b = make_export(str(tmp_path / "b"), seed=1)
-  fp_a, fp_b = export.load_embedder(a).fingerprint, export.load_embedder(b).fingerprint
+  fp_a, fp_b = embedder.load_embedder(a).fingerprint, embedder.load_embedder(b).fingerprint
   assert fp_a != fp_b
   # B's weights inside A's folder (A's metadata): refused.
   swapped = str(tmp_path / "swapped")
@@ -167,7 +168,7 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
   shutil.rmtree(os.path.join(swapped, "variables"))
   shutil.copytree(os.path.join(b, "variables"), os.path.join(swapped, "variables"))
   with pytest.raises(UserError, match="does not match its own fingerprint"):
-    export.load_embedder(swapped)
+    embedder.load_embedder(swapped)
   # A fake fingerprint written into the metadata (to pass an index built from B): refused.
   faked = str(tmp_path / "faked")
   shutil.copytree(a, faked)
@@ -178,14 +179,14 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
   with open(meta_path, "w", encoding="utf-8") as f:
     json.dump(meta, f)
   with pytest.raises(UserError, match=f"recorded {fp_b}"):
-    export.load_embedder(faked)
+    embedder.load_embedder(faked)
   # Changing the crop settings changes what the export means: refused too.
   meta["fingerprint"] = fp_a
   meta["crop"]["size"] = int(meta["crop"]["size"]) + 8
   with open(meta_path, "w", encoding="utf-8") as f:
     json.dump(meta, f)
   with pytest.raises(UserError, match="does not match"):
-    export.load_embedder(faked)
+    embedder.load_embedder(faked)
 
 
 @pytest.mark.slow
@@ -232,15 +233,16 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
-  from facetriplet.search import export  # pylint: disable=g-import-not-at-top
-  from tests.search.test_export import make_workdir  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
+  from tests.training.test_export import make_workdir  # pylint: disable=g-import-not-at-top
   workdir = make_workdir(str(tmp_path / "w"), kind="tiny")
   out = tmp_path / "exports" / "model"
   tool = [os.path.join(BIN, "facetriplet-export"), f"--workdir={workdir}",
           f"--export_dir={out}"]
   first = subprocess.run(tool, capture_output=True, text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-2000:]
-  fingerprint = export.load_embedder(str(out)).fingerprint
+  fingerprint = embedder.load_embedder(str(out)).fingerprint
   rng = np.random.default_rng(1)
   for seed in range(3):
     proc = subprocess.Popen(tool, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -248,7 +250,7 @@ def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Whatever the moment, the export folder is complete and verifies.
-    assert export.load_embedder(str(out)).fingerprint == fingerprint, seed
+    assert embedder.load_embedder(str(out)).fingerprint == fingerprint, seed
   again = subprocess.run(tool, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-2000:]
   assert sorted(os.listdir(tmp_path / "exports")) == ["model"]  # no temp folder left behind
@@ -286,7 +288,7 @@ def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_pat
 @pytest.mark.slow
 def test_kill_9_during_index_build_keeps_the_previous_index(tmp_path):
   from facetriplet.search.index import ScannIndex  # pylint: disable=g-import-not-at-top
-  from tests.search.test_export import make_export  # pylint: disable=g-import-not-at-top
+  from tests.training.test_export import make_export  # pylint: disable=g-import-not-at-top
   from tests.search.test_retrieval import write_image_set  # pylint: disable=g-import-not-at-top
   model = make_export(str(tmp_path / "m"), seed=0)
   rng = np.random.default_rng(3)

@@ -4,7 +4,7 @@
   facetriplet-export --workdir=runs/demo --which=last --export_dir=...
   facetriplet-export --checkpoint=runs/demo/checkpoints/best.keras --export_dir=...
 
-The logic lives in `facetriplet.search.export.export_model`; signatures and metadata are described there.
+The logic lives in `facetriplet.training.export.export_model`; signatures and metadata are described there.
 """
 
 from typing import Sequence
@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from facetriplet.search import export
+from facetriplet.training import export
 from facetriplet.errors import UserError, run_tool
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")

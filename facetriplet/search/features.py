@@ -1,6 +1,6 @@
 """Which features embed a face, and with which crop: the one place that decides.
 
-`make_extractor(features, model_dir, crop, source)` returns the learned `export.Embedder`
+`make_extractor(features, model_dir, crop, source)` returns the learned `embedder.Embedder`
 ('embedding', from an export folder) or a classical descriptor (`data.classical`). For a classical
 descriptor the crop settings come from, in order: `crop` (e.g. an index's gallery.json), the
 export's metadata (`model_dir`), the manifest of a TFRecord folder (`source`), the defaults. So
@@ -13,7 +13,8 @@ from typing import Any, Mapping, Optional, Union
 
 from facetriplet.data import classical, faces, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.search import export
+from facetriplet import export_format
+from facetriplet.search import embedder
 
 FEATURES = ("embedding",) + classical.EXTRACTORS
 
@@ -27,7 +28,7 @@ def crop_for(model_dir: Optional[str] = None, source: Optional[str] = None,
   if crop:
     return faces.CropSettings.from_dict(crop)
   if model_dir:
-    return faces.CropSettings.from_dict(export.read_metadata(model_dir)["crop"])
+    return faces.CropSettings.from_dict(export_format.read_metadata(model_dir)["crop"])
   if source and tfrecords.is_shard_folder(source):
     recorded = tfrecords.ShardSet.open(source).crop
     if recorded:
@@ -56,5 +57,5 @@ def make_extractor(features: str, model_dir: Optional[str] = None,
     if not model_dir:
       raise UserError("features 'embedding' need an export folder: pass --model=<export dir "
                       "written by facetriplet-export>")
-    return export.load_embedder(model_dir)
+    return embedder.load_embedder(model_dir)
   return classical.get_extractor(features, crop_for(model_dir, source, crop))

@@ -11,7 +11,7 @@ from facetriplet import metrics
 from facetriplet.evaluation import evaluation
 from facetriplet.search import features, gallery
 from facetriplet.errors import UserError
-from tests.search.test_export import make_export
+from tests.training.test_export import make_export
 from tests.search.test_retrieval import write_image_set
 
 

@@ -16,7 +16,7 @@ from facetriplet.data import faces, ingest  # noqa: E402
 from facetriplet.errors import UserError  # noqa: E402
 from facetriplet.search import beam_index, features, gallery  # noqa: E402
 from facetriplet.search.index import ScannIndex  # noqa: E402
-from tests.search.test_export import make_export  # noqa: E402
+from tests.training.test_export import make_export  # noqa: E402
 from tests.search.test_retrieval import write_image_set  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -17,7 +17,7 @@ from facetriplet.data import layouts
 from facetriplet.search import embedding, features, gallery, retrieval, submission
 from facetriplet.errors import UserError
 from facetriplet.search.index import ScannIndex
-from tests.search.test_export import make_export
+from tests.training.test_export import make_export
 
 BIN = os.path.dirname(sys.executable)
 IDENTITIES = ("alice", "bob", "carol")

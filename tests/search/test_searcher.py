@@ -15,7 +15,7 @@ from facetriplet.data import faces
 from facetriplet.errors import UserError
 from facetriplet.search import features, gallery
 from facetriplet.search.searcher import Searcher
-from tests.search.test_export import make_export
+from tests.training.test_export import make_export
 from tests.search.test_retrieval import write_image_set
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -29,7 +29,7 @@ from facetriplet.search import features, gallery
 from facetriplet.search.batching import GroupCommit
 from facetriplet.search.searcher import Searcher
 from facetriplet.search.serve import ServerThread, make_app
-from tests.search.test_export import make_export
+from tests.training.test_export import make_export
 from tests.search.test_retrieval import write_image_set
 
 BIN = os.path.dirname(sys.executable)

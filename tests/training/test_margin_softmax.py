@@ -16,7 +16,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from facetriplet.search import export  # noqa: E402
+from facetriplet.training import export  # noqa: E402
+from facetriplet.search import embedder  # noqa: E402
+from facetriplet import export_format  # noqa: E402
 from facetriplet.training import margin_softmax  # noqa: E402
 from facetriplet.training import train  # noqa: E402
 from facetriplet.training.workdir import read_metrics  # noqa: E402
@@ -110,7 +112,7 @@ def test_two_stage_run_resumes_and_exports_without_the_head(data_dir, tmp_path):
   assert best.outputs[0].shape[-1] == config.model.embedding_dim
   export_dir = str(tmp_path / "export")
   export.export_model(workdir, export_dir)
-  meta = export.read_metadata(export_dir)
+  meta = export_format.read_metadata(export_dir)
   assert meta["test_time_flip"] is True
   names = [v.name for v in tf.saved_model.load(export_dir).model_variables]
   assert not any("class_weights" in n for n in names)
@@ -118,7 +120,7 @@ def test_two_stage_run_resumes_and_exports_without_the_head(data_dir, tmp_path):
   x = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
   both = best(x, training=False).numpy() + best(x[:, :, ::-1], training=False).numpy()
   expected = both / np.linalg.norm(both, axis=1, keepdims=True)
-  np.testing.assert_allclose(export.load_embedder(export_dir).embed(x), expected, atol=1e-5)
+  np.testing.assert_allclose(embedder.load_embedder(export_dir).embed(x), expected, atol=1e-5)
 
 
 @needs_two_cpus

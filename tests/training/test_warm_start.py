@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from facetriplet.search import export
+from facetriplet.training import export
 from facetriplet.training import warm_start
 from facetriplet.training import model as model_lib
 from facetriplet.errors import UserError

@@ -1,4 +1,5 @@
-"""Export a trained embedding model as a self-contained SavedModel, and load it back for embedding.
+"""Export a trained embedding model as a self-contained SavedModel (the reader is
+`facetriplet.search.embedder`; the format both share is `facetriplet.export_format`).
 
 The SavedModel is plain TensorFlow (a `tf.Module` with `tf.function` signatures, standard ops only),
 so it loads with `tf.saved_model.load` in a process that has never imported facetriplet and serves
@@ -26,38 +27,27 @@ from what it loaded and refuses an export that does not match) and where the wei
 `<which>.calibration.json` whose `weights_sha256_16` and flip match what is exported (else None,
 with a warning). It is metadata only: the fingerprint (what the embeddings mean) ignores it.
 
-Trust: an export folder is code. Loading a SavedModel runs its graph, so load only exports you
-would install as a package; the fingerprint guards against edits and mix-ups, not against an
-export crafted to run something when loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import tempfile
 import time
 from typing import Any, Optional
 
-import numpy as np
 from absl import logging
 
-from facetriplet import atomic, metrics
+from facetriplet import atomic, export_format
 from facetriplet.data import faces
 from facetriplet.errors import UserError
-# Checkpoints belong to the training workdir; these names stay importable here.
-from facetriplet.training.workdir import (WHICH, Workdir, load_checkpoint,  # noqa: F401
-                                          resolve_checkpoint, weights_digest)
+from facetriplet.export_format import (INPUT_BYTES, INPUT_IMAGES, METADATA_FILE,
+                                       METADATA_VERSION, OUTPUT, SIGNATURE_BYTES,
+                                       SIGNATURE_IMAGES)
+from facetriplet.training.workdir import (WHICH, Workdir, load_checkpoint, resolve_checkpoint,
+                                          weights_digest)
 
-METADATA_FILE = "facetriplet.json"
-METADATA_VERSION = 1
-SIGNATURE_IMAGES = "serving_default"
-SIGNATURE_BYTES = "serving_bytes"
-INPUT_IMAGES = "images"
-INPUT_BYTES = "image_bytes"
-OUTPUT = "embeddings"
 
 def _tf():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -68,24 +58,6 @@ def model_fingerprint(model) -> str:
   """First 16 hex digits of sha256 over every weight's shape, dtype and bytes, in model order
   (`workdir.weights_digest`: a workdir's calibration names its checkpoint's weights by it)."""
   return weights_digest(model)
-
-
-FINGERPRINT_VERSION = 2
-
-
-def export_fingerprint(arrays, crop: dict[str, Any], flip: bool) -> str:
-  """First 16 hex digits of sha256 over every exported variable (shape, dtype, bytes, in the
-  SavedModel's `model_variables` order), the crop settings and the flip flag: recomputed when an
-  export is loaded, so an edited or swapped export cannot pass for another."""
-  h = hashlib.sha256(f"facetriplet-export-v{FINGERPRINT_VERSION};".encode())
-  for a in arrays:
-    a = np.ascontiguousarray(np.asarray(a))
-    h.update(f"{a.dtype.str}{a.shape};".encode())
-    h.update(a.tobytes())
-  settings = {k: v for k, v in dict(crop).items()}
-  h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-  h.update(b"flip" if flip else b"plain")
-  return h.hexdigest()[:16]
 
 
 def model_input_size(model) -> int:
@@ -221,7 +193,7 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
   dim = int(model.outputs[0].shape[-1])
   module = _make_module(model, size, flip)
   # Flip on or off, crop settings and weights all change what an index built from it means.
-  fingerprint = export_fingerprint([v.numpy() for v in module.model_variables], crop, flip)
+  fingerprint = export_format.fingerprint([v.numpy() for v in module.model_variables], crop, flip)
   metadata = {
       "version": METADATA_VERSION,
       "name": "embedding",
@@ -231,7 +203,7 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
       "crop": dict(crop),
       "config": config,
       "fingerprint": fingerprint,
-      "fingerprint_version": FINGERPRINT_VERSION,
+      "fingerprint_version": export_format.FINGERPRINT_VERSION,
       "weights_sha256_16": weights,
       "verification": verification,
       "test_time_flip": bool(flip),
@@ -286,88 +258,3 @@ def _calibration(workdir: Optional[Workdir], checkpoint: str, weights: str,
                   f"calibrations of {', '.join(found)} are for other weights or flip setting"
                   if found else ("none in its workdir" if workdir else "no training workdir"))
   return None
-
-
-def read_metadata(export_dir: str) -> dict[str, Any]:
-  """The export's assets/facetriplet.json; raises UserError when the folder is not an export."""
-  path = os.path.join(export_dir, "assets", METADATA_FILE)
-  if not os.path.isfile(path):
-    raise UserError(f"{path} not found: {export_dir} is not a facetriplet export; run "
-                    "facetriplet-export --workdir=... --export_dir=... first")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-class Embedder:
-  """An exported model, with the same interface as the classical feature extractors."""
-
-  name = "embedding"
-
-  def __init__(self, export_dir: str, batch_size: int = 64):
-    tf = _tf()
-    self.export_dir = export_dir
-    self.metadata = read_metadata(export_dir)
-    self.fingerprint: str = self.metadata["fingerprint"]
-    self.dim: int = int(self.metadata["embedding_dim"])
-    self.input_size: int = int(self.metadata["input_size"])
-    self.batch_size = batch_size
-    self.crop_settings = faces.CropSettings.from_dict(self.metadata["crop"])
-    # Calibrated "same person" thresholds of these weights, or None (see the module docstring).
-    self.verification: Optional[dict[str, Any]] = self.metadata.get("verification")
-    self._loaded = tf.saved_model.load(export_dir)
-    self._fn = self._loaded.signatures[SIGNATURE_IMAGES]
-    self._verify()
-
-  def _verify(self) -> None:
-    """Recomputes the fingerprint from the loaded weights; an edited export is refused."""
-    if int(self.metadata.get("fingerprint_version", 1)) < FINGERPRINT_VERSION:
-      logging.warning("%s is an export of fingerprint version 1 (not verifiable): re-export it "
-                      "with this facetriplet to have its weights checked", self.export_dir)
-      return
-    variables = getattr(self._loaded, "model_variables", None)
-    if variables is None:
-      raise UserError(f"{self.export_dir} lacks the model variables its fingerprint covers: "
-                      "re-export it with facetriplet-export")
-    actual = export_fingerprint([v.numpy() for v in variables], self.metadata["crop"],
-                                bool(self.metadata.get("test_time_flip", False)))
-    if actual != self.fingerprint:
-      raise UserError(f"{self.export_dir} does not match its own fingerprint (recorded "
-                      f"{self.fingerprint}, its weights and settings give {actual}): the export "
-                      "was modified or mixed with another; re-export it from the training workdir")
-
-  def threshold(self, far: float = 0.01) -> Optional[float]:
-    """The calibrated cosine-similarity threshold for a false accept rate `far` (accept a pair
-    as one person when its score >= threshold); None when the export has no calibration, or none
-    for that FAR (not calibrated, or too few val pairs to resolve it)."""
-    if not self.verification:
-      return None
-    value = self.verification.get("thresholds", {}).get(metrics.far_key(far))
-    return None if value is None else float(value)
-
-  def embed(self, images: np.ndarray) -> np.ndarray:
-    """Embeds uint8 face crops [N, S, S, 3] (any S is resized) into float32 [N, D] unit rows."""
-    tf = _tf()
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.shape}")
-    if len(images) == 0:
-      return np.zeros((0, self.dim), np.float32)
-    out = []
-    for i in range(0, len(images), self.batch_size):
-      batch = tf.constant(images[i:i + self.batch_size].astype(np.uint8, copy=False))
-      out.append(self._fn(**{INPUT_IMAGES: batch})[OUTPUT].numpy())
-    return np.concatenate(out).astype(np.float32, copy=False)
-
-  def __repr__(self) -> str:
-    return f"Embedder({self.export_dir!r}, fingerprint={self.fingerprint}, dim={self.dim})"
-
-
-def load_embedder(export_dir: str, batch_size: int = 64) -> Embedder:
-  """Loads an export written by `export_model`.
-
-  Raises:
-    UserError: `export_dir` is not a facetriplet export.
-  """
-  if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
-    raise UserError(f"{export_dir} holds no saved_model.pb: run facetriplet-export first")
-  return Embedder(export_dir, batch_size)

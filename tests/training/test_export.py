@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetriplet.search import export
+from facetriplet.training import export
+from facetriplet.search import embedder
+from facetriplet import export_format
 from facetriplet.errors import UserError
 
 SIZE = 32
@@ -141,7 +143,7 @@ def test_reloaded_savedmodel_matches_keras_without_facetriplet(exported, tmp_pat
     x = export.resize_images(tf.constant(images), SIZE)
     return model(x, training=False).numpy()
 
-  assert int(out["dim"]) == export.read_metadata(export_dir)["embedding_dim"]
+  assert int(out["dim"]) == export_format.read_metadata(export_dir)["embedding_dim"]
   np.testing.assert_allclose(out["same"], model(same, training=False).numpy(), atol=1e-5)
   np.testing.assert_allclose(out["other"], keras_embed(other), atol=1e-5)
   np.testing.assert_allclose(out["png"][0], keras_embed(png_arrays[0][None])[0], atol=1e-5)
@@ -156,7 +158,7 @@ def test_reloaded_savedmodel_matches_keras_without_facetriplet(exported, tmp_pat
 
 def test_metadata_and_embedder(exported):
   workdir, export_dir, summary, _ = exported
-  meta = export.read_metadata(export_dir)
+  meta = export_format.read_metadata(export_dir)
   dim = meta["embedding_dim"]
   assert dim in (DIM, 16) and meta["input_size"] == SIZE
   assert meta["crop"]["size"] == SIZE and meta["crop"]["detector"] == "none"
@@ -166,7 +168,7 @@ def test_metadata_and_embedder(exported):
   assert meta["fingerprint"] == summary.fingerprint
   assert meta["weights_sha256_16"] == export.model_fingerprint(model)
   assert len(meta["fingerprint"]) == 16
-  emb = export.load_embedder(export_dir, batch_size=2)
+  emb = embedder.load_embedder(export_dir, batch_size=2)
   assert emb.name == "embedding" and emb.dim == dim and emb.fingerprint == meta["fingerprint"]
   assert emb.crop_settings.size == SIZE
   images = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
@@ -195,7 +197,7 @@ def test_which_and_checkpoint_resolution(tmp_path):
   with pytest.raises(UserError, match="does not exist"):
     export.resolve_checkpoint(os.path.join(workdir, "nope"))
   with pytest.raises(UserError, match="saved_model.pb"):
-    export.load_embedder(workdir)
+    embedder.load_embedder(workdir)
 
 
 @pytest.mark.slow
@@ -208,7 +210,7 @@ def test_export_tool(exported, tmp_path):
                          f"--workdir={workdir}", f"--export_dir={out}", "--which=last"],
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  meta = export.read_metadata(out)
+  meta = export_format.read_metadata(out)
   assert meta["checkpoint"].endswith("last.keras")
   assert meta["fingerprint"] == summary.fingerprint  # best and last hold the same weights here
   assert "fingerprint" in proc.stdout
@@ -234,13 +236,13 @@ def test_calibration_travels_with_its_weights_only(tmp_path, caplog):
                  "pairs": "val photos, leave-one-out"}
   Workdir(workdir).write_calibration("best", calibration)
   summary = export.export_model(workdir, str(tmp_path / "calibrated"))
-  meta = export.read_metadata(str(tmp_path / "calibrated"))
+  meta = export_format.read_metadata(str(tmp_path / "calibrated"))
   assert meta["verification"]["thresholds"] == calibration["thresholds"]
   assert meta["verification"]["eer_threshold"] == 0.35
   source = meta["verification"]["source"]
   assert source["checkpoint"] == "best" and source["epoch"] == 3
   assert source["num_negative_pairs"] == 500
-  emb = export.load_embedder(str(tmp_path / "calibrated"))
+  emb = embedder.load_embedder(str(tmp_path / "calibrated"))
   assert emb.verification == meta["verification"]
   assert emb.threshold() == 0.52 and emb.threshold(far=0.1) == 0.31
   assert emb.threshold(far=1e-3) is None and emb.threshold(far=0.2) is None
@@ -251,7 +253,7 @@ def test_calibration_travels_with_its_weights_only(tmp_path, caplog):
   Workdir(workdir).write_calibration("best", dict(calibration, weights_sha256_16="0" * 16))
   with caplog.at_level(logging.WARNING):
     other = export.export_model(workdir, str(tmp_path / "mismatch"))
-  assert export.read_metadata(str(tmp_path / "mismatch"))["verification"] is None
+  assert export_format.read_metadata(str(tmp_path / "mismatch"))["verification"] is None
   assert "other weights" in caplog.text
-  assert export.load_embedder(str(tmp_path / "mismatch")).threshold() is None
+  assert embedder.load_embedder(str(tmp_path / "mismatch")).threshold() is None
   assert other.fingerprint == summary.fingerprint == meta["fingerprint"]
