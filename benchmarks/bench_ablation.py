@@ -97,7 +97,6 @@ def write_curve(workdir: str, name: str) -> None:
 
 def export_variant(workdir: str, flip: bool) -> str:
   from facetriplet.training import export  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from facetriplet import export_format  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "export_best_flip" if flip else "export_best")
   ckpt = export.resolve_checkpoint(workdir, "best")
@@ -126,9 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.curve:
     write_curve(args.curve, f"{args.name_prefix}_curve")
   from facetriplet.data import classical, faces, tfrecords  # pylint: disable=g-import-not-at-top
-  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
-  from facetriplet import export_format  # pylint: disable=g-import-not-at-top
   runs = [(name, run_info(workdir), workdir) for name, workdir in _pairs(args.runs)]
   orl = dict(_pairs(args.orl_records))
   lfw_rows, orl_rows = [], []

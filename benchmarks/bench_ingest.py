@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           file=sys.stderr)
     return 2
   # build_tfrecords imports TensorFlow when it writes the first shard; pay that once, untimed.
-  import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   scratch = tempfile.mkdtemp(prefix="bench_ingest_")
   rows, runs = [], []
   try:

@@ -162,7 +162,6 @@ def train_kind(base_config, kind: str, root: str, skip_train: bool) -> str | Non
 def export_workdir(workdir: str, which: str = "best") -> str:
   """workdir/export_<which> from checkpoints/<which>.keras (redone when the checkpoint is newer)."""
   from facetriplet.training import export  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, f"export_{which}")
   ckpt = export.resolve_checkpoint(workdir, which)
   pb = os.path.join(out, "saved_model.pb")
@@ -175,7 +174,6 @@ def export_untrained(config, root: str, crop: dict, input_size: int) -> str:
   """Export of the untrained network of `config` (weights from its seed), made once."""
   import keras  # pylint: disable=g-import-not-at-top
   from facetriplet.training import export  # pylint: disable=g-import-not-at-top
-  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   key = json.dumps(config.model.to_dict(), sort_keys=True) + str(config.seed) + str(input_size)
@@ -242,7 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   root = os.path.abspath(args.workdir_root)
   os.makedirs(root, exist_ok=True)
   from facetriplet.data import classical  # pylint: disable=g-import-not-at-top
-  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
 
   # 1. Records.

@@ -18,7 +18,7 @@ chunk_size x gallery size, never with queries x gallery.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -136,30 +136,6 @@ def metrics_from_ranked(ranked_gallery_labels: np.ndarray, query_labels: Sequenc
   result = totals.result()
   result["map@r_truncated_queries"] = int(np.sum(num_relevant > ranked.shape[1]))
   return result
-
-
-def to_markdown(results: Union[Mapping[str, float], Mapping[str, Mapping[str, float]]]) -> str:
-  """A Markdown table: one row per method for a dict of dicts, else `metric | value` rows.
-
-  Args:
-    results: one metrics dict, or {method name: metrics dict}.
-
-  Returns:
-    The table, ending with a newline.
-  """
-  if results and all(isinstance(v, Mapping) for v in results.values()):
-    columns = []
-    for metrics in results.values():
-      columns += [key for key in metrics if key not in columns]
-    lines = ["| method | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
-    for method, metrics in results.items():
-      cells = [_format(metrics.get(key, "")) for key in columns]
-      lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  else:
-    lines = ["| metric | value |", "|---|---:|"]
-    lines += [f"| {key} | {_format(value)} |" for key, value in results.items()]
-  return "\n".join(lines) + "\n"
 
 
 # Verification (is a pair one person?) over same/different-identity pairs of unit embeddings.
@@ -408,13 +384,3 @@ def _top_indices(similarity: np.ndarray, k: int, exclude: np.ndarray = None) -> 
     order = candidates[np.lexsort((candidates, -row[candidates]))]
     out[i, :take] = order[:take]
   return out
-
-
-def _format(value) -> str:
-  if isinstance(value, (bool, np.bool_)):
-    return str(value)
-  if isinstance(value, (int, np.integer)):
-    return str(int(value))
-  if isinstance(value, (float, np.floating)):
-    return f"{value:.4f}"
-  return str(value)

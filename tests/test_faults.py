@@ -154,7 +154,6 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
   """Issue: the fingerprint was a string read from assets/facetriplet.json, never recomputed."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
   from tests.training.test_export import make_export  # pylint: disable=g-import-not-at-top
@@ -233,7 +232,6 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
-  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from tests.training.test_export import make_workdir  # pylint: disable=g-import-not-at-top
   workdir = make_workdir(str(tmp_path / "w"), kind="tiny")
@@ -287,7 +285,7 @@ def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_pat
 
 @pytest.mark.slow
 def test_kill_9_during_index_build_keeps_the_previous_index(tmp_path):
-  from facetriplet.search.index import ScannIndex  # pylint: disable=g-import-not-at-top
+  from facetriplet.search.index import GalleryIndex  # pylint: disable=g-import-not-at-top
   from tests.training.test_export import make_export  # pylint: disable=g-import-not-at-top
   from tests.search.test_retrieval import write_image_set  # pylint: disable=g-import-not-at-top
   model = make_export(str(tmp_path / "m"), seed=0)
@@ -298,13 +296,13 @@ def test_kill_9_during_index_build_keeps_the_previous_index(tmp_path):
           f"--gallery={tmp_path / 'gallery'}", f"--index_dir={index_dir}", "--noprogress"]
   first = subprocess.run(tool, capture_output=True, text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-2000:]
-  size = len(ScannIndex.load(str(index_dir)))
+  size = len(GalleryIndex.load(str(index_dir)))
   for seed in range(3):
     proc = subprocess.Popen(tool, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(float(rng.uniform(1.0, 7.0)))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(ScannIndex.load(str(index_dir))) == size, seed  # complete, old or new
+    assert len(GalleryIndex.load(str(index_dir))) == size, seed  # complete, old or new
   again = subprocess.run(tool, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-2000:]
   assert sorted(os.listdir(tmp_path / "indexes")) == ["gallery"]

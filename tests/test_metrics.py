@@ -151,19 +151,6 @@ def test_agrees_with_brute_force_and_ranked_path(leave_one_out):
     assert from_ranked[key] == pytest.approx(value, abs=1e-12), key
 
 
-def test_to_markdown():
-  one = {"top1": 0.5, "num_queries": 3}
-  assert metrics.to_markdown(one) == "| metric | value |\n|---|---:|\n| top1 | 0.5000 |\n" \
-                                     "| num_queries | 3 |\n"
-  table = metrics.to_markdown({"lbp": one, "embedding": {"top1": 0.9, "map@r": 0.25}})
-  lines = table.strip().split("\n")
-  assert lines[0] == "| method | top1 | num_queries | map@r |"
-  assert lines[2] == "| lbp | 0.5000 | 3 |  |"
-  assert lines[3] == "| embedding | 0.9000 |  | 0.2500 |"
-
-
-# --- Verification ------------------------------------------------------------------------------
-
 def test_verification_hand_worked():
   """Four faces at 0, 70, 90, 135 degrees, identities A A B B.
 

@@ -1,9 +1,12 @@
-r"""Embeds a gallery with an exported model (or classical features) and saves a ScaNN index;
-or adds photos to / removes items from an existing index without rebuilding it.
+r"""Embeds a gallery with an exported model (or classical features) and saves a search index
+(ScaNN by default, or faiss); or adds photos to / removes items from an existing index without
+rebuilding it.
 
   facetriplet-build-index --model=runs/demo/export --gallery=data/gallery --index_dir=runs/index
   facetriplet-build-index --model=runs/demo/export --gallery=runs/tfrecords --index_dir=...
   facetriplet-build-index --features=hog --gallery=data/gallery --index_dir=runs/index_hog
+  facetriplet-build-index --model=runs/demo/export --gallery=data/gallery --index_dir=runs/exact \
+      --backend=faiss-flat                                             # exact search with faiss
   facetriplet-build-index --index_dir=runs/index --add=new_photos/     # enrol: only new photos
   facetriplet-build-index --index_dir=runs/index --remove=gone.txt     # ids or paths, one a line
   facetriplet-build-index --index_dir=runs/index --rebuild             # retrain the partitions
@@ -30,7 +33,7 @@ from absl import logging
 from facetriplet import pipelines
 from facetriplet.data import faces, layouts
 from facetriplet.errors import UserError, run_tool
-from facetriplet.search import features, gallery
+from facetriplet.search import backends, features, gallery
 from facetriplet.search.searcher import Searcher
 
 _GALLERY = flags.DEFINE_string("gallery", None,
@@ -46,7 +49,10 @@ _SPLITS = flags.DEFINE_list("splits", None, "TFRecord splits to index (default: 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per embedding batch.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Loading threads; 0 = CPU count.")
 _TARGET_RECALL = flags.DEFINE_float("target_recall", 0.95,
-                                    "Wanted ScaNN recall@10 relative to exact search.")
+                                    "Wanted recall@10 relative to exact search (sets the "
+                                    "backend's automatic search settings).")
+_BACKEND = flags.DEFINE_enum("backend", backends.DEFAULT, list(backends.NAMES),
+                             "Search backend of a new index: " + backends.help_text() + ".")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -120,15 +126,15 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("--gallery=<folder> and --index_dir=<output folder> are required")
   extractor = features.make_extractor(_FEATURES.value, _MODEL.value, source=_GALLERY.value)
   logging.info("build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "
-               "index_dir=%s batch_size=%d workers=%d target_recall=%s runner=%s "
+               "index_dir=%s batch_size=%d workers=%d target_recall=%s backend=%s runner=%s "
                "pipeline_args=%s embeddings_dir=%s train_sample=%d", _GALLERY.value,
                _LAYOUT.value, _FEATURES.value, _MODEL.value, extractor.fingerprint,
                extractor.crop_settings.to_dict(), _INDEX_DIR.value, _BATCH_SIZE.value, workers,
-               _TARGET_RECALL.value, _RUNNER.value, argv[1:], _EMBEDDINGS_DIR.value,
+               _TARGET_RECALL.value, _BACKEND.value, _RUNNER.value, argv[1:], _EMBEDDINGS_DIR.value,
                _TRAIN_SAMPLE.value)
   common = dict(layout=_LAYOUT.value, splits=_SPLITS.value, batch_size=_BATCH_SIZE.value,
                 target_recall=_TARGET_RECALL.value, model_dir=_MODEL.value,
-                faces_mode=_FACES.value, min_face=_MIN_FACE.value)
+                faces_mode=_FACES.value, min_face=_MIN_FACE.value, backend=_BACKEND.value)
   if _RUNNER.value:
     pipelines.require_beam()
     from facetriplet.search import beam_index  # pylint: disable=g-import-not-at-top
@@ -140,7 +146,7 @@ def main(argv: Sequence[str]) -> None:
                                     progress=_PROGRESS.value, **common)
   print(f"index {s.index_dir}: {s.items} items, {len(s.skipped)} skipped, {len(s.no_face)} "
         f"without a detected face (fallback crop), dim {s.dim}, features {_FEATURES.value}\n"
-        f"  ScaNN {s.scann}\n  {s.images_per_second:.1f} images/s, {s.seconds:.1f} s")
+        f"  {s.backend} {s.settings}\n  {s.images_per_second:.1f} images/s, {s.seconds:.1f} s")
   for p in s.skipped:
     print(f"  skipped {p.rel_path}: {p.reason}" + (f" ({p.detail})" if p.detail else ""))
 

@@ -42,10 +42,11 @@ from typing import Any, Optional, Sequence
 from absl import app
 from absl import flags
 
-from facetriplet import atomic, metrics
+from facetriplet import atomic
 from facetriplet.data import heldout as heldout_lib
 from facetriplet.data import detectors, layouts, tfrecords
 from facetriplet.errors import UserError, run_tool
+from facetriplet.evaluation import report
 from facetriplet.training import plan
 
 STATE = "demo.json"
@@ -267,7 +268,7 @@ def run_demo(args: Any) -> None:
            for name in FEATURES.split(",") if name in results}
   print("\n=== results: queries vs gallery, identities never seen in training "
         "(all columns: eval/metrics.md)\n")
-  print(metrics.to_markdown(shown))
+  print(report.markdown_table(shown))
   best = max((name for name in shown if name != "embedding"),
              key=lambda name: shown[name].get("map@r", 0), default=None)
   if best and "embedding" in shown and shown["embedding"]["map@r"] < shown[best]["map@r"]:

@@ -23,8 +23,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from facetriplet import metrics
 from facetriplet.evaluation import evaluation
+from facetriplet.evaluation import report as report_lib
 from facetriplet.data import layouts
 from facetriplet.search import features as features_lib
 from facetriplet.errors import UserError, run_tool
@@ -81,9 +81,9 @@ def main(argv: Sequence[str]) -> None:
       ks=ks, grid_queries=_GRID_QUERIES.value, grid_k=_GRID_K.value,
       batch_size=_BATCH_SIZE.value, workers=_WORKERS.value or os.cpu_count() or 1,
       progress=_PROGRESS.value, far=_FAR.value, splits=_SPLITS.value)
-  print(metrics.to_markdown(report["results"]), end="")
+  print(report_lib.markdown_table(report["results"]), end="")
   print("\nverification (" + report["setup"]["verification_pairs"] + "):")
-  print(evaluation.verification_markdown(report["verification"], _FAR.value), end="")
+  print(report_lib.verification_markdown(report["verification"], _FAR.value), end="")
   skipped = sum(1 for ps in report["problems"].values() for p in ps if not p["kept"])
   print(f"{report['setup']['mode']} evaluation; {skipped} unreadable file(s) skipped; wrote "
         f"metrics.json, metrics.md" + (", grid.png" if _GRID_QUERIES.value > 0 else "")

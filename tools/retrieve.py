@@ -67,11 +67,11 @@ def main(argv: Sequence[str]) -> None:
   result = retrieval.retrieve(extractor, index, entries, _K.value, _BATCH_SIZE.value, workers,
                               _PROGRESS.value, exclude_self=_EXCLUDE_SELF.value,
                               min_score=_MIN_SCORE.value)
-  payload = submission.make_submission(result, _GROUPNAME.value)
+  payload = submission.make_submission(result.results, _GROUPNAME.value, result.shared_names)
   json_path = os.path.join(_OUTPUT.value, "submission.json")
   csv_path = os.path.join(_OUTPUT.value, "results.csv")
   submission.write_submission(json_path, payload)
-  rows = submission.write_results_csv(csv_path, result)
+  rows = submission.write_results_csv(csv_path, result.results, result.shared_names)
   unreadable = [p for p in result.problems if not p.kept]
   no_face = [p for p in result.problems if p.reason == NO_FACE]
   print(f"{len(entries)} queries, top-{result.k} of {len(index)} gallery items, "

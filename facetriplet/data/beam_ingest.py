@@ -11,7 +11,7 @@ writes the photos of the shards still to do as chunks, one JSON line each, to
   plan order (`ingest.write_planned_shard`: `tfrecords.write_shard`, atomic, plus its result file)
 
 and the driver writes the manifest from the result files (`ingest.finish_build`). Chunks are the
-local path's (`crop_workers.chunks`: the detector's batch_size photos; MTCNN boxes depend on which
+local path's (`batches.chunks` of the detector's batch_size photos; MTCNN boxes depend on which
 photos share a call, else one), and photos over `crop_workers.LARGE_PIXELS` are cropped alone as
 the local pool does, so a Beam run writes byte-identical shards and the same manifest as a local
 run of the same input and settings, and either resumes the other's folder. A bundle the runner
@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import apache_beam as beam
 
 from facetriplet import pipelines
+from facetriplet.batches import chunks
 from facetriplet.data import crop_workers, detectors, faces, ingest, layouts, shard_plan
 
 TASKS_FILE = "tasks.jsonl"
@@ -86,7 +87,7 @@ def task_chunks(shards: Sequence[shard_plan.PlannedShard],
   elsewhere, and the records hold rel_path only)."""
   tasks = [[s.file, s.split, i, len(s.items), os.path.abspath(e.path), e.rel_path, e.identity,
             e.partition, label, name] for s in shards for i, (e, label, name) in enumerate(s.items)]
-  for chunk in crop_workers.chunks(tasks, crop_workers.chunk_size(crop)):
+  for chunk in chunks(tasks, crop_workers.chunk_size(crop)):
     yield list(chunk)
 
 

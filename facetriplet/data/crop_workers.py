@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import cv2
 
+from facetriplet.batches import chunks
 from facetriplet.data import detectors, faces
 from facetriplet.errors import ImageError, UserError
 
@@ -137,12 +138,6 @@ def chunk_size(crop: faces.CropSettings) -> int:
   photo, so its boxes depend on which photos share a call: every engine cuts the task list into
   the same chunks (`chunks`) to write the same bytes."""
   return detectors.detector_class(crop.detector).batch_size
-
-
-def chunks(tasks: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-  """`tasks` cut in order into runs of `size` (the last may be shorter)."""
-  for i in range(0, len(tasks), size):
-    yield tasks[i:i + size]
 
 
 def crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pixels: int,

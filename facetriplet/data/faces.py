@@ -42,6 +42,8 @@ from facetriplet.errors import UserError
 
 ON_NO_FACE = ("center", "skip")
 PICKS = ("largest", "center")
+# Faces used per photo: the chosen one (`pick`), or every face found (collections, group photos).
+FACE_MODES = ("largest", "all")
 # Five-point templates (left eye, right eye, nose tip, left and right mouth corner) in the pixel
 # frame of a `side` x `side` face crop. `arcface112` is the template of the ArcFace/InsightFace
 # 112 x 112 crops, the usual target of 5-point alignment.
@@ -123,6 +125,13 @@ class CropSettings:
 
 
 NO_LANDMARKS = (0.0,) * 10
+
+
+def check_face_mode(faces_mode: str) -> str:
+  """`faces_mode` if it is one of FACE_MODES; UserError naming them otherwise."""
+  if faces_mode not in FACE_MODES:
+    raise UserError(f"faces={faces_mode!r} is not one of {', '.join(FACE_MODES)}")
+  return faces_mode
 
 
 class CropResult(NamedTuple):

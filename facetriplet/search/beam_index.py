@@ -1,4 +1,4 @@
-"""Gallery embedding as an Apache Beam pipeline (RunInference), and the ScaNN index built from the
+"""Gallery embedding as an Apache Beam pipeline (RunInference), and the gallery index built from the
 embedding shards it writes: `gallery.build_gallery_index` spread over a Beam runner's workers.
 
 The driver (the tool's process) lists the gallery as the local path does (`layouts.list_images`,
@@ -11,17 +11,17 @@ embeddings folder. The pipeline:
   `serving_default` signature through `export.Embedder`, or a classical extractor; batches of
   `batch_size`) -> group by embedding shard -> write `embeddings-NNNNN-of-MMMMM.npz` (atomic):
   `keys` int64 [n, 3] (gallery order), `embeddings` float32 [n, D], `items` (the index items,
-  `gallery.item_of`, as JSON) and `problems` (skipped / no-face photos, as JSON).
+  `items.Item.of_face`, as JSON) and `problems` (skipped / no-face photos, as JSON).
 
 Then `index_from_shards` reads the shards back in gallery order and builds the index with the
 very items, embeddings and gallery.json of the local path. Up to `train_sample` items (250,000,
-ScaNN's own training-sample cap) it is one `ScannIndex.build`, the same index as the local path's.
-Above it, the scale-out shape: the partitions are configured for the whole gallery
-(`auto_config(n)`: about sqrt(n) leaves) but trained on a random sample of `train_sample` items
-(`build`), and the other items are added slice by slice with ScaNN's upsert (`ScannIndex.add`),
-so partition training never holds more than the sample. Rows then come sample first; ids, items
-and scores are the same. `index.json` records `trained_on` (the gallery size the partitions were
-sized for) and `training_sample`.
+ScaNN's own training-sample cap) it is one `GalleryIndex.build`, the same index as the local
+path's. Above it, the scale-out shape: the backend's settings are chosen for the whole gallery
+(ScaNN: about sqrt(n) leaves) but its structure is built from a random sample of `train_sample`
+items, and the other items are added slice by slice (`GalleryIndex.add`, an upsert), so
+partition training never holds more than the sample. Rows then come sample first; ids, items and
+scores are the same. `index.json` records `trained_on` (the gallery size the settings were chosen
+for) and `training_sample`.
 
 Why not `apache_beam.ml.inference.tensorflow_inference.TFModelHandlerTensor`: it imports
 `tensorflow_hub` (which pulls in `tf-keras`, Keras 2) and loads with `tf.keras.models.load_model`,
@@ -46,13 +46,14 @@ import numpy as np
 from facetriplet import atomic, pipelines
 from facetriplet.data import faces, layouts, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.search import embedding, features, gallery
+from facetriplet.search import backends, embedding, features, gallery
 from facetriplet.search.embedding import Problem
-from facetriplet.search.index import ScannIndex, auto_config
+from facetriplet.search.index import GalleryIndex
+from facetriplet.search.items import Item
 
 SHARD_ROWS = 10_000  # photos per embedding shard (folder galleries; TFRecords: one per shard)
 TRAIN_SAMPLE = 250_000
-ADD_ROWS = 100_000  # rows per ScannIndex.add call after the sample
+ADD_ROWS = 100_000  # rows per GalleryIndex.add call after the sample
 EMBEDDINGS_FILE = "embeddings.json"
 TASKS_FILE = "tasks.jsonl"
 _OURS = re.compile(r"^(embeddings-\d{5}-of-\d{5}\.npz|embeddings\.json|tasks\.jsonl|"
@@ -67,13 +68,13 @@ def build_gallery_index_beam(extractor, gallery_dir: str, index_dir: str, runner
                              faces_mode: str = "auto",
                              min_face: float = faces.MIN_FACE_FRACTION,
                              embeddings_dir: Optional[str] = None, shard_rows: int = SHARD_ROWS,
-                             train_sample: int = TRAIN_SAMPLE,
-                             **overrides: Any) -> gallery.GallerySummary:
+                             train_sample: int = TRAIN_SAMPLE, backend: str = backends.DEFAULT,
+                             **settings: Any) -> gallery.GallerySummary:
   """`gallery.build_gallery_index` with the cropping and embedding run on Beam.
 
   Args:
     extractor, gallery_dir, index_dir, layout, splits, batch_size, target_recall, model_dir,
-      faces_mode, min_face, overrides: as for `gallery.build_gallery_index`.
+      faces_mode, min_face, backend, settings: as for `gallery.build_gallery_index`.
     runner: Beam runner name (`DirectRunner`, `PrismRunner`, `FlinkRunner`, ...).
     pipeline_args: further Beam pipeline options.
     embeddings_dir: where the embedding shards are written and kept (empty or missing, or one
@@ -103,7 +104,8 @@ def build_gallery_index_beam(extractor, gallery_dir: str, index_dir: str, runner
     embed_to_shards(extractor, gallery_dir, staging, runner, pipeline_args, layout, splits,
                     batch_size, faces_mode, min_face, model_dir, shard_rows)
     return index_from_shards(staging, index_dir, extractor, gallery_dir, layout, faces_mode,
-                             min_face, model_dir, target_recall, train_sample, start, **overrides)
+                             min_face, model_dir, target_recall, train_sample, start, backend,
+                             **settings)
   finally:
     if not embeddings_dir:
       atomic.remove(staging)
@@ -210,7 +212,8 @@ class CropFn(beam.DoFn):
         if problem is not None:
           yield beam.pvalue.TaggedOutput(_PROBLEMS, (shard, ("problem", key, problem.to_dict())))
         if row is not None:
-          item = json.dumps(gallery.item_of(row, self._faces_mode), sort_keys=True)
+          item = json.dumps(Item.of_face(row, self._faces_mode == "all").to_json(),
+                            sort_keys=True)
           yield (shard, key, item), image
 
   def _results(self, task) -> Iterator[tuple[tuple[int, int], Any, Any]]:
@@ -280,7 +283,7 @@ class WriteShardFn(beam.DoFn):
 
 
 def read_shards(embeddings_dir: str, fingerprint: Optional[str] = None,
-                ) -> tuple[np.ndarray, list[dict[str, Any]], list[Problem]]:
+                ) -> tuple[np.ndarray, list[Item], list[Problem]]:
   """(embeddings [n, D], items, problems) of an embeddings folder, in gallery order.
 
   Raises:
@@ -300,7 +303,7 @@ def read_shards(embeddings_dir: str, fingerprint: Optional[str] = None,
     with np.load(os.path.join(embeddings_dir, name), allow_pickle=False) as z:
       keys.append(z["keys"])
       vectors.append(z["embeddings"].astype(np.float32, copy=False))
-      items += [json.loads(s) for s in z["items"]]
+      items += [Item.from_json(json.loads(s)) for s in z["items"]]
       problems += [json.loads(s) for s in z["problems"]]
   keys_all = np.concatenate(keys).reshape(-1, 3)
   order = np.lexsort(keys_all.T[::-1])
@@ -312,7 +315,8 @@ def read_shards(embeddings_dir: str, fingerprint: Optional[str] = None,
 def index_from_shards(embeddings_dir: str, index_dir: str, extractor, gallery_dir: str,
                       layout: str, faces_mode: str, min_face: float, model_dir: Optional[str],
                       target_recall: float = 0.95, train_sample: int = TRAIN_SAMPLE,
-                      start: Optional[float] = None, **overrides: Any) -> gallery.GallerySummary:
+                      start: Optional[float] = None, backend: str = backends.DEFAULT,
+                      **settings: Any) -> gallery.GallerySummary:
   """Builds and saves the index (with gallery.json) from the embedding shards; see the module
   docstring for the sample + add shape above `train_sample` items."""
   start = time.time() if start is None else start
@@ -323,35 +327,34 @@ def index_from_shards(embeddings_dir: str, index_dir: str, extractor, gallery_di
     raise UserError(f"no usable image in gallery {gallery_dir} ({len(skipped)} skipped): check "
                     "the folder and --layout")
   index = build_from_sample(embeddings, items, extractor.fingerprint, target_recall,
-                            train_sample, **overrides)
+                            train_sample, backend=backend, **settings)
   info = gallery.gallery_info(extractor, gallery_dir, layout, faces_mode, min_face, model_dir,
                               items, problems)
   index.save(index_dir, extra_json={gallery.GALLERY_FILE: info})
   return gallery.GallerySummary(index_dir, len(items), skipped, no_face, int(extractor.dim),
-                                index.config, time.time() - start)
+                                index.backend.name, index.config, time.time() - start)
 
 
-def build_from_sample(embeddings: np.ndarray, items: Sequence[dict[str, Any]], fingerprint: str,
+def build_from_sample(embeddings: np.ndarray, items: Sequence[Item], fingerprint: str,
                       target_recall: float = 0.95, train_sample: int = TRAIN_SAMPLE,
-                      seed: int = 0, **overrides: Any) -> ScannIndex:
-  """`ScannIndex.build` of everything up to `train_sample` items; above it, partitions sized for
-  all items (`auto_config(n)`, then `overrides`) trained on a random sample of `train_sample`,
-  and the other items added in slices of `ADD_ROWS` (ScaNN upsert)."""
+                      seed: int = 0, backend: str = backends.DEFAULT,
+                      **settings: Any) -> GalleryIndex:
+  """`GalleryIndex.build` of everything up to `train_sample` items; above it, settings chosen
+  for all items (the backend's automatic ones, then `settings`), the structure built from a
+  random sample of `train_sample`, and the other items added in slices of `ADD_ROWS`."""
   n = len(items)
   if n <= train_sample:
-    return ScannIndex.build(embeddings, items, fingerprint, target_recall=target_recall,
-                            **overrides)
-  settings = {k: v for k, v in auto_config(n, embeddings.shape[1], target_recall).items()
-              if k != "target_recall"}
-  settings.update({k: v for k, v in overrides.items() if v is not None})
-  chosen = np.zeros(n, bool)
-  chosen[np.random.default_rng(seed).choice(n, train_sample, replace=False)] = True
-  sample = np.flatnonzero(chosen)
-  index = ScannIndex.build(embeddings[sample], [items[i] for i in sample], fingerprint,
-                           target_recall=target_recall, **settings)
-  rest = np.flatnonzero(~chosen)
+    return GalleryIndex.build(embeddings, items, fingerprint, backend, target_recall, **settings)
+  chosen = backends.get(backend).settings(n, embeddings.shape[1], target_recall, **settings)
+  chosen = {k: v for k, v in chosen.items() if k not in ("target_recall", "trained_on")}
+  picked = np.zeros(n, bool)
+  picked[np.random.default_rng(seed).choice(n, train_sample, replace=False)] = True
+  sample = np.flatnonzero(picked)
+  index = GalleryIndex.build(embeddings[sample], [items[i] for i in sample], fingerprint,
+                             backend, target_recall, **chosen)
+  rest = np.flatnonzero(~picked)
   for s in range(0, len(rest), ADD_ROWS):
     part = rest[s:s + ADD_ROWS]
     index.add(embeddings[part], [items[i] for i in part])
-  index.config = dict(index.config, trained_on=n, training_sample=int(train_sample))
+  index.backend.config.update(trained_on=n, training_sample=int(train_sample))
   return index

@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from facetriplet.batches import chunks
 from facetriplet.data import faces, tfrecords
 from facetriplet.data.layouts import ImageEntry
 from facetriplet.errors import ImageError
 
 NO_FACE = "no-face"
-FACES = ("largest", "all")  # one face per photo (the chosen one), or every face found
 
 
 class FaceEntry(NamedTuple):
@@ -53,9 +53,13 @@ class Problem:
     return dataclasses.asdict(self)
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-  for i in range(0, len(items), size):
-    yield items[i:i + size]
+def with_progress(batches: Iterable[list[Any]], total: int, show: bool = True,
+             desc: str = "embedding") -> Iterator[list[Any]]:
+  """`batches` as they come, advancing a progress bar (shown when `show`) by each one's length."""
+  with tqdm(total=total, unit="img", desc=desc, disable=not show, leave=False) as bar:
+    for batch in batches:
+      yield batch
+      bar.update(len(batch))
 
 
 def crop_entry(cropper: faces.FaceCropper, entry: Any, faces_mode: str = "largest",
@@ -90,7 +94,7 @@ def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: 
 
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
     pending: list[list[concurrent.futures.Future]] = []
-    for batch in _batches(entries, batch_size):
+    for batch in chunks(entries, batch_size):
       pending.append([pool.submit(load, e) for e in batch])
       if len(pending) == 2:
         yield [f.result() for f in pending.pop(0)]
@@ -147,22 +151,20 @@ def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
   """Embeds batches of (entry, CropResult | [CropResult] | ImageError) as they come; see
   `embed_entries`. With `with_faces` the kept rows are `FaceEntry`s (box, landmarks, face
   number), else the input entries themselves."""
-  chunks, kept, problems = [], [], []
-  with tqdm(total=total, unit="img", desc=desc, disable=not progress, leave=False) as bar:
-    for batch in batches:
-      images = []
-      for entry, result in batch:
-        for row, image, problem in entry_rows(entry, result, on_no_face, with_faces):
-          if problem is not None:
-            problems.append(problem)
-          if row is not None:
-            images.append(image)
-            kept.append(row)
-      if images:
-        chunks.append(np.asarray(extractor.embed(np.stack(images)), dtype=np.float32))
-      bar.update(len(batch))
+  vectors, kept, problems = [], [], []
+  for batch in with_progress(batches, total, progress, desc):
+    images = []
+    for entry, result in batch:
+      for row, image, problem in entry_rows(entry, result, on_no_face, with_faces):
+        if problem is not None:
+          problems.append(problem)
+        if row is not None:
+          images.append(image)
+          kept.append(row)
+    if images:
+      vectors.append(np.asarray(extractor.embed(np.stack(images)), dtype=np.float32))
   dim = int(extractor.dim)
-  embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+  embeddings = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
   return embeddings, kept, problems
 
 

@@ -4,9 +4,10 @@ A gallery is either a folder of images in any layout (`facetriplet.data.layouts`
 extractor's crop settings (the export's metadata, i.e. the training manifest's), or the TFRecords of
 facetriplet-build-tfrecords, whose records already hold the crops. Both stream batch by batch.
 
-Besides the ScaNN index folder (`facetriplet.search.index`), `gallery.json` is written into it: the
-features and export used, the crop settings, the source, and the skipped / no-face files, so
-`facetriplet-retrieve --index=DIR` knows which model to embed queries with.
+Besides the index folder (`facetriplet.search.index.GalleryIndex`, over the backend asked for),
+`gallery.json` is written into it: the features and export used, the crop settings, the source,
+and the skipped / no-face files, so `facetriplet-retrieve --index=DIR` knows which model to embed
+queries with.
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ from absl import logging
 
 from facetriplet.data import faces, layouts, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.search import embedding, features
+from facetriplet.search import backends, embedding, features
 from facetriplet.search.embedding import NO_FACE, Problem
-from facetriplet.search.index import ScannIndex
+from facetriplet.search.index import GalleryIndex
+from facetriplet.search.items import Item
 
 GALLERY_FILE = "gallery.json"
 
 
-FACE_MODES = ("auto",) + embedding.FACES
+FACE_MODES = ("auto",) + faces.FACE_MODES  # what a gallery build takes
 
 
 def resolve_faces(faces_mode: str, gallery: str, layout: str = "auto") -> str:
   """'auto' -> 'all' for a flat folder of photos (a collection: every face is searchable),
   'largest' for identity folders and TFRecords (one face per training photo)."""
-  if faces_mode not in FACE_MODES:
-    raise UserError(f"faces={faces_mode!r} is not one of {', '.join(FACE_MODES)}")
+  if faces_mode != "auto":
+    faces.check_face_mode(faces_mode)
   if tfrecords.is_shard_folder(gallery):
     if faces_mode == "all":
       raise UserError(f"{gallery} holds TFRecords, one crop per photo: --faces=all needs the "
@@ -86,7 +88,8 @@ class GallerySummary:
   skipped: list[Problem]
   no_face: list[Problem]
   dim: int
-  scann: dict[str, Any]
+  backend: str
+  settings: dict[str, Any]  # the backend's, as index.json records them
   seconds: float
 
   @property
@@ -94,35 +97,20 @@ class GallerySummary:
     return (self.items + len(self.skipped)) / max(self.seconds, 1e-9)
 
 
-def item_of(entry, faces_mode: str = "largest") -> dict[str, Any]:
-  """The index metadata of one gallery face: `id` (the photo's absolute path, plus '#<face>' with
-  faces_mode='all'), the photo's path, name and identity, and the face's box and landmarks."""
-  path = os.path.abspath(entry.path)
-  item = {"id": path + (f"#{getattr(entry, 'face', 0)}" if faces_mode == "all" else ""),
-          "path": entry.path, "rel_path": entry.rel_path,
-          "name": os.path.basename(entry.rel_path), "identity": entry.identity}
-  if getattr(entry, "box", None) is not None and getattr(entry, "found", True):
-    item["box"] = [round(float(v), 2) for v in entry.box]
-    if entry.landmarks and any(entry.landmarks):
-      item["landmarks"] = [round(float(v), 2) for v in entry.landmarks]
-  if faces_mode == "all":
-    item["face"] = int(getattr(entry, "face", 0))
-  return item
-
-
 def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "auto",
                         splits: Optional[Sequence[str]] = None, batch_size: int = 64,
                         workers: int = 4, progress: bool = True, target_recall: float = 0.95,
                         model_dir: Optional[str] = None, faces_mode: str = "auto",
                         min_face: float = faces.MIN_FACE_FRACTION,
-                        **overrides: Any) -> GallerySummary:
-  """Embeds `gallery` and saves a ScaNN index of it (plus gallery.json) to `index_dir`.
+                        backend: str = backends.DEFAULT, **settings: Any) -> GallerySummary:
+  """Embeds `gallery` and saves an index of it (plus gallery.json) to `index_dir`, searched by
+  `backend` with its automatic `settings` overridden by the ones given.
 
   With faces_mode 'all' (the 'auto' choice for a flat folder of photos) every face of at least
   `min_face` x the short side becomes an item with its box; else each photo's chosen face.
 
   Raises:
-    UserError: missing or empty gallery (nothing readable), bad ScaNN overrides.
+    UserError: missing or empty gallery (nothing readable), a bad backend or setting.
   """
   start = time.time()
   faces_mode = resolve_faces(faces_mode, gallery, layout)
@@ -133,18 +121,18 @@ def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "
   if not kept:
     raise UserError(f"no usable image in gallery {gallery} ({len(skipped)} skipped): check the "
                     "folder and --layout")
-  items = [item_of(e, faces_mode) for e in kept]
-  index = ScannIndex.build(embeddings, items, extractor.fingerprint, target_recall=target_recall,
-                           **overrides)
+  items = [Item.of_face(e, faces_mode == "all") for e in kept]
+  index = GalleryIndex.build(embeddings, items, extractor.fingerprint, backend, target_recall,
+                             **settings)
   info = gallery_info(extractor, gallery, layout, faces_mode, min_face, model_dir, items,
                       problems)
   index.save(index_dir, extra_json={GALLERY_FILE: info})
-  return GallerySummary(index_dir, len(kept), skipped, no_face, int(extractor.dim), index.config,
-                        time.time() - start)
+  return GallerySummary(index_dir, len(kept), skipped, no_face, int(extractor.dim),
+                        index.backend.name, index.config, time.time() - start)
 
 
 def gallery_info(extractor, gallery: str, layout: str, faces_mode: str, min_face: float,
-                 model_dir: Optional[str], items: Sequence[dict[str, Any]],
+                 model_dir: Optional[str], items: Sequence[Item],
                  problems: Sequence[Problem]) -> dict[str, Any]:
   """The gallery.json of an index: features, model, crop, source, and the skipped / no-face
   photos (`problems` in gallery order)."""
@@ -153,7 +141,7 @@ def gallery_info(extractor, gallery: str, layout: str, faces_mode: str, min_face
           "fingerprint": extractor.fingerprint, "dim": int(extractor.dim),
           "crop": extractor.crop_settings.to_dict(), "gallery": os.path.abspath(gallery),
           "layout": layout, "faces": faces_mode, "min_face": min_face, "items": len(items),
-          "photos": len({item["path"] for item in items}),
+          "photos": len({item.photo for item in items}),
           "skipped": [p.to_dict() for p in problems if not p.kept],
           "no_face": [p.rel_path for p in problems if p.reason == NO_FACE]}
 
@@ -170,12 +158,20 @@ def read_gallery_info(index_dir: str) -> dict[str, Any]:
   path = os.path.join(index_dir, GALLERY_FILE)
   if not os.path.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      info = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} is unreadable ({e}): rebuild the index with "
+                    "facetriplet-build-index") from None
+  if not isinstance(info, dict):
+    raise UserError(f"{path} is not a gallery description: rebuild the index with "
+                    "facetriplet-build-index")
+  return info
 
 
 def open_index(index_dir: str, model: Optional[str] = None, features_name: Optional[str] = None,
-               ) -> tuple[Any, ScannIndex, dict[str, Any]]:
+               ) -> tuple[Any, GalleryIndex, dict[str, Any]]:
   """The extractor an index was built with (or the one asked for) and the index, checked.
 
   The model defaults to the export recorded in gallery.json, the features to the index's, and
@@ -191,6 +187,6 @@ def open_index(index_dir: str, model: Optional[str] = None, features_name: Optio
   name = features_name or info.get("features") or "embedding"
   model = model or (info.get("model") if name == "embedding" or not info.get("crop") else None)
   extractor = features.make_extractor(name, model, info.get("crop"))
-  index = ScannIndex.load(index_dir, expected_fingerprint=extractor.fingerprint,
-                          expected_dim=int(extractor.dim))
+  index = GalleryIndex.load(index_dir, expected_fingerprint=extractor.fingerprint,
+                            expected_dim=int(extractor.dim))
   return extractor, index, dict(info, features=name, model=model)

@@ -21,62 +21,19 @@ import contextlib
 import dataclasses
 import os
 import threading
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from absl import logging
 
-from facetriplet.data import faces, images, layouts
-from facetriplet.errors import ImageError, UserError
-from facetriplet.search import embedding, gallery, retrieval
-from facetriplet.search.index import ScannIndex
+from facetriplet.data import faces, layouts
+from facetriplet.errors import UserError
+from facetriplet.search import embedding, gallery
+from facetriplet.search.engine import ImageLike, Match, QueryEngine, SearchResult, query_name
+from facetriplet.search.index import GalleryIndex
+from facetriplet.search.items import Item
 
-ImageLike = Union[str, os.PathLike, bytes, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class Match:
-  """One gallery photo found for a query (its best-scoring face)."""
-  rank: int
-  score: float  # cosine similarity, -1..1
-  id: str  # the item id (what `remove` takes)
-  path: str
-  name: str
-  identity: Optional[str]
-  box: Optional[tuple]  # the matched face's (x, y, w, h) in the gallery photo
-  item: dict  # all the item's metadata
-
-  def to_dict(self) -> dict[str, Any]:
-    out = dataclasses.asdict(self)
-    out.pop("item")
-    return out
-
-
-@dataclasses.dataclass
-class SearchResult:
-  """The answer for one query image: its matches (best first; empty = no match)."""
-  query: str
-  matches: list[Match]
-  box: Optional[tuple] = None  # the query face's box; None when no face was found
-  face: int = 0  # which face of the query photo (faces='all')
-  problem: Optional[str] = None  # e.g. 'no-face' (answered from the centred crop), 'not-an-image'
-
-  def __iter__(self) -> Iterator[Match]:
-    return iter(self.matches)
-
-  def __len__(self) -> int:
-    return len(self.matches)
-
-  def __getitem__(self, i: int) -> Match:
-    return self.matches[i]
-
-  @property
-  def best(self) -> Optional[Match]:
-    return self.matches[0] if self.matches else None
-
-  def to_dict(self) -> dict[str, Any]:
-    return {"query": self.query, "box": list(self.box) if self.box else None, "face": self.face,
-            "problem": self.problem, "matches": [m.to_dict() for m in self.matches]}
+__all__ = ["Searcher", "Match", "SearchResult", "AddSummary"]
 
 
 @dataclasses.dataclass
@@ -131,23 +88,16 @@ def _is_many(images_: Any) -> bool:
   return True
 
 
-def _name(image: ImageLike, i: int) -> str:
-  if isinstance(image, (str, os.PathLike)):
-    return os.fspath(image)
-  return f"<{'bytes' if isinstance(image, (bytes, bytearray)) else 'array'} {i}>"
-
-
 class Searcher:
   """An opened index with the model it was built with. Use `Searcher.open`."""
 
-  def __init__(self, index_dir: str, extractor: Any, index: ScannIndex, info: dict[str, Any]):
+  def __init__(self, index_dir: str, extractor: Any, index: GalleryIndex, info: dict[str, Any]):
     self.index_dir = index_dir
     self.extractor = extractor
     self.index = index
     self.info = info
-    self._cropper = faces.FaceCropper(extractor.crop_settings)
+    self.engine = QueryEngine(extractor, index)
     self._lock = _ReadWriteLock()
-    self._per_photo = retrieval.faces_per_photo(index)
 
   @classmethod
   def open(cls, index_dir: str, model: Optional[str] = None,
@@ -178,13 +128,6 @@ class Searcher:
 
   # ---- embedding --------------------------------------------------------------------------
 
-  def _crops(self, image: ImageLike, name: str, faces_mode: str,
-             min_face: float) -> list[faces.CropResult]:
-    rgb = images.to_rgb(image, name)
-    if faces_mode == "all":
-      return self._cropper.crop_faces(rgb, min_face)
-    return [self._cropper.crop(rgb)]
-
   def embed(self, images_: Union[ImageLike, Sequence[ImageLike]]) -> np.ndarray:
     """Unit embeddings float32 [N, D] of each image's chosen face ([D] for one image).
 
@@ -193,10 +136,8 @@ class Searcher:
     """
     many = _is_many(images_)
     batch = list(images_) if many else [images_]
-    crops = [self._crops(img, _name(img, i), "largest", 0.0)[0].image
-             for i, img in enumerate(batch)]
-    vectors = (np.asarray(self.extractor.embed(np.stack(crops)), np.float32) if crops
-               else np.zeros((0, self.dim), np.float32))
+    crops = [self.engine.crops(img, query_name(img, i))[0].image for i, img in enumerate(batch)]
+    vectors = self.engine.embed(crops)
     return vectors if many else vectors[0]
 
   def threshold(self, far: float = 0.01) -> Optional[float]:
@@ -246,39 +187,9 @@ class Searcher:
     """
     many = _is_many(images_)
     batch = list(images_) if many else [images_]
-    rows: list[tuple[str, int, Optional[faces.CropResult], Optional[str]]] = []
-    for i, image in enumerate(batch):
-      name = _name(image, i)
-      try:
-        for n, crop in enumerate(self._crops(image, name, faces_mode, min_face)):
-          rows.append((name, n, crop, None if crop.found else embedding.NO_FACE))
-      except ImageError as e:
-        rows.append((name, 0, None, e.reason))
-    crops = [crop.image for _, _, crop, _ in rows if crop is not None]
     with self._lock.read():
-      k = self.index.clamp_k(k)
-      vectors = (np.asarray(self.extractor.embed(np.stack(crops)), np.float32) if crops
-                 else np.zeros((0, self.dim), np.float32))
-      depth = min(len(self.index), k * self._per_photo)
-      found = self.index.search(vectors, depth) if len(crops) else None
-      results, j = [], 0
-      for name, n, crop, problem in rows:
-        matches = []
-        if crop is not None:
-          hits = retrieval.rank_hits(self.index, found[0][j], found[1][j], k,
-                                     min_score=min_score)
-          matches = [self._match(rank, row, score) for rank, (row, score) in enumerate(hits, 1)]
-          j += 1
-        box = tuple(crop.box) if crop is not None and crop.found else None
-        results.append(SearchResult(name, matches, box, n, problem))
+      results = self.engine.search_images(batch, k, min_score, faces_mode, min_face)
     return results if many or faces_mode == "all" else results[0]
-
-  def _match(self, rank: int, row: int, score: float) -> Match:
-    item = self.index.items[row]
-    box = tuple(item["box"]) if item.get("box") else None
-    return Match(rank, score, str(item["id"]), item.get("path", ""),
-                 item.get("name") or os.path.basename(item.get("path", "")),
-                 item.get("identity"), box, dict(item))
 
   # ---- enrol and remove -------------------------------------------------------------------
 
@@ -310,18 +221,18 @@ class Searcher:
       faces_mode = self.info.get("faces") or (
           "all" if source and os.path.isdir(source)
           and layouts.resolve_layout(source, layout) == "flat" else "largest")
-    indexed = {os.path.abspath(item["path"]) for item in self.index.items if item.get("path")}
+    indexed = {item.photo for item in self.index.items if item.path}
     new = [e for e in entries if os.path.abspath(e.path) not in indexed]
     vectors, kept, problems = embedding.embed_entries(
         self.extractor, new, batch_size, workers, progress, "enrol", faces_mode, min_face,
         with_faces=True)
-    items = [gallery.item_of(e, faces_mode) for e in kept]
-    for item in items:
-      if identity is not None and item.get("identity") is None:
-        item["identity"] = identity
+    items = [Item.of_face(e, faces_mode == "all") for e in kept]
+    if identity is not None:
+      items = [item if item.identity is not None else dataclasses.replace(item, identity=identity)
+               for item in items]
     with self._lock.write():
       added, replaced = self.index.add(vectors, items)
-      self._per_photo = retrieval.faces_per_photo(self.index)
+      self.engine.refresh()
       self.info["items"] = len(self.index)
       self.info.setdefault("history", []).append(
           {"add": source or f"{len(entries)} paths", "items": added + replaced})
@@ -340,22 +251,16 @@ class Searcher:
     Raises:
       ImageError: not a readable image; UserError: no face found with faces_mode='all'.
     """
-    crops = self._crops(image, name or item_id, faces_mode, min_face)
-    vectors = np.asarray(self.extractor.embed(np.stack([c.image for c in crops])), np.float32)
-    items = []
-    for n, crop in enumerate(crops):
-      item = {"id": item_id if faces_mode != "all" else f"{item_id}#{n}", "path": "",
-              "name": name or item_id, "identity": identity}
-      if crop.found:
-        item["box"] = [round(float(v), 2) for v in crop.box]
-      if faces_mode == "all":
-        item["face"] = n
-      items.append(item)
+    faces.check_face_mode(faces_mode)
+    crops = self.engine.crops(image, name or item_id, faces_mode, min_face)
+    vectors = self.engine.embed([c.image for c in crops])
+    items = [Item.enrolled(item_id, name, identity, crop, n if faces_mode == "all" else None)
+             for n, crop in enumerate(crops)]
     with self._lock.write():
       self.index.add(vectors, items)
-      self._per_photo = retrieval.faces_per_photo(self.index)
+      self.engine.refresh()
       self.info["items"] = len(self.index)
-    return [item["id"] for item in items]
+    return [item.id for item in items]
 
   def remove(self, ids_or_paths: Sequence[str]) -> int:
     """Removes items by id, or every face of a photo by its path. Returns items removed.
@@ -366,8 +271,8 @@ class Searcher:
     with self._lock.write():
       by_path: dict[str, list[str]] = {}
       for item in self.index.items:
-        if item.get("path"):
-          by_path.setdefault(os.path.abspath(item["path"]), []).append(str(item["id"]))
+        if item.path:
+          by_path.setdefault(item.photo, []).append(item.id)
       ids, unknown = [], []
       for key in ids_or_paths:
         if self.index.row_of(key) is not None:
@@ -380,7 +285,7 @@ class Searcher:
         raise UserError(f"{len(unknown)} of the ids/paths to remove are not in the index, e.g. "
                         f"{unknown[:3]}: nothing removed (ids are in {self.index_dir}/items.jsonl)")
       removed = self.index.remove(ids)
-      self._per_photo = retrieval.faces_per_photo(self.index)
+      self.engine.refresh()
       self.info["items"] = len(self.index)
       self.info.setdefault("history", []).append({"remove": removed})
     return removed

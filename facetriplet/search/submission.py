@@ -1,8 +1,9 @@
 """The competition's answer: submission.json and results.csv written from a retrieval result,
 and their delivery, with nothing reported that did not happen.
 
-`make_submission` / `write_submission` / `write_results_csv` turn a `retrieval.RetrievalResult`
-into the competition's JSON and a CSV (both written atomically).
+`make_submission` / `write_submission` / `write_results_csv` turn typed results (a
+`retrieval.Retrieval`, or any `engine.SearchResult`s of query files) into the competition's JSON
+and a CSV (both written atomically).
 
 `post_submission` sends the submission JSON and returns only on a 2xx answer from the URL the user
 gave (or a 307/308 redirect to the same scheme, host and port, re-sent with the same method and
@@ -24,13 +25,14 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 
 from facetriplet import atomic
 from facetriplet.errors import UserError
-from facetriplet.search.retrieval import RetrievalResult, item_name, query_names
+from facetriplet.search.engine import SearchResult
+from facetriplet.search.retrieval import query_names, submit_name
 
 
 @dataclasses.dataclass
@@ -177,10 +179,12 @@ def post_submission(url: str, payload: dict[str, Any], timeout: float = 30.0, re
                   "submission file is kept, re-send it later with --submit_url")
 
 
-def make_submission(result: RetrievalResult, groupname: str) -> dict[str, Any]:
-  """`{"groupname": ..., "images": {query file: [gallery file, ... k]}}`, every query present."""
-  images = {name: [item_name(n) for n in q.neighbors]
-            for name, q in zip(query_names(result), result.queries)}
+def make_submission(results: Sequence[SearchResult], groupname: str,
+                    shared: frozenset = frozenset()) -> dict[str, Any]:
+  """`{"groupname": ..., "images": {query file: [gallery file, ... k]}}`, every query present.
+  `shared`: gallery names several photos share (`retrieval.Retrieval.shared_names`)."""
+  images = {name: [submit_name(m.item, shared) for m in r.matches]
+            for name, r in zip(query_names(results), results)}
   return {"groupname": groupname, "images": images}
 
 
@@ -201,8 +205,9 @@ def csv_text(value: str) -> str:
   return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def write_results_csv(path: str, result: RetrievalResult) -> int:
-  """One row per (query, neighbour); an unreadable query gets one row with its reason. Returns rows.
+def write_results_csv(path: str, results: Sequence[SearchResult],
+                      shared: frozenset = frozenset()) -> int:
+  """One row per (query, match); a query without matches gets one row with its note. Returns rows.
 
   Names and identities that start with =, +, -, @, tab or CR are written with a leading "'"
   (`csv_text`), so opening the file in a spreadsheet never evaluates them.
@@ -211,17 +216,17 @@ def write_results_csv(path: str, result: RetrievalResult) -> int:
   writer = csv.writer(buf, lineterminator="\n")
   writer.writerow(CSV_COLUMNS)
   rows = 0
-  for name, q in zip(query_names(result), result.queries):
-    note = q.problem.reason if q.problem else ""
-    identity = csv_text(q.entry.identity or "")
+  for name, r in zip(query_names(results), results):
+    note = r.problem or ""
+    identity = csv_text((r.entry.identity if r.entry is not None else None) or "")
     name = csv_text(name)
-    if not q.neighbors:
+    if not r.matches:
       writer.writerow([name, "", "", "", "", identity, note, ""])
       rows += 1
-    for n in q.neighbors:
-      writer.writerow([name, n["rank"], csv_text(item_name(n)), f"{n['score']:.6f}",
-                       csv_text(n.get("identity") or ""), identity, note,
-                       " ".join(f"{v:g}" for v in n["box"]) if n.get("box") else ""])
+    for m in r.matches:
+      writer.writerow([name, m.rank, csv_text(submit_name(m.item, shared)), f"{m.score:.6f}",
+                       csv_text(m.identity or ""), identity, note,
+                       " ".join(f"{v:g}" for v in m.box) if m.box else ""])
       rows += 1
   atomic.write_text(path, buf.getvalue())
   return rows

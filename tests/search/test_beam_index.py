@@ -15,7 +15,8 @@ pytest.importorskip("apache_beam")
 from facetriplet.data import faces, ingest  # noqa: E402
 from facetriplet.errors import UserError  # noqa: E402
 from facetriplet.search import beam_index, features, gallery  # noqa: E402
-from facetriplet.search.index import ScannIndex  # noqa: E402
+from facetriplet.search.index import GalleryIndex  # noqa: E402
+from facetriplet.search.items import Item  # noqa: E402
 from tests.training.test_export import make_export  # noqa: E402
 from tests.search.test_retrieval import write_image_set  # noqa: E402
 
@@ -54,8 +55,8 @@ def _local(setup, source, name):
 
 
 def _by_id(index_dir):
-  index = ScannIndex.load(index_dir)
-  return index, {item["id"]: (item, np.asarray(index.embeddings)[i])
+  index = GalleryIndex.load(index_dir)
+  return index, {item.id: (item, np.asarray(index.embeddings)[i])
                  for i, item in enumerate(index.items)}
 
 
@@ -73,8 +74,8 @@ def assert_same_index(setup, local_dir, beam_dir, same_rows=True, k=5):
     with open(os.path.join(local_dir, name)) as fa, open(os.path.join(beam_dir, name)) as fb:
       assert json.load(fa) == json.load(fb)
   (li, ls), (bi, bs) = local.search(setup["queries"], k), beam.search(setup["queries"], k)
-  assert [[local.items[j]["id"] for j in row] for row in li] == [
-      [beam.items[j]["id"] for j in row] for row in bi]
+  assert [[local.items[j].id for j in row] for row in li] == [
+      [beam.items[j].id for j in row] for row in bi]
   np.testing.assert_allclose(ls, bs, atol=1e-5)
 
 
@@ -107,8 +108,8 @@ def test_flat_folder_every_face_and_tfrecords(setup):
     beam_index.build_gallery_index_beam(setup["extractor"], source, built[name], "DirectRunner",
                                         model_dir=setup["export"])
     assert_same_index(setup, local_dir, built[name])
-  assert all(i["id"].endswith("#0") for i in ScannIndex.load(built["flat"]).items)
-  assert len(ScannIndex.load(built["records"])) == 12
+  assert all(i.id.endswith("#0") for i in GalleryIndex.load(built["flat"]).items)
+  assert len(GalleryIndex.load(built["records"])) == 12
 
 
 def test_partitions_trained_on_a_sample_then_the_rest_added(setup):
@@ -119,9 +120,9 @@ def test_partitions_trained_on_a_sample_then_the_rest_added(setup):
   s = beam_index.build_gallery_index_beam(setup["extractor"], setup["folders"], beam_dir,
                                           "DirectRunner", model_dir=setup["export"],
                                           train_sample=5)
-  assert s.scann["trained_on"] == 12 and s.scann["training_sample"] == 5
+  assert s.settings["trained_on"] == 12 and s.settings["training_sample"] == 5
   assert_same_index(setup, local_dir, beam_dir, same_rows=False, k=8)
-  assert not ScannIndex.load(beam_dir).needs_rebuild
+  assert not GalleryIndex.load(beam_dir).needs_rebuild
 
 
 def test_sample_and_add_with_partitions():
@@ -130,7 +131,7 @@ def test_sample_and_add_with_partitions():
   centres = rng.normal(size=(40, 16))
   x = centres[rng.integers(0, 40, 3000)] + 0.3 * rng.normal(size=(3000, 16))
   x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-  items = [{"id": str(i)} for i in range(len(x))]
+  items = [Item(str(i)) for i in range(len(x))]
   index = beam_index.build_from_sample(x, items, "fp", train_sample=1000, mode="ah",
                                        num_leaves=30, num_leaves_to_search=30)
   assert len(index) == 3000 and index.config["num_leaves"] == 30
@@ -138,7 +139,7 @@ def test_sample_and_add_with_partitions():
   queries = x[:50]
   found, _ = index.search(queries, 10)
   exact = np.argsort(-queries @ x.T, axis=1)[:, :10]
-  ids = [[int(index.items[j]["id"]) for j in row] for row in found]
+  ids = [[int(index.items[j].id) for j in row] for row in found]
   recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact.tolist())])
   assert recall > 0.9
 

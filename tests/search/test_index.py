@@ -1,5 +1,8 @@
-"""Tests for facetriplet/index.py: ScaNN against exact NumPy search, save/load, refusals."""
+"""The gallery index over each backend (ScaNN, faiss flat, faiss HNSW) against exact NumPy search:
+results, add/remove without rebuilding, save/load, refusals."""
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -7,9 +10,12 @@ import shutil
 import numpy as np
 import pytest
 
-from facetriplet.search import index as index_lib
 from facetriplet.errors import UserError
-from facetriplet.search.index import ScannIndex, auto_config
+from facetriplet.search import backends
+from facetriplet.search.backends import scann as scann_backend
+from facetriplet.search.backends.scann import auto_config
+from facetriplet.search.index import GalleryIndex
+from facetriplet.search.items import Item
 
 
 def _unit(x):
@@ -36,15 +42,16 @@ def exact_topk(gallery, queries, k):
   return idx, np.take_along_axis(scores, idx, 1)
 
 
-def items_for(n):
-  return [{"path": f"img/{i}.jpg", "identity": f"id{i // 5}"} for i in range(n)]
+def items_for(n, prefix=""):
+  return [Item(f"{prefix}{i}", path=f"img/{prefix}{i}.jpg", identity=f"id{i // 5}")
+          for i in range(n)]
 
 
 @pytest.fixture(scope="module")
 def ah_case():
   """A 20k x 64 gallery indexed with forced AH settings (the large-gallery code path)."""
   gallery, queries = clustered(20_000, 64, 200, seed=1)
-  index = ScannIndex.build(gallery, items_for(len(gallery)), "model-A", num_leaves=100,
+  index = GalleryIndex.build(gallery, items_for(len(gallery)), "model-A", num_leaves=100,
                            num_leaves_to_search=15, training_sample_size=20_000, reorder_k=100)
   return gallery, queries, index
 
@@ -52,7 +59,7 @@ def ah_case():
 @pytest.fixture(scope="module")
 def small_case():
   gallery, queries = clustered(2_000, 32, 50, seed=2)
-  return gallery, queries, ScannIndex.build(gallery, items_for(len(gallery)), "model-A")
+  return gallery, queries, GalleryIndex.build(gallery, items_for(len(gallery)), "model-A")
 
 
 def test_auto_config_brute_force_for_small_and_ah_for_large():
@@ -106,7 +113,7 @@ def test_properties(small_case):
   gallery, _, index = small_case
   assert len(index) == 2_000 and index.dim == 32
   assert index.fingerprint == "model-A"
-  assert index.items[7] == {"path": "img/7.jpg", "identity": "id1", "id": "7"}  # row ids
+  assert index.items[7] == Item("7", path="img/7.jpg", identity="id1")
   np.testing.assert_array_equal(index.embeddings, gallery)
 
 
@@ -120,7 +127,7 @@ def test_save_then_load_from_moved_folder(case, request, tmp_path):
   moved = str(tmp_path / "elsewhere" / "renamed")
   os.makedirs(os.path.dirname(moved))
   shutil.move(saved, moved)
-  loaded = ScannIndex.load(moved, expected_fingerprint="model-A", expected_dim=index.dim)
+  loaded = GalleryIndex.load(moved, expected_fingerprint="model-A", expected_dim=index.dim)
   before_idx, before_scores = index.search(queries, 10)
   after_idx, after_scores = loaded.search(queries, 10)
   np.testing.assert_array_equal(after_idx, before_idx)
@@ -136,7 +143,7 @@ def test_save_replaces_existing_index_atomically(small_case, tmp_path):
   index.save(target)
   index.save(target)  # a second save over an existing folder replaces it
   assert sorted(os.listdir(tmp_path)) == ["index"]
-  np.testing.assert_array_equal(ScannIndex.load(target).search(queries, 3)[0],
+  np.testing.assert_array_equal(GalleryIndex.load(target).search(queries, 3)[0],
                                 index.search(queries, 3)[0])
 
 
@@ -145,29 +152,29 @@ def test_fingerprint_and_dim_mismatch_are_refused(small_case, tmp_path):
   target = index.save(str(tmp_path / "index"))
   with pytest.raises(UserError, match=r"built with model model-A, queries come from model B.*"
                      "facetriplet-build-index"):
-    ScannIndex.load(target, expected_fingerprint="B")
+    GalleryIndex.load(target, expected_fingerprint="B")
   with pytest.raises(UserError, match="32-d embeddings, queries are 64-d"):
-    ScannIndex.load(target, expected_dim=64)
+    GalleryIndex.load(target, expected_dim=64)
   with pytest.raises(UserError, match="queries have shape"):
     index.search(np.ones((2, 64), np.float32), 5)
 
 
 def test_missing_or_corrupt_folder_is_a_user_error(small_case, tmp_path):
   with pytest.raises(UserError, match="no index at"):
-    ScannIndex.load(str(tmp_path / "nothing"))
+    GalleryIndex.load(str(tmp_path / "nothing"))
   target = small_case[2].save(str(tmp_path / "index"))
   os.remove(os.path.join(target, "embeddings.npy"))
   with pytest.raises(UserError, match="incomplete or corrupt"):
-    ScannIndex.load(target)
+    GalleryIndex.load(target)
   with open(os.path.join(target, "index.json"), "w") as f:
     f.write("{not json")
   with pytest.raises(UserError, match="index.json"):
-    ScannIndex.load(target)
+    GalleryIndex.load(target)
 
 
 def test_k_larger_than_gallery_is_clamped(caplog):
   gallery, queries = clustered(30, 16, 4)
-  index = ScannIndex.build(gallery, items_for(30), "m")
+  index = GalleryIndex.build(gallery, items_for(30), "m")
   with caplog.at_level(logging.WARNING):
     indices, scores = index.search(queries, 100)
   assert indices.shape == (4, 30) and scores.shape == (4, 30)
@@ -177,18 +184,18 @@ def test_k_larger_than_gallery_is_clamped(caplog):
 
 def test_bad_inputs_are_user_errors():
   with pytest.raises(UserError, match="empty"):
-    ScannIndex.build(np.zeros((0, 8), np.float32), [], "m")
+    GalleryIndex.build(np.zeros((0, 8), np.float32), [], "m")
   gallery, _ = clustered(10, 8, 1)
   with pytest.raises(UserError, match="items"):
-    ScannIndex.build(gallery, items_for(9), "m")
+    GalleryIndex.build(gallery, items_for(9), "m")
   with pytest.raises(UserError, match="unit length"):
-    ScannIndex.build(gallery * 2, items_for(10), "m")
+    GalleryIndex.build(gallery * 2, items_for(10), "m")
   with pytest.raises(UserError, match="unknown index setting"):
-    ScannIndex.build(gallery, items_for(10), "m", leaves=3)
+    GalleryIndex.build(gallery, items_for(10), "m", leaves=3)
   # Unset (None) settings, as tools pass them, mean "automatic".
-  assert ScannIndex.build(gallery, items_for(10), "m", num_leaves=None).config["mode"] == (
+  assert GalleryIndex.build(gallery, items_for(10), "m", num_leaves=None).config["mode"] == (
       "brute_force")
-  assert index_lib.BRUTE_FORCE_BELOW == 20_000
+  assert scann_backend.BRUTE_FORCE_BELOW == 20_000
 
 
 @pytest.mark.parametrize("mode", ["brute_force", "ah"])
@@ -197,31 +204,32 @@ def test_add_and_remove_without_rebuilding_match_a_fresh_build(mode, tmp_path):
   fresh build of the same set (recall@10 within tolerance for AH; exact for brute force), a
   removed item is never returned, and the result survives save + load (ids in docids.json)."""
   gallery, queries = clustered(6_000, 32, 100, seed=4)
-  items = [dict(item, id=f"photo-{i}") for i, item in enumerate(items_for(len(gallery)))]
+  items = [dataclasses.replace(item, id=f"photo-{i}")
+           for i, item in enumerate(items_for(len(gallery)))]
   settings = {"mode": "brute_force"} if mode == "brute_force" else dict(
       num_leaves=60, num_leaves_to_search=12, training_sample_size=6_000, reorder_k=100)
   first = int(0.7 * len(gallery))
-  index = ScannIndex.build(gallery[:first], items[:first], "model-A", **settings)
+  index = GalleryIndex.build(gallery[:first], items[:first], "model-A", **settings)
   junk = _unit(np.random.default_rng(9).standard_normal((30, 32)))
   assert index.add(gallery[first:], items[first:]) == (len(gallery) - first, 0)
-  assert index.add(junk, [{"id": f"junk-{i}"} for i in range(30)]) == (30, 0)
+  assert index.add(junk, [Item(f"junk-{i}") for i in range(30)]) == (30, 0)
   assert index.add(gallery[:5], items[:5]) == (0, 5)  # same ids: replaced, not duplicated
   assert index.remove([f"junk-{i}" for i in range(30)]) == 30
   victims = [f"photo-{i}" for i in range(0, len(gallery), 97)]
   index.remove(victims)
   keep = np.array([f"photo-{i}" not in set(victims) for i in range(len(gallery))])
-  fresh = ScannIndex.build(gallery[keep], [it for it, k in zip(items, keep) if k], "model-A",
+  fresh = GalleryIndex.build(gallery[keep], [it for it, k in zip(items, keep) if k], "model-A",
                            **settings)
   index.save(str(tmp_path / "grown"))
   assert not os.path.exists(tmp_path / "grown" / "scann" / "scann_docids.pkl")
-  loaded = ScannIndex.load(str(tmp_path / "grown"))
+  loaded = GalleryIndex.load(str(tmp_path / "grown"))
   truth, _ = exact_topk(gallery[keep], queries, 10)
-  truth_ids = [[fresh.items[j]["id"] for j in row] for row in truth]
+  truth_ids = [[fresh.items[j].id for j in row] for row in truth]
   fresh_rows, _ = fresh.search(queries, 10)
   fresh_recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(fresh_rows, truth)])
   for idx in (index, loaded):
     rows, scores = idx.search(queries, 10)
-    got = [[idx.items[j]["id"] for j in row] for row in rows]
+    got = [[idx.items[j].id for j in row] for row in rows]
     assert not {i for row in got for i in row} & (set(victims) | {f"junk-{i}" for i in range(30)})
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth_ids)])
     # Upserted rows join partitions trained without them: measured 0.896 vs 0.936 fresh here.
@@ -238,16 +246,85 @@ def test_add_and_remove_without_rebuilding_match_a_fresh_build(mode, tmp_path):
 
 def test_growth_past_the_trained_partitions_is_reported_and_rebuild_fixes_it():
   gallery, queries = clustered(25_000, 64, 200, seed=5)
-  index = ScannIndex.build(gallery[:10_000], items_for(10_000), "m", num_leaves=50,
+  index = GalleryIndex.build(gallery[:10_000], items_for(10_000), "m", num_leaves=50,
                            num_leaves_to_search=10, training_sample_size=10_000)
-  index.add(gallery[10_000:], [{"path": f"new/{i}"} for i in range(15_000)])
+  index.add(gallery[10_000:], items_for(15_000, "new"))
   assert "partitions trained for 10000" in index.needs_rebuild
   index.rebuild()
   assert index.needs_rebuild == "" and index.config["trained_on"] == 25_000
-  fresh = ScannIndex.build(gallery, items_for(10_000) + [{"path": f"new/{i}"}
-                                                          for i in range(15_000)], "m")
+  fresh = GalleryIndex.build(gallery, items_for(10_000) + items_for(15_000, "new"), "m")
   assert {k: v for k, v in index.config.items()} == fresh.config  # the automatic settings
   truth, _ = exact_topk(gallery, queries, 10)
   recall = [np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i.search(queries, 10)[0], truth)])
             for i in (index, fresh)]
   assert abs(recall[0] - recall[1]) <= 0.05, recall  # k-means draws differ run to run
+
+
+@pytest.mark.parametrize("backend", ["faiss-flat", "faiss-hnsw"])
+def test_faiss_backends_against_numpy_with_changes_and_reload(backend, tmp_path):
+  """Both faiss backends: answers against exact NumPy search (flat: exact; HNSW: recall), then
+  upserts, replacements and deletions without a rebuild, then save + load from a moved folder."""
+  gallery, queries = clustered(3_000, 32, 100, seed=6)
+  items = items_for(len(gallery))
+  index = GalleryIndex.build(gallery[:2_000], items[:2_000], "m", backend=backend)
+  assert index.backend.name == backend
+  index.add(gallery[2_000:], items[2_000:])
+  junk = _unit(np.random.default_rng(2).standard_normal((20, 32)))
+  index.add(junk, [Item(f"junk-{i}") for i in range(20)])
+  index.add(gallery[:10], items[:10])  # replacements: same ids, same vectors
+  assert index.remove([f"junk-{i}" for i in range(20)] + ["5", "77"]) == 22
+  keep = np.array([i not in (5, 77) for i in range(len(gallery))])
+  truth, truth_scores = exact_topk(gallery[keep], queries, 10)
+  kept_ids = [it.id for it, k in zip(items, keep) if k]
+  moved = str(tmp_path / "moved")
+  shutil.move(index.save(str(tmp_path / "saved")), moved)
+  with open(os.path.join(moved, "index.json")) as f:
+    assert json.load(f)["backend"] == backend
+  loaded = GalleryIndex.load(moved, expected_fingerprint="m")
+  for idx in (index, loaded):
+    rows, scores = idx.search(queries, 10)
+    got = [[idx.items[j].id for j in row] for row in rows]
+    want = [[kept_ids[j] for j in row] for row in truth]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)])
+    assert recall >= (1.0 if backend == "faiss-flat" else 0.95), recall
+    assert not {i for row in got for i in row} & {"5", "77", "junk-0"}
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, np.asarray(
+        idx.embeddings)[rows]), atol=1e-4)
+    if backend == "faiss-flat":
+      np.testing.assert_allclose(scores, truth_scores, atol=1e-4)
+  assert index.needs_rebuild == ""
+  with pytest.raises(UserError, match="no settings|unknown"):
+    GalleryIndex.build(gallery, items, "m", backend=backend, num_leaves=4)
+
+
+def test_hnsw_advises_a_rebuild_once_many_nodes_are_deleted():
+  gallery, _ = clustered(500, 16, 1, seed=7)
+  index = GalleryIndex.build(gallery, items_for(500), "m", backend="faiss-hnsw")
+  index.remove([str(i) for i in range(150)])
+  assert "150 of the graph's 500 nodes" in index.needs_rebuild
+  index.rebuild()
+  assert index.needs_rebuild == "" and len(index) == 350
+
+
+def test_unknown_backend_and_search_option_are_user_errors(small_case):
+  gallery, queries, index = small_case
+  with pytest.raises(UserError, match="backend='annoy' is not one of scann, faiss-flat"):
+    GalleryIndex.build(gallery, items_for(len(gallery)), "m", backend="annoy")
+  with pytest.raises(UserError, match="no search option"):
+    index.search(queries, 3, ef_search=10)
+  assert set(backends.NAMES) >= {"scann", "faiss-flat", "faiss-hnsw"}
+
+
+def test_an_index_of_the_previous_format_still_loads(small_case, tmp_path):
+  """index.json of facetriplet-scann-index/1 (settings under "scann", no "backend")."""
+  _, queries, index = small_case
+  target = index.save(str(tmp_path / "old"))
+  with open(os.path.join(target, "index.json")) as f:
+    meta = json.load(f)
+  settings = meta.pop("settings")
+  meta.pop("backend")
+  meta.update(format="facetriplet-scann-index/1", scann=settings)
+  with open(os.path.join(target, "index.json"), "w") as f:
+    json.dump(meta, f)
+  loaded = GalleryIndex.load(target)
+  np.testing.assert_array_equal(loaded.search(queries, 5)[0], index.search(queries, 5)[0])

@@ -16,7 +16,8 @@ from PIL import Image
 from facetriplet.data import layouts
 from facetriplet.search import embedding, features, gallery, retrieval, submission
 from facetriplet.errors import UserError
-from facetriplet.search.index import ScannIndex
+from facetriplet.search.index import GalleryIndex
+from facetriplet.search.items import Item
 from tests.training.test_export import make_export
 
 BIN = os.path.dirname(sys.executable)
@@ -70,9 +71,9 @@ def test_gallery_index_skips_unreadable(setup):
   s = setup["summary"]
   assert s.items == 6 and s.dim == 8
   assert [(p.rel_path, p.reason) for p in s.skipped] == [("bob/broken.jpg", "not-an-image")]
-  index = ScannIndex.load(setup["index"], expected_fingerprint=setup["extractor"].fingerprint)
+  index = GalleryIndex.load(setup["index"], expected_fingerprint=setup["extractor"].fingerprint)
   assert len(index) == 6
-  assert {item["identity"] for item in index.items} == set(IDENTITIES)
+  assert {item.identity for item in index.items} == set(IDENTITIES)
   info = gallery.read_gallery_info(setup["index"])
   assert info["features"] == "embedding" and info["skipped"][0]["reason"] == "not-an-image"
 
@@ -88,15 +89,15 @@ def test_embed_entries_streams_in_input_order(setup):
 
 
 def test_submission_and_csv(setup, tmp_path):
-  index = ScannIndex.load(setup["index"])
+  index = GalleryIndex.load(setup["index"])
   entries = layouts.list_inputs(setup["queries"])
   result = retrieval.retrieve(setup["extractor"], index, entries, k=3, progress=False)
-  payload = submission.make_submission(result, "team")
+  payload = submission.make_submission(result.results, "team", result.shared_names)
   assert payload["groupname"] == "team"
   images = payload["images"]
   assert sorted(images) == sorted(["corrupt.jpg", "q_alice_0.png", "q_bob_0.png", "q_carol_0.png"])
   assert images["corrupt.jpg"] == []
-  gallery_names = {item["name"] for item in index.items}
+  gallery_names = {item.name for item in index.items}
   for name in ("q_alice_0.png", "q_bob_0.png", "q_carol_0.png"):
     assert len(images[name]) == 3 and set(images[name]) <= gallery_names
     assert all("/" not in n for n in images[name])
@@ -105,7 +106,7 @@ def test_submission_and_csv(setup, tmp_path):
   with open(path) as f:
     assert json.load(f) == payload
   csv_path = os.path.join(tmp_path, "out", "results.csv")
-  assert submission.write_results_csv(csv_path, result) == 3 * 3 + 1
+  assert submission.write_results_csv(csv_path, result.results, result.shared_names) == 3 * 3 + 1
   with open(csv_path) as f:
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == list(submission.CSV_COLUMNS)
@@ -123,21 +124,21 @@ def test_query_list_file_and_missing_query(setup, tmp_path):
   with open(listing, "w") as f:
     f.write(f"# queries\n{setup['queries']}/q_alice_0.png\n{tmp_path}/missing.png\n")
   entries = layouts.list_inputs(listing)
-  index = ScannIndex.load(setup["index"])
+  index = GalleryIndex.load(setup["index"])
   result = retrieval.retrieve(setup["extractor"], index, entries, k=2, progress=False)
-  payload = submission.make_submission(result, "g")
+  payload = submission.make_submission(result.results, "g", result.shared_names)
   assert payload["images"]["missing.png"] == []
   assert len(payload["images"]["q_alice_0.png"]) == 2
-  assert result.queries[1].problem.reason == "unreadable"
+  assert result.results[1].problem == "unreadable"
 
 
 def test_k_clamped_with_warning(setup, caplog):
-  index = ScannIndex.load(setup["index"])
+  index = GalleryIndex.load(setup["index"])
   entries = layouts.list_inputs(setup["queries"])
   with caplog.at_level(logging.WARNING):
     result = retrieval.retrieve(setup["extractor"], index, entries, k=50, progress=False)
   assert result.k == 6
-  assert all(len(q.neighbors) == 6 for q in result.queries if q.problem is None)
+  assert all(len(q.matches) == 6 for q in result.results if q.problem is None)
   assert any("larger than the gallery" in r.getMessage() for r in caplog.records)
 
 
@@ -150,15 +151,15 @@ def test_empty_gallery_is_an_error(setup, tmp_path):
     gallery.build_gallery_index(setup["extractor"], empty, os.path.join(tmp_path, "idx"),
                                 progress=False)
   with pytest.raises(UserError, match="at least one"):
-    ScannIndex.load(setup["index"]).clamp_k(0)
+    GalleryIndex.load(setup["index"]).clamp_k(0)
 
 
 def test_fingerprint_mismatch_refused(setup):
   other = features.make_extractor("embedding", setup["other_export"])
   assert other.fingerprint != setup["extractor"].fingerprint
   with pytest.raises(UserError, match="built with model"):
-    ScannIndex.load(setup["index"], expected_fingerprint=other.fingerprint)
-  index = ScannIndex.load(setup["index"])
+    GalleryIndex.load(setup["index"], expected_fingerprint=other.fingerprint)
+  index = GalleryIndex.load(setup["index"])
   with pytest.raises(UserError, match="built with model"):
     retrieval.retrieve(other, index, layouts.list_inputs(setup["queries"]), progress=False)
 
@@ -268,12 +269,13 @@ def test_no_face_query_uses_fallback_and_is_reported(setup, tmp_path):
   index_dir = os.path.join(tmp_path, "index")
   summary = gallery.build_gallery_index(pixels, setup["gallery"], index_dir, progress=False)
   assert summary.items == 6 and len(summary.no_face) == 6  # noise has no face: fallback crop
-  index = ScannIndex.load(index_dir, expected_fingerprint=pixels.fingerprint)
+  index = GalleryIndex.load(index_dir, expected_fingerprint=pixels.fingerprint)
   result = retrieval.retrieve(pixels, index, layouts.list_inputs(setup["queries"]), k=2,
                               progress=False)
-  by_name = dict(zip(retrieval.query_names(result), result.queries))
-  assert by_name["q_bob_0.png"].problem.reason == embedding.NO_FACE
-  assert by_name["q_bob_0.png"].problem.kept and len(by_name["q_bob_0.png"].neighbors) == 2
+  by_name = dict(zip(retrieval.query_names(result.results), result.results))
+  assert by_name["q_bob_0.png"].problem == embedding.NO_FACE
+  assert len(by_name["q_bob_0.png"].matches) == 2
+  assert [p.kept for p in result.problems if p.rel_path == "q_bob_0.png"] == [True]
   skip = features.make_extractor("pixels", crop=faces.CropSettings(detector="haar", size=32,
                                                                     on_no_face="skip"))
   _, kept, problems = embedding.embed_entries(skip, layouts.list_inputs(setup["queries"]),
@@ -285,12 +287,13 @@ def test_duplicate_gallery_file_names_use_relative_paths(setup):
   extractor = setup["extractor"]
   entries = layouts.list_inputs(setup["queries"])
   emb, kept, _ = embedding.embed_entries(extractor, entries, progress=False)
-  items = [{"path": e.path, "rel_path": f"{d}/same.png", "name": "same.png", "identity": None}
+  items = [Item(id=d, path=e.path, rel_path=f"{d}/same.png", name="same.png")
            for e, d in zip(kept, ("a", "b", "c"))]
-  index = ScannIndex.build(emb, items, extractor.fingerprint)
+  index = GalleryIndex.build(emb, items, extractor.fingerprint)
   # The query is itself gallery row "a" here; keep it, this test is about naming.
   result = retrieval.retrieve(extractor, index, kept[:1], k=3, progress=False, exclude_self=False)
-  names = submission.make_submission(result, "g")["images"][retrieval.query_names(result)[0]]
+  names = submission.make_submission(result.results, "g", result.shared_names)["images"][
+      retrieval.query_names(result.results)[0]]
   assert sorted(names) == ["a/same.png", "b/same.png", "c/same.png"]
 
 
@@ -302,21 +305,21 @@ def test_gallery_files_as_queries_never_retrieve_themselves(setup):
   similarity equals the brute-force best among the *other* gallery rows. Without exclude_self the
   file finds itself first (similarity 1).
   """
-  index = ScannIndex.load(setup["index"])
+  index = GalleryIndex.load(setup["index"])
   entries = [e for e in layouts.list_inputs(setup["gallery"]) if "broken" not in e.path]
   result = retrieval.retrieve(setup["extractor"], index, entries, k=10, progress=False)
   emb = index.embeddings
-  row_of = {item["path"]: j for j, item in enumerate(index.items)}
-  for q in result.queries:
-    paths = [n["path"] for n in q.neighbors]
+  row_of = {item.path: j for j, item in enumerate(index.items)}
+  for q in result.results:
+    paths = [n.path for n in q.matches]
     assert q.entry.path not in paths and len(paths) == 5
     own = row_of[q.entry.path]
     sims = emb @ emb[own]
     sims[own] = -np.inf
-    assert q.neighbors[0]["score"] == pytest.approx(float(sims.max()), abs=1e-4)
+    assert q.matches[0].score == pytest.approx(float(sims.max()), abs=1e-4)
   plain = retrieval.retrieve(setup["extractor"], index, entries, k=10, progress=False,
                              exclude_self=False)
-  assert all(q.neighbors[0]["path"] == q.entry.path for q in plain.queries)
+  assert all(q.matches[0].path == q.entry.path for q in plain.results)
 
 
 def test_retrieve_tool_takes_one_image_and_min_score(setup, tmp_path):

@@ -59,7 +59,7 @@ def test_search_matches_a_brute_force_reference(setup):
     q = setup["extractor"].embed(crop[None])[0]
     scores = np.asarray(index.embeddings) @ q
     order = np.argsort(-scores)[:5]
-    assert [m.id for m in result] == [index.items[j]["id"] for j in order]
+    assert [m.id for m in result] == [index.items[j].id for j in order]
     np.testing.assert_allclose([m.score for m in result], scores[order], atol=1e-5)
     assert [m.rank for m in result] == [1, 2, 3, 4, 5]
     assert result.query == path and result.problem is None
@@ -158,7 +158,7 @@ def test_every_face_of_a_group_photo_is_indexed_with_its_box(lfw_2to4, tmp_path)
   assert summary.items >= 2  # every face (LFW photos may hold a third, smaller one)
   searcher = Searcher.open(index_dir)
   items = searcher.index.items
-  assert all(item["id"].startswith(str(group / "group.jpg") + "#") for item in items)
+  assert all(item.id.startswith(str(group / "group.jpg") + "#") for item in items)
   width = a.shape[1]
   for person, photos, side in ((people[0], left, 0), (people[1], right, 1)):
     own = faces.load_and_crop(os.path.join(lfw, person, photos[0]), crop).image

@@ -397,14 +397,14 @@ def test_enrol_search_remove_persisted(writable):
 
 def test_the_last_item_cannot_be_removed(writable, setup):
   client, searcher = writable["client"], writable["searcher"]
-  *others, last = [item["id"] for item in searcher.index.items]
+  *others, last = [item.id for item in searcher.index.items]
   for item_id in others:
     assert client.call("DELETE", "/items/" + item_id)[0] == 200
   status, answer = client.call("DELETE", "/items/" + last)
   assert status == 409 and "empty index" in answer["detail"]
   status, answer = client.post_image("/search", _read(setup["queries"][0]))
   assert status == 200 and [m["id"] for m in answer["matches"]] == [last]
-  assert [item["id"] for item in Searcher.open(writable["index"]).index.items] == [last]
+  assert [item.id for item in Searcher.open(writable["index"]).index.items] == [last]
 
 
 def test_enrol_refuses_bad_images(writable):

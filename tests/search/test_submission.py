@@ -168,10 +168,12 @@ def test_csv_cells_never_start_like_a_formula():
 def test_results_csv_escapes_formula_names_and_json_keeps_them(tmp_path):
   import csv  # pylint: disable=g-import-not-at-top
   from facetriplet.data.layouts import ImageEntry  # pylint: disable=g-import-not-at-top
+  from facetriplet.search.engine import Match, SearchResult  # pylint: disable=g-import-not-at-top
+  from facetriplet.search.items import Item  # pylint: disable=g-import-not-at-top
   query = ImageEntry(str(tmp_path / "=cmd.jpg"), "=cmd.jpg", "@person", None)
-  neighbours = [{"rank": 1, "score": 0.9, "name": "+gallery.jpg", "identity": "-x"},
-                {"rank": 2, "score": 0.8, "name": "plain.jpg", "identity": "y"}]
-  result = retrieval.RetrievalResult([retrieval.QueryResult(query, neighbours)], 2, "f", [], 0.0)
+  matches = [Match(1, 0.9, Item("a", name="+gallery.jpg", identity="-x")),
+             Match(2, 0.8, Item("b", name="plain.jpg", identity="y"))]
+  result = [SearchResult(query.path, matches, entry=query)]
   path = str(tmp_path / "results.csv")
   assert submission.write_results_csv(path, result) == 2
   with open(path, newline="", encoding="utf-8") as f:

@@ -1,9 +1,13 @@
-"""How a ScaNN searcher is configured for a gallery of n vectors (`auto_config`), built, written
-and read back (asset paths made relative, docids in JSON).
+"""ScaNN (the default backend): how a searcher is configured for a gallery of n vectors
+(`auto_config`), built, searched, changed in place (upsert, delete), written and read back (asset
+paths made relative, docids in JSON, never a pickle).
 
 Small galleries are searched exactly (brute force); large ones get a k-means partition of about
 sqrt(n) leaves, anisotropic asymmetric hashing and exact re-ranking, searched at a fraction of
 the leaves picked from the target recall@10. The numbers come from `benchmarks/bench_search.py`.
+Upserted vectors join the trained partitions as they are; when the gallery is more than twice or
+less than half the size they were trained for, or crossed the brute-force size, `needs_rebuild`
+says so.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import json
 import math
 import os
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+from absl import logging
 
 from facetriplet.errors import UserError
+from facetriplet.search.backends import base
 
 _ASSET_PATH = re.compile(r'asset_path:\s*"([^"]*)"')
 
@@ -36,7 +42,7 @@ _RECALL_TABLE: tuple[tuple[float, float, int], ...] = (
     (0.99, 0.08, 200),   # 0.995 / 0.995
 )
 _TRAINING_SAMPLE_CAP = 250_000
-_SEARCH_KEYS = ("num_leaves", "num_leaves_to_search", "training_sample_size",
+SETTINGS = ("num_leaves", "num_leaves_to_search", "training_sample_size",
                 "dimensions_per_block", "anisotropic_quantization_threshold", "reorder_k")
 
 def auto_config(n: int, dim: int, target_recall: float = 0.95) -> dict[str, Any]:
@@ -103,7 +109,7 @@ def _validated(config: dict[str, Any], n: int) -> dict[str, Any]:
   if config["mode"] == "brute_force":
     return config
   config = dict(config)
-  for key in _SEARCH_KEYS:
+  for key in SETTINGS:
     if key != "anisotropic_quantization_threshold":
       config[key] = int(config[key])
       if config[key] < 1:
@@ -159,3 +165,98 @@ def _load_searcher(scann_dir: str) -> Any:
       docids = [str(d) for d in json.load(f)]
   return scann_ops_pybind.ScannSearcher(scann_ops_pybind.scann_pybind.ScannNumpy(scann_dir, text),
                                         docids)
+
+
+class ScannBackend(base.IndexBackend):
+  """A ScaNN searcher whose docids are the item ids."""
+
+  name = "scann"
+  folder = "scann"
+  search_options = ("leaves_to_search", "reorder_k")
+
+  def __init__(self, searcher: Any, config: dict[str, Any]):
+    super().__init__(config)
+    self._searcher = searcher
+
+  @classmethod
+  def settings(cls, n: int, dim: int, target_recall: float = 0.95,
+               **overrides: Any) -> dict[str, Any]:
+    """`auto_config(n, dim, target_recall)` plus `overrides` (any of `SETTINGS`, which force the
+    partitioned AH path, or mode='brute_force'/'ah'; None values are ignored).
+
+    Raises:
+      UserError: an unknown setting or an invalid value.
+    """
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(overrides) - set(SETTINGS) - {"mode"})
+    if unknown:
+      raise UserError(f"unknown index setting(s) {unknown}: valid are {list(SETTINGS)} "
+                      "and mode")
+    config = auto_config(n, dim, target_recall)
+    if overrides:
+      if overrides.get("mode", "ah") == "ah" and config["mode"] == "brute_force":
+        config = _force_ah(n, dim, target_recall)
+      config.update(overrides)
+      if config["mode"] == "brute_force":
+        config = {"mode": "brute_force", "target_recall": target_recall}
+    return dict(_validated(config, n), trained_on=n)
+
+  @classmethod
+  def build(cls, embeddings: np.ndarray, ids: Sequence[str],
+            config: dict[str, Any]) -> "ScannBackend":
+    logging.info("Building ScaNN searcher over %d x %d embeddings with %s", *embeddings.shape,
+                 config)
+    return cls(_build_searcher(embeddings, config, ids), config)
+
+  def search(self, queries: np.ndarray, k: int,
+             **options: Any) -> tuple[list[list[str]], np.ndarray]:
+    options = base.check_options(type(self), options)
+    kwargs: dict[str, Any] = {"final_num_neighbors": k}
+    if self.config["mode"] == "ah":
+      kwargs["pre_reorder_num_neighbors"] = max(k, options.get("reorder_k")
+                                                or self.config["reorder_k"])
+      kwargs["leaves_to_search"] = (options.get("leaves_to_search")
+                                    or self.config["num_leaves_to_search"])
+    if len(queries) >= 64:
+      ids, scores = self._searcher.search_batched_parallel(queries, **kwargs)
+    else:
+      ids, scores = self._searcher.search_batched(queries, **kwargs)
+    return base.pad_results([list(row) for row in ids], list(np.asarray(scores, np.float32)), k)
+
+  def upsert(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
+    self._searcher.upsert(list(ids), embeddings, batch_size=256)
+
+  def delete(self, ids: Sequence[str]) -> None:
+    self._searcher.delete(list(ids))
+
+  def needs_rebuild(self, n: int, dim: int) -> str:
+    trained = int(self.config.get("trained_on") or n)
+    wanted = auto_config(n, dim, self.config.get("target_recall", 0.95))["mode"]
+    if wanted != self.config["mode"]:
+      return (f"{n} items would now be searched with {wanted}, the index uses "
+              f"{self.config['mode']} (built for {trained})")
+    if self.config["mode"] == "ah" and not trained / 2 <= n <= 2 * trained:
+      return f"{n} items, partitions trained for {trained}"
+    return ""
+
+  def save(self, directory: str) -> None:
+    self._searcher.serialize(directory)
+    _make_assets_relative(directory)
+    pickled = os.path.join(directory, "scann_docids.pkl")
+    if os.path.exists(pickled):
+      os.remove(pickled)  # never load a pickle from an index folder; docids.json instead
+    with open(os.path.join(directory, "docids.json"), "w", encoding="utf-8") as f:
+      json.dump(list(self._searcher.docids), f)
+
+  @classmethod
+  def load(cls, directory: str, config: dict[str, Any], embeddings: np.ndarray,
+           ids: Sequence[str]) -> "ScannBackend":
+    searcher = _load_searcher(directory)
+    if getattr(searcher, "docids", None) is None:
+      # Saved before items had ids: rebuild once, with the row numbers as ids.
+      logging.info("index without searcher ids (older format): rebuilding its searcher once")
+      searcher = _build_searcher(np.ascontiguousarray(embeddings), config, ids)
+    return cls(searcher, config)
+
+
+BACKEND = ScannBackend
