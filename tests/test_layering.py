@@ -1,7 +1,8 @@
 """The package's import graph runs one way, down the data flow, and no module grows past ~400 lines.
 
 Stages, in data-flow order: foundations (errors, atomic, config_files, metrics, synthetic,
-configs) < data < training < search < evaluation. A module may import its own stage or an
+configs, ...) < data < training < search < evaluation and serving (which do not import each
+other). A module may import its own stage or an
 earlier one, never a later one; the library never imports the tools. Every import counts,
 including those inside functions.
 """
@@ -12,7 +13,7 @@ import os
 import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "facetriplet")
-STAGES = {"data": 1, "training": 2, "search": 3, "evaluation": 4}
+STAGES = {"data": 1, "training": 2, "search": 3, "evaluation": 4, "serving": 4}
 MAX_LINES = 420
 
 
@@ -45,6 +46,7 @@ def _imports(path: str):
 def test_every_module_is_in_a_known_stage():
   found = {m for m, _ in _modules()}
   assert "facetriplet.data.faces" in found and "facetriplet.search.index" in found
+  assert "facetriplet.serving.app" in found
   for module in found:
     parts = module.split(".")
     if len(parts) > 2:
@@ -59,6 +61,9 @@ def test_imports_go_down_the_data_flow(module, path):
     if target.startswith("facetriplet.") or target == "facetriplet":
       assert _stage(target) <= own, (
           f"{module} (stage {own}) imports {target} (stage {_stage(target)}), a later stage")
+      if _stage(target) == own and own:
+        assert target.split(".")[1] == module.split(".")[1], (
+            f"{module} imports {target}: evaluation and serving stand side by side")
 
 
 @pytest.mark.parametrize("module,path", sorted(_modules()))

@@ -12,7 +12,7 @@ r"""Serves an index over HTTP: search, embed, enrol and remove faces (FastAPI + 
 Endpoints: POST /search, POST /embed, POST /items, DELETE /items/{id}, GET /healthz, GET /docs.
 Enrolments and removals are written to --index (atomically) before they are answered. Concurrent
 searches share one model call (--batch_window_ms, --max_batch). Ctrl-C stops the server after
-the requests in flight. The logic lives in `facetriplet.search.serve`.
+the requests in flight. The logic lives in `facetriplet.serving`.
 """
 
 from typing import Sequence
@@ -22,7 +22,8 @@ from absl import flags
 from absl import logging
 
 from facetriplet.errors import UserError, run_tool
-from facetriplet.search import features, serve
+from facetriplet.search import features
+from facetriplet.serving import inputs, server
 
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every "
@@ -32,9 +33,9 @@ _MODEL = flags.DEFINE_string("model", None, "Export folder (default: the one the
                              "built with, from its gallery.json).")
 _FEATURES = flags.DEFINE_enum("features", None, list(features.FEATURES),
                               "Features (default: the index's).")
-_MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", serve.inputs.MAX_UPLOAD_BYTES / 2**20,
+_MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", inputs.MAX_UPLOAD_BYTES / 2**20,
                                     "Largest image upload in MiB (413 above it).")
-_MAX_PIXELS = flags.DEFINE_integer("max_pixels", serve.inputs.MAX_PIXELS,
+_MAX_PIXELS = flags.DEFINE_integer("max_pixels", inputs.MAX_PIXELS,
                                    "Largest image in pixels (413 above it).")
 _BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", 5.0, "How long a search waits for "
                                       "concurrent ones to share its model call.")
@@ -65,7 +66,7 @@ def main(argv: Sequence[str]) -> None:
           "Ctrl-C stops", flush=True)
 
   try:
-    serve.serve(_INDEX.value, _HOST.value, _PORT.value, _MODEL.value, _FEATURES.value,
+    server.serve(_INDEX.value, _HOST.value, _PORT.value, _MODEL.value, _FEATURES.value,
                 on_ready=ready, access_log=_ACCESS_LOG.value,
                 max_upload_bytes=int(_MAX_UPLOAD_MB.value * 2**20),
                 max_pixels=_MAX_PIXELS.value, batch_window_ms=_BATCH_WINDOW_MS.value,

@@ -1,5 +1,6 @@
 """What an HTTP request to the search service carries, read and checked: the photo (multipart
-file `image`, JSON `image_base64` or the raw body) within the size limits, and its parameters.
+file `image`, JSON `image_base64` or the raw body) within the size limits, and its parameters
+(`schemas.SearchParams`, `schemas.ItemParams`).
 
 Every problem becomes an `HTTPException` with one line naming it: 413 for too many bytes
 (Content-Length or bytes actually read) or pixels, 415 for something that is not an image or an
@@ -20,14 +21,14 @@ from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from facetriplet.data import images
+from facetriplet.data import faces, images
+from facetriplet.data.images import MAX_PIXELS  # noqa: F401  (the service's default bound)
 from facetriplet.errors import ImageError
+from facetriplet.serving.schemas import ItemParams, SearchParams
 
 MAX_UPLOAD_BYTES = 10 * 2**20
-MAX_PIXELS = 40_000_000
 MAX_K = 1000
 FIELD_BYTES = 64 * 1024  # form fields other than the image
-FACE_MODES = ("largest", "all")
 _STATUS = {"not-an-image": 415, "too-large": 413}  # other image problems: 400
 _HINT = {"not-an-image": "send a JPEG, PNG, WebP, BMP, TIFF or GIF photo",
          "empty-file": "the image was empty", "truncated": "the upload was cut short",
@@ -169,6 +170,28 @@ def parse_faces(value: Any) -> str:
   """faces: 'largest' (the default) or 'all'."""
   if value is None:
     return "largest"
-  if value not in FACE_MODES:
-    raise error(422, f"faces must be 'largest' or 'all', got {value!r}")
+  if value not in faces.FACE_MODES:
+    raise error(422, f"faces must be one of {', '.join(faces.FACE_MODES)}, got {value!r}")
   return value
+
+
+def search_params(upload: Upload, k: Any, min_score: Any, faces_mode: Any,
+                  max_k: int = MAX_K) -> SearchParams:
+  """A search's parameters from the body, else the query string (422 naming a bad one)."""
+  fields = upload.fields
+  return SearchParams(k=parse_k(param(fields, "k", k), max_k=max_k),
+                      min_score=parse_min_score(param(fields, "min_score", min_score)),
+                      faces=parse_faces(param(fields, "faces", faces_mode)))
+
+
+def item_params(upload: Upload, item_id: Any, name: Any, identity: Any,
+                faces_mode: Any) -> ItemParams:
+  """An enrolment's parameters (422 for text that is not printable or over 1024 characters)."""
+  fields = upload.fields
+  values = {"id": param(fields, "id", item_id), "name": param(fields, "name", name),
+            "identity": param(fields, "identity", identity)}
+  for key, value in values.items():
+    if value is not None and (not isinstance(value, str) or len(value) > 1024
+                              or not value.isprintable()):
+      raise error(422, f"{key} must be printable text of at most 1024 characters")
+  return ItemParams(**values, faces=parse_faces(param(fields, "faces", faces_mode)))

@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,9 +27,10 @@ import pytest
 from PIL import Image
 
 from facetriplet.search import features, gallery
-from facetriplet.search.batching import GroupCommit
 from facetriplet.search.searcher import Searcher
-from facetriplet.search.serve import ServerThread, make_app
+from facetriplet.serving.app import make_app
+from facetriplet.serving.batching import GroupCommit
+from facetriplet.serving.server import ServerThread
 from tests.training.test_export import make_export
 from tests.search.test_retrieval import write_image_set
 
@@ -212,6 +214,24 @@ def test_healthz_and_docs(served, setup):
   status, spec = client.call("GET", "/openapi.json")
   assert status == 200
   assert {"/search", "/embed", "/items", "/items/{item_id}", "/healthz"} <= set(spec["paths"])
+  # Every endpoint documents a typed answer (a pydantic model) and every upload its body.
+  answers = {("/search", "post"): {"SearchAnswer", "SearchAllAnswer"},
+             ("/embed", "post"): {"EmbedAnswer"}, ("/items", "post"): {"EnrolAnswer"},
+             ("/items/{item_id}", "delete"): {"RemoveAnswer"}, ("/healthz", "get"): {"Health"}}
+  for (path, method), models in answers.items():
+    op = spec["paths"][path][method]
+    ok = next(v for code, v in op["responses"].items() if code.startswith("2"))
+    assert set(re.findall(r"#/components/schemas/(\w+)", json.dumps(ok))) == models, path
+    assert "ErrorAnswer" in json.dumps(op["responses"].get("422", {})), path
+    if method == "post":
+      body = op["requestBody"]["content"]
+      assert set(body) == {"multipart/form-data", "application/json", "image/jpeg"}
+      assert "image" in body["multipart/form-data"]["schema"]["properties"]
+  assert {"k", "min_score", "faces"} <= set(
+      spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+          "properties"])
+  schemas = spec["components"]["schemas"]
+  assert {"rank", "score", "id", "identity", "box"} <= set(schemas["MatchOut"]["properties"])
 
 
 def _raw_request(url, head: bytes, body_chunks=()):

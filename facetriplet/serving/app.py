@@ -1,0 +1,90 @@
+r"""The HTTP search service: a `Searcher` behind FastAPI (`facetriplet-serve`): `make_app`.
+
+  POST   /search       a photo -> its face's box and the k most similar gallery photos
+  POST   /embed        a photo -> its face's embedding
+  POST   /items        enrol a photo under an id (saved to the index folder before answering)
+  DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
+  GET    /healthz      items, dim, model fingerprint, batching counters
+  GET    /docs         the OpenAPI page (try every endpoint from the browser)
+
+A photo is sent as the multipart file field `image`, as JSON `{"image_base64": "..."}` or as the
+raw body (`Content-Type: image/jpeg`); `k`, `min_score`, `faces` (largest|all), and for /items
+`id`, `name`, `identity`, come as form fields, JSON keys or query parameters:
+
+  curl -F image=@face.jpg 'http://127.0.0.1:8000/search?k=5&min_score=0.5'
+  curl -F image=@new.jpg -F id=alice-01 -F identity=alice http://127.0.0.1:8000/items
+  curl -X DELETE http://127.0.0.1:8000/items/alice-01
+
+A bad upload gets one line naming the problem and never stops the server: not an image 415,
+empty or broken image 400, more than `max_pixels` or more than `max_upload_bytes` 413, bad k
+422, unknown id 404. "No match" (nothing above min_score) is an empty `matches` list.
+
+Concurrent searches are micro-batched (`batching.MicroBatcher`): one model call answers every
+request that arrived within `batch_window_ms`, up to `max_batch`. Enrolments and removals take
+the Searcher's writer lock, so they are safe while searches run, and are reported only after a
+`Searcher.save()` covering them has completed (`batching.GroupCommit`).
+
+The endpoints are `routes` (module-level functions on an APIRouter, the searcher through
+`Depends`, answers as `schemas` models, so /docs shows every schema); upload reading and checks
+are `inputs`; listening and serving is `server`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from facetriplet.search.searcher import Searcher
+from facetriplet.serving import batching, inputs, routes
+
+
+def make_app(searcher: Searcher, max_upload_bytes: int = inputs.MAX_UPLOAD_BYTES,
+             max_pixels: int = inputs.MAX_PIXELS, batch_window_ms: float = 5.0, max_batch: int = 32,
+             micro_batch: bool = True, max_k: int = inputs.MAX_K) -> FastAPI:
+  """The FastAPI application serving `searcher` (see the module docstring for the endpoints).
+
+  Args:
+    searcher: an opened index.
+    max_upload_bytes: largest image accepted (413 above it, from Content-Length or as read).
+    max_pixels: largest image accepted, in pixels (413 above it; read from the header).
+    batch_window_ms: how long a search waits for concurrent ones to share its model call.
+    max_batch: most searches answered by one model call.
+    micro_batch: False calls the searcher once per request (for comparison).
+    max_k: largest k a request may ask for.
+  """
+  batcher = (batching.MicroBatcher(searcher, batch_window_ms / 1000, max_batch) if micro_batch
+             else None)
+  # Looked up at each save (not bound now), so a wrapped or replaced `save` is the one called.
+  save = lambda: searcher.save()  # pylint: disable=unnecessary-lambda
+  service = routes.Service(searcher, batcher, batching.GroupCommit(save),
+                           max_upload_bytes, max_pixels, max_k)
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    yield
+    if batcher is not None:
+      await run_in_threadpool(batcher.close)
+
+  app = FastAPI(title="facetriplet face search", lifespan=lifespan, description=(
+      f"Search, embed, enrol and remove faces of an index of {len(searcher)} items (model "
+      f"`{searcher.extractor.fingerprint}`). Send a photo as the multipart file `image`, as "
+      "JSON `{\"image_base64\": ...}` or as the raw body. Enrolments and removals are saved to "
+      "the index folder before they are answered."))
+  app.state.service = service
+  app.include_router(routes.router)
+
+  @app.exception_handler(RequestValidationError)
+  async def invalid(_, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's checks of query parameters, as one line like the others."""
+    problems = [f"{e['loc'][-1]}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+  @app.get("/", include_in_schema=False)
+  async def root() -> RedirectResponse:
+    return RedirectResponse("/docs")
+
+  return app
