@@ -1,4 +1,4 @@
-"""`facetriplet-demo` (tools/demo.py): the whole job (--quick), its re-run, its settings and refusals."""
+"""`facetriplet-demo` (facetriplet/demo, tools/demo.py): the whole job (--quick), its re-run, its settings and refusals."""
 
 import json
 import os
@@ -10,8 +10,8 @@ from PIL import Image
 
 from facetriplet import config_files
 from facetriplet.errors import UserError
-from facetriplet.training import plan
-from facetriplet_tools import demo
+from facetriplet.demo import settings as plan
+from facetriplet.demo.state import State
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,19 +80,19 @@ def test_plan_for_data_follows_the_data_size():
 def test_refuses_a_folder_it_did_not_write_and_cleans_its_own(tmp_path, capsys):
   (tmp_path / "mine.txt").write_text("not the demo's")
   with pytest.raises(UserError, match="not written by the demo"):
-    demo.State(str(tmp_path), {"a": 1}, fresh=False)
+    State(str(tmp_path), {"a": 1}, fresh=False)
 
   run = tmp_path / "run"
-  state = demo.State(str(run), {"photos": 1, "epochs": 1}, fresh=False)
+  state = State(str(run), {"photos": 1, "epochs": 1}, fresh=False)
   for step in ("faces", "train"):
     state.step(step, "noop", lambda step=step: (run / step).mkdir())
-  resumed = demo.State(str(run), {"photos": 1, "epochs": 1}, fresh=False)
+  resumed = State(str(run), {"photos": 1, "epochs": 1}, fresh=False)
   assert sorted(resumed.done) == ["faces", "train"] and (run / "faces").is_dir()
   (run / "notes.txt").write_text("the user's")
-  longer = demo.State(str(run), {"photos": 1, "epochs": 2}, fresh=False)  # training only
+  longer = State(str(run), {"photos": 1, "epochs": 2}, fresh=False)  # training only
   assert list(longer.done) == ["faces"] and (run / "faces").is_dir()
   assert not (run / "train").exists()
-  other = demo.State(str(run), {"photos": 2, "epochs": 2}, fresh=False)  # other data
+  other = State(str(run), {"photos": 2, "epochs": 2}, fresh=False)  # other data
   assert other.done == {} and not (run / "faces").exists()
   assert (run / "notes.txt").read_text() == "the user's"  # only the demo's own folders go
   out = capsys.readouterr().out

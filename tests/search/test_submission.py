@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from facetriplet.search import retrieval, submission
+from facetriplet.search import submission
 from facetriplet.errors import UserError
 
 BIN = os.path.dirname(sys.executable)
