@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = os.path.join(scratch, "model.keras")
     model.save(ckpt)
     export_dir = os.path.join(scratch, "export")
-    crop = faces.CropSettings(size=args.input_size).to_dict()
+    crop = faces.CropSettings(crop_size=args.input_size).to_dict()
     summary = export.export_model(ckpt, export_dir, crop=crop)
     print(f"exported {args.backbone} @ {args.image_size} px (input {args.input_size} px, "
           f"{model.count_params():,} params) in {summary.seconds:.1f} s", flush=True)

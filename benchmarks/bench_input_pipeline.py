@@ -58,7 +58,7 @@ def make_shards(directory: str, images: int, size: int, photos_per_identity: int
     n = tfrecords.write_shard(os.path.join(directory, name), per_shard[i])
     infos.append({"file": name, "records": n, "groups": groups[i]})
   tfrecords.write_manifest(directory, {
-      "crop": {"size": size}, "labels": {f"id{i:05d}": i for i in range(identities)},
+      "crop": {"crop_size": size}, "labels": {f"id{i:05d}": i for i in range(identities)},
       "splits": {"train": {"images": identities * photos_per_identity,
                            "identities": identities, "shards": infos}}})
 

@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   start = time.time()
   root = os.path.abspath(args.workdir_root)
   os.makedirs(root, exist_ok=True)
-  from facetriplet.data import classical  # pylint: disable=g-import-not-at-top
+  from facetriplet.data import classical, faces  # pylint: disable=g-import-not-at-top
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
 
   # 1. Records.
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       _log(f"{kind}: FAILED\n{traceback.format_exc()}")
 
   # 3. Exports to score: (method, export folder, training minutes or None).
-  input_size = int(config.model.input_size or lfw_manifest["crop"]["size"])
+  input_size = int(config.model.crop_size or faces.crop_size_of(lfw_manifest["crop"]))
   untrained = export_untrained(config, root, lfw_manifest["crop"], input_size)
   methods, best_epochs = [], []
   for kind, workdir, out in trained:

@@ -4,8 +4,8 @@ For each size, on synthetic clustered 128-d unit vectors (the generator of bench
 per identity, 64 groups; 1000 queries = new photos of gallery identities):
 
   exact       faiss IndexFlatIP (optimised BLAS + heap): the exact baseline and the ground truth.
-  scann-auto  the index's automatic configuration (`scann_config.auto_config`, target 0.95), built
-              exactly as `ScannIndex.build` builds it; then the leaves searched are raised until
+  scann-auto  the index's automatic configuration (`backends.scann.auto_config`, target 0.95), built
+              exactly as `GalleryIndex.build` builds it; then the leaves searched are raised until
               recall@10 >= 0.95 if the automatic setting falls short.
   hnsw        faiss IndexHNSWFlat, M=32, efConstruction=80, no time cap at sizes <= --hnsw_full_max;
               above it the build rate of the first --hnsw_probe points and the projected time.
@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.bench_search import K, clustered_gallery, recall_at_k
-from facetriplet.search import scann_config
+from facetriplet.search.backends import scann as scann_config
 
 FRACTIONS = (0.025, 0.035, 0.05, 0.08, 0.12)  # leaves searched, tried in order until recall >= .95
 
@@ -78,7 +78,7 @@ def bench_exact(faiss, gallery, queries, scratch):
   flat.add(gallery)
   build = time.perf_counter() - start
   peak = _peak_gib()
-  (_, truth), qps = _qps(lambda: flat.search(queries, K), queries, repeats=1)
+  (_, truth), qps = _qps(lambda flat=flat: flat.search(queries, K), queries, repeats=1)
   path = os.path.join(scratch, "flat.faiss")
   faiss.write_index(flat, path)
   per_vector = os.path.getsize(path) / len(gallery)
@@ -124,7 +124,8 @@ def bench_scann(gallery, queries, truth, scratch, reorder: str = "float32"):
     kwargs = {"final_num_neighbors": K}
     if leaves:
       kwargs.update(leaves_to_search=leaves, pre_reorder_num_neighbors=config["reorder_k"])
-    (found, _), qps = _qps(lambda: searcher.search_batched_parallel(queries, **kwargs), queries)
+    (found, _), qps = _qps(lambda s=searcher, kw=kwargs: s.search_batched_parallel(queries, **kw),
+                           queries)
     recall = recall_at_k(np.asarray(found), truth)
     label = ("brute force" if not leaves else
              f"leaves {leaves}/{config['num_leaves']}, reorder {config['reorder_k']}"

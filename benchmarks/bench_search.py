@@ -9,7 +9,7 @@ identities. recall@10 is measured against exact search (the true top 10 by dot p
 Methods, all answering the queries as one batch on every core:
   exact       faiss IndexFlatIP (optimised BLAS + heap; NumPy matmul + argpartition, in gallery
               chunks, only without faiss: it understates exact search several-fold).
-  scann-auto  `ScannIndex.build(..., target_recall=0.95)`: what users get.
+  scann-auto  `GalleryIndex.build(..., target_recall=0.95)`: what users get.
   scann       the same AH index, sweeping leaves_to_search (x reorder_k) for equal-recall
               comparisons.
   hnsw        faiss IndexHNSWFlat (inner product), efSearch sweep (optional: needs faiss-cpu).
@@ -34,7 +34,8 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import common
-from facetriplet.search.index import ScannIndex
+from facetriplet.search.index import GalleryIndex
+from facetriplet.search.items import Item
 
 DIM = 128
 PHOTOS_PER_IDENTITY = 5
@@ -124,10 +125,11 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
   print(f"[{n}] exact: {exact_qps:.0f} q/s", flush=True)
 
   start = time.perf_counter()
-  index = ScannIndex.build(gallery, [{} for _ in range(n)], "bench", target_recall=0.95)
+  index = GalleryIndex.build(gallery, [Item(str(i)) for i in range(n)], "bench",
+                             target_recall=0.95)
   build_s = time.perf_counter() - start
   cfg = index.config
-  (found, _), secs = timed(lambda: index.search(queries, K))
+  (found, _), secs = timed(lambda index=index: index.search(queries, K))
   desc = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("mode", "target_recall"))
   rows.append([n, "scann-auto", f"target 0.95: {desc}", round(build_s, 1), round(q / secs),
                round(recall_at_k(found, truth), 4)])
@@ -138,7 +140,8 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
       for reorder in args.reorder:
         lts = max(1, round(frac * leaves))
         (found, _), secs = timed(
-            lambda lts=lts, reorder=reorder: index.search(queries, K, lts, reorder))
+            lambda lts=lts, reorder=reorder, index=index: index.search(
+                queries, K, leaves_to_search=lts, reorder_k=reorder))
         rows.append([n, "scann", f"leaves_to_search={lts}/{leaves}, reorder_k={reorder}",
                      round(build_s, 1), round(q / secs), round(recall_at_k(found, truth), 4)])
         print(f"[{n}] {rows[-1]}", flush=True)
@@ -169,7 +172,7 @@ def _bench_faiss(faiss: Any, gallery: np.ndarray, queries: np.ndarray, truth: np
   build_s = time.perf_counter() - start
   for ef in args.ef_search if hnsw.ntotal == n else []:
     hnsw.hnsw.efSearch = ef
-    (_, found), secs = timed(lambda: hnsw.search(queries, K))
+    (_, found), secs = timed(lambda hnsw=hnsw: hnsw.search(queries, K))
     rows.append([n, "hnsw", f"M={args.hnsw_m}, efConstruction={args.hnsw_ef_construction}, "
                  f"efSearch={ef}", round(build_s, 1), round(q / secs),
                  round(recall_at_k(found, truth), 4)])

@@ -111,12 +111,12 @@ def build_index(scratch: str, detector: str, args: argparse.Namespace) -> str:
   config.model.weights = "none"
   keras.utils.set_random_seed(args.seed)
   size = args.crop_size or faces.CropSettings().size
-  model = model_lib.build_embedding_model(config, input_size=size)
+  model = model_lib.build_embedding_model(config, crop_size=size)
   checkpoint = os.path.join(scratch, "model.keras")
   model.save(checkpoint)
   export_dir = os.path.join(scratch, f"export_{detector}")
   export.export_model(checkpoint, export_dir,
-                      crop=faces.CropSettings(detector=detector, size=size).to_dict())
+                      crop=faces.CropSettings(detector=detector, crop_size=size).to_dict())
   extractor = features.make_extractor("embedding", export_dir)
   index_dir = os.path.join(scratch, f"index_{detector}")
   start = time.perf_counter()

@@ -20,7 +20,9 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from facetriplet.errors import UserError
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -125,3 +127,22 @@ def remove(path: str) -> None:
   else:
     with contextlib.suppress(FileNotFoundError):
       os.remove(path)
+
+
+def claim_folder(path: str, ours: Callable[[str], bool], what: str, tool: str) -> list[str]:
+  """The one check of a tool's output folder: `path` is a folder (created when missing) holding
+  only names the tool writes (`ours`). Returns those names, sorted.
+
+  Raises:
+    UserError: `path` is a file, or holds a name that is not ours (named, with the fix).
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{what} {path} is a file: choose a folder")
+  os.makedirs(path, exist_ok=True)
+  names = sorted(os.listdir(path))
+  foreign = [n for n in names if not ours(n)]
+  if foreign:
+    raise UserError(f"{what} {path} holds {foreign[0]}, which {tool} did not write: choose an "
+                    "empty folder")
+  return names
+

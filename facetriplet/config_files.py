@@ -19,9 +19,15 @@ SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 
 
 def shipped() -> list[str]:
-  """Names of the configs shipped with the package (e.g. ['default', 'lfw', 'orl'])."""
-  return sorted(os.path.splitext(n)[0] for n in os.listdir(SHIPPED_DIR)
-                if n.endswith(".py") and not n.startswith("_"))
+  """Names of the configs shipped with the package (e.g. ['default', 'lfw', 'orl']): the files
+  that define `get_config` (common.py holds shared helpers)."""
+  names = []
+  for n in os.listdir(SHIPPED_DIR):
+    if n.endswith(".py") and not n.startswith("_"):
+      with open(os.path.join(SHIPPED_DIR, n), encoding="utf-8") as f:
+        if "\ndef get_config(" in f.read():
+          names.append(os.path.splitext(n)[0])
+  return sorted(names)
 
 
 def resolve(value: str) -> str:

@@ -7,7 +7,7 @@ An export is a SavedModel folder with two signatures,
   serving_default  images uint8 [N, H, W, 3] (any H, W) -> {"embeddings": float32 [N, D]}
   serving_bytes    image_bytes string [N] (JPEG/PNG/BMP/GIF) -> {"embeddings": float32 [N, D]}
 
-and `assets/facetriplet.json` (`METADATA_FILE`): `embedding_dim`, `input_size` (the crop side the
+and `assets/facetriplet.json` (`METADATA_FILE`): `embedding_dim`, `crop_size` (the crop side the
 model takes), `crop` (the CropSettings dict), `config`, `fingerprint` (`fingerprint` below, over
 the exported variables, the crop settings and the flip flag: recomputed at load, so an edited or
 swapped export is refused), `test_time_flip`, where the weights came from, and `verification`

@@ -45,7 +45,7 @@ def write_dataset(directory: str, splits: Mapping[str, Sequence[int]], size: int
   os.makedirs(directory, exist_ok=True)
   rng = np.random.RandomState(seed)
   label = start_label
-  manifest = {"version": 1, "crop": {"size": size, "detector": "none", "margin": 0.2},
+  manifest = {"version": 1, "crop": {"crop_size": size, "detector": "none", "margin": 0.2},
               "labels": {}, "splits": {}, "identity_counts": {}}
   for split, counts in splits.items():
     per_shard: list[list[tuple[int, int, list[bytes]]]] = [[] for _ in range(shards)]

@@ -58,10 +58,10 @@ def test_all_tools_in_sequence(tmp_path):
     pytest.skip("configs/default.py (smoke variant) not present yet")
 
   out = _tool("build-tfrecords", "--layout=folders", f"--input={faces_dir}", "--output=tfr",
-              "--size=32", "--detector=none", "--val_fraction=0.34", "--noprogress", cwd=run)
+              "--crop_size=32", "--detector=none", "--val_fraction=0.34", "--noprogress", cwd=run)
   with open(os.path.join(run, "tfr", "manifest.json")) as f:
     manifest = json.load(f)
-  assert manifest["crop"]["size"] == 32 and sum(manifest["identity_counts"].values()) == 24
+  assert manifest["crop"]["crop_size"] == 32 and sum(manifest["identity_counts"].values()) == 24
 
   _tool("train", f"--config={config}:smoke", "--config.data.tfrecord_dir=tfr", "--workdir=work",
         cwd=run)
@@ -70,7 +70,7 @@ def test_all_tools_in_sequence(tmp_path):
   out = _tool("export", "--workdir=work", "--export_dir=export", cwd=run)
   with open(os.path.join(run, "export", "assets", "facetriplet.json")) as f:
     meta = json.load(f)
-  assert meta["fingerprint"] in out and meta["input_size"] == 32
+  assert meta["fingerprint"] in out and meta["crop_size"] == 32
   assert meta["crop"] == manifest["crop"] and meta["config"]["model"]["backbone"] == "resnet18"
   assert os.path.isfile(os.path.join(run, "export", "saved_model.pb"))
 

@@ -181,7 +181,7 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
     embedder.load_embedder(faked)
   # Changing the crop settings changes what the export means: refused too.
   meta["fingerprint"] = fp_a
-  meta["crop"]["size"] = int(meta["crop"]["size"]) + 8
+  meta["crop"]["crop_size"] = int(meta["crop"]["crop_size"]) + 8
   with open(meta_path, "w", encoding="utf-8") as f:
     json.dump(meta, f)
   with pytest.raises(UserError, match="does not match"):

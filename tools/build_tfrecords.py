@@ -57,7 +57,9 @@ _TEMPLATE = flags.DEFINE_enum(
 _ALIGN_MARGIN = flags.DEFINE_float(
     "align_margin", 0.0, "Detectors with landmarks: zoom-out of the aligned crop (0 = the template as is, 0.1 = "
     "face shrunk by 1/1.2 around the centre).")
-_SIZE = flags.DEFINE_integer("size", 128, "Side in pixels of the stored square face crop.")
+_CROP_SIZE = flags.DEFINE_integer("crop_size", 128, "Side in pixels of the square face crop "
+                                  "stored in the records (--size is the same flag).")
+flags.DEFINE_alias("size", "crop_size")
 _ON_NO_FACE = flags.DEFINE_enum(
     "on_no_face", "center", list(faces.ON_NO_FACE),
     "When no face is detected: 'center' keeps the centred square crop and marks face/found=0; "
@@ -98,7 +100,7 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("--output is required: an empty folder for the shards")
   if not os.path.isdir(_INPUT.value):  # Checked here too so the error is the only stderr line.
     raise UserError(f"input folder {_INPUT.value} does not exist: pass --input=<folder of images>")
-  crop = faces.CropSettings(detector=_DETECTOR.value, margin=_MARGIN.value, size=_SIZE.value,
+  crop = faces.CropSettings(detector=_DETECTOR.value, margin=_MARGIN.value, crop_size=_CROP_SIZE.value,
                             on_no_face=_ON_NO_FACE.value, pick=_PICK.value,
                             template=_TEMPLATE.value, align_margin=_ALIGN_MARGIN.value)
   logging.info("layout=%s input=%s output=%s crop=%s val_fraction=%s seed=%d num_shards=%d "

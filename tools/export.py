@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> None:
   s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value, flip=flip)
   print(f"exported {s.checkpoint} -> {s.export_dir}\n"
         f"  fingerprint {s.fingerprint}, embedding dim {s.embedding_dim}, input "
-        f"{s.input_size}x{s.input_size} uint8\n"
+        f"{s.crop_size}x{s.crop_size} uint8\n"
         f"  signatures: {export.SIGNATURE_IMAGES} ({export.INPUT_IMAGES} uint8 [N,H,W,3]), "
         f"{export.SIGNATURE_BYTES} ({export.INPUT_BYTES} string [N]) -> {export.OUTPUT} float32 "
         f"[N,{s.embedding_dim}]\n  {s.seconds:.1f} s")

@@ -45,7 +45,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.model.width = 1.0                # channel multiplier (resnet18 only)
   config.model.stem_pool = "auto"         # resnet18: max-pool after the stem: auto (>= 96 px)|on|off
   config.model.image_size = 112           # backbone input side (crops are resized inside)
-  config.model.input_size = 0             # stored crop size; 0 = from the manifest
+  config.model.crop_size = 0              # the crop side S the model takes; 0 = the manifest's
   config.model.embedding_dim = 128
   config.model.mixed_precision = ""       # '' | 'mixed_bfloat16' | 'mixed_float16' (GPUs)
   config.model.test_time_flip = False     # embed image + mirror, average (eval and export)

@@ -34,40 +34,28 @@ import ml_collections
 
 from facetriplet import config_files
 
-
-def _default():
-  """configs/default.py (config files are loaded by path, not as a package)."""
-  return config_files.sibling(__file__, "default.py")
+common = config_files.sibling(__file__, "common.py")
 
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """The LFW config; `arg='smoke'` gives the seconds-long variant."""
-  default = _default()
+  default = common.default(__file__)
   config = default.get_config()
-  config.model.backbone = "resnet18"
-  config.model.weights = "none"
-  config.model.width = 0.5
-  config.model.image_size = 64
+  common.from_scratch_cpu(config)
   config.model.stem_pool = "on"
   config.model.embedding_dim = 128
   config.model.test_time_flip = True
   config.augment.translate = 0.05
   config.augment.zoom = 0.0
   config.augment.rotation = 0.0
-  config.augment.saturation = 0.0
-  config.augment.hue = 0.0
-  config.augment.grayscale = 0.0
   config.augment.erasing = 0.0
   config.loss.kind = "semi_hard"
   config.train.p = 32
   config.train.k = 4
-  config.train.base_lr = 4e-3
   config.train.epochs = 120
   config.train.eval_every_epochs = 5
   config.train.warmup_epochs = 1.0
-  config.train.freeze_backbone_epochs = 0
   config.train.steps_per_epoch = 0
-  config.data.cache = True
   config.data.max_group_size = 8
   if arg:
     default.apply_variant(config, arg)

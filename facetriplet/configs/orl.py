@@ -19,30 +19,18 @@ import ml_collections
 
 from facetriplet import config_files
 
-
-def _default():
-  """configs/default.py (config files are loaded by path, not as a package)."""
-  return config_files.sibling(__file__, "default.py")
+common = config_files.sibling(__file__, "common.py")
 
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """The ORL config; `arg='smoke'` gives the seconds-long variant."""
-  default = _default()
+  default = common.default(__file__)
   config = default.get_config()
-  config.model.backbone = "resnet18"
-  config.model.weights = "none"
-  config.model.width = 0.5
-  config.model.image_size = 64
-  config.augment.saturation = 0.0
-  config.augment.hue = 0.0
-  config.augment.grayscale = 0.0
+  common.from_scratch_cpu(config)
   config.train.p = 8
   config.train.k = 4
-  config.train.base_lr = 4e-3
   config.train.epochs = 40
   config.train.warmup_epochs = 2.0
-  config.train.freeze_backbone_epochs = 0
-  config.data.cache = True
   config.data.shuffle_groups = 64
   if arg:
     default.apply_variant(config, arg)

@@ -43,7 +43,7 @@ class ClassicalExtractor:
     self.crop_settings = crop if crop is not None else faces.CropSettings()
     c = self.crop_settings
     self.fingerprint = (f"classical:{self.name}:v{self.version}:size{size}:"
-                        f"crop-{c.detector}-{c.margin:g}-{c.size}-{c.on_no_face}-{c.pick}-{c.template}-"
+                        f"crop-{c.detector}-{c.margin:g}-{c.crop_size}-{c.on_no_face}-{c.pick}-{c.template}-"
                         f"{c.align_margin:g}")
 
   def embed(self, images: np.ndarray) -> np.ndarray:

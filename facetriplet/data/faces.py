@@ -4,12 +4,12 @@ Photos are decoded by `facetriplet.data.images.load_rgb` (re-exported here with 
 `image_pixels`, `encode_jpeg` and `MAX_PIXELS`).
 
 `FaceCropper` asks the detector named by the settings (`facetriplet.data.detectors`: mtcnn, haar,
-none, ...) for the faces of a batch of photos, chooses one face per photo and cuts a `size` x
-`size` crop of it:
+none, ...) for the faces of a batch of photos, chooses one face per photo and cuts a square crop
+of side `crop_size` of it:
 
 - a face with five landmarks (eyes, nose tip, mouth corners) is *aligned*: the similarity
   transform (rotation, uniform scale, shift; `cv2.estimateAffinePartial2D`) that maps the
-  landmarks onto `TEMPLATES[template]` (a 5-point template scaled to `size` and shrunk towards the
+  landmarks onto `TEMPLATES[template]` (a 5-point template scaled to `crop_size` and shrunk towards the
   centre by `1 / (1 + 2 * align_margin)`) warps the photo, black outside it;
 - a face with a box only gets the square of side `max(w, h) * (1 + 2 * margin)` centred on the
   box, black outside the image;
@@ -68,16 +68,16 @@ class CropSettings:
       frontal-face cascade, box crop), 'none' (centred square of the whole image, for sets that
       are already cropped), ...
     margin: fraction of the face box added on every side before squaring (0.2 → 1.4x the box).
-    size: side in pixels of the stored square crop.
+    crop_size: side in pixels of the square crop (what the records store and the model takes).
     on_no_face: 'center' keeps the centred square and marks face/found=0; 'skip' drops the photo.
     pick: which face of a photo with several: 'largest' or 'center' (see the module docstring).
     template: the 5-point alignment template (`TEMPLATES`), used for faces with landmarks.
     align_margin: zoom-out of the aligned crop: 0 puts the template's points where they are in a
-      112-px ArcFace crop scaled to `size`; 0.1 shrinks the face by 1/1.2 around the centre.
+      112-px ArcFace crop scaled to `crop_size`; 0.1 shrinks the face by 1/1.2 around the centre.
   """
   detector: str = detectors.DEFAULT
   margin: float = 0.2
-  size: int = 128
+  crop_size: int = 128
   on_no_face: str = "center"
   pick: str = "largest"
   template: str = "arcface112"
@@ -89,8 +89,8 @@ class CropSettings:
       raise UserError(f"on_no_face={self.on_no_face!r} is not one of {', '.join(ON_NO_FACE)}")
     if not 0 <= float(self.margin) <= 2:
       raise UserError(f"margin={self.margin} must be between 0 and 2 (fraction of the face box)")
-    if not 16 <= int(self.size) <= 4096:
-      raise UserError(f"size={self.size} must be between 16 and 4096 pixels")
+    if not 16 <= int(self.crop_size) <= 4096:
+      raise UserError(f"crop_size={self.crop_size} must be between 16 and 4096 pixels")
     if self.pick not in PICKS:
       raise UserError(f"pick={self.pick!r} is not one of {', '.join(PICKS)}")
     if self.template not in TEMPLATES:
@@ -99,7 +99,7 @@ class CropSettings:
       raise UserError(f"align_margin={self.align_margin} must be between 0 and 1")
     object.__setattr__(self, "align_margin", float(self.align_margin))
     object.__setattr__(self, "margin", float(self.margin))
-    object.__setattr__(self, "size", int(self.size))
+    object.__setattr__(self, "crop_size", int(self.crop_size))
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -111,16 +111,20 @@ class CropSettings:
   def from_dict(cls, d: Mapping[str, Any]) -> "CropSettings":
     """Builds settings from `to_dict()` output; informational keys (pad, cascade...) are ignored.
 
-    Settings written before a field existed get that field's default, which is what they did.
+    Settings written before a field existed get that field's default, which is what they did;
+    the crop side written as `size` (before it was called crop_size) is read as crop_size.
     """
     names = {f.name for f in dataclasses.fields(cls)}
+    d = dict(d)
+    if "crop_size" not in d and "size" in d:
+      d["crop_size"] = d.pop("size")
     return cls(**{k: v for k, v in d.items() if k in names})
 
   def template_points(self) -> np.ndarray:
-    """The alignment template in the pixel frame of the `size` x `size` crop, float32 [5, 2]."""
+    """The alignment template in the pixel frame of the crop, float32 [5, 2]."""
     t = TEMPLATES[self.template]
-    points = np.asarray(t["points"], np.float64) / t["side"] * self.size
-    centre = self.size / 2.0
+    points = np.asarray(t["points"], np.float64) / t["side"] * self.crop_size
+    centre = self.crop_size / 2.0
     return ((points - centre) / (1.0 + 2.0 * self.align_margin) + centre).astype(np.float32)
 
 
@@ -138,7 +142,7 @@ class CropResult(NamedTuple):
   """A square RGB face crop and how it was made.
 
   Attributes:
-    image: uint8 [size, size, 3].
+    image: uint8 [crop_size, crop_size, 3].
     box: face box (x, y, w, h) in source pixels (the centred square when no face was found).
     found: a face was detected (always True for a `whole_image` detector such as 'none').
     landmarks: (x1..x5, y1..y5) of the five points in source pixels, zeros without them.
@@ -186,7 +190,7 @@ class FaceCropper:
     return self.crop_batch([rgb])[0]
 
   def crop_batch(self, images: Sequence[np.ndarray]) -> list[CropResult]:
-    """Crops RGB uint8 images [H, W, 3] to `size` x `size` faces (one detector call per batch).
+    """Crops RGB uint8 images [H, W, 3] to square faces (one detector call per batch).
 
     Returns:
       A CropResult per image; `found` is False when no face was detected and the centred square
@@ -230,7 +234,7 @@ class FaceCropper:
     bx, by, bw, bh = face.box
     side = max(bw, bh) * (1 + 2 * self.settings.margin)
     cx, cy = bx + bw / 2, by + bh / 2
-    image = _cut_square(rgb, (cx - side / 2, cy - side / 2, side, side), self.settings.size)
+    image = _cut_square(rgb, (cx - side / 2, cy - side / 2, side, side), self.settings.crop_size)
     return CropResult(image, box, True, NO_LANDMARKS, method)
 
   def _fallback_crop(self, rgb: np.ndarray) -> CropResult:
@@ -247,7 +251,7 @@ class FaceCropper:
     h, w = rgb.shape[:2]
     side = float(min(h, w))
     box = ((w - side) / 2, (h - side) / 2, side, side)
-    image = _cut_square(rgb, box, self.settings.size)
+    image = _cut_square(rgb, box, self.settings.crop_size)
     whole = self.detector.whole_image
     return CropResult(image, tuple(round(float(v), 2) for v in box), whole, NO_LANDMARKS,
                       self.detector.name if whole else "center")
@@ -266,7 +270,7 @@ def similarity_transform(points: np.ndarray, settings: CropSettings) -> np.ndarr
 
 
 def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.ndarray:
-  """The aligned `size` x `size` crop of `rgb` for five landmarks [5, 2] (x, y) in its pixels."""
+  """The aligned square crop of `rgb` for five landmarks [5, 2] (x, y) in its pixels."""
   matrix = similarity_transform(points, settings)
   scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
   if scale < 0.5:  # Shrinking a lot: area-downscale first so the warp does not alias.
@@ -276,8 +280,8 @@ def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.nda
                      interpolation=cv2.INTER_AREA)
     matrix = similarity_transform(np.asarray(points, np.float64) * [
         rgb.shape[1] / w, rgb.shape[0] / h], settings)
-  size = settings.size
-  out = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR,
+  side = settings.crop_size
+  out = cv2.warpAffine(rgb, matrix, (side, side), flags=cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
   return np.ascontiguousarray(out)
 
@@ -319,3 +323,9 @@ def load_and_crop(path: str, settings: CropSettings = CropSettings(),
     ImageError: the file cannot be used (see `load_rgb`).
   """
   return get_cropper(settings).crop(load_rgb(path, max_pixels=max_pixels))
+
+
+def crop_size_of(crop: Mapping[str, Any]) -> int:
+  """The crop side of a stored CropSettings dict (a manifest's or an export's `crop`)."""
+  return int(crop.get("crop_size", crop.get("size")))
+

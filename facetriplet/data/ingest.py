@@ -191,14 +191,8 @@ def finish_build(build: PlannedBuild, decoded: int, workers: int,
 def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
                     plan: shard_plan.ShardPlan, overwrite: bool) -> None:
   """Checks that `output_dir` is empty or from this run; records the run fingerprint first."""
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise UserError(f"output {output_dir} is a file: choose a folder for --output")
-  os.makedirs(output_dir, exist_ok=True)
-  names = sorted(os.listdir(output_dir))
-  foreign = [n for n in names if not _OURS.match(n)]
-  if foreign:
-    raise UserError(f"output folder {output_dir} holds files not written by "
-                    f"facetriplet-build-tfrecords (e.g. {foreign[0]}): choose an empty folder")
+  names = atomic.claim_folder(output_dir, _OURS.match, "output folder",
+                              "facetriplet-build-tfrecords")
   run_path = os.path.join(output_dir, PLAN_FILE)
   previous = None
   if os.path.exists(run_path):

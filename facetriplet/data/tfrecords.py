@@ -25,6 +25,7 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from facetriplet import atomic
+from facetriplet.data import faces
 from facetriplet.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -87,12 +88,6 @@ def parse_example(serialized):
   """Parses one serialized record (a scalar string tensor) into a dict of tensors (not decoded)."""
   tf = _tf()
   return tf.io.parse_single_example(serialized, feature_spec())
-
-
-def parse_examples(serialized):
-  """Parses a batch of serialized records (a 1-D string tensor)."""
-  tf = _tf()
-  return tf.io.parse_example(serialized, feature_spec())
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -194,9 +189,9 @@ class ShardSet:
   def crop_size(self) -> int:
     """The stored crop side in pixels."""
     try:
-      return int(self.manifest["crop"]["size"])
+      return faces.crop_size_of(self.manifest["crop"])
     except (KeyError, TypeError, ValueError) as e:
-      raise UserError(f"{os.path.join(self.directory, MANIFEST)} has no crop.size: rebuild the "
+      raise UserError(f"{os.path.join(self.directory, MANIFEST)} has no crop size: rebuild the "
                       "shards with facetriplet-build-tfrecords") from e
 
   @property

@@ -49,7 +49,7 @@ def run_demo(args: Any) -> None:
   state.step("tfrecords", "face crops -> TFRecord shards, identity-disjoint train/val split",
              lambda: steps.run("tfrecords", "build-tfrecords", [
                  "--layout=folders", f"--input={data}", "--output=tfrecords",
-                 f"--detector={settings['detector']}", f"--size={settings['crop_size']}",
+                 f"--detector={settings['detector']}", f"--crop_size={settings['crop_size']}",
                  f"--val_fraction={settings['val_fraction']}", f"--seed={settings['seed']}",
                  "--noprogress"], workdir) or tfrecords.ShardSet.open(
                      os.path.join(workdir, "tfrecords")).check_trainable("train", "val"))

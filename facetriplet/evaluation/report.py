@@ -89,7 +89,7 @@ def _cell_image(item, settings) -> Optional[np.ndarray]:
   if item.face is None or not item.box:
     return _crop(item.path, settings) if item.path else None
   try:
-    return grid.photo_with_box(faces.load_rgb(item.path), item.box, settings.size)
+    return grid.photo_with_box(faces.load_rgb(item.path), item.box, settings.crop_size)
   except (ImageError, OSError):
     return None
 

@@ -160,15 +160,8 @@ def shard_name(index: int, count: int) -> str:
 
 def _prepare(out_dir: str) -> None:
   """An empty embeddings folder: refuses foreign files, removes an earlier run's."""
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise UserError(f"embeddings folder {out_dir} is a file: choose a folder")
-  os.makedirs(out_dir, exist_ok=True)
-  names = sorted(os.listdir(out_dir))
-  foreign = [n for n in names if not _OURS.match(n)]
-  if foreign:
-    raise UserError(f"embeddings folder {out_dir} holds {foreign[0]}, which "
-                    "facetriplet-build-index did not write: choose an empty folder")
-  for name in names:
+  for name in atomic.claim_folder(out_dir, _OURS.match, "embeddings folder",
+                                  "facetriplet-build-index"):
     atomic.remove(os.path.join(out_dir, name))
 
 
@@ -180,7 +173,7 @@ def _tasks(extractor, gallery_dir: str, layout: str, splits: Optional[Sequence[s
     shard_set, splits = gallery.open_records(gallery_dir, extractor, splits)
     files = [(split, path) for split in splits for path in shard_set.shards(split)]
     tasks = [{"kind": "records", "shard": k, "path": os.path.abspath(path), "split": split,
-              "root": shard_set.input_root, "stored": shard_set.crop_size}
+              "root": shard_set.input_root, "crop_size": shard_set.crop_size}
              for k, (split, path) in enumerate(files)]
     return tasks, len(tasks), "center"  # as gallery.embed_gallery embeds records
   entries = layouts.list_images(gallery_dir, layouts.resolve_layout(gallery_dir, layout))
@@ -224,9 +217,9 @@ class CropFn(beam.DoFn):
       yield (task["row"], 0), entry, embedding.crop_entry(self._cropper, entry,
                                                           self._faces_mode, self._min_face)
       return
-    size = int(self._crop["size"])
+    size = faces.crop_size_of(self._crop)
     for i, rec in enumerate(tfrecords.read_records([task["path"]])):
-      rgb = tfrecords.decode_image(rec.pop("image"), task["stored"]).numpy()
+      rgb = tfrecords.decode_image(rec.pop("image"), task["crop_size"]).numpy()
       entry, crop = embedding.record_crop(task["root"], dict(rec, split=task["split"]), rgb, size)
       yield (task["shard"], i), entry, crop
 

@@ -41,7 +41,8 @@ class Embedder:
     self.metadata = export_format.read_metadata(export_dir)
     self.fingerprint: str = self.metadata["fingerprint"]
     self.dim: int = int(self.metadata["embedding_dim"])
-    self.input_size: int = int(self.metadata["input_size"])
+    # The crop side the model takes (`input_size` in exports written before it was crop_size).
+    self.crop_size: int = int(self.metadata.get("crop_size") or self.metadata["input_size"])
     self.batch_size = batch_size
     self.crop_settings = faces.CropSettings.from_dict(self.metadata["crop"])
     # Calibrated "same person" thresholds of these weights, or None (see the module docstring).

@@ -72,7 +72,7 @@ def embed_gallery(extractor, gallery: str, layout: str = "auto",
                     "folder written by facetriplet-build-tfrecords")
   if tfrecords.is_shard_folder(gallery):
     shard_set, splits = open_records(gallery, extractor, splits)
-    batches = embedding.record_batches(shard_set, splits, extractor.crop_settings.size,
+    batches = embedding.record_batches(shard_set, splits, extractor.crop_settings.crop_size,
                                        batch_size)
     return embedding.embed_crops(extractor, batches, shard_set.count(splits), "center", progress,
                                  "gallery", with_faces=True)

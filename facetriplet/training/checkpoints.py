@@ -16,7 +16,7 @@ from typing import Optional
 
 import keras
 
-from facetriplet.training.train_eval import RetrievalEvaluation, calibration_record
+from facetriplet.training.validation import RetrievalEvaluation, calibration_record
 from facetriplet.training.workdir import Workdir, save_model_atomically, weights_digest
 
 

@@ -8,7 +8,7 @@ as-is in TF Serving:
   serving_default  images uint8 [N, H, W, 3] (any H, W) -> {"embeddings": float32 [N, D]}
   serving_bytes    image_bytes string [N] (JPEG/PNG/BMP/GIF) -> {"embeddings": float32 [N, D]}
 
-Both resize to the model's stored input size S (bilinear with antialiasing, rounded back to uint8;
+Both resize to the model's crop size S (bilinear with antialiasing, rounded back to uint8;
 a no-op when the input already is S x S), then run the Keras model with `training=False`, so the
 augmentation is off and the backbone preprocessing and L2 normalisation inside the model apply.
 With test-time flip (`flip=True`, by default the training config's `model.test_time_flip`) each
@@ -16,7 +16,7 @@ image and its left-right mirror are embedded in one batch and the output is the 
 the two embeddings. Inputs are expected to be face crops made with the settings recorded in the
 metadata.
 
-`assets/facetriplet.json` carries `embedding_dim`, `input_size`, `crop` (CropSettings dict from the
+`assets/facetriplet.json` carries `embedding_dim`, `crop_size`, `crop` (CropSettings dict from the
 training manifest), `config` (the training config), `fingerprint` (first 16 hex digits of a sha256
 over the exported variables, the crop settings and the flip flag; `load_embedder` recomputes it
 from what it loaded and refuses an export that does not match) and where the weights came from.
@@ -60,8 +60,8 @@ def model_fingerprint(model) -> str:
   return weights_digest(model)
 
 
-def model_input_size(model) -> int:
-  """The square input side S of an embedding model (input [None, S, S, 3])."""
+def model_crop_size(model) -> int:
+  """The crop side an embedding model takes (its input [None, S, S, 3])."""
   shape = tuple(model.inputs[0].shape)
   if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
     raise UserError(f"the model's input shape {shape} is not [None, S, S, 3]: export needs a "
@@ -146,7 +146,7 @@ class ExportSummary:
   checkpoint: str
   fingerprint: str
   embedding_dim: int
-  input_size: int
+  crop_size: int
   seconds: float
 
 
@@ -176,29 +176,29 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
   config = workdir.read_config() if workdir else None
   manifest = workdir.read_manifest() if workdir else None
   model = load_checkpoint(checkpoint)
-  size = model_input_size(model)
+  crop_size = model_crop_size(model)
   if crop is None:
     crop = (manifest or {}).get("crop")
   if crop is None:
-    crop = faces.CropSettings(size=size).to_dict()
+    crop = faces.CropSettings(crop_size=crop_size).to_dict()
     logging.warning("no manifest.json beside %s: recording the default crop settings %s",
                     checkpoint, crop)
-  if int(crop.get("size", size)) != size:
-    logging.warning("crop size %s differs from the model input size %d; the export resizes",
-                    crop.get("size"), size)
+  if faces.crop_size_of(crop) != crop_size:
+    logging.warning("crop size %s differs from the model's %d; the export resizes",
+                    faces.crop_size_of(crop), crop_size)
   if flip is None:
     flip = bool(((config or {}).get("model") or {}).get("test_time_flip", False))
   weights = model_fingerprint(model)
   verification = _calibration(workdir, checkpoint, weights, flip)
   dim = int(model.outputs[0].shape[-1])
-  module = _make_module(model, size, flip)
+  module = _make_module(model, crop_size, flip)
   # Flip on or off, crop settings and weights all change what an index built from it means.
   fingerprint = export_format.fingerprint([v.numpy() for v in module.model_variables], crop, flip)
   metadata = {
       "version": METADATA_VERSION,
       "name": "embedding",
       "embedding_dim": dim,
-      "input_size": size,
+      "crop_size": crop_size,
       "input_dtype": str(tf.as_dtype(model.inputs[0].dtype).name),
       "crop": dict(crop),
       "config": config,
@@ -228,9 +228,9 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
     })
     if not os.path.isfile(os.path.join(tmp, "assets", METADATA_FILE)):
       raise RuntimeError(f"the SavedModel in {tmp} lacks assets/{METADATA_FILE}")
-  logging.info("exported %s (fingerprint %s, dim %d, input %d) to %s", checkpoint, fingerprint,
-               dim, size, export_dir)
-  return ExportSummary(export_dir, checkpoint, fingerprint, dim, size, time.time() - start)
+  logging.info("exported %s (fingerprint %s, dim %d, crop %d) to %s", checkpoint, fingerprint,
+               dim, crop_size, export_dir)
+  return ExportSummary(export_dir, checkpoint, fingerprint, dim, crop_size, time.time() - start)
 
 
 def _calibration(workdir: Optional[Workdir], checkpoint: str, weights: str,

@@ -28,7 +28,6 @@ import keras
 import tensorflow as tf
 
 KINDS = ("cosface", "arcface")
-DEFAULT_MARGIN = {"cosface": 0.35, "arcface": 0.5}
 
 TensorLike = Union[tf.Tensor, Any]
 

@@ -1,6 +1,6 @@
 """The embedding network: uint8 face crop in, unit-length float32 embedding out.
 
-    image uint8 [N, S, S, 3]          S = stored crop size (manifest `crop.size`)
+    image uint8 [N, S, S, 3]          S = the crop size (manifest `crop.crop_size`)
       -> CastToFloat                   float32 in [0, 255]
       -> Augmentation                  training only (identity at inference and export)
       -> Resize(image_size)            only when image_size != S (bilinear, antialiased)
@@ -168,13 +168,13 @@ def _dtype_policy(name: str) -> Iterator[None]:
     keras.config.set_dtype_policy(previous)
 
 
-def build_embedding_model(config: Any, input_size: Optional[int] = None) -> keras.Model:
+def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras.Model:
   """Builds the embedding model described in the module docstring.
 
   Args:
     config: the experiment ConfigDict; reads `config.model` (backbone, weights, image_size,
-      embedding_dim, width, mixed_precision, input_size) and `config.augment`.
-    input_size: stored crop size S of the input; defaults to `config.model.input_size`.
+      embedding_dim, width, mixed_precision, crop_size) and `config.augment`.
+    crop_size: the crop side S of the input; defaults to `config.model.crop_size`.
 
   Returns:
     A `keras.Model` from uint8 [None, S, S, 3] to float32 [None, embedding_dim] unit rows.
@@ -185,7 +185,7 @@ def build_embedding_model(config: Any, input_size: Optional[int] = None) -> kera
   """
   m = config.model
   network = networks.get(m.backbone)
-  size = int(input_size or m.input_size)
+  size = int(crop_size or m.crop_size)
   image_size = int(m.image_size)
   policy = m.get("mixed_precision", "") or ""
   if policy not in ("", "mixed_bfloat16", "mixed_float16"):

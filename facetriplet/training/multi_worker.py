@@ -25,7 +25,7 @@ it builds this strategy, and changing nothing under any other strategy):
   fails on scalars; `axis=None` is the mean over all replicas, what a single machine reports.
 `model.predict` under this strategy shards its input across workers and gathers the results
 (collectives, and by-file sharding reorders the rows): the per-epoch evaluation calls the model
-directly on each worker instead (`train_eval.RetrievalEvaluation(local=True)`).
+directly on each worker instead (`validation.RetrievalEvaluation(local=True)`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from tensorboard.plugins import projector as tb_projector
 
 from facetriplet import atomic
 from facetriplet.data import input_pipeline, tfrecords
-from facetriplet.training.train_eval import embed_images
+from facetriplet.training.validation import embed_images
 from facetriplet.training.workdir import Workdir, load_checkpoint
 
 TENSOR_NAME = "embedding/.ATTRIBUTES/VARIABLE_VALUE"  # the Variable of Checkpoint(embedding=...)

@@ -3,7 +3,7 @@
 `train_and_evaluate(config, workdir)` writes the files of a `workdir.Workdir` (config.json,
 manifest.json, metrics.jsonl with epoch 0 the untrained network beside the raw-pixel baseline,
 checkpoints/{last,best}.keras, backup/<phase>/, logs/). The optimizer and its phases are `optim`;
-the per-epoch evaluation `train_eval`; the kept checkpoints `checkpoints`.
+the per-epoch evaluation `validation`; the kept checkpoints `checkpoints`.
 
 A run killed at any point and started again with the same workdir continues from the last
 backup: the epoch count, optimizer state and step counter come back, so the finished run has the
@@ -56,7 +56,7 @@ from facetriplet.errors import UserError
 from facetriplet.training import losses, margin_softmax, multi_worker, optim, projector, warm_start
 from facetriplet.training import model as model_lib
 from facetriplet.training.checkpoints import Checkpoints
-from facetriplet.training.train_eval import RetrievalEvaluation
+from facetriplet.training.validation import RetrievalEvaluation
 from facetriplet.training.workdir import Workdir
 
 
@@ -235,12 +235,12 @@ def _train(config: Any, shard_set: tfrecords.ShardSet, phases: Sequence[optim.Ph
   steps = shard_set.steps_per_epoch(config.data.train_split, global_batch, train.steps_per_epoch)
   epochs = int(train.epochs)
   peak_lr = optim.peak_learning_rate(config, replicas)
-  input_size = int(config.model.input_size or shard_set.crop_size)
+  crop_size = int(config.model.crop_size or shard_set.crop_size)
   jit = bool(train.jit_compile) and not (replicas > 1 and not tf.config.list_physical_devices(
       "GPU"))  # XLA fails under MirroredStrategy on CPU
   logging.info("%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs; "
                "peak lr %.3g; stored crops %d px -> %d px", replicas, p, k,
-               global_batch, steps, epochs, peak_lr, input_size, config.model.image_size)
+               global_batch, steps, epochs, peak_lr, crop_size, config.model.image_size)
 
   dataset = input_pipeline.train_dataset(
       data_dir, config.data.train_split, p, k, replicas, int(config.seed),
@@ -257,7 +257,7 @@ def _train(config: Any, shard_set: tfrecords.ShardSet, phases: Sequence[optim.Ph
   val = input_pipeline.eval_dataset(data_dir, config.data.val_split,
                                     int(train.eval_batch_size), cache=bool(config.data.cache))
   with strategy.scope():
-    model = model_lib.build_embedding_model(config, input_size)
+    model = model_lib.build_embedding_model(config, crop_size)
     if config.train.get("init_from", ""):
       warm_start.load_into(model, config.train.init_from)
     if config.loss.kind in margin_softmax.KINDS:

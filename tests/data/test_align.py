@@ -12,20 +12,20 @@ import pytest
 from facetriplet.data import faces, ingest, tfrecords
 from facetriplet.errors import UserError
 
-MTCNN = faces.CropSettings(detector="mtcnn", size=112)
+MTCNN = faces.CropSettings(detector="mtcnn", crop_size=112)
 
 
 def test_template_points_scale_and_margin():
-  s = faces.CropSettings(detector="mtcnn", size=224)
+  s = faces.CropSettings(detector="mtcnn", crop_size=224)
   np.testing.assert_allclose(s.template_points(),
                              np.array(faces.TEMPLATES["arcface112"]["points"]) * 2, atol=1e-4)
-  zoomed = faces.CropSettings(detector="mtcnn", size=224, align_margin=0.5).template_points()
+  zoomed = faces.CropSettings(detector="mtcnn", crop_size=224, align_margin=0.5).template_points()
   # Halfway to the centre with 1 + 2 * 0.5 = 2.
   np.testing.assert_allclose(zoomed, (s.template_points() - 112) / 2 + 112, atol=1e-4)
 
 
 def test_align_maps_landmarks_onto_the_template():
-  settings = faces.CropSettings(detector="mtcnn", size=112)
+  settings = faces.CropSettings(detector="mtcnn", crop_size=112)
   template = settings.template_points().astype(np.float64)
   # Landmarks = the template rotated by 20 degrees, scaled 2.5x and shifted: the similarity
   # transform found must undo exactly that.
@@ -105,7 +105,7 @@ def test_ingest_with_mtcnn_records_landmarks(tmp_path, lfw_2to4):
                                                             .integers(0, 256, (80, 80, 3),
                                                                       dtype=np.uint8))[1])
   out = str(tmp_path / "out")
-  settings = faces.CropSettings(detector="mtcnn", size=64, pick="center")
+  settings = faces.CropSettings(detector="mtcnn", crop_size=64, pick="center")
   summary = ingest.build_tfrecords(str(root), out, crop=settings, val_fraction=0.0, workers=2,
                                    progress=False)
   with open(os.path.join(out, tfrecords.MANIFEST), encoding="utf-8") as f:
@@ -141,7 +141,7 @@ def test_query_time_crop_is_the_ingest_crop(tmp_path, lfw_2to4):
     os.makedirs(root / person)
     for path in sorted(glob.glob(os.path.join(lfw_2to4, person, "*.jpg"))):
       os.symlink(path, root / person / os.path.basename(path))
-  settings = faces.CropSettings(detector="mtcnn", size=64)
+  settings = faces.CropSettings(detector="mtcnn", crop_size=64)
   out = str(tmp_path / "records")
   ingest.build_tfrecords(str(root), out, crop=settings, val_fraction=0.0, workers=1,
                          progress=False)

@@ -77,7 +77,7 @@ def test_beam_writes_what_the_local_path_writes(tmp_path):
 def test_beam_resumes_a_local_run_and_skip_faces_match(tmp_path):
   root = str(tmp_path / "in")
   make_dataset(root, people=5, photos=2)
-  crop = faces.CropSettings(detector="haar", size=32, on_no_face="skip")  # no face in these
+  crop = faces.CropSettings(detector="haar", crop_size=32, on_no_face="skip")  # no face in these
   local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
   ingest.build_tfrecords(root, local, crop=crop, val_fraction=0, num_shards=2, workers=1,
                          progress=False)
@@ -116,7 +116,7 @@ def _tool(*args):
 def test_tool_runner_and_pipeline_options(tmp_path):
   root = str(tmp_path / "in")
   make_dataset(root, people=4, photos=2)
-  common = [f"--input={root}", "--detector=none", "--size=32", "--num_shards=2", "--noprogress"]
+  common = [f"--input={root}", "--detector=none", "--crop_size=32", "--num_shards=2", "--noprogress"]
   local = str(tmp_path / "local")
   assert _tool(*common, f"--output={local}", "--workers=1").returncode == 0
   beam = str(tmp_path / "beam")
@@ -140,7 +140,7 @@ def test_lfw_identities_with_mtcnn(tmp_path, lfw_2to4):
     os.makedirs(root / name)
     for f in sorted(os.listdir(os.path.join(lfw_2to4, name))):
       os.symlink(os.path.join(lfw_2to4, name, f), root / name / f)
-  crop = faces.CropSettings(detector="mtcnn", pick="center", size=64)
+  crop = faces.CropSettings(detector="mtcnn", pick="center", crop_size=64)
   local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
   a = ingest.build_tfrecords(str(root), local, crop=crop, val_fraction=0.2, workers=1,
                              progress=False)

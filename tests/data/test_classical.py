@@ -84,7 +84,7 @@ def test_get_extractor_names_and_crop(tmp_path):
     features.make_extractor("sift")
   with pytest.raises(UserError, match="export"):
     features.make_extractor("embedding")
-  crop = faces.CropSettings(detector="none", size=96)
+  crop = faces.CropSettings(detector="none", crop_size=96)
   extractor = classical.get_extractor("hog", crop=crop.to_dict())
   assert extractor.crop_settings == crop
   assert extractor.fingerprint != classical.get_extractor("hog").fingerprint
@@ -94,6 +94,6 @@ def test_get_extractor_names_and_crop(tmp_path):
 def test_classical_extractor_takes_the_exports_crop(tmp_path):
   """Without `crop`, a classical extractor uses the crop recorded in the export's metadata."""
   from facetriplet import atomic  # pylint: disable=g-import-not-at-top
-  crop = faces.CropSettings(detector="none", margin=0.1, size=80)
+  crop = faces.CropSettings(detector="none", margin=0.1, crop_size=80)
   atomic.write_json(str(tmp_path / "assets" / "facetriplet.json"), {"crop": crop.to_dict()})
   assert features.make_extractor("lbp", model_dir=str(tmp_path)).crop_settings == crop

@@ -114,11 +114,11 @@ def test_max_pixels_bound(tmp_path):
 
 
 def test_crop_settings_validate_and_round_trip():
-  s = faces.CropSettings(detector="none", margin=0.3, size=96, on_no_face="skip")
+  s = faces.CropSettings(detector="none", margin=0.3, crop_size=96, on_no_face="skip")
   d = s.to_dict()
-  assert d["pad"] == "black" and d["size"] == 96
+  assert d["pad"] == "black" and d["crop_size"] == 96
   assert faces.CropSettings.from_dict(d) == s
-  for bad in ({"detector": "dlib"}, {"on_no_face": "drop"}, {"size": 4}, {"margin": -1}):
+  for bad in ({"detector": "dlib"}, {"on_no_face": "drop"}, {"crop_size": 4}, {"margin": -1}):
     with pytest.raises(UserError):
       faces.CropSettings(**bad)
 
@@ -126,11 +126,11 @@ def test_crop_settings_validate_and_round_trip():
 def test_no_face_gives_centred_square_and_detector_none():
   noise = _rng_image(60, 100, seed=3)
   expected = cv2.resize(noise[:, 20:80], (32, 32), interpolation=cv2.INTER_AREA)
-  result = faces.FaceCropper(faces.CropSettings(detector="haar", size=32)).crop(noise)
+  result = faces.FaceCropper(faces.CropSettings(detector="haar", crop_size=32)).crop(noise)
   assert not result.found
   assert result.box == (20.0, 0.0, 60.0, 60.0)
   np.testing.assert_array_equal(result.image, expected)
-  result = faces.FaceCropper(faces.CropSettings(detector="none", size=32)).crop(noise)
+  result = faces.FaceCropper(faces.CropSettings(detector="none", crop_size=32)).crop(noise)
   assert result.found and result.box == (20.0, 0.0, 60.0, 60.0)
   np.testing.assert_array_equal(result.image, expected)
 
@@ -150,7 +150,7 @@ class _FixedBox(detectors.Detector):
 def test_margin_box_outside_image_is_padded_black():
   rgb = np.full((100, 100, 3), 255, np.uint8)
   # Face in the corner: the square runs off the top.
-  cropper = faces.FaceCropper(faces.CropSettings(detector="haar", margin=0.5, size=40),
+  cropper = faces.FaceCropper(faces.CropSettings(detector="haar", margin=0.5, crop_size=40),
                               detector=_FixedBox((0.0, 0.0, 40.0, 40.0)))
   result = cropper.crop(rgb)  # square side 80 centred on (20, 20): (-20, -20) .. (60, 60)
   assert result.found and result.box == (0.0, 0.0, 40.0, 40.0) and result.method == "fixed"
@@ -158,7 +158,7 @@ def test_margin_box_outside_image_is_padded_black():
 
 
 def test_a_face_with_landmarks_is_aligned_whatever_its_detector():
-  settings = faces.CropSettings(detector="none", size=56)
+  settings = faces.CropSettings(detector="none", crop_size=56)
   points = np.array([[30, 40], [60, 40], [45, 55], [33, 70], [57, 70]], np.float64)
   rgb = _rng_image(100, 100, seed=5)
   result = faces.FaceCropper(settings, detector=_FixedBox((20.0, 25.0, 50.0, 60.0),
@@ -182,7 +182,7 @@ def test_rgb_order_survives_crop_and_jpeg():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   red = np.zeros((50, 50, 3), np.uint8)
   red[..., 0] = 250
-  result = faces.FaceCropper(faces.CropSettings(detector="none", size=32)).crop(red)
+  result = faces.FaceCropper(faces.CropSettings(detector="none", crop_size=32)).crop(red)
   encoded = faces.encode_jpeg(result.image)
   assert encoded == faces.encode_jpeg(result.image)  # deterministic
   decoded = tf.io.decode_jpeg(encoded).numpy()
@@ -191,7 +191,7 @@ def test_rgb_order_survives_crop_and_jpeg():
 
 def test_haar_finds_faces_on_real_photos(lfw_2to4):
   paths = sorted(glob.glob(os.path.join(lfw_2to4, "*", "*.jpg")))[:6]
-  settings = faces.CropSettings(detector="haar", size=64)
+  settings = faces.CropSettings(detector="haar", crop_size=64)
   results = [faces.load_and_crop(p, settings) for p in paths]
   found = [r for r in results if r.found]
   assert len(found) >= 5

@@ -18,7 +18,7 @@ from tests.data.test_faces import write_huge_png_header
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")  # absl log lines (settings, progress)
-NONE = faces.CropSettings(detector="none", size=32)
+NONE = faces.CropSettings(detector="none", crop_size=32)
 
 
 def _colourful(seed, h=40, w=56):
@@ -78,7 +78,7 @@ def test_round_trip(tmp_path):
   assert summary.shards_written == 5 and summary.shards_skipped == 0  # val: 2 ids → 2 shards
   assert manifest["labels"] == {name: i for i, name in enumerate(sorted(counts))}
   assert manifest["identity_counts"] == counts
-  assert manifest["crop"]["detector"] == "none" and manifest["crop"]["size"] == 32
+  assert manifest["crop"]["detector"] == "none" and manifest["crop"]["crop_size"] == 32
   with open(os.path.join(out, "plan.json"), encoding="utf-8") as f:
     plan = json.load(f)
   assert plan["fingerprint"] == manifest["fingerprint"]
@@ -152,7 +152,7 @@ def test_no_face_center_and_skip(tmp_path):
     for j in range(2):
       noise = np.random.default_rng(j + ord(name)).integers(0, 256, (60, 80), dtype=np.uint8)
       Image.fromarray(noise).save(root / name / f"{j}.png")
-  crop = faces.CropSettings(detector="haar", size=32)
+  crop = faces.CropSettings(detector="haar", crop_size=32)
   out = str(tmp_path / "center")
   summary = ingest.build_tfrecords(str(root), out, crop=crop, val_fraction=0, workers=1,
                                    progress=False)
@@ -162,7 +162,7 @@ def test_no_face_center_and_skip(tmp_path):
   assert len(tfrecords.read_manifest(out)["no_face"]) == 4
   out = str(tmp_path / "skip")
   summary = ingest.build_tfrecords(
-      str(root), out, crop=faces.CropSettings(detector="haar", size=32, on_no_face="skip"),
+      str(root), out, crop=faces.CropSettings(detector="haar", crop_size=32, on_no_face="skip"),
       val_fraction=0, workers=1, progress=False)
   manifest = tfrecords.read_manifest(out)
   assert summary.written == 0 and summary.no_face == 4
@@ -193,7 +193,7 @@ def test_resume_rewrites_only_missing_shard(tmp_path):
 
 def test_deterministic_across_runs_and_workers(tmp_path):
   make_dataset(str(tmp_path / "in"), people=5, photos=3)
-  crop = faces.CropSettings(detector="haar", size=32)
+  crop = faces.CropSettings(detector="haar", crop_size=32)
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   ingest.build_tfrecords(str(tmp_path / "in"), a, crop=crop, workers=1, progress=False, seed=3)
   summary = ingest.build_tfrecords(str(tmp_path / "in"), b, crop=crop, workers=2, progress=False,
@@ -208,14 +208,14 @@ def test_output_from_another_run_is_refused(tmp_path):
   make_dataset(str(tmp_path / "in"), people=3, photos=2)
   out = str(tmp_path / "out")
   ingest.build_tfrecords(str(tmp_path / "in"), out, crop=NONE, workers=1, progress=False)
-  other = faces.CropSettings(detector="none", size=48)
+  other = faces.CropSettings(detector="none", crop_size=48)
   with pytest.raises(UserError, match="different run.*--overwrite"):
     ingest.build_tfrecords(str(tmp_path / "in"), out, crop=other, workers=1, progress=False)
   ingest.build_tfrecords(str(tmp_path / "in"), out, crop=other, workers=1, progress=False,
                          overwrite=True)
-  assert tfrecords.read_manifest(out)["crop"]["size"] == 48
+  assert tfrecords.read_manifest(out)["crop"]["crop_size"] == 48
   (tmp_path / "out" / "mine.txt").write_text("keep me")
-  with pytest.raises(UserError, match="not written by"):
+  with pytest.raises(UserError, match="holds mine.txt, which facetriplet-build-tfrecords did not"):
     ingest.build_tfrecords(str(tmp_path / "in"), out, crop=other, workers=1, progress=False,
                            overwrite=True)
   assert (tmp_path / "out" / "mine.txt").exists()
@@ -327,7 +327,7 @@ def test_overwrite_never_deletes_look_alike_files(tmp_path):
   (real / "extra-00000-of-00001.tfrecord").write_bytes(b"not from that run")
   with pytest.raises(UserError, match="extra-00000-of-00001.tfrecord"):
     ingest.build_tfrecords(str(tmp_path / "in"), str(real), workers=1, progress=False,
-                           overwrite=True, crop=faces.CropSettings(detector="none", size=48))
+                           overwrite=True, crop=faces.CropSettings(detector="none", crop_size=48))
   assert (real / "extra-00000-of-00001.tfrecord").exists()
 
 

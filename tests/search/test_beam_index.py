@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
   flat = os.path.join(root, "flat")  # a flat folder: --faces=auto means every face
   write_image_set(flat, rng, per_identity=2, folders=False)
   records = os.path.join(root, "records")
-  ingest.build_tfrecords(folders, records, crop=faces.CropSettings(detector="none", size=32),
+  ingest.build_tfrecords(folders, records, crop=faces.CropSettings(detector="none", crop_size=32),
                          val_fraction=0.34, num_shards=2, workers=1, progress=False)
   queries = os.path.join(root, "queries")
   write_image_set(queries, rng, per_identity=1, folders=False, prefix="q_")

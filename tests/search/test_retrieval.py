@@ -264,7 +264,7 @@ def test_retrieve_tool_refuses_other_model(setup, tmp_path):
 
 def test_no_face_query_uses_fallback_and_is_reported(setup, tmp_path):
   from facetriplet.data import faces  # pylint: disable=g-import-not-at-top
-  crop = faces.CropSettings(detector="haar", size=32)
+  crop = faces.CropSettings(detector="haar", crop_size=32)
   pixels = features.make_extractor("pixels", crop=crop)
   index_dir = os.path.join(tmp_path, "index")
   summary = gallery.build_gallery_index(pixels, setup["gallery"], index_dir, progress=False)
@@ -276,7 +276,7 @@ def test_no_face_query_uses_fallback_and_is_reported(setup, tmp_path):
   assert by_name["q_bob_0.png"].problem == embedding.NO_FACE
   assert len(by_name["q_bob_0.png"].matches) == 2
   assert [p.kept for p in result.problems if p.rel_path == "q_bob_0.png"] == [True]
-  skip = features.make_extractor("pixels", crop=faces.CropSettings(detector="haar", size=32,
+  skip = features.make_extractor("pixels", crop=faces.CropSettings(detector="haar", crop_size=32,
                                                                     on_no_face="skip"))
   _, kept, problems = embedding.embed_entries(skip, layouts.list_inputs(setup["queries"]),
                                               progress=False)

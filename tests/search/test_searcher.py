@@ -151,7 +151,7 @@ def test_every_face_of_a_group_photo_is_indexed_with_its_box(lfw_2to4, tmp_path)
   group = tmp_path / "gallery"
   group.mkdir()
   Image.fromarray(np.concatenate([a, b], axis=1)).save(group / "group.jpg")
-  crop = faces.CropSettings(detector="mtcnn", size=64)
+  crop = faces.CropSettings(detector="mtcnn", crop_size=64)
   extractor = features.make_extractor("hog", crop=crop)
   index_dir = str(tmp_path / "index")
   summary = gallery.build_gallery_index(extractor, str(group), index_dir, progress=False)

@@ -11,7 +11,7 @@ from facetriplet.data import input_pipeline
 from facetriplet.training import model as model_lib
 from facetriplet.training import train
 from facetriplet.training.checkpoints import Checkpoints
-from facetriplet.training.train_eval import RetrievalEvaluation
+from facetriplet.training.validation import RetrievalEvaluation
 from facetriplet.training.workdir import (Workdir, load_checkpoint, read_metrics,
                                           weights_digest)
 from tests.test_metrics import reference_verification

@@ -51,7 +51,7 @@ def build_smoke_model(size: int = SIZE):
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "default.py")
   keras.utils.set_random_seed(0)
   return model_lib.build_embedding_model(config_files.load_config(path, "smoke"),
-                                         input_size=size)
+                                         crop_size=size)
 
 
 def make_workdir(root: str, size: int = SIZE, dim: int = DIM, seed: int = 0,
@@ -64,7 +64,7 @@ def make_workdir(root: str, size: int = SIZE, dim: int = DIM, seed: int = 0,
     model.save(os.path.join(workdir, "checkpoints", f"{name}.keras"))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump({"model": {"backbone": "tiny", "embedding_dim": dim}}, f)
-  crop = {"detector": "none", "margin": 0.2, "size": size, "on_no_face": "center"}
+  crop = {"detector": "none", "margin": 0.2, "crop_size": size, "on_no_face": "center"}
   with open(os.path.join(workdir, "manifest.json"), "w") as f:
     json.dump({"version": 1, "crop": crop}, f)
   return workdir
@@ -160,8 +160,8 @@ def test_metadata_and_embedder(exported):
   workdir, export_dir, summary, _ = exported
   meta = export_format.read_metadata(export_dir)
   dim = meta["embedding_dim"]
-  assert dim in (DIM, 16) and meta["input_size"] == SIZE
-  assert meta["crop"]["size"] == SIZE and meta["crop"]["detector"] == "none"
+  assert dim in (DIM, 16) and meta["crop_size"] == SIZE
+  assert meta["crop"]["crop_size"] == SIZE and meta["crop"]["detector"] == "none"
   assert meta["config"]["model"]["embedding_dim"] == DIM
   assert meta["checkpoint"].endswith("best.keras")
   model = export.load_checkpoint(os.path.join(workdir, "checkpoints", "best.keras"))
@@ -170,7 +170,7 @@ def test_metadata_and_embedder(exported):
   assert len(meta["fingerprint"]) == 16
   emb = embedder.load_embedder(export_dir, batch_size=2)
   assert emb.name == "embedding" and emb.dim == dim and emb.fingerprint == meta["fingerprint"]
-  assert emb.crop_settings.size == SIZE
+  assert emb.crop_settings.crop_size == SIZE
   images = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
   vectors = emb.embed(images)
   assert vectors.shape == (5, dim) and vectors.dtype == np.float32

@@ -17,7 +17,7 @@ def _config(**model_overrides):
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = ml_collections.ConfigDict(dict(
-      backbone="resnet18", weights="none", width=0.125, image_size=32, input_size=40,
+      backbone="resnet18", weights="none", width=0.125, image_size=32, crop_size=40,
       embedding_dim=16, mixed_precision=""))
   config.model.update(model_overrides)
   config.augment = ml_collections.ConfigDict(dict(

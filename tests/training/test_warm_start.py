@@ -35,7 +35,7 @@ def test_init_from_workdir_keras_file_and_export(tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
   source, workdir = _trained_workdir(tmp_path)
   export_dir = str(tmp_path / "export")
-  export.export_model(workdir, export_dir, crop={"size": SIZE, "detector": "none"})
+  export.export_model(workdir, export_dir, crop={"crop_size": SIZE, "detector": "none"})
   x = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
   want = source(x, training=False).numpy()
   for where in (workdir, os.path.join(workdir, "checkpoints", "best.keras"), export_dir):
