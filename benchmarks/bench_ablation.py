@@ -54,6 +54,7 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 def run_info(workdir: str) -> dict:
   """Config, method description, crops and training minutes of a finished run."""
   from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = json.load(f)
   with open(os.path.join(workdir, "manifest.json"), encoding="utf-8") as f:
@@ -68,13 +69,19 @@ def run_info(workdir: str) -> dict:
     method = f"{loss} {epochs} ep"
   m = config["model"]
   method += f" ({m['backbone']} x{m.get('width', 1)}, {m['image_size']} px)"
-  return {"config": config, "method": method, "detector": manifest["crop"]["detector"],
-          "records": config["data"]["tfrecord_dir"], "minutes": minutes}
+  return {
+    "config": config,
+    "method": method,
+    "detector": manifest["crop"]["detector"],
+    "records": config["data"]["tfrecord_dir"],
+    "minutes": minutes,
+  }
 
 
 def write_curve(workdir: str, name: str) -> None:
   """The run's metrics.jsonl as a table: epoch, wall minutes, val top-1 / mAP@R (plain, flip)."""
   from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
+
   records = read_metrics(workdir)
   t0 = records[0]["time"]
   rows = []
@@ -82,50 +89,79 @@ def write_curve(workdir: str, name: str) -> None:
     flip_on = "noflip/top1" in r
     plain = (r["noflip/top1"], r["noflip/map@r"]) if flip_on else (r["top1"], r["map@r"])
     flip = (r["top1"], r["map@r"]) if flip_on else (r.get("flip/top1"), r.get("flip/map@r"))
-    rows.append([r["epoch"], round((r["time"] - t0) / 60, 1), float(plain[0]), float(plain[1]),
-                 float(flip[0]) if flip[0] is not None else "-",
-                 float(flip[1]) if flip[1] is not None else "-"])
+    rows.append(
+      [
+        r["epoch"],
+        round((r["time"] - t0) / 60, 1),
+        float(plain[0]),
+        float(plain[1]),
+        float(flip[0]) if flip[0] is not None else "-",
+        float(flip[1]) if flip[1] is not None else "-",
+      ]
+    )
   info = run_info(workdir)
   common.write_result(
-      name, f"Learning curve of the recipe: {info['method']}, {info['detector']} crops, lfw_2to4 "
-      "val split", ["epoch", "minutes", "top-1", "mAP@R", "top-1 (flip)", "mAP@R (flip)"], rows,
-      notes=f"From {workdir}/metrics.jsonl (leave-one-out over the 641 val photos after every "
-            "5th epoch; epoch 0 is the untrained network). Minutes are wall time on this "
-            "machine since the epoch-0 record, training and evaluation together.")
+    name,
+    f"Learning curve of the recipe: {info['method']}, {info['detector']} crops, lfw_2to4 val split",
+    ["epoch", "minutes", "top-1", "mAP@R", "top-1 (flip)", "mAP@R (flip)"],
+    rows,
+    notes=f"From {workdir}/metrics.jsonl (leave-one-out over the 641 val photos after every "
+    "5th epoch; epoch 0 is the untrained network). Minutes are wall time on this "
+    "machine since the epoch-0 record, training and evaluation together.",
+  )
   _log(f"wrote the curve of {workdir}")
 
 
 def export_variant(workdir: str, flip: bool) -> str:
   from facetriplet.training import export  # pylint: disable=g-import-not-at-top
   from facetriplet import export_format  # pylint: disable=g-import-not-at-top
+
   out = os.path.join(workdir, "export_best_flip" if flip else "export_best")
   ckpt = export.resolve_checkpoint(workdir, "best")
   pb = os.path.join(out, "saved_model.pb")
-  if (not os.path.isfile(pb) or os.path.getmtime(pb) < os.path.getmtime(ckpt)
-      or export_format.read_metadata(out).get("test_time_flip", False) != flip):
+  if (
+    not os.path.isfile(pb)
+    or os.path.getmtime(pb) < os.path.getmtime(ckpt)
+    or export_format.read_metadata(out).get("test_time_flip", False) != flip
+  ):
     export.export_model(workdir, out, which="best", flip=flip)
   return out
 
 
 def _row(crops, method, flip, m, minutes):
-  return [crops, method, flip, float(m["top1"]), float(m["top5"]), float(m["top10"]),
-          float(m["map@r"]), round(minutes, 1) if minutes is not None else "-"]
+  return [
+    crops,
+    method,
+    flip,
+    float(m["top1"]),
+    float(m["top5"]),
+    float(m["top10"]),
+    float(m["map@r"]),
+    round(minutes, 1) if minutes is not None else "-",
+  ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--runs", default="", help="name=workdir,... (finished training runs)")
-  parser.add_argument("--orl_records", default="",
-                      help="detector=tfrecord_dir,... ORL records per crop kind ('' = no ORL)")
+  parser.add_argument(
+    "--orl_records",
+    default="",
+    help="detector=tfrecord_dir,... ORL records per crop kind ('' = no ORL)",
+  )
   parser.add_argument("--name_prefix", default="ablation")
-  parser.add_argument("--curve", default="",
-                      help="a run's workdir: also write its val learning curve (every evaluated "
-                      "epoch, with and without flip) as <name_prefix>_curve")
+  parser.add_argument(
+    "--curve",
+    default="",
+    help="a run's workdir: also write its val learning curve (every evaluated "
+    "epoch, with and without flip) as <name_prefix>_curve",
+  )
   args = parser.parse_args(argv)
   if args.curve:
     write_curve(args.curve, f"{args.name_prefix}_curve")
   from facetriplet.data import classical, faces, tfrecords  # pylint: disable=g-import-not-at-top
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
+
   runs = [(name, run_info(workdir), workdir) for name, workdir in _pairs(args.runs)]
   orl = dict(_pairs(args.orl_records))
   lfw_rows, orl_rows = [], []
@@ -151,18 +187,21 @@ def main(argv: Sequence[str] | None = None) -> int:
       if det in orl:
         orl_rows.append(_row(det, feature, "-", score(extractor, orl[det], ["train"]), None))
   for suffix, rows, where in (
-      ("lfw", lfw_rows, "lfw_2to4 val split (641 photos of 251 held-out people, leave-one-out)"),
-      ("orl", orl_rows, "orl_faces (400 photos of 40 people never seen in training, "
-                        "leave-one-out)")):
+    ("lfw", lfw_rows, "lfw_2to4 val split (641 photos of 251 held-out people, leave-one-out)"),
+    ("orl", orl_rows, "orl_faces (400 photos of 40 people never seen in training, leave-one-out)"),
+  ):
     if not rows:
       continue
     path = common.write_result(
-        f"{args.name_prefix}_{suffix}", f"Ablation on {where}", COLUMNS, rows,
-        notes="Same crops for every row of one `crops` value (the run's TFRecords); `flip` = "
-              "test-time flip in the export; classical descriptors on the same crops; train min "
-              "= wall minutes from the run's epoch-0 record to its last (training + per-epoch "
-              "val evaluation) on this machine. Runs: "
-              + "; ".join(f"{n} = {w}" for n, _, w in runs) + ".")
+      f"{args.name_prefix}_{suffix}",
+      f"Ablation on {where}",
+      COLUMNS,
+      rows,
+      notes="Same crops for every row of one `crops` value (the run's TFRecords); `flip` = "
+      "test-time flip in the export; classical descriptors on the same crops; train min "
+      "= wall minutes from the run's epoch-0 record to its last (training + per-epoch "
+      "val evaluation) on this machine. Runs: " + "; ".join(f"{n} = {w}" for n, _, w in runs) + ".",
+    )
     _log(f"wrote {path}")
   return 0
 

@@ -43,6 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_config(path: str, arg: str | None = None):
   """`get_config(arg)` of a config file, loaded by path like the tools do."""
   from facetriplet import config_files  # pylint: disable=g-import-not-at-top
+
   return config_files.load_config(path, arg)
 
 
@@ -72,11 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--embedding_dim", type=int, default=128)
   parser.add_argument("--batches", type=_ints, default=[1, 32, 256])
   parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
-  parser.add_argument("--paths", default="serving_default,serving_bytes,keras_call,"
-                      "keras_function,keras_predict")
+  parser.add_argument(
+    "--paths", default="serving_default,serving_bytes,keras_call,keras_function,keras_predict"
+  )
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--name", default="embed",
-                      help="result name (benchmarks/results/<name>.json)")
+  parser.add_argument(
+    "--name", default="embed", help="result name (benchmarks/results/<name>.json)"
+  )
   args = parser.parse_args(argv)
 
   import cv2  # pylint: disable=g-import-not-at-top
@@ -104,8 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     export_dir = os.path.join(scratch, "export")
     crop = faces.CropSettings(crop_size=args.input_size).to_dict()
     summary = export.export_model(ckpt, export_dir, crop=crop)
-    print(f"exported {args.backbone} @ {args.image_size} px (input {args.input_size} px, "
-          f"{model.count_params():,} params) in {summary.seconds:.1f} s", flush=True)
+    print(
+      f"exported {args.backbone} @ {args.image_size} px (input {args.input_size} px, "
+      f"{model.count_params():,} params) in {summary.seconds:.1f} s",
+      flush=True,
+    )
     loaded = tf.saved_model.load(export_dir)
     serve = loaded.signatures[export.SIGNATURE_IMAGES]
     serve_bytes = loaded.signatures[export.SIGNATURE_BYTES]
@@ -113,24 +119,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     for batch in args.batches:
       images = rng.integers(0, 256, (batch, args.input_size, args.input_size, 3), np.uint8)
-      jpegs = [cv2.imencode(".jpg", im[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-               for im in images]
+      jpegs = [
+        cv2.imencode(".jpg", im[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        for im in images
+      ]
       x = tf.constant(images)
       b = tf.constant(jpegs)
       saved = serve(**{export.INPUT_IMAGES: x})[export.OUTPUT].numpy()
       direct = np.asarray(model(x, training=False))
       max_diff = max(max_diff, float(np.abs(saved - direct).max()))
       fns = {
-          "serving_default": ("SavedModel serving_default (uint8)",
-                              lambda: serve(**{export.INPUT_IMAGES: x})[export.OUTPUT].numpy()),
-          "serving_bytes": ("SavedModel serving_bytes (JPEG)",
-                            lambda: serve_bytes(**{export.INPUT_BYTES: b})[export.OUTPUT].numpy()),
-          "keras_call": ("Keras model(x, training=False)",
-                         lambda: np.asarray(model(x, training=False))),
-          "keras_function": ("Keras tf.function(model)",
-                             lambda: graph_call(x).numpy()),
-          "keras_predict": ("Keras model.predict",
-                            lambda: model.predict(images, batch_size=batch, verbose=0)),
+        "serving_default": (
+          "SavedModel serving_default (uint8)",
+          lambda: serve(**{export.INPUT_IMAGES: x})[export.OUTPUT].numpy(),
+        ),
+        "serving_bytes": (
+          "SavedModel serving_bytes (JPEG)",
+          lambda: serve_bytes(**{export.INPUT_BYTES: b})[export.OUTPUT].numpy(),
+        ),
+        "keras_call": (
+          "Keras model(x, training=False)",
+          lambda: np.asarray(model(x, training=False)),
+        ),
+        "keras_function": ("Keras tf.function(model)", lambda: graph_call(x).numpy()),
+        "keras_predict": (
+          "Keras model.predict",
+          lambda: model.predict(images, batch_size=batch, verbose=0),
+        ),
       }
       for p in paths:
         label, fn = fns[p]
@@ -139,21 +154,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{label:40s} batch {batch:4d}: {rate:9.1f} images/s ({calls} calls)", flush=True)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  notes = (f"Model: `{args.backbone}`" + (f" (width {args.width})" if args.backbone == "resnet18"
-                                          else "")
-           + f", random weights, backbone input {args.image_size} px, stored crops "
-           f"{args.input_size} px, {args.embedding_dim}-d, float32, {model.count_params():,} "
-           f"parameters. Inputs: random uint8 crops (JPEG quality 95 for serving_bytes). "
-           f"images/s = batch x calls / wall time over >= {args.seconds:g} s after one warm-up "
-           f"call. Largest |SavedModel - Keras| embedding difference: {max_diff:.2e}. Paths: "
-           "`serving_default` / `serving_bytes` are the signatures of `tf.saved_model.load` of the "
-           "export (what a server or `facetriplet-retrieve` runs); `model(x, training=False)` is "
-           "an eager Keras call (op-by-op dispatch, what a notebook does); `tf.function(model)` "
-           "is the same call traced once into a graph, like the export; `model.predict` is Keras' "
-           "compiled predict loop, which builds an input pipeline on every call.")
-  path = common.write_result(args.name, f"Embedding throughput ({args.backbone}, "
-                             f"{args.image_size} px): SavedModel vs Keras",
-                             ["path", "batch", "images/s"], rows, notes)
+  notes = (
+    f"Model: `{args.backbone}`"
+    + (f" (width {args.width})" if args.backbone == "resnet18" else "")
+    + f", random weights, backbone input {args.image_size} px, stored crops "
+    f"{args.input_size} px, {args.embedding_dim}-d, float32, {model.count_params():,} "
+    f"parameters. Inputs: random uint8 crops (JPEG quality 95 for serving_bytes). "
+    f"images/s = batch x calls / wall time over >= {args.seconds:g} s after one warm-up "
+    f"call. Largest |SavedModel - Keras| embedding difference: {max_diff:.2e}. Paths: "
+    "`serving_default` / `serving_bytes` are the signatures of `tf.saved_model.load` of the "
+    "export (what a server or `facetriplet-retrieve` runs); `model(x, training=False)` is "
+    "an eager Keras call (op-by-op dispatch, what a notebook does); `tf.function(model)` "
+    "is the same call traced once into a graph, like the export; `model.predict` is Keras' "
+    "compiled predict loop, which builds an input pipeline on every call."
+  )
+  path = common.write_result(
+    args.name,
+    f"Embedding throughput ({args.backbone}, {args.image_size} px): SavedModel vs Keras",
+    ["path", "batch", "images/s"],
+    rows,
+    notes,
+  )
   print(f"wrote {path}")
   return 0
 

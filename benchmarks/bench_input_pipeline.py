@@ -31,8 +31,15 @@ _K = flags.DEFINE_integer("k", 4, "Photos per identity.")
 _BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per loader.")
 
 
-def make_shards(directory: str, images: int, size: int, photos_per_identity: int = 6,
-                shards: int = 4, seed: int = 0, files_dir: str | None = None) -> None:
+def make_shards(
+  directory: str,
+  images: int,
+  size: int,
+  photos_per_identity: int = 6,
+  shards: int = 4,
+  seed: int = 0,
+  files_dir: str | None = None,
+) -> None:
   """Writes a random set (contiguous identities per shard) + manifest; optionally also files."""
   rng = np.random.RandomState(seed)
   identities = max(1, images // photos_per_identity)
@@ -45,8 +52,9 @@ def make_shards(directory: str, images: int, size: int, photos_per_identity: int
       rgb = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
       jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
       rel = f"id{label:05d}/{photo:03d}.jpg"
-      per_shard[label % shards].append(tfrecords.make_example(
-          jpeg, label, f"id{label:05d}", rel, [0, 0, size, size], True))
+      per_shard[label % shards].append(
+        tfrecords.make_example(jpeg, label, f"id{label:05d}", rel, [0, 0, size, size], True)
+      )
       if files_dir:
         os.makedirs(os.path.join(files_dir, f"id{label:05d}"), exist_ok=True)
         with open(os.path.join(files_dir, rel), "wb") as f:
@@ -57,10 +65,20 @@ def make_shards(directory: str, images: int, size: int, photos_per_identity: int
     name = tfrecords.shard_name("train", i, shards)
     n = tfrecords.write_shard(os.path.join(directory, name), per_shard[i])
     infos.append({"file": name, "records": n, "groups": groups[i]})
-  tfrecords.write_manifest(directory, {
-      "crop": {"crop_size": size}, "labels": {f"id{i:05d}": i for i in range(identities)},
-      "splits": {"train": {"images": identities * photos_per_identity,
-                           "identities": identities, "shards": infos}}})
+  tfrecords.write_manifest(
+    directory,
+    {
+      "crop": {"crop_size": size},
+      "labels": {f"id{i:05d}": i for i in range(identities)},
+      "splits": {
+        "train": {
+          "images": identities * photos_per_identity,
+          "identities": identities,
+          "shards": infos,
+        }
+      },
+    },
+  )
 
 
 def _rate(iterator, batches: int, batch_size: int) -> float:
@@ -75,6 +93,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from facetriplet.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
   p, k, batches = _P.value, _K.value, _BATCHES.value
   batch = p * k
   with tempfile.TemporaryDirectory() as tmp:
@@ -87,8 +106,12 @@ def main(argv: Sequence[str]) -> None:
       if cache:  # fill the cache with one full pass first
         for _ in range(max(1, _IMAGES.value // batch)):
           next(it)
-      rows.append([f"train_dataset (P={p} x K={k}{', cached' if cache else ''})",
-                   round(_rate(it, batches, batch), 1)])
+      rows.append(
+        [
+          f"train_dataset (P={p} x K={k}{', cached' if cache else ''})",
+          round(_rate(it, batches, batch), 1),
+        ]
+      )
     eval_it = iter(input_pipeline.eval_dataset(shards, "train", batch).repeat())
     rows.append([f"eval_dataset (batch {batch})", round(_rate(eval_it, batches, batch), 1)])
     paths = sorted(os.path.join(root, f) for root, _, names in os.walk(files) for f in names)
@@ -102,15 +125,22 @@ def main(argv: Sequence[str]) -> None:
           i += 1
         yield np.stack(out)
 
-    rows.append([f"Python loop: cv2.imread per file (batch {batch})",
-                 round(_rate(python_loader(), batches, batch), 1)])
+    rows.append(
+      [
+        f"Python loop: cv2.imread per file (batch {batch})",
+        round(_rate(python_loader(), batches, batch), 1),
+      ]
+    )
   for name, rate in rows:
     print(f"{name:55s} {rate:9.1f} images/s")
   path = common.write_result(
-      "input_pipeline", "Input pipeline: images/s from storage to batches",
-      ["loader", "images/s"], rows,
-      notes=f"{_IMAGES.value} random {_SIZE.value}px JPEG crops, {batches} batches timed after "
-            "one warm-up batch; numbers depend on what else runs on the machine.")
+    "input_pipeline",
+    "Input pipeline: images/s from storage to batches",
+    ["loader", "images/s"],
+    rows,
+    notes=f"{_IMAGES.value} random {_SIZE.value}px JPEG crops, {batches} batches timed after "
+    "one warm-up batch; numbers depend on what else runs on the machine.",
+  )
   print(f"wrote {path}")
 
 

@@ -84,8 +84,15 @@ def bench_exact(faiss, gallery, queries, scratch):
   per_vector = os.path.getsize(path) / len(gallery)
   os.remove(path)
   del flat
-  return truth, ["exact", "faiss IndexFlatIP", round(build, 1), peak, round(per_vector, 1),
-                 round(qps), 1.0]
+  return truth, [
+    "exact",
+    "faiss IndexFlatIP",
+    round(build, 1),
+    peak,
+    round(per_vector, 1),
+    round(qps),
+    1.0,
+  ]
 
 
 def bench_scann(gallery, queries, truth, scratch, reorder: str = "float32"):
@@ -93,6 +100,7 @@ def bench_scann(gallery, queries, truth, scratch, reorder: str = "float32"):
   of the vectors quantised (4x / 2x smaller than float32) instead of float32."""
   from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
   from scann.scann_ops.py import scann_builder  # pylint: disable=g-import-not-at-top
+
   n, dim = gallery.shape
   config = scann_config._validated(scann_config.auto_config(n, dim, 0.95), n)  # pylint: disable=protected-access
   _peak_reset()
@@ -101,15 +109,26 @@ def bench_scann(gallery, queries, truth, scratch, reorder: str = "float32"):
   if config["mode"] == "brute_force":
     searcher = builder.score_brute_force().build()
   else:
-    searcher = (builder.tree(num_leaves=config["num_leaves"],
-                             num_leaves_to_search=config["num_leaves_to_search"],
-                             training_sample_size=config["training_sample_size"])
-                .score_ah(config["dimensions_per_block"], anisotropic_quantization_threshold=
-                          config["anisotropic_quantization_threshold"])
-                .reorder(config["reorder_k"], quantize={
-                    "float32": scann_builder.ReorderType.FLOAT32,
-                    "int8": scann_builder.ReorderType.INT8,
-                    "bfloat16": scann_builder.ReorderType.BFLOAT16}[reorder]).build())
+    searcher = (
+      builder.tree(
+        num_leaves=config["num_leaves"],
+        num_leaves_to_search=config["num_leaves_to_search"],
+        training_sample_size=config["training_sample_size"],
+      )
+      .score_ah(
+        config["dimensions_per_block"],
+        anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"],
+      )
+      .reorder(
+        config["reorder_k"],
+        quantize={
+          "float32": scann_builder.ReorderType.FLOAT32,
+          "int8": scann_builder.ReorderType.INT8,
+          "bfloat16": scann_builder.ReorderType.BFLOAT16,
+        }[reorder],
+      )
+      .build()
+    )
   build = time.perf_counter() - start
   peak = _peak_gib()
   folder = os.path.join(scratch, "scann")
@@ -118,21 +137,31 @@ def bench_scann(gallery, queries, truth, scratch, reorder: str = "float32"):
   per_vector = _folder_bytes(folder) / n
   shutil.rmtree(folder)
   rows = []
-  settings = [None] if config["mode"] == "brute_force" else [
-      max(config["num_leaves_to_search"], math.ceil(f * config["num_leaves"])) for f in FRACTIONS]
+  settings = (
+    [None]
+    if config["mode"] == "brute_force"
+    else [
+      max(config["num_leaves_to_search"], math.ceil(f * config["num_leaves"])) for f in FRACTIONS
+    ]
+  )
   for leaves in dict.fromkeys(settings):
     kwargs = {"final_num_neighbors": K}
     if leaves:
       kwargs.update(leaves_to_search=leaves, pre_reorder_num_neighbors=config["reorder_k"])
-    (found, _), qps = _qps(lambda s=searcher, kw=kwargs: s.search_batched_parallel(queries, **kw),
-                           queries)
+    (found, _), qps = _qps(
+      lambda s=searcher, kw=kwargs: s.search_batched_parallel(queries, **kw), queries
+    )
     recall = recall_at_k(np.asarray(found), truth)
-    label = ("brute force" if not leaves else
-             f"leaves {leaves}/{config['num_leaves']}, reorder {config['reorder_k']}"
-             + (" (auto)" if leaves == config["num_leaves_to_search"] else ""))
+    label = (
+      "brute force"
+      if not leaves
+      else f"leaves {leaves}/{config['num_leaves']}, reorder {config['reorder_k']}"
+      + (" (auto)" if leaves == config["num_leaves_to_search"] else "")
+    )
     method = "scann-auto" if reorder == "float32" else f"scann-auto {reorder} reorder"
-    rows.append([method, label, round(build, 1), peak, round(per_vector, 1), round(qps),
-                 round(recall, 4)])
+    rows.append(
+      [method, label, round(build, 1), peak, round(per_vector, 1), round(qps), round(recall, 4)]
+    )
     print(rows[-1], flush=True)
     if recall >= 0.95:
       break
@@ -154,9 +183,18 @@ def bench_hnsw(faiss, gallery, queries, truth, scratch, args):
     # Insertion cost grows ~log(n): scale the probe's rate by log(probe) / log(n).
     projected = n / rate * math.log(n) / math.log(probe)
     del hnsw
-    return [["hnsw", f"M=32, efConstruction=80: built {probe:,} points at {rate:.0f}/s; full "
-             f"build projected {projected / 3600:.1f} h (not run)", round(projected, 0),
-             None, round(hnsw_bytes(n, gallery.shape[1]), 1), None, None]]
+    return [
+      [
+        "hnsw",
+        f"M=32, efConstruction=80: built {probe:,} points at {rate:.0f}/s; full "
+        f"build projected {projected / 3600:.1f} h (not run)",
+        round(projected, 0),
+        None,
+        round(hnsw_bytes(n, gallery.shape[1]), 1),
+        None,
+        None,
+      ]
+    ]
   hnsw.add(gallery)
   build = time.perf_counter() - start
   peak = _peak_gib()
@@ -169,8 +207,17 @@ def bench_hnsw(faiss, gallery, queries, truth, scratch, args):
     hnsw.hnsw.efSearch = ef
     (_, found), qps = _qps(lambda: hnsw.search(queries, K), queries)
     recall = recall_at_k(found, truth)
-    rows.append(["hnsw", f"M=32, efConstruction=80, efSearch={ef}", round(build, 1), peak,
-                 round(per_vector, 1), round(qps), round(recall, 4)])
+    rows.append(
+      [
+        "hnsw",
+        f"M=32, efConstruction=80, efSearch={ef}",
+        round(build, 1),
+        peak,
+        round(per_vector, 1),
+        round(qps),
+        round(recall, 4),
+      ]
+    )
     print(rows[-1], flush=True)
     if recall >= 0.95:
       break
@@ -183,22 +230,35 @@ def hnsw_bytes(n: int, dim: int, m: int = 32) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--sizes", default="100000,1000000,10000000")
   parser.add_argument("--queries", type=int, default=1000)
-  parser.add_argument("--hnsw_full_max", type=int, default=1_000_000,
-                      help="largest size whose HNSW index is built in full")
-  parser.add_argument("--hnsw_probe", type=int, default=500_000,
-                      help="points inserted to measure HNSW's build rate above that size")
+  parser.add_argument(
+    "--hnsw_full_max",
+    type=int,
+    default=1_000_000,
+    help="largest size whose HNSW index is built in full",
+  )
+  parser.add_argument(
+    "--hnsw_probe",
+    type=int,
+    default=500_000,
+    help="points inserted to measure HNSW's build rate above that size",
+  )
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--reorders", default="float32",
-                      help="ScaNN re-ranking storage(s): float32, int8, bfloat16 (comma list)")
+  parser.add_argument(
+    "--reorders",
+    default="float32",
+    help="ScaNN re-ranking storage(s): float32, int8, bfloat16 (comma list)",
+  )
   parser.add_argument("--skip_hnsw", action="store_true")
   parser.add_argument("--name", default="scale")
   parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
   args = parser.parse_args()
   import faiss  # pylint: disable=g-import-not-at-top
+
   faiss.omp_set_num_threads(os.cpu_count() or 1)
   sizes = [int(s) for s in args.sizes.split(",")]
   if args.quick:
@@ -209,8 +269,10 @@ def main() -> None:
     for n in sizes:
       start = time.perf_counter()
       gallery, queries = clustered_gallery(n, args.queries, seed=args.seed)
-      notes.append(f"n={n:,}: data generated in {time.perf_counter() - start:.0f} s "
-                   f"({gallery.nbytes / 2**30:.2f} GiB float32)")
+      notes.append(
+        f"n={n:,}: data generated in {time.perf_counter() - start:.0f} s "
+        f"({gallery.nbytes / 2**30:.2f} GiB float32)"
+      )
       truth, exact = bench_exact(faiss, gallery, queries, scratch)
       rows.append([n] + exact)
       print(rows[-1], flush=True)
@@ -221,13 +283,28 @@ def main() -> None:
       del gallery, queries, truth
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  notes.append("Peak GiB is the process's resident-memory high-water mark during that build (the "
-               "gallery array itself included); bytes/vector is the saved index on disk. q/s: "
-               f"{args.queries} queries in one batch on every core; the scann-auto rows stop at "
-               "the first leaves setting with recall@10 >= 0.95, hnsw rows at the first efSearch.")
-  path = common.write_result(args.name, "Scaling: exact vs ScaNN vs HNSW, 100k to 10M x 128",
-                             ["n", "method", "settings", "build_s", "peak_GiB", "bytes/vector",
-                              "queries_per_s", "recall@10"], rows, " ".join(notes))
+  notes.append(
+    "Peak GiB is the process's resident-memory high-water mark during that build (the "
+    "gallery array itself included); bytes/vector is the saved index on disk. q/s: "
+    f"{args.queries} queries in one batch on every core; the scann-auto rows stop at "
+    "the first leaves setting with recall@10 >= 0.95, hnsw rows at the first efSearch."
+  )
+  path = common.write_result(
+    args.name,
+    "Scaling: exact vs ScaNN vs HNSW, 100k to 10M x 128",
+    [
+      "n",
+      "method",
+      "settings",
+      "build_s",
+      "peak_GiB",
+      "bytes/vector",
+      "queries_per_s",
+      "recall@10",
+    ],
+    rows,
+    " ".join(notes),
+  )
   print(f"wrote {path}")
 
 

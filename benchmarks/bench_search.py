@@ -47,34 +47,40 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def clustered_gallery(n: int, num_queries: int, dim: int = DIM,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def clustered_gallery(
+  n: int, num_queries: int, dim: int = DIM, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Returns (gallery [n, dim], queries [num_queries, dim]) of face-like unit vectors."""
   rng = np.random.default_rng(seed)
   num_ids = math.ceil(n / PHOTOS_PER_IDENTITY)
   groups = _unit(rng.standard_normal((GROUPS, dim), dtype=np.float32))
   group_of = rng.integers(0, GROUPS, num_ids)
-  centres = _unit(groups[group_of] + 1.5 / math.sqrt(dim)
-                  * rng.standard_normal((num_ids, dim), dtype=np.float32))
+  centres = _unit(
+    groups[group_of] + 1.5 / math.sqrt(dim) * rng.standard_normal((num_ids, dim), dtype=np.float32)
+  )
   del group_of
   gallery = np.empty((n, dim), np.float32)
   for start in range(0, n, 100_000):
     rows = np.arange(start, min(n, start + 100_000))
-    gallery[rows] = _unit(centres[rows // PHOTOS_PER_IDENTITY] + 0.7 / math.sqrt(dim)
-                          * rng.standard_normal((len(rows), dim), dtype=np.float32))
+    gallery[rows] = _unit(
+      centres[rows // PHOTOS_PER_IDENTITY]
+      + 0.7 / math.sqrt(dim) * rng.standard_normal((len(rows), dim), dtype=np.float32)
+    )
   who = rng.integers(0, num_ids, num_queries)
-  queries = _unit(centres[who] + 0.7 / math.sqrt(dim)
-                  * rng.standard_normal((num_queries, dim), dtype=np.float32))
+  queries = _unit(
+    centres[who] + 0.7 / math.sqrt(dim) * rng.standard_normal((num_queries, dim), dtype=np.float32)
+  )
   return gallery, queries
 
 
-def exact_search(gallery: np.ndarray, queries: np.ndarray, k: int = K,
-                 chunk: int = 65_536) -> np.ndarray:
+def exact_search(
+  gallery: np.ndarray, queries: np.ndarray, k: int = K, chunk: int = 65_536
+) -> np.ndarray:
   """Exact top-k by dot product: matrix multiply + argpartition per gallery chunk, then merge."""
   best_scores = np.full((len(queries), k), -np.inf, np.float32)
   best_ids = np.zeros((len(queries), k), np.int64)
   for start in range(0, len(gallery), chunk):
-    scores = queries @ gallery[start:start + chunk].T
+    scores = queries @ gallery[start : start + chunk].T
     kk = min(k, scores.shape[1])
     part = np.argpartition(scores, scores.shape[1] - kk, axis=1)[:, -kk:]
     cand_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, 1)], axis=1)
@@ -125,14 +131,21 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
   print(f"[{n}] exact: {exact_qps:.0f} q/s", flush=True)
 
   start = time.perf_counter()
-  index = GalleryIndex.build(gallery, [Item(str(i)) for i in range(n)], "bench",
-                             target_recall=0.95)
+  index = GalleryIndex.build(gallery, [Item(str(i)) for i in range(n)], "bench", target_recall=0.95)
   build_s = time.perf_counter() - start
   cfg = index.config
   (found, _), secs = timed(lambda index=index: index.search(queries, K))
   desc = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("mode", "target_recall"))
-  rows.append([n, "scann-auto", f"target 0.95: {desc}", round(build_s, 1), round(q / secs),
-               round(recall_at_k(found, truth), 4)])
+  rows.append(
+    [
+      n,
+      "scann-auto",
+      f"target 0.95: {desc}",
+      round(build_s, 1),
+      round(q / secs),
+      round(recall_at_k(found, truth), 4),
+    ]
+  )
   print(f"[{n}] scann-auto: {rows[-1]}", flush=True)
   if cfg["mode"] == "ah":
     leaves = cfg["num_leaves"]
@@ -140,10 +153,20 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
       for reorder in args.reorder:
         lts = max(1, round(frac * leaves))
         (found, _), secs = timed(
-            lambda lts=lts, reorder=reorder, index=index: index.search(
-                queries, K, leaves_to_search=lts, reorder_k=reorder))
-        rows.append([n, "scann", f"leaves_to_search={lts}/{leaves}, reorder_k={reorder}",
-                     round(build_s, 1), round(q / secs), round(recall_at_k(found, truth), 4)])
+          lambda lts=lts, reorder=reorder, index=index: index.search(
+            queries, K, leaves_to_search=lts, reorder_k=reorder
+          )
+        )
+        rows.append(
+          [
+            n,
+            "scann",
+            f"leaves_to_search={lts}/{leaves}, reorder_k={reorder}",
+            round(build_s, 1),
+            round(q / secs),
+            round(recall_at_k(found, truth), 4),
+          ]
+        )
         print(f"[{n}] {rows[-1]}", flush=True)
   del index
   peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -154,28 +177,45 @@ def run_size(n: int, num_queries: int, args: argparse.Namespace) -> tuple[list, 
   return rows, memory + _summary(n, rows, exact_qps)
 
 
-def _bench_faiss(faiss: Any, gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-                 args: argparse.Namespace) -> list[list[Any]]:
+def _bench_faiss(
+  faiss: Any, gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> list[list[Any]]:
   n, q = len(gallery), len(queries)
   rows = []
   start = time.perf_counter()
   hnsw = faiss.IndexHNSWFlat(gallery.shape[1], args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
   hnsw.hnsw.efConstruction = args.hnsw_ef_construction
   for chunk_start in range(0, n, 50_000):  # in chunks, so a slow build can be abandoned
-    hnsw.add(gallery[chunk_start:chunk_start + 50_000])
+    hnsw.add(gallery[chunk_start : chunk_start + 50_000])
     if time.perf_counter() - start > args.hnsw_build_budget_s and chunk_start + 50_000 < n:
       print(f"[{n}] hnsw build over {args.hnsw_build_budget_s} s budget: skipped", flush=True)
-      rows.append([n, "hnsw", f"M={args.hnsw_m}, efConstruction={args.hnsw_ef_construction}: "
-                   f"skipped, build passed {args.hnsw_build_budget_s} s after "
-                   f"{chunk_start + 50_000} points", None, None, None])
+      rows.append(
+        [
+          n,
+          "hnsw",
+          f"M={args.hnsw_m}, efConstruction={args.hnsw_ef_construction}: "
+          f"skipped, build passed {args.hnsw_build_budget_s} s after "
+          f"{chunk_start + 50_000} points",
+          None,
+          None,
+          None,
+        ]
+      )
       break
   build_s = time.perf_counter() - start
   for ef in args.ef_search if hnsw.ntotal == n else []:
     hnsw.hnsw.efSearch = ef
     (_, found), secs = timed(lambda hnsw=hnsw: hnsw.search(queries, K))
-    rows.append([n, "hnsw", f"M={args.hnsw_m}, efConstruction={args.hnsw_ef_construction}, "
-                 f"efSearch={ef}", round(build_s, 1), round(q / secs),
-                 round(recall_at_k(found, truth), 4)])
+    rows.append(
+      [
+        n,
+        "hnsw",
+        f"M={args.hnsw_m}, efConstruction={args.hnsw_ef_construction}, efSearch={ef}",
+        round(build_s, 1),
+        round(q / secs),
+        round(recall_at_k(found, truth), 4),
+      ]
+    )
     print(f"[{n}] {rows[-1]}", flush=True)
   del hnsw
   nlist = 4 * int(round(math.sqrt(n)))
@@ -189,8 +229,16 @@ def _bench_faiss(faiss: Any, gallery: np.ndarray, queries: np.ndarray, truth: np
   for nprobe in args.nprobe:
     ivf.nprobe = nprobe
     (_, found), secs = timed(lambda: ivf.search(queries, K))
-    rows.append([n, "ivf", f"nlist={nlist}, nprobe={nprobe}", round(build_s, 1),
-                 round(q / secs), round(recall_at_k(found, truth), 4)])
+    rows.append(
+      [
+        n,
+        "ivf",
+        f"nlist={nlist}, nprobe={nprobe}",
+        round(build_s, 1),
+        round(q / secs),
+        round(recall_at_k(found, truth), 4),
+      ]
+    )
     print(f"[{n}] {rows[-1]}", flush=True)
   return rows
 
@@ -202,8 +250,10 @@ def _summary(n: int, rows: list[list[Any]], exact_qps: float) -> str:
     ok = [r for r in rows if r[1] == method and r[5] is not None and r[5] >= 0.95]
     if ok:
       best = max(ok, key=lambda r: r[4])
-      parts.append(f"{method}: {best[4]} q/s ({best[4] / exact_qps:.1f}x exact) at recall "
-                   f"{best[5]} [{best[2]}]")
+      parts.append(
+        f"{method}: {best[4]} q/s ({best[4] / exact_qps:.1f}x exact) at recall "
+        f"{best[5]} [{best[2]}]"
+      )
     elif any(r[1] == method and r[5] is None for r in rows):
       parts.append(f"{method}: skipped (build time budget)")
     elif any(r[1] == method for r in rows):
@@ -224,8 +274,9 @@ def main() -> None:
   parser.add_argument("--sizes", type=_ints, default=[100_000])
   parser.add_argument("--queries", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--leaf_fractions", type=_floats,
-                      default=[0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08])
+  parser.add_argument(
+    "--leaf_fractions", type=_floats, default=[0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08]
+  )
   parser.add_argument("--reorder", type=_ints, default=[100, 200])
   parser.add_argument("--hnsw_m", type=int, default=32)
   parser.add_argument("--hnsw_ef_construction", type=int, default=40)
@@ -237,13 +288,18 @@ def main() -> None:
   for n in args.sizes:
     rows, notes = run_size(n, args.queries, args)
     name = "search_" + (f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k")
-    notes = (f"{args.queries} queries = new photos of gallery identities (128-d unit vectors, "
-             f"{PHOTOS_PER_IDENTITY} photos/identity, {GROUPS} groups); q/s = batched, all cores; "
-             "build_s for scann rows is the one AH build that the sweep re-searches. " + notes)
+    notes = (
+      f"{args.queries} queries = new photos of gallery identities (128-d unit vectors, "
+      f"{PHOTOS_PER_IDENTITY} photos/identity, {GROUPS} groups); q/s = batched, all cores; "
+      "build_s for scann rows is the one AH build that the sweep re-searches. " + notes
+    )
     path = common.write_result(
-        name=name, title=f"Search: ScaNN vs exact vs faiss, {n:,} x {DIM}",
-        columns=["n", "method", "settings", "build_s", "queries_per_s", "recall@10"],
-        rows=rows, notes=notes)
+      name=name,
+      title=f"Search: ScaNN vs exact vs faiss, {n:,} x {DIM}",
+      columns=["n", "method", "settings", "build_s", "queries_per_s", "recall@10"],
+      rows=rows,
+      notes=notes,
+    )
     print(notes)
     print(f"wrote {path}")
 

@@ -58,17 +58,21 @@ def _names(text: str) -> list[str]:
 def multipart(data: bytes, filename: str) -> tuple[bytes, str]:
   """A multipart/form-data body with the file field `image`, and its Content-Type."""
   boundary = uuid.uuid4().hex
-  body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"'
-          f'\r\nContent-Type: image/jpeg\r\n\r\n').encode()
+  body = (
+    f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"'
+    f"\r\nContent-Type: image/jpeg\r\n\r\n"
+  ).encode()
   body += data + f"\r\n--{boundary}--\r\n".encode()
   return body, f"multipart/form-data; boundary={boundary}"
 
 
-def synthetic_queries(identities: int, photos: int, count: int, size: int,
-                      seed: int) -> list[bytes]:
+def synthetic_queries(
+  identities: int, photos: int, count: int, size: int, seed: int
+) -> list[bytes]:
   """JPEGs of new photos (photo numbers >= `photos`) of the first gallery identities."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from facetriplet import synthetic  # pylint: disable=g-import-not-at-top
+
   people = min(identities, count)
   extra = -(-count // people)
   arrays, _ = synthetic.make_face_arrays(people, photos + extra, size, seed, jpeg=False)
@@ -82,8 +86,12 @@ def synthetic_queries(identities: int, photos: int, count: int, size: int,
 
 
 def folder_queries(folder: str, count: int) -> list[bytes]:
-  paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
-                 if f.lower().endswith(IMAGE_EXTS))[:count]
+  paths = sorted(
+    os.path.join(root, f)
+    for root, _, files in os.walk(folder)
+    for f in files
+    if f.lower().endswith(IMAGE_EXTS)
+  )[:count]
   if not paths:
     raise SystemExit(f"no images in --queries={folder}")
   out = []
@@ -105,8 +113,9 @@ def build_index(scratch: str, detector: str, args: argparse.Namespace) -> str:
 
   gallery_dir = os.path.join(scratch, "gallery")
   if not os.path.isdir(gallery_dir):
-    synthetic.make_face_dataset(gallery_dir, args.identities, args.photos, args.photo_size,
-                                args.seed)
+    synthetic.make_face_dataset(
+      gallery_dir, args.identities, args.photos, args.photo_size, args.seed
+    )
   config = config_files.load_config(args.config)
   config.model.weights = "none"
   keras.utils.set_random_seed(args.seed)
@@ -115,16 +124,21 @@ def build_index(scratch: str, detector: str, args: argparse.Namespace) -> str:
   checkpoint = os.path.join(scratch, "model.keras")
   model.save(checkpoint)
   export_dir = os.path.join(scratch, f"export_{detector}")
-  export.export_model(checkpoint, export_dir,
-                      crop=faces.CropSettings(detector=detector, crop_size=size).to_dict())
+  export.export_model(
+    checkpoint, export_dir, crop=faces.CropSettings(detector=detector, crop_size=size).to_dict()
+  )
   extractor = features.make_extractor("embedding", export_dir)
   index_dir = os.path.join(scratch, f"index_{detector}")
   start = time.perf_counter()
-  summary = gallery.build_gallery_index(extractor, gallery_dir, index_dir, progress=False,
-                                        model_dir=export_dir, faces_mode="largest")
-  print(f"[{detector}] indexed {summary.items} photos of {args.photo_size} px with "
-        f"{args.config} ({model.count_params():,} params, crop {size} px) in "
-        f"{time.perf_counter() - start:.1f} s", flush=True)
+  summary = gallery.build_gallery_index(
+    extractor, gallery_dir, index_dir, progress=False, model_dir=export_dir, faces_mode="largest"
+  )
+  print(
+    f"[{detector}] indexed {summary.items} photos of {args.photo_size} px with "
+    f"{args.config} ({model.count_params():,} params, crop {size} px) in "
+    f"{time.perf_counter() - start:.1f} s",
+    flush=True,
+  )
   return index_dir
 
 
@@ -132,12 +146,24 @@ class Server:
   """`facetriplet-serve` in its own process on a free port of 127.0.0.1."""
 
   def __init__(self, index_dir: str, micro_batch: bool, args: argparse.Namespace, log: str):
-    cmd = [sys.executable, "-m", "facetriplet_tools.serve", f"--index={index_dir}", "--port=0",
-           f"--batch_window_ms={args.batch_window_ms}", f"--max_batch={args.max_batch}",
-           "--micro_batch" if micro_batch else "--nomicro_batch"]
+    cmd = [
+      sys.executable,
+      "-m",
+      "facetriplet_tools.serve",
+      f"--index={index_dir}",
+      "--port=0",
+      f"--batch_window_ms={args.batch_window_ms}",
+      f"--max_batch={args.max_batch}",
+      "--micro_batch" if micro_batch else "--nomicro_batch",
+    ]
     self._log = open(log, "w", encoding="utf-8")  # pylint: disable=consider-using-with
-    self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    self.proc = subprocess.Popen(
+      cmd,
+      stdout=subprocess.PIPE,
+      stderr=self._log,
+      text=True,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     line = self.proc.stdout.readline()
     if " at http://" not in line:
       self.stop()
@@ -148,6 +174,7 @@ class Server:
 
   def health(self) -> dict[str, Any]:
     import json  # pylint: disable=g-import-not-at-top
+
     conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
     try:
       conn.request("GET", "/healthz")
@@ -166,8 +193,14 @@ class Server:
     self._log.close()
 
 
-def load(server: Server, payloads: Sequence[tuple[bytes, str]], clients: int, requests: int,
-         warmup: int, k: int) -> dict[str, Any]:
+def load(
+  server: Server,
+  payloads: Sequence[tuple[bytes, str]],
+  clients: int,
+  requests: int,
+  warmup: int,
+  k: int,
+) -> dict[str, Any]:
   """`requests` searches from `clients` threads; returns q/s, latency percentiles, errors."""
   lock = threading.Lock()
   state = {"next": 0, "errors": 0}
@@ -220,8 +253,13 @@ def load(server: Server, payloads: Sequence[tuple[bytes, str]], clients: int, re
   calls = after["search_calls"] - before["search_calls"]
   served = after["search_requests"] - before["search_requests"]
   p50, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 99])
-  return {"qps": requests / wall, "p50": p50, "p99": p99, "errors": state["errors"],
-          "per_call": served / calls if calls else 0.0}
+  return {
+    "qps": requests / wall,
+    "p50": p50,
+    "p99": p99,
+    "errors": state["errors"],
+    "per_call": served / calls if calls else 0.0,
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,13 +267,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--index", help="serve this index instead of building one")
   parser.add_argument("--queries", help="folder of query photos (default: drawn faces)")
   parser.add_argument("--config", default="lfw", help="network to export (random weights)")
-  parser.add_argument("--detectors", type=_names, default=["none", "mtcnn"],
-                      help="crop of each built index (one server pair per detector)")
+  parser.add_argument(
+    "--detectors",
+    type=_names,
+    default=["none", "mtcnn"],
+    help="crop of each built index (one server pair per detector)",
+  )
   parser.add_argument("--identities", type=int, default=200)
   parser.add_argument("--photos", type=int, default=5, help="gallery photos per identity")
   parser.add_argument("--photo_size", type=int, default=250)
-  parser.add_argument("--crop_size", type=int, default=0,
-                      help="stored crop side (default: facetriplet's default crop)")
+  parser.add_argument(
+    "--crop_size",
+    type=int,
+    default=0,
+    help="stored crop side (default: facetriplet's default crop)",
+  )
   parser.add_argument("--query_images", type=int, default=64, help="distinct query photos")
   parser.add_argument("--clients", type=_ints, default=[1, 4, 16])
   parser.add_argument("--requests", type=int, default=200, help="timed requests per run")
@@ -247,8 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", help="keep the built model, gallery and indexes here")
   parser.add_argument("--name", default="serve", help="result name (results/<name>.json)")
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny model and gallery, few requests: checks that the script runs")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="tiny model and gallery, few requests: checks that the script runs",
+  )
   args = parser.parse_args(argv)
   if args.quick:
     args.config, args.detectors, args.identities, args.photos = "lfw:smoke", ["none"], 12, 2
@@ -265,48 +314,83 @@ def main(argv: Sequence[str] | None = None) -> int:
       indexes = [("given", args.index)]
     else:
       indexes = [(d, build_index(scratch, d, args)) for d in args.detectors]
-    images = (folder_queries(args.queries, args.query_images) if args.queries else
-              synthetic_queries(args.identities, args.photos, args.query_images,
-                                args.photo_size, args.seed + 1))
+    images = (
+      folder_queries(args.queries, args.query_images)
+      if args.queries
+      else synthetic_queries(
+        args.identities, args.photos, args.query_images, args.photo_size, args.seed + 1
+      )
+    )
     payloads = [multipart(data, f"q{i}.jpg") for i, data in enumerate(images)]
     for detector, index_dir in indexes:
       for mode in args.modes:
-        server = Server(index_dir, mode == "batched", args,
-                        os.path.join(scratch, f"server_{detector}_{mode}.log"))
+        server = Server(
+          index_dir, mode == "batched", args, os.path.join(scratch, f"server_{detector}_{mode}.log")
+        )
         try:
           items = server.health()["items"]
           for clients in args.clients:
             r = load(server, payloads, clients, args.requests, args.warmup, args.k)
-            rows.append([detector, mode, clients, args.requests, round(r["qps"], 1),
-                         round(r["p50"], 1), round(r["p99"], 1), r["errors"],
-                         round(r["per_call"], 2)])
-            print(f"[{detector}] {mode:9s} {clients:3d} clients: {r['qps']:7.1f} q/s, p50 "
-                  f"{r['p50']:7.1f} ms, p99 {r['p99']:7.1f} ms, {r['errors']} errors, "
-                  f"{r['per_call']:.2f} requests per model call", flush=True)
+            rows.append(
+              [
+                detector,
+                mode,
+                clients,
+                args.requests,
+                round(r["qps"], 1),
+                round(r["p50"], 1),
+                round(r["p99"], 1),
+                r["errors"],
+                round(r["per_call"], 2),
+              ]
+            )
+            print(
+              f"[{detector}] {mode:9s} {clients:3d} clients: {r['qps']:7.1f} q/s, p50 "
+              f"{r['p50']:7.1f} ms, p99 {r['p99']:7.1f} ms, {r['errors']} errors, "
+              f"{r['per_call']:.2f} requests per model call",
+              flush=True,
+            )
         finally:
           server.stop()
   finally:
     if not args.workdir:
       shutil.rmtree(scratch, ignore_errors=True)
-  source = (f"index {args.index}" if args.index else
-            f"{args.identities} x {args.photos} drawn faces of {args.photo_size} px indexed with "
-            f"the `{args.config}` network (random weights)")
-  queries = ("from " + args.queries if args.queries
-             else "new drawn photos of gallery identities")
-  notes = (f"Server: `facetriplet-serve` in its own process on 127.0.0.1, {items} items ({source})"
-           f"; batched = micro-batching with --batch_window_ms={args.batch_window_ms:g} "
-           f"--max_batch={args.max_batch}, unbatched = --nomicro_batch. Clients: threads in the "
-           f"benchmark process (same machine), one keep-alive connection each, {len(images)} "
-           f"distinct JPEG queries ({queries}), "
-           f"multipart upload, k={args.k}; {args.requests} timed requests per row after "
-           f"{args.warmup} per client. Latency is what the client sees; `per call` = search "
-           "requests answered per model call (1.0 unbatched). `none` crops the centred square "
-           "(model cost only); `mtcnn` detects and aligns each query face first (one photo per "
-           "MTCNN call, see DEVELOPERS.md).")
-  path = common.write_result(args.name,
-                             "HTTP search service: micro-batching under concurrent load",
-                             ["crop", "mode", "clients", "requests", "queries_per_s", "p50_ms",
-                              "p99_ms", "errors", "per call"], rows, notes)
+  source = (
+    f"index {args.index}"
+    if args.index
+    else f"{args.identities} x {args.photos} drawn faces of {args.photo_size} px indexed with "
+    f"the `{args.config}` network (random weights)"
+  )
+  queries = "from " + args.queries if args.queries else "new drawn photos of gallery identities"
+  notes = (
+    f"Server: `facetriplet-serve` in its own process on 127.0.0.1, {items} items ({source})"
+    f"; batched = micro-batching with --batch_window_ms={args.batch_window_ms:g} "
+    f"--max_batch={args.max_batch}, unbatched = --nomicro_batch. Clients: threads in the "
+    f"benchmark process (same machine), one keep-alive connection each, {len(images)} "
+    f"distinct JPEG queries ({queries}), "
+    f"multipart upload, k={args.k}; {args.requests} timed requests per row after "
+    f"{args.warmup} per client. Latency is what the client sees; `per call` = search "
+    "requests answered per model call (1.0 unbatched). `none` crops the centred square "
+    "(model cost only); `mtcnn` detects and aligns each query face first (one photo per "
+    "MTCNN call, see DEVELOPERS.md)."
+  )
+  path = common.write_result(
+    args.name,
+    "HTTP search service: micro-batching under concurrent load",
+    [
+      "crop",
+      "mode",
+      "clients",
+      "requests",
+      "queries_per_s",
+      "p50_ms",
+      "p99_ms",
+      "errors",
+      "per call",
+    ],
+    rows,
+    notes,
+  )
   print(f"wrote {path}")
   return 0
 

@@ -30,16 +30,17 @@ from keras import ops  # noqa: E402
 def semi_hard_loss(labels, emb, margin=0.2):
   labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
   emb = ops.cast(emb, "float32")
-  d2 = ops.maximum(ops.sum(emb**2, 1)[:, None] - 2 * emb @ ops.transpose(emb)
-                   + ops.sum(emb**2, 1)[None, :], 0.0)
+  d2 = ops.maximum(
+    ops.sum(emb**2, 1)[:, None] - 2 * emb @ ops.transpose(emb) + ops.sum(emb**2, 1)[None, :], 0.0
+  )
   d = ops.sqrt(d2 + 1e-12)
   same = ops.equal(labels[:, None], labels[None, :])
   eye = ops.eye(ops.shape(labels)[0], dtype="bool")
   pos = ops.logical_and(same, ops.logical_not(eye))
   neg = ops.logical_not(same)
   big = 1e9
-  d_ap = d[:, :, None]                      # [a, p, 1]
-  d_an = d[:, None, :]                      # [a, 1, n]
+  d_ap = d[:, :, None]  # [a, p, 1]
+  d_an = d[:, None, :]  # [a, 1, n]
   outside = ops.logical_and(neg[:, None, :], d_an > d_ap)
   closest_outside = ops.min(ops.where(outside, d_an, big), axis=2)
   farthest = ops.max(ops.where(neg, d, -big), axis=1)[:, None]
@@ -54,15 +55,15 @@ def build(image_size: int, stored: int, dim: int) -> keras.Model:
   x = ops.cast(inp, "float32")
   x = keras.layers.Resizing(image_size, image_size)(x)
   x = keras.applications.resnet50.preprocess_input(x)
-  x = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
-                                  input_shape=(image_size, image_size, 3))(x)
+  x = keras.applications.ResNet50(
+    include_top=False, weights=None, pooling="avg", input_shape=(image_size, image_size, 3)
+  )(x)
   x = keras.layers.Dense(dim, dtype="float32")(x)
   x = keras.layers.UnitNormalization(dtype="float32")(x)
   return keras.Model(inp, x)
 
 
 class _Timer(keras.callbacks.Callback):
-
   def __init__(self, warmup: int):
     super().__init__()
     self.warmup, self.times = warmup, []
@@ -81,8 +82,7 @@ def measure(policy: str, batch: int, steps: int, image_size: int, k: int = 4) ->
   images = np.concatenate([images] * ((n + len(images) - 1) // len(images)))[:n]
   labels = np.repeat(np.arange(n // k), k)[:n]
   timer = _Timer(5)
-  model.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0,
-            callbacks=[timer])
+  model.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
   t = timer.times
   keras.mixed_precision.set_global_policy("float32")
   return batch * (len(t) - 1 - 5) / (t[-1] - t[5])
@@ -99,11 +99,13 @@ def main() -> None:
   a = p.parse_args()
   if keras.backend.backend() == "jax":
     import jax  # pylint: disable=g-import-not-at-top
+
     device, version = str(jax.devices()[0].device_kind), f"JAX {jax.__version__}"
   else:
     device, version = "CPU", keras.backend.backend()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from benchmarks import common  # pylint: disable=g-import-not-at-top
+
   machine = f"{device} ({version}, Keras {keras.__version__}), {os.cpu_count()} CPU cores"
   common.machine_description = lambda: machine
   rows = []
@@ -114,15 +116,21 @@ def main() -> None:
       print(f"{policy:15s} batch {b:4d}: {ips:8.1f} img/s", flush=True)
       # Written after every row, so a run cut short still leaves what it measured.
       path = common.write_result(
-          a.name, "Training throughput on a GPU (ResNet50 embedding, semi-hard triplet loss)",
-          ["precision policy", "batch (P×K, K=4)", "image size", "train images/s"], rows,
-          notes="Keras 3 on the JAX backend (the borrowed GPU machine has no TensorFlow), same "
-                "network and loss as `facetriplet.training.model`/`facetriplet.training.losses`, in-memory batches, "
-                "XLA-compiled step, timed after 5 warm-up steps.",
-          command="KERAS_BACKEND=jax python -m benchmarks.bench_train_gpu " + " ".join(sys.argv[1:]))
+        a.name,
+        "Training throughput on a GPU (ResNet50 embedding, semi-hard triplet loss)",
+        ["precision policy", "batch (P×K, K=4)", "image size", "train images/s"],
+        rows,
+        notes="Keras 3 on the JAX backend (the borrowed GPU machine has no TensorFlow), same "
+        "network and loss as `facetriplet.training.model`/`facetriplet.training.losses`, "
+        "in-memory batches, "
+        "XLA-compiled step, timed after 5 warm-up steps.",
+        command="KERAS_BACKEND=jax python -m benchmarks.bench_train_gpu " + " ".join(sys.argv[1:]),
+      )
       if a.out:
         import shutil  # pylint: disable=g-import-not-at-top
+
         shutil.copy(path, a.out)
+
 
 if __name__ == "__main__":
   main()

@@ -16,8 +16,9 @@ from typing import Any, Sequence
 from facetriplet import atomic
 
 # FACETRIPLET_BENCH_RESULTS sends results elsewhere (quick runs must not touch the real tables).
-RESULTS_DIR = os.environ.get("FACETRIPLET_BENCH_RESULTS",
-                             os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+RESULTS_DIR = os.environ.get(
+  "FACETRIPLET_BENCH_RESULTS", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+)
 
 
 def machine_description() -> str:
@@ -31,7 +32,16 @@ def machine_description() -> str:
           cpu = line.split(":", 1)[1].strip()
         if line.startswith("flags"):
           flags = set(line.split(":", 1)[1].split())
-          wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+          wanted = (
+            "sse4_2",
+            "avx",
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512_vnni",
+            "avx512_bf16",
+            "amx_tile",
+          )
           vector = " (" + " ".join(f for f in wanted if f in flags) + ")"
           break
   except OSError:
@@ -47,6 +57,7 @@ def machine_description() -> str:
   gpu = ""
   if "tensorflow" in sys.modules:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
       names = []
@@ -60,16 +71,31 @@ def machine_description() -> str:
 
 
 def command_line() -> str:
-  return " ".join(["python", "-m", sys.modules["__main__"].__spec__.name
-                   if getattr(sys.modules["__main__"], "__spec__", None) else sys.argv[0]]
-                  + sys.argv[1:])
+  return " ".join(
+    [
+      "python",
+      "-m",
+      sys.modules["__main__"].__spec__.name
+      if getattr(sys.modules["__main__"], "__spec__", None)
+      else sys.argv[0],
+    ]
+    + sys.argv[1:]
+  )
 
 
-def write_result(name: str, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                 notes: str = "", command: str | None = None) -> str:
+def write_result(
+  name: str,
+  title: str,
+  columns: Sequence[str],
+  rows: Sequence[Sequence[Any]],
+  notes: str = "",
+  command: str | None = None,
+) -> str:
   """Writes benchmarks/results/<name>.json atomically and returns its path."""
   path = os.path.join(RESULTS_DIR, f"{name}.json")
-  atomic.write_json(path, {
+  atomic.write_json(
+    path,
+    {
       "name": name,
       "title": title,
       "command": command or command_line(),
@@ -78,5 +104,6 @@ def write_result(name: str, title: str, columns: Sequence[str], rows: Sequence[S
       "columns": list(columns),
       "rows": [list(r) for r in rows],
       "notes": notes,
-  })
+    },
+  )
   return path

@@ -20,8 +20,28 @@ NOTES = os.path.join(HERE, "notes")
 OUTPUT = os.path.join(os.path.dirname(HERE), "BENCHMARKS.md")
 
 # Sections in reading order; results not listed here come after them, by name.
-ORDER = ["ablation_lfw", "ablation_orl", "ablation_curve", "verification_lfw", "quality_lfw", "quality_orl", "ingest", "ingest_beam", "input_pipeline", "train_resnet18", "train_resnet50",
-         "train_gpu", "embed", "search_100k", "search_1m", "search", "scale", "scale_100k", "scale_1m_quantised", "serve"]
+ORDER = [
+  "ablation_lfw",
+  "ablation_orl",
+  "ablation_curve",
+  "verification_lfw",
+  "quality_lfw",
+  "quality_orl",
+  "ingest",
+  "ingest_beam",
+  "input_pipeline",
+  "train_resnet18",
+  "train_resnet50",
+  "train_gpu",
+  "embed",
+  "search_100k",
+  "search_1m",
+  "search",
+  "scale",
+  "scale_100k",
+  "scale_1m_quantised",
+  "serve",
+]
 
 HEADER = """# facetriplet benchmarks
 

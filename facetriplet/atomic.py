@@ -142,7 +142,7 @@ def claim_folder(path: str, ours: Callable[[str], bool], what: str, tool: str) -
   names = sorted(os.listdir(path))
   foreign = [n for n in names if not ours(n)]
   if foreign:
-    raise UserError(f"{what} {path} holds {foreign[0]}, which {tool} did not write: choose an "
-                    "empty folder")
+    raise UserError(
+      f"{what} {path} holds {foreign[0]}, which {tool} did not write: choose an empty folder"
+    )
   return names
-

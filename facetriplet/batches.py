@@ -12,4 +12,4 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
   if size < 1:
     raise ValueError(f"chunk size {size} must be at least 1")
   for i in range(0, len(items), size):
-    yield items[i:i + size]
+    yield items[i : i + size]

@@ -44,7 +44,7 @@ def resolve_argv(argv: list[str]) -> list[str]:
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith("--config="):
-      out[i] = "--config=" + resolve(arg[len("--config="):])
+      out[i] = "--config=" + resolve(arg[len("--config=") :])
     elif arg == "--config" and i + 1 < len(out):
       out[i + 1] = resolve(out[i + 1])
   return out
@@ -53,8 +53,10 @@ def resolve_argv(argv: list[str]) -> list[str]:
 def load_module(path: str) -> ModuleType:
   """Imports the config file at `path` as a fresh module."""
   if not os.path.isfile(path):
-    raise UserError(f"config file {path} not found: pass --config=<name> (shipped: "
-                    f"{', '.join(shipped())}) or --config=<path of a config .py file>")
+    raise UserError(
+      f"config file {path} not found: pass --config=<name> (shipped: "
+      f"{', '.join(shipped())}) or --config=<path of a config .py file>"
+    )
   name = "facetriplet_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)

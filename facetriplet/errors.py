@@ -49,7 +49,9 @@ def run_tool(main: Callable[[Sequence[str]], None]) -> None:
       print(f"{prog}: error: {e}", file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:
-      print("interrupted; outputs written so far are complete and a re-run resumes", file=sys.stderr)
+      print(
+        "interrupted; outputs written so far are complete and a re-run resumes", file=sys.stderr
+      )
       sys.exit(130)
 
   app.run(guarded)

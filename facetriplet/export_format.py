@@ -56,11 +56,14 @@ def read_metadata(export_dir: str) -> dict[str, Any]:
   """The export's assets/facetriplet.json; raises UserError when the folder is not an export."""
   path = metadata_path(export_dir)
   if not os.path.isfile(path):
-    raise UserError(f"{path} not found: {export_dir} is not a facetriplet export; run "
-                    "facetriplet-export --workdir=... --export_dir=... first")
+    raise UserError(
+      f"{path} not found: {export_dir} is not a facetriplet export; run "
+      "facetriplet-export --workdir=... --export_dir=... first"
+    )
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(f"{path} is unreadable ({e}): re-export the model with facetriplet-export"
-                    ) from None
+    raise UserError(
+      f"{path} is unreadable ({e}): re-export the model with facetriplet-export"
+    ) from None

@@ -31,8 +31,10 @@ def require_beam() -> Any:
   try:
     import apache_beam  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise UserError(f"--runner needs Apache Beam ({e}): pip install 'facetriplet[beam]' "
-                    "(or leave --runner out to use the local process pool)") from None
+    raise UserError(
+      f"--runner needs Apache Beam ({e}): pip install 'facetriplet[beam]' "
+      "(or leave --runner out to use the local process pool)"
+    ) from None
   return apache_beam
 
 
@@ -56,11 +58,16 @@ def pipeline_options(runner: str, args: Sequence[str] = ()) -> Any:
   except (ValueError, ImportError) as e:
     raise UserError(f"--runner={runner}: {e}") from None
   args = list(args)
-  stray = [a for i, a in enumerate(args) if not a.startswith("--") and (
-      i == 0 or not args[i - 1].startswith("--") or "=" in args[i - 1])]  # not `--name value`
+  stray = [
+    a
+    for i, a in enumerate(args)
+    if not a.startswith("--") and (i == 0 or not args[i - 1].startswith("--") or "=" in args[i - 1])
+  ]  # not `--name value`
   if stray:
-    raise UserError(f"unexpected arguments {stray}: Beam pipeline options are passed as "
-                    "--name=value (or --name value) after --, e.g. -- --direct_num_workers=2")
+    raise UserError(
+      f"unexpected arguments {stray}: Beam pipeline options are passed as "
+      "--name=value (or --name value) after --, e.g. -- --direct_num_workers=2"
+    )
   if any(a == "--runner" or a.startswith("--runner=") for a in args):
     raise UserError("pass the runner once, as the tool's --runner flag (before --)")
   return beam.options.pipeline_options.PipelineOptions([f"--runner={runner}", *args])
@@ -98,7 +105,9 @@ def write_tasks(path: str, tasks: Iterable[Any]) -> int:
 def read_tasks(pipeline: Any, path: str, label: str = "ReadTasks") -> Any:
   """The PCollection of the JSON values of `path` (`write_tasks`), spread over the workers."""
   beam = require_beam()
-  return (pipeline
-          | label >> beam.io.ReadFromText(os.path.abspath(path))
-          | f"{label}Parse" >> beam.Map(json.loads)
-          | f"{label}Spread" >> beam.Reshuffle())
+  return (
+    pipeline
+    | label >> beam.io.ReadFromText(os.path.abspath(path))
+    | f"{label}Parse" >> beam.Map(json.loads)
+    | f"{label}Spread" >> beam.Reshuffle()
+  )

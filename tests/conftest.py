@@ -11,13 +11,15 @@ import tensorflow as tf  # noqa: E402
 # it initialises its devices, so it happens here, before any test module is imported.
 try:
   tf.config.set_logical_device_configuration(
-      tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+  )
 except RuntimeError:
   pass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.environ.get("FACETRIPLET_SHARED_DATA",
-                             os.path.join(os.path.dirname(REPO), "shared", "data"))
+SHARED_DATA = os.environ.get(
+  "FACETRIPLET_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data")
+)
 
 
 def shared_dataset(name: str) -> str:
@@ -48,4 +50,5 @@ def two_replica_strategy():
   if len(tf.config.list_logical_devices("CPU")) < 2:
     pytest.skip("TensorFlow started before the CPU could be split into two logical devices")
   from facetriplet.training import train  # pylint: disable=g-import-not-at-top
+
   return train.make_strategy({"cpu_replicas": 2})

@@ -1,4 +1,5 @@
-"""`facetriplet-demo` (facetriplet/demo, tools/demo.py): the whole job (--quick), its re-run, its settings and refusals."""
+"""`facetriplet-demo` (facetriplet/demo, tools/demo.py): the whole job (--quick), its re-run, its
+settings and refusals."""
 
 import json
 import os
@@ -18,8 +19,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _demo(*args, timeout=300):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  return subprocess.run([sys.executable, "-m", "facetriplet_tools.demo", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "facetriplet_tools.demo", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 @pytest.mark.slow
@@ -28,10 +35,17 @@ def test_quick_demo_runs_every_step_then_resumes(tmp_path):
   proc = _demo(f"--workdir={workdir}", "--quick")
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   out = proc.stdout
-  for tool in ("make-demo-data", "build-tfrecords", "train", "export", "build-index", "retrieve",
-               "evaluate"):
+  for tool in (
+    "make-demo-data",
+    "build-tfrecords",
+    "train",
+    "export",
+    "build-index",
+    "retrieve",
+    "evaluate",
+  ):
     assert f"$ facetriplet-{tool} " in out
-  table = out[out.index("=== results"):]
+  table = out[out.index("=== results") :]
   for name in ("embedding", "pixels", "color_hist", "lbp", "hog"):
     assert f"| {name} |" in table
   assert "| method | top1 | top5 | top10 |" in table
@@ -47,8 +61,9 @@ def test_quick_demo_runs_every_step_then_resumes(tmp_path):
   assert queries and gallery and set(labels) == set(queries) | set(gallery)
   with open(os.path.join(workdir, "tfrecords", "manifest.json")) as f:
     manifest = json.load(f)
-  train_labels = {label for shard in manifest["splits"]["train"]["shards"]
-                  for label, _ in shard["groups"]}
+  train_labels = {
+    label for shard in manifest["splits"]["train"]["shards"] for label, _ in shard["groups"]
+  }
   train_ids = {name for name, label in manifest["labels"].items() if label in train_labels}
   assert not train_ids & set(labels.values())  # held-out identities only
   with open(os.path.join(workdir, "submissions", "submission.json")) as f:

@@ -25,8 +25,14 @@ def _tool(name, *args, cwd):
   # The editable install maps `facetriplet` as a namespace package for console scripts, so its
   # __init__ (and __version__) is only seen when the repository is on the path.
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([os.path.join(BIN, f"facetriplet-{name}"), *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [os.path.join(BIN, f"facetriplet-{name}"), *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, f"facetriplet-{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
   return proc.stdout
 
@@ -57,14 +63,24 @@ def test_all_tools_in_sequence(tmp_path):
   if not os.path.isfile(config):
     pytest.skip("configs/default.py (smoke variant) not present yet")
 
-  out = _tool("build-tfrecords", "--layout=folders", f"--input={faces_dir}", "--output=tfr",
-              "--crop_size=32", "--detector=none", "--val_fraction=0.34", "--noprogress", cwd=run)
+  out = _tool(
+    "build-tfrecords",
+    "--layout=folders",
+    f"--input={faces_dir}",
+    "--output=tfr",
+    "--crop_size=32",
+    "--detector=none",
+    "--val_fraction=0.34",
+    "--noprogress",
+    cwd=run,
+  )
   with open(os.path.join(run, "tfr", "manifest.json")) as f:
     manifest = json.load(f)
   assert manifest["crop"]["crop_size"] == 32 and sum(manifest["identity_counts"].values()) == 24
 
-  _tool("train", f"--config={config}:smoke", "--config.data.tfrecord_dir=tfr", "--workdir=work",
-        cwd=run)
+  _tool(
+    "train", f"--config={config}:smoke", "--config.data.tfrecord_dir=tfr", "--workdir=work", cwd=run
+  )
   assert os.path.isfile(os.path.join(run, "work", "checkpoints", "last.keras"))
 
   out = _tool("export", "--workdir=work", "--export_dir=export", cwd=run)
@@ -74,8 +90,9 @@ def test_all_tools_in_sequence(tmp_path):
   assert meta["crop"] == manifest["crop"] and meta["config"]["model"]["backbone"] == "resnet18"
   assert os.path.isfile(os.path.join(run, "export", "saved_model.pb"))
 
-  out = _tool("build-index", "--model=export", "--gallery=tfr", "--index_dir=index",
-              "--noprogress", cwd=run)
+  out = _tool(
+    "build-index", "--model=export", "--gallery=tfr", "--index_dir=index", "--noprogress", cwd=run
+  )
   assert "24 items, 0 skipped" in out and "images/s" in out
   with open(os.path.join(run, "index", "index.json")) as f:
     index_meta = json.load(f)
@@ -84,12 +101,24 @@ def test_all_tools_in_sequence(tmp_path):
   queries = os.path.join(run, "queries")
   os.makedirs(queries)
   for i in range(3):
-    shutil.copy(os.path.join(faces_dir, f"person_{i:03d}", os.listdir(
-        os.path.join(faces_dir, f"person_{i:03d}"))[0]), os.path.join(queries, f"q{i}.jpg"))
+    shutil.copy(
+      os.path.join(
+        faces_dir, f"person_{i:03d}", os.listdir(os.path.join(faces_dir, f"person_{i:03d}"))[0]
+      ),
+      os.path.join(queries, f"q{i}.jpg"),
+    )
   with open(os.path.join(queries, "broken.jpg"), "wb") as f:
     f.write(b"\xff\xd8 not really")
-  out = _tool("retrieve", "--index=index", f"--queries={queries}", "--output=submission",
-              "--groupname=e2e", "--k=5", "--noprogress", cwd=run)
+  out = _tool(
+    "retrieve",
+    "--index=index",
+    f"--queries={queries}",
+    "--output=submission",
+    "--groupname=e2e",
+    "--k=5",
+    "--noprogress",
+    cwd=run,
+  )
   with open(os.path.join(run, "submission", "submission.json")) as f:
     submission = json.load(f)
   assert submission["groupname"] == "e2e"
@@ -97,15 +126,27 @@ def test_all_tools_in_sequence(tmp_path):
   assert submission["images"]["broken.jpg"] == []
   assert all(len(submission["images"][f"q{i}.jpg"]) == 5 for i in range(3))
   # Gallery file names repeat across identity folders, so the submission names relative paths.
-  assert all(name.startswith("person_") and name.count("/") == 1
-             for i in range(3) for name in submission["images"][f"q{i}.jpg"])
+  assert all(
+    name.startswith("person_") and name.count("/") == 1
+    for i in range(3)
+    for name in submission["images"][f"q{i}.jpg"]
+  )
   with open(os.path.join(run, "submission", "results.csv")) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 3 * 5 + 1 and "unreadable query broken.jpg" in out
 
-  out = _tool("evaluate", "--model=export", "--leave_one_out", f"--data={faces_dir}",
-              "--features=embedding,pixels", "--output=eval", "--grid_queries=3", "--grid_k=4",
-              "--noprogress", cwd=run)
+  out = _tool(
+    "evaluate",
+    "--model=export",
+    "--leave_one_out",
+    f"--data={faces_dir}",
+    "--features=embedding,pixels",
+    "--output=eval",
+    "--grid_queries=3",
+    "--grid_k=4",
+    "--noprogress",
+    cwd=run,
+  )
   with open(os.path.join(run, "eval", "metrics.json")) as f:
     report = json.load(f)
   for name in ("embedding", "pixels"):

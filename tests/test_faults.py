@@ -56,9 +56,17 @@ def _alive(pid):
 def test_kill_9_of_ingest_takes_its_workers_with_it(tmp_path):
   _noise_people(tmp_path / "in", 40, 8, 360, seed=0)
   proc = subprocess.Popen(
-      [os.path.join(BIN, "facetriplet-build-tfrecords"), f"--input={tmp_path / 'in'}",
-       f"--output={tmp_path / 'out'}", "--detector=haar", "--workers=2", "--noprogress"],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [
+      os.path.join(BIN, "facetriplet-build-tfrecords"),
+      f"--input={tmp_path / 'in'}",
+      f"--output={tmp_path / 'out'}",
+      "--detector=haar",
+      "--workers=2",
+      "--noprogress",
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.monotonic() + 60
     workers = []
@@ -79,15 +87,25 @@ def test_kill_9_of_ingest_takes_its_workers_with_it(tmp_path):
       os.kill(w, signal.SIGKILL)
   # The killed run is resumable: the same command finishes and writes every photo.
   done = subprocess.run(
-      [os.path.join(BIN, "facetriplet-build-tfrecords"), f"--input={tmp_path / 'in'}",
-       f"--output={tmp_path / 'out'}", "--detector=haar", "--workers=2", "--noprogress"],
-      capture_output=True, text=True, timeout=300)
+    [
+      os.path.join(BIN, "facetriplet-build-tfrecords"),
+      f"--input={tmp_path / 'in'}",
+      f"--output={tmp_path / 'out'}",
+      "--detector=haar",
+      "--workers=2",
+      "--noprogress",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert "written 320" in done.stdout
 
 
 def test_folder_replacement_keeps_old_or_new_and_cleans_up(tmp_path):
   from facetriplet import atomic  # pylint: disable=g-import-not-at-top
+
   target = tmp_path / "index"
   os.makedirs(target)
   (target / "a.npy").write_text("old")
@@ -114,16 +132,17 @@ def test_kill_9_during_index_replacement_never_loses_the_index(tmp_path):
   """A writer process replaces a folder in a loop; it is killed at random moments, and the
   target must always be a complete folder (old or new) and the leftovers go on the next run."""
   script = (
-      "import os, sys\n"
-      "from facetriplet import atomic\n"
-      "target = sys.argv[1]\n"
-      "i = 0\n"
-      "while True:\n"
-      "  i += 1\n"
-      "  with atomic.atomic_path(target) as tmp:\n"
-      "    os.makedirs(tmp)\n"
-      "    for n in range(20):\n"
-      "      open(os.path.join(tmp, f'{n}.bin'), 'w').write(str(i))\n")
+    "import os, sys\n"
+    "from facetriplet import atomic\n"
+    "target = sys.argv[1]\n"
+    "i = 0\n"
+    "while True:\n"
+    "  i += 1\n"
+    "  with atomic.atomic_path(target) as tmp:\n"
+    "    os.makedirs(tmp)\n"
+    "    for n in range(20):\n"
+    "      open(os.path.join(tmp, f'{n}.bin'), 'w').write(str(i))\n"
+  )
   target = tmp_path / "index"
   rng = np.random.default_rng(0)
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,6 +152,7 @@ def test_kill_9_during_index_replacement_never_loses_the_index(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     from facetriplet import atomic  # pylint: disable=g-import-not-at-top
+
     atomic.recover(str(target))
     assert target.is_dir(), f"seed {seed}: the index folder is gone"
     values = {(target / f"{n}.bin").read_text() for n in range(20)}
@@ -142,9 +162,17 @@ def test_kill_9_during_index_replacement_never_loses_the_index(tmp_path):
 
 def test_missing_index_is_reported_as_a_missing_index(tmp_path):
   proc = subprocess.run(
-      [os.path.join(BIN, "facetriplet-retrieve"), f"--index={tmp_path / 'gone'}",
-       f"--queries={tmp_path}", f"--output={tmp_path / 'out'}", "--groupname=g"],
-      capture_output=True, text=True, timeout=120)
+    [
+      os.path.join(BIN, "facetriplet-retrieve"),
+      f"--index={tmp_path / 'gone'}",
+      f"--queries={tmp_path}",
+      f"--output={tmp_path / 'out'}",
+      "--groupname=g",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert "index folder" in last and "does not exist" in last and "--model" not in last
@@ -157,6 +185,7 @@ def test_an_edited_or_swapped_export_is_refused(tmp_path):
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
   from tests.training.test_export import make_export  # pylint: disable=g-import-not-at-top
+
   a = make_export(str(tmp_path / "a"), seed=0)
   b = make_export(str(tmp_path / "b"), seed=1)
   fp_a, fp_b = embedder.load_embedder(a).fingerprint, embedder.load_embedder(b).fingerprint
@@ -194,26 +223,34 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
   command continues from the backup and ends with the same epochs and steps as a clean run."""
   from tests import shard_helpers  # pylint: disable=g-import-not-at-top
   from facetriplet.training.workdir import read_metrics  # pylint: disable=g-import-not-at-top
+
   data = str(tmp_path / "data")
   shard_helpers.write_dataset(data, {"train": [4, 3, 2, 5, 3, 4], "val": [3, 2, 3]}, size=32)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="3")
 
   def command(workdir):
-    return [sys.executable, os.path.join(repo, "tools", "train.py"),
-            f"--config={os.path.join(repo, 'configs', 'default.py')}:smoke",
-            f"--workdir={workdir}", f"--config.data.tfrecord_dir={data}",
-            "--config.train.epochs=4", "--config.train.p=2"]
+    return [
+      sys.executable,
+      os.path.join(repo, "tools", "train.py"),
+      f"--config={os.path.join(repo, 'configs', 'default.py')}:smoke",
+      f"--workdir={workdir}",
+      f"--config.data.tfrecord_dir={data}",
+      "--config.train.epochs=4",
+      "--config.train.p=2",
+    ]
 
-  clean = subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True, text=True,
-                         timeout=300)
+  clean = subprocess.run(
+    command(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=300
+  )
   assert clean.returncode == 0, clean.stderr[-2000:]
   expected = [(r["epoch"], r["step"]) for r in read_metrics(str(tmp_path / "clean"))]
   rng = np.random.default_rng(0)
   for seed in range(3):
     workdir = tmp_path / f"killed{seed}"
-    proc = subprocess.Popen(command(workdir), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+      command(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
       if len(read_metrics(str(workdir))) >= 2:  # epoch 0 and 1 are recorded
@@ -222,8 +259,7 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
     time.sleep(float(rng.uniform(0, 1.5)))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    again = subprocess.run(command(workdir), env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(command(workdir), env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [(r["epoch"], r["step"]) for r in read_metrics(str(workdir))] == expected, seed
     leftovers = [n for n in os.listdir(workdir / "checkpoints") if n.startswith(".")]
@@ -234,10 +270,10 @@ def test_kill_9_of_training_then_rerun_finishes_like_a_clean_run(tmp_path):
 def test_kill_9_during_export_keeps_the_previous_export(tmp_path):
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
   from tests.training.test_export import make_workdir  # pylint: disable=g-import-not-at-top
+
   workdir = make_workdir(str(tmp_path / "w"), kind="tiny")
   out = tmp_path / "exports" / "model"
-  tool = [os.path.join(BIN, "facetriplet-export"), f"--workdir={workdir}",
-          f"--export_dir={out}"]
+  tool = [os.path.join(BIN, "facetriplet-export"), f"--workdir={workdir}", f"--export_dir={out}"]
   first = subprocess.run(tool, capture_output=True, text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-2000:]
   fingerprint = embedder.load_embedder(str(out)).fingerprint
@@ -260,15 +296,22 @@ def test_kill_9_of_ingest_at_random_points_then_rerun_equals_a_clean_run(tmp_pat
   rng = np.random.default_rng(2)
 
   def tool(out):
-    return [os.path.join(BIN, "facetriplet-build-tfrecords"), f"--input={tmp_path / 'in'}",
-            f"--output={out}", "--detector=haar", "--workers=2", "--num_shards=4",
-            "--noprogress"]
+    return [
+      os.path.join(BIN, "facetriplet-build-tfrecords"),
+      f"--input={tmp_path / 'in'}",
+      f"--output={out}",
+      "--detector=haar",
+      "--workers=2",
+      "--num_shards=4",
+      "--noprogress",
+    ]
 
   assert subprocess.run(tool(tmp_path / "clean"), capture_output=True, timeout=300).returncode == 0
 
   def shard_bytes(folder):
-    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))
-            if n.endswith(".tfrecord")}
+    return {
+      n: (folder / n).read_bytes() for n in sorted(os.listdir(folder)) if n.endswith(".tfrecord")
+    }
 
   clean = shard_bytes(tmp_path / "clean")
   for seed in range(3):
@@ -288,12 +331,18 @@ def test_kill_9_during_index_build_keeps_the_previous_index(tmp_path):
   from facetriplet.search.index import GalleryIndex  # pylint: disable=g-import-not-at-top
   from tests.training.test_export import make_export  # pylint: disable=g-import-not-at-top
   from tests.search.test_retrieval import write_image_set  # pylint: disable=g-import-not-at-top
+
   model = make_export(str(tmp_path / "m"), seed=0)
   rng = np.random.default_rng(3)
   write_image_set(str(tmp_path / "gallery"), rng, per_identity=20)
   index_dir = tmp_path / "indexes" / "gallery"
-  tool = [os.path.join(BIN, "facetriplet-build-index"), f"--model={model}",
-          f"--gallery={tmp_path / 'gallery'}", f"--index_dir={index_dir}", "--noprogress"]
+  tool = [
+    os.path.join(BIN, "facetriplet-build-index"),
+    f"--model={model}",
+    f"--gallery={tmp_path / 'gallery'}",
+    f"--index_dir={index_dir}",
+    "--noprogress",
+  ]
   first = subprocess.run(tool, capture_output=True, text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-2000:]
   size = len(GalleryIndex.load(str(index_dir)))

@@ -60,10 +60,12 @@ def test_imports_go_down_the_data_flow(module, path):
     assert not target.startswith("facetriplet_tools"), f"{module} imports the tool {target}"
     if target.startswith("facetriplet.") or target == "facetriplet":
       assert _stage(target) <= own, (
-          f"{module} (stage {own}) imports {target} (stage {_stage(target)}), a later stage")
+        f"{module} (stage {own}) imports {target} (stage {_stage(target)}), a later stage"
+      )
       if _stage(target) == own and own:
         assert target.split(".")[1] == module.split(".")[1], (
-            f"{module} imports {target}: evaluation and serving stand side by side")
+          f"{module} imports {target}: evaluation and serving stand side by side"
+        )
 
 
 @pytest.mark.parametrize("module,path", sorted(_modules()))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facetriplet import metrics
+from facetriplet import metrics, verification
 
 
 def at_angles(degrees):
@@ -33,9 +33,18 @@ def test_hand_worked_example():
   queries = at_angles([0, 40, 22, 0])
   labels = np.array([0, 1, 2, 3])
   got = metrics.retrieval_metrics(queries, labels, GALLERY, GALLERY_LABELS, ks=(1, 2, 5))
-  want = {"top1": 2 / 3, "top2": 1.0, "top5": 1.0,
-          "precision@1": 2 / 3, "precision@2": 1 / 2, "precision@5": 1 / 3,
-          "recall@1": 1 / 3, "recall@2": 2 / 3, "recall@5": 1.0, "map@r": 1 / 3}
+  want = {
+    "top1": 2 / 3,
+    "top2": 1.0,
+    "top5": 1.0,
+    "precision@1": 2 / 3,
+    "precision@2": 1 / 2,
+    "precision@5": 1 / 3,
+    "recall@1": 1 / 3,
+    "recall@2": 2 / 3,
+    "recall@5": 1.0,
+    "map@r": 1 / 3,
+  }
   for key, value in want.items():
     assert got[key] == pytest.approx(value), key
   assert got["num_queries"] == 3 and got["queries_without_match"] == 1
@@ -43,8 +52,9 @@ def test_hand_worked_example():
 
 def test_default_keys_and_string_labels():
   queries = at_angles([0, 40])
-  got = metrics.retrieval_metrics(queries, ["ann", "bob"], GALLERY,
-                                  ["ann", "bob", "ann", "cy", "bob"])
+  got = metrics.retrieval_metrics(
+    queries, ["ann", "bob"], GALLERY, ["ann", "bob", "ann", "cy", "bob"]
+  )
   for key in ("top1", "top5", "top10", "precision@10", "recall@5", "map@r", "num_queries"):
     assert key in got
   assert got["top1"] == 1.0 and got["recall@10"] == 1.0
@@ -135,11 +145,13 @@ def test_agrees_with_brute_force_and_ranked_path(leave_one_out):
   rng = np.random.default_rng(0)
   g = rng.normal(size=(60, 6)).astype(np.float32)
   gl = rng.integers(0, 6, size=60)
-  q, ql = (g, gl) if leave_one_out else (rng.normal(size=(40, 6)).astype(np.float32),
-                                         rng.integers(0, 7, size=40))
+  q, ql = (
+    (g, gl)
+    if leave_one_out
+    else (rng.normal(size=(40, 6)).astype(np.float32), rng.integers(0, 7, size=40))
+  )
   ks = (1, 5, 10)
-  got = metrics.retrieval_metrics(q, ql, g, gl, ks=ks, leave_one_out=leave_one_out,
-                                  chunk_size=7)
+  got = metrics.retrieval_metrics(q, ql, g, gl, ks=ks, leave_one_out=leave_one_out, chunk_size=7)
   want = brute_force(q, ql, g, gl, ks, leave_one_out)
   for key, value in want.items():
     assert got[key] == pytest.approx(value, abs=1e-9), key
@@ -164,10 +176,10 @@ def test_verification_hand_worked():
   """
   x = at_angles([0, 70, 90, 135])
   labels = ["A", "A", "B", "B"]
-  pairs = metrics.verification_pairs(labels)
+  pairs = verification.verification_pairs(labels)
   assert sorted(map(tuple, pairs.positive.tolist())) == [(0, 1), (2, 3)]
   assert sorted(map(tuple, pairs.negative.tolist())) == [(0, 2), (0, 3), (1, 2), (1, 3)]
-  got = metrics.verification_metrics(x, labels, fars=(0.1, 0.25, 0.5))
+  got = verification.verification_metrics(x, labels, fars=(0.1, 0.25, 0.5))
   cos = lambda d: np.cos(np.deg2rad(d))  # noqa: E731
   assert got["num_positive_pairs"] == 2 and got["num_negative_pairs"] == 4
   assert got["tar@far=0.25"] == pytest.approx(0.5)
@@ -180,18 +192,19 @@ def test_verification_hand_worked():
   assert got["eer_threshold"] == pytest.approx(cos(65), abs=1e-6)
   assert got["auc"] == pytest.approx(0.625)
   roc = np.array(got["roc"])
-  np.testing.assert_allclose(roc[:, :2], [[0, 0], [.25, 0], [.25, .5], [.5, .5], [.5, 1],
-                                          [.75, 1], [1, 1]])
+  np.testing.assert_allclose(
+    roc[:, :2], [[0, 0], [0.25, 0], [0.25, 0.5], [0.5, 0.5], [0.5, 1], [0.75, 1], [1, 1]]
+  )
 
 
 def test_verification_from_scores_with_ties_and_no_pairs():
   """Positives .9 .6 and negatives .7 .6 .2 (a tie at .6): at threshold .6 both the positive and
   the negative are accepted, so FAR <= 1/3 stops at .7 (TAR .5); FAR <= 2/3 reaches .6 (TAR 1)."""
-  got = metrics.verification_from_scores([0.9, 0.6], [0.7, 0.6, 0.2], fars=(1 / 3, 2 / 3))
+  got = verification.verification_from_scores([0.9, 0.6], [0.7, 0.6, 0.2], fars=(1 / 3, 2 / 3))
   assert got["tar@far=0.333333"] == 0.5 and got["threshold@far=0.333333"] == 0.7
   assert got["tar@far=0.666667"] == 1.0 and got["threshold@far=0.666667"] == 0.6
   assert got["auc"] == pytest.approx((3 + 0.5 + 1) / 6)  # .9 beats 3; .6 ties one, beats one
-  empty = metrics.verification_from_scores([0.5], [])
+  empty = verification.verification_from_scores([0.5], [])
   assert empty["tar@far=0.01"] is None and empty["eer"] is None and empty["roc"] == []
 
 
@@ -221,10 +234,10 @@ def test_verification_agrees_with_a_threshold_loop(seed):
   pos = np.round(rng.normal(0.5, 0.25, size=150), 2)  # rounded: ties within and across kinds
   neg = np.round(rng.normal(0.0, 0.25, size=700), 2)
   fars = (0.1, 0.01, 0.001)
-  got = metrics.verification_from_scores(pos, neg, fars)
+  got = verification.verification_from_scores(pos, neg, fars)
   want, eer, eer_threshold, auc, points = reference_verification(pos, neg, fars)
   for f in fars:
-    key = metrics.far_key(f)
+    key = verification.far_key(f)
     if want[f] is None:
       assert got[f"tar@far={key}"] is None and f in got["unresolved_fars"]
     else:
@@ -257,18 +270,20 @@ def test_verification_pairs_agree_with_brute_force(cross):
   labels = rng.integers(0, 7, size=45)
   other = rng.integers(2, 9, size=30) if cross else None
   pos, neg = brute_force_pairs(list(labels), None if other is None else list(other))
-  pairs = metrics.verification_pairs(labels, other)
+  pairs = verification.verification_pairs(labels, other)
   assert set(map(tuple, pairs.positive.tolist())) == pos and len(pairs.positive) == len(pos)
   assert set(map(tuple, pairs.negative.tolist())) == neg and len(pairs.negative) == len(neg)
   assert (pairs.total_positive, pairs.total_negative) == (len(pos), len(neg))
   # Capped: a seeded sample of distinct pairs of the right kind, the same for the same seed.
-  sampled = metrics.verification_pairs(labels, other, max_positives=20, max_negatives=50, seed=3)
+  sampled = verification.verification_pairs(
+    labels, other, max_positives=20, max_negatives=50, seed=3
+  )
   for got, want, cap in ((sampled.positive, pos, 20), (sampled.negative, neg, 50)):
     as_set = set(map(tuple, got.tolist()))
     assert len(got) == cap == len(as_set) and as_set <= want
-  again = metrics.verification_pairs(labels, other, max_positives=20, max_negatives=50, seed=3)
+  again = verification.verification_pairs(labels, other, max_positives=20, max_negatives=50, seed=3)
   np.testing.assert_array_equal(again.negative, sampled.negative)
-  other_seed = metrics.verification_pairs(labels, other, max_negatives=50, seed=4)
+  other_seed = verification.verification_pairs(labels, other, max_negatives=50, seed=4)
   assert not np.array_equal(other_seed.negative, sampled.negative)
 
 
@@ -276,13 +291,14 @@ def test_verification_pairs_sample_large_sets_quickly():
   """One identity of 3,000 photos (4.5M positive pairs, decoded from pair numbers) and 10k photos
   overall: capped samples, every pair valid and distinct."""
   import time  # pylint: disable=g-import-not-at-top
+
   labels = np.concatenate([np.zeros(3000, np.int64), np.arange(1, 7001) // 5 + 1])
   np.random.default_rng(0).shuffle(labels)
   start = time.time()
-  pairs = metrics.verification_pairs(labels)
+  pairs = verification.verification_pairs(labels)
   assert time.time() - start < 5
-  assert len(pairs.positive) == metrics.MAX_POSITIVE_PAIRS
-  assert len(pairs.negative) == metrics.MAX_NEGATIVE_PAIRS
+  assert len(pairs.positive) == verification.MAX_POSITIVE_PAIRS
+  assert len(pairs.negative) == verification.MAX_NEGATIVE_PAIRS
   counts = np.bincount(labels)
   assert pairs.total_positive == int(np.sum(counts * (counts - 1) // 2))
   assert pairs.total_negative == 10000 * 9999 // 2 - pairs.total_positive
@@ -303,8 +319,8 @@ def test_verification_metrics_across_sets_with_excluded_pairs():
   skip = set(map(tuple, exclude.tolist()))
   pos_scores = [qn[i] @ gn[j] for i, j in pos if (i, j) not in skip]
   neg_scores = [qn[i] @ gn[j] for i, j in neg if (i, j) not in skip]
-  got = metrics.verification_metrics(q, ql, g, gl, fars=(0.1, 0.05), exclude=exclude)
-  want = metrics.verification_from_scores(pos_scores, neg_scores, fars=(0.1, 0.05))
+  got = verification.verification_metrics(q, ql, g, gl, fars=(0.1, 0.05), exclude=exclude)
+  want = verification.verification_from_scores(pos_scores, neg_scores, fars=(0.1, 0.05))
   assert got["num_positive_pairs"] == len(pos_scores) and got["positive_pairs_total"] == len(pos)
   for key in ("tar@far=0.1", "threshold@far=0.1", "tar@far=0.05", "eer", "eer_threshold", "auc"):
     assert got[key] == pytest.approx(want[key], abs=1e-6), key

@@ -66,12 +66,21 @@ def test_identity_is_learnable_but_not_trivial():
 def test_tool_writes_faces_and_rejects_bad_flags(tmp_path):
   tool = os.path.join(REPO, "tools", "make_demo_data.py")
   env = dict(os.environ, PYTHONPATH=REPO)
-  done = subprocess.run([sys.executable, tool, f"--output={tmp_path}", "--identities=2",
-                         "--photos=3", "--size=48"], capture_output=True, text=True, env=env,
-                        check=False)
+  done = subprocess.run(
+    [sys.executable, tool, f"--output={tmp_path}", "--identities=2", "--photos=3", "--size=48"],
+    capture_output=True,
+    text=True,
+    env=env,
+    check=False,
+  )
   assert done.returncode == 0, done.stderr
   assert "wrote 6 drawn faces of 2 identities" in done.stdout
   assert len(_files(tmp_path)) == 6
-  bad = subprocess.run([sys.executable, tool, f"--output={tmp_path}", "--size=8"],
-                       capture_output=True, text=True, env=env, check=False)
+  bad = subprocess.run(
+    [sys.executable, tool, f"--output={tmp_path}", "--size=8"],
+    capture_output=True,
+    text=True,
+    env=env,
+    check=False,
+  )
   assert bad.returncode == 2 and "--size=8" in bad.stderr and "Traceback" not in bad.stderr

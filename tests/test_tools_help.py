@@ -12,16 +12,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 # Flags each tool's help must mention (beyond its docstring).
 FLAGS = {
-    "facetriplet-build-tfrecords": ["--layout", "--on_no_face", "--val_fraction", "--runner"],
-    "facetriplet-train": ["--config", "--workdir"],
-    "facetriplet-export": ["--workdir", "--export_dir"],
-    "facetriplet-build-index": ["--gallery", "--target_recall", "--add", "--remove", "--faces",
-                                "--runner", "--embeddings_dir"],
-    "facetriplet-retrieve": ["--submit_url", "exclude_self", "--groupname", "--min_score"],
-    "facetriplet-evaluate": ["--leave_one_out", "--features"],
-    "facetriplet-make-demo-data": ["--identities", "--photos"],
-    "facetriplet-search": ["--index", "--min_score", "--json"],
-    "facetriplet-demo": ["--workdir", "--data"],
+  "facetriplet-build-tfrecords": ["--layout", "--on_no_face", "--val_fraction", "--runner"],
+  "facetriplet-train": ["--config", "--workdir"],
+  "facetriplet-export": ["--workdir", "--export_dir"],
+  "facetriplet-build-index": [
+    "--gallery",
+    "--target_recall",
+    "--add",
+    "--remove",
+    "--faces",
+    "--runner",
+    "--embeddings_dir",
+  ],
+  "facetriplet-retrieve": ["--submit_url", "exclude_self", "--groupname", "--min_score"],
+  "facetriplet-evaluate": ["--leave_one_out", "--features"],
+  "facetriplet-make-demo-data": ["--identities", "--photos"],
+  "facetriplet-search": ["--index", "--min_score", "--json"],
+  "facetriplet-demo": ["--workdir", "--data"],
 }
 
 
@@ -42,8 +49,13 @@ def test_every_tool_is_covered():
 
 @pytest.mark.parametrize("tool,module", sorted(_scripts().items()))
 def test_help_shows_the_docstring_line_by_line_and_the_flags(tool, module):
-  proc = subprocess.run([os.path.join(BIN, tool), "--help"], capture_output=True, text=True,
-                        timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  proc = subprocess.run(
+    [os.path.join(BIN, tool), "--help"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
   text = proc.stdout + proc.stderr
   assert proc.returncode in (0, 1) and "Traceback" not in text, text  # absl exits 1 after --help
   for flag in FLAGS.get(tool, []):

@@ -4,11 +4,11 @@ r"""`make demo`: the whole job in one command, on a generated face set or on you
   facetriplet-demo --workdir=my_run --data=~/photos   # <identity>/<photo> folders
   facetriplet-demo --workdir=/tmp/q --quick           # seconds-long smoke run (tests)
 
-Steps, each an installed console script run in a subprocess and printed first, so the demo is
-also a walk-through (full logs: <workdir>/logs/<step>.log): faces (facetriplet-make-demo-data;
-not with --data) -> tfrecords (-build-tfrecords: crops, identity-disjoint train/val split) ->
-train (-train, a short run of the shipped orl or lfw config) -> export -> heldout (query/gallery split,
-in this process) -> index (-build-index of the held-out gallery) -> retrieve (-retrieve:
+Steps, each an installed console script run in a subprocess and printed first, so the demo is also a
+walk-through (full logs: <workdir>/logs/<step>.log): faces (facetriplet-make-demo-data; not with
+--data) -> tfrecords (-build-tfrecords: crops, identity-disjoint train/val split) -> train (-train,
+a short run of the shipped orl or lfw config) -> export -> heldout (query/gallery split, in this
+process) -> index (-build-index of the held-out gallery) -> retrieve (-retrieve:
 submissions/submission.json) -> evaluate (-evaluate: learned embedding vs classical features,
 eval/metrics.md, eval/grid.png).
 
@@ -37,28 +37,46 @@ from facetriplet.demo import workflow
 from facetriplet.errors import run_tool
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_run", "Output folder of the run.")
-_DATA = flags.DEFINE_string("data", None, "Your photos: one sub-folder of photos per identity "
-                            "(default: generate drawn faces).")
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny set and seconds-long training (checks that "
-                           "everything runs).")
+_DATA = flags.DEFINE_string(
+  "data",
+  None,
+  "Your photos: one sub-folder of photos per identity (default: generate drawn faces).",
+)
+_QUICK = flags.DEFINE_bool(
+  "quick", False, "Tiny set and seconds-long training (checks that everything runs)."
+)
 _FRESH = flags.DEFINE_bool("fresh", False, "Start clean instead of resuming.")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs (default: 25 for drawn faces, "
-                               "from the data size for --data).")
+_EPOCHS = flags.DEFINE_integer(
+  "epochs", None, "Training epochs (default: 25 for drawn faces, from the data size for --data)."
+)
 _IDENTITIES = flags.DEFINE_integer("identities", None, "Generated identities (default 60).")
 _PHOTOS = flags.DEFINE_integer("photos", None, "Generated photos per identity (default 12).")
-_DETECTOR = flags.DEFINE_enum("detector", None, list(detectors.NAMES), "Face detector (default: "
-                              f"{detectors.DEFAULT} for --data, none for drawn faces): "
-                              + detectors.help_text() + ".")
+_DETECTOR = flags.DEFINE_enum(
+  "detector",
+  None,
+  list(detectors.NAMES),
+  "Face detector (default: "
+  f"{detectors.DEFAULT} for --data, none for drawn faces): " + detectors.help_text() + ".",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of data, split and training.")
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  workflow.run_demo(types.SimpleNamespace(
-      workdir=_WORKDIR.value, data=_DATA.value, quick=_QUICK.value, fresh=_FRESH.value,
-      epochs=_EPOCHS.value, identities=_IDENTITIES.value, photos=_PHOTOS.value,
-      detector=_DETECTOR.value, seed=_SEED.value))
+  workflow.run_demo(
+    types.SimpleNamespace(
+      workdir=_WORKDIR.value,
+      data=_DATA.value,
+      quick=_QUICK.value,
+      fresh=_FRESH.value,
+      epochs=_EPOCHS.value,
+      identities=_IDENTITIES.value,
+      photos=_PHOTOS.value,
+      detector=_DETECTOR.value,
+      seed=_SEED.value,
+    )
+  )
 
 
 def run() -> None:

@@ -30,17 +30,23 @@ from facetriplet.search import features as features_lib
 from facetriplet.errors import UserError, run_tool
 
 _MODEL = flags.DEFINE_string("model", None, "Export folder written by facetriplet-export.")
-_FEATURES = flags.DEFINE_list("features", None,
-                              "Comma-separated features to compare: embedding, pixels, "
-                              "color_hist, lbp, hog (default: embedding, or the index's).")
+_FEATURES = flags.DEFINE_list(
+  "features",
+  None,
+  "Comma-separated features to compare: embedding, pixels, "
+  "color_hist, lbp, hog (default: embedding, or the index's).",
+)
 _QUERIES = flags.DEFINE_string("queries", None, "Query folder, TFRecord folder or list file.")
 _GALLERY = flags.DEFINE_string("gallery", None, "Gallery folder or TFRecord folder.")
 _INDEX = flags.DEFINE_string("index", None, "Index folder (instead of --gallery).")
-_LEAVE_ONE_OUT = flags.DEFINE_bool("leave_one_out", False,
-                                   "Every photo of --data queries all the others.")
+_LEAVE_ONE_OUT = flags.DEFINE_bool(
+  "leave_one_out", False, "Every photo of --data queries all the others."
+)
 _DATA = flags.DEFINE_string("data", None, "Labelled set for --leave_one_out.")
 _LABELS = flags.DEFINE_string("labels", None, "File of '<file name> <identity>' lines.")
-_LAYOUT = flags.DEFINE_enum("layout", "auto", list(layouts.LAYOUT_CHOICES), "Layout of the folders.")
+_LAYOUT = flags.DEFINE_enum(
+  "layout", "auto", list(layouts.LAYOUT_CHOICES), "Layout of the folders."
+)
 _KS = flags.DEFINE_list("ks", ["1", "5", "10"], "Cut-offs k for top-k, precision@k, recall@k.")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for metrics.json, metrics.md, grid.png.")
 _GRID_QUERIES = flags.DEFINE_integer("grid_queries", 8, "Queries shown in grid.png (0: none).")
@@ -48,10 +54,18 @@ _GRID_K = flags.DEFINE_integer("grid_k", 10, "Results per query in grid.png.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per embedding batch.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Loading threads; 0 = CPU count.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-_SPLITS = flags.DEFINE_list("splits", None, "TFRecord splits to embed where a set is a TFRecord "
-                            "folder (default: all), e.g. --splits=val for the held-out people.")
-_FAR = flags.DEFINE_float("far", 0.01, "False accept rate whose verification threshold is "
-                          "reported (threshold_at_far), e.g. 0.01 or 0.001.")
+_SPLITS = flags.DEFINE_list(
+  "splits",
+  None,
+  "TFRecord splits to embed where a set is a TFRecord "
+  "folder (default: all), e.g. --splits=val for the held-out people.",
+)
+_FAR = flags.DEFINE_float(
+  "far",
+  0.01,
+  "False accept rate whose verification threshold is "
+  "reported (threshold_at_far), e.g. 0.01 or 0.001.",
+)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -69,25 +83,53 @@ def main(argv: Sequence[str]) -> None:
   for f in features:
     if f not in features_lib.FEATURES:
       raise UserError(f"--features: {f!r} is not one of {', '.join(features_lib.FEATURES)}")
-  logging.info("evaluate: features=%s model=%s queries=%s gallery=%s index=%s leave_one_out=%s "
-               "data=%s labels=%s layout=%s ks=%s output=%s grid_queries=%d far=%g", features,
-               _MODEL.value, _QUERIES.value, _GALLERY.value, _INDEX.value, _LEAVE_ONE_OUT.value,
-               _DATA.value, _LABELS.value, _LAYOUT.value, ks, _OUTPUT.value, _GRID_QUERIES.value,
-               _FAR.value)
+  logging.info(
+    "evaluate: features=%s model=%s queries=%s gallery=%s index=%s leave_one_out=%s "
+    "data=%s labels=%s layout=%s ks=%s output=%s grid_queries=%d far=%g",
+    features,
+    _MODEL.value,
+    _QUERIES.value,
+    _GALLERY.value,
+    _INDEX.value,
+    _LEAVE_ONE_OUT.value,
+    _DATA.value,
+    _LABELS.value,
+    _LAYOUT.value,
+    ks,
+    _OUTPUT.value,
+    _GRID_QUERIES.value,
+    _FAR.value,
+  )
   report = evaluation.evaluate(
-      features, _OUTPUT.value, model_dir=_MODEL.value, queries=_QUERIES.value,
-      gallery_dir=_GALLERY.value, index_dir=_INDEX.value, data=_DATA.value,
-      leave_one_out=_LEAVE_ONE_OUT.value, labels_file=_LABELS.value, layout=_LAYOUT.value,
-      ks=ks, grid_queries=_GRID_QUERIES.value, grid_k=_GRID_K.value,
-      batch_size=_BATCH_SIZE.value, workers=_WORKERS.value or os.cpu_count() or 1,
-      progress=_PROGRESS.value, far=_FAR.value, splits=_SPLITS.value)
+    features,
+    _OUTPUT.value,
+    model_dir=_MODEL.value,
+    queries=_QUERIES.value,
+    gallery_dir=_GALLERY.value,
+    index_dir=_INDEX.value,
+    data=_DATA.value,
+    leave_one_out=_LEAVE_ONE_OUT.value,
+    labels_file=_LABELS.value,
+    layout=_LAYOUT.value,
+    ks=ks,
+    grid_queries=_GRID_QUERIES.value,
+    grid_k=_GRID_K.value,
+    batch_size=_BATCH_SIZE.value,
+    workers=_WORKERS.value or os.cpu_count() or 1,
+    progress=_PROGRESS.value,
+    far=_FAR.value,
+    splits=_SPLITS.value,
+  )
   print(report_lib.markdown_table(report["results"]), end="")
   print("\nverification (" + report["setup"]["verification_pairs"] + "):")
   print(report_lib.verification_markdown(report["verification"], _FAR.value), end="")
   skipped = sum(1 for ps in report["problems"].values() for p in ps if not p["kept"])
-  print(f"{report['setup']['mode']} evaluation; {skipped} unreadable file(s) skipped; wrote "
-        f"metrics.json, metrics.md" + (", grid.png" if _GRID_QUERIES.value > 0 else "")
-        + f" to {_OUTPUT.value}")
+  print(
+    f"{report['setup']['mode']} evaluation; {skipped} unreadable file(s) skipped; wrote "
+    f"metrics.json, metrics.md"
+    + (", grid.png" if _GRID_QUERIES.value > 0 else "")
+    + f" to {_OUTPUT.value}"
+  )
 
 
 def run():

@@ -4,7 +4,8 @@
   facetriplet-export --workdir=runs/demo --which=last --export_dir=...
   facetriplet-export --checkpoint=runs/demo/checkpoints/best.keras --export_dir=...
 
-The logic lives in `facetriplet.training.export.export_model`; signatures and metadata are described there.
+The logic lives in `facetriplet.training.export.export_model`; signatures and metadata are
+described there.
 """
 
 from typing import Sequence
@@ -18,12 +19,19 @@ from facetriplet.errors import UserError, run_tool
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A .keras checkpoint (instead of --workdir).")
-_WHICH = flags.DEFINE_enum("which", "best", list(export.WHICH),
-                           "Checkpoint of the workdir to export (best falls back to last).")
+_WHICH = flags.DEFINE_enum(
+  "which",
+  "best",
+  list(export.WHICH),
+  "Checkpoint of the workdir to export (best falls back to last).",
+)
 _FLIP = flags.DEFINE_enum(
-    "flip", "config", ["config", "on", "off"],
-    "Test-time flip: embed each image and its mirror and average. 'config' = the training "
-    "config's model.test_time_flip.")
+  "flip",
+  "config",
+  ["config", "on", "off"],
+  "Test-time flip: embed each image and its mirror and average. 'config' = the training "
+  "config's model.test_time_flip.",
+)
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output SavedModel folder (replaced whole).")
 
 
@@ -38,12 +46,14 @@ def main(argv: Sequence[str]) -> None:
   logging.info("export: source=%s which=%s export_dir=%s", source, _WHICH.value, _EXPORT_DIR.value)
   flip = {"config": None, "on": True, "off": False}[_FLIP.value]
   s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value, flip=flip)
-  print(f"exported {s.checkpoint} -> {s.export_dir}\n"
-        f"  fingerprint {s.fingerprint}, embedding dim {s.embedding_dim}, input "
-        f"{s.crop_size}x{s.crop_size} uint8\n"
-        f"  signatures: {export.SIGNATURE_IMAGES} ({export.INPUT_IMAGES} uint8 [N,H,W,3]), "
-        f"{export.SIGNATURE_BYTES} ({export.INPUT_BYTES} string [N]) -> {export.OUTPUT} float32 "
-        f"[N,{s.embedding_dim}]\n  {s.seconds:.1f} s")
+  print(
+    f"exported {s.checkpoint} -> {s.export_dir}\n"
+    f"  fingerprint {s.fingerprint}, embedding dim {s.embedding_dim}, input "
+    f"{s.crop_size}x{s.crop_size} uint8\n"
+    f"  signatures: {export.SIGNATURE_IMAGES} ({export.INPUT_IMAGES} uint8 [N,H,W,3]), "
+    f"{export.SIGNATURE_BYTES} ({export.INPUT_BYTES} string [N]) -> {export.OUTPUT} float32 "
+    f"[N,{s.embedding_dim}]\n  {s.seconds:.1f} s"
+  )
 
 
 def run():

@@ -37,12 +37,27 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("--identities and --photos must be at least 1")
   if not 32 <= _SIZE.value <= 1024:
     raise UserError(f"--size={_SIZE.value} is out of range: use 32 to 1024 pixels")
-  logging.info("output=%s identities=%d photos=%d size=%d seed=%d format=%s", _OUTPUT.value,
-               _IDENTITIES.value, _PHOTOS.value, _SIZE.value, _SEED.value, _FORMAT.value)
-  counts = synthetic.make_face_dataset(_OUTPUT.value, _IDENTITIES.value, _PHOTOS.value,
-                                       size=_SIZE.value, seed=_SEED.value, fmt=_FORMAT.value)
-  print(f"wrote {counts['images']} drawn faces of {counts['identities']} identities "
-        f"({_SIZE.value}x{_SIZE.value} {_FORMAT.value}) to {_OUTPUT.value}")
+  logging.info(
+    "output=%s identities=%d photos=%d size=%d seed=%d format=%s",
+    _OUTPUT.value,
+    _IDENTITIES.value,
+    _PHOTOS.value,
+    _SIZE.value,
+    _SEED.value,
+    _FORMAT.value,
+  )
+  counts = synthetic.make_face_dataset(
+    _OUTPUT.value,
+    _IDENTITIES.value,
+    _PHOTOS.value,
+    size=_SIZE.value,
+    seed=_SEED.value,
+    fmt=_FORMAT.value,
+  )
+  print(
+    f"wrote {counts['images']} drawn faces of {counts['identities']} identities "
+    f"({_SIZE.value}x{_SIZE.value} {_FORMAT.value}) to {_OUTPUT.value}"
+  )
 
 
 def run() -> None:

@@ -20,15 +20,24 @@ from facetriplet.errors import UserError, run_tool
 from facetriplet.search.searcher import Searcher
 
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
-_MODEL = flags.DEFINE_string("model", None,
-                             "Export folder (default: the one the index was built with).")
+_MODEL = flags.DEFINE_string(
+  "model", None, "Export folder (default: the one the index was built with)."
+)
 _K = flags.DEFINE_integer("k", 10, "Matches per photo (per face with --faces=all).")
-_MIN_SCORE = flags.DEFINE_float("min_score", None,
-                                "Leave out matches below this cosine similarity.")
-_FACES = flags.DEFINE_enum("faces", "largest", ["largest", "all"],
-                           "Search the chosen face of each photo, or every face found.")
-_MIN_FACE = flags.DEFINE_float("min_face", faces.MIN_FACE_FRACTION,
-                               "With --faces=all: smallest face, as a fraction of the short side.")
+_MIN_SCORE = flags.DEFINE_float(
+  "min_score", None, "Leave out matches below this cosine similarity."
+)
+_FACES = flags.DEFINE_enum(
+  "faces",
+  "largest",
+  ["largest", "all"],
+  "Search the chosen face of each photo, or every face found.",
+)
+_MIN_FACE = flags.DEFINE_float(
+  "min_face",
+  faces.MIN_FACE_FRACTION,
+  "With --faces=all: smallest face, as a fraction of the short side.",
+)
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 
 
@@ -39,25 +48,37 @@ def main(argv: Sequence[str]) -> None:
   if _K.value < 1:
     raise UserError(f"--k={_K.value}: ask for at least one match")
   searcher = Searcher.open(_INDEX.value, _MODEL.value)
-  results = searcher.search(photos, k=_K.value, min_score=_MIN_SCORE.value,
-                            faces_mode=_FACES.value, min_face=_MIN_FACE.value)
+  results = searcher.search(
+    photos,
+    k=_K.value,
+    min_score=_MIN_SCORE.value,
+    faces_mode=_FACES.value,
+    min_face=_MIN_FACE.value,
+  )
   if _JSON.value:
     print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     return
   for r in results:
-    face = f" face {r.face} at {[round(v) for v in r.box]}" if r.box and _FACES.value == "all" else ""
+    face = (
+      f" face {r.face} at {[round(v) for v in r.box]}" if r.box and _FACES.value == "all" else ""
+    )
     print(f"{r.query}{face}" + (f"  ({r.problem})" if r.problem else ""))
     if not r.matches:
-      print("  no match" + (f" at or above {_MIN_SCORE.value}" if _MIN_SCORE.value is not None
-                            else ""))
+      print(
+        "  no match" + (f" at or above {_MIN_SCORE.value}" if _MIN_SCORE.value is not None else "")
+      )
     for m in r.matches:
       who = m.identity or "-"
-      print(f"  {m.rank:>3}  {m.score:7.4f}  {who:<24}  {m.path or m.name}"
-            + (f"  box {[round(v) for v in m.box]}" if m.box else ""))
+      print(
+        f"  {m.rank:>3}  {m.score:7.4f}  {who:<24}  {m.path or m.name}"
+        + (f"  box {[round(v) for v in m.box]}" if m.box else "")
+      )
   unreadable = sum(1 for r in results if r.problem and r.problem != "no-face")
-  print(f"{len(photos)} photo(s), {len(results)} quer{'y' if len(results) == 1 else 'ies'}, "
-        f"{sum(1 for r in results if r.matches)} with a match, {unreadable} unreadable; "
-        f"index {_INDEX.value} ({len(searcher)} items)")
+  print(
+    f"{len(photos)} photo(s), {len(results)} quer{'y' if len(results) == 1 else 'ies'}, "
+    f"{sum(1 for r in results if r.matches)} with a match, {unreadable} unreadable; "
+    f"index {_INDEX.value} ({len(searcher)} items)"
+  )
 
 
 def run():

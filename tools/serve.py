@@ -26,22 +26,31 @@ from facetriplet.search import features
 from facetriplet.serving import inputs, server
 
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every "
-                            "interface; the service has no authentication).")
+_HOST = flags.DEFINE_string(
+  "host",
+  "127.0.0.1",
+  "Address to listen on (0.0.0.0: every interface; the service has no authentication).",
+)
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
-_MODEL = flags.DEFINE_string("model", None, "Export folder (default: the one the index was "
-                             "built with, from its gallery.json).")
-_FEATURES = flags.DEFINE_enum("features", None, list(features.FEATURES),
-                              "Features (default: the index's).")
-_MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", inputs.MAX_UPLOAD_BYTES / 2**20,
-                                    "Largest image upload in MiB (413 above it).")
-_MAX_PIXELS = flags.DEFINE_integer("max_pixels", inputs.MAX_PIXELS,
-                                   "Largest image in pixels (413 above it).")
-_BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", 5.0, "How long a search waits for "
-                                      "concurrent ones to share its model call.")
+_MODEL = flags.DEFINE_string(
+  "model", None, "Export folder (default: the one the index was built with, from its gallery.json)."
+)
+_FEATURES = flags.DEFINE_enum(
+  "features", None, list(features.FEATURES), "Features (default: the index's)."
+)
+_MAX_UPLOAD_MB = flags.DEFINE_float(
+  "max_upload_mb", inputs.MAX_UPLOAD_BYTES / 2**20, "Largest image upload in MiB (413 above it)."
+)
+_MAX_PIXELS = flags.DEFINE_integer(
+  "max_pixels", inputs.MAX_PIXELS, "Largest image in pixels (413 above it)."
+)
+_BATCH_WINDOW_MS = flags.DEFINE_float(
+  "batch_window_ms", 5.0, "How long a search waits for concurrent ones to share its model call."
+)
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 32, "Most searches answered by one model call.")
-_MICRO_BATCH = flags.DEFINE_bool("micro_batch", True, "Batch concurrent searches (off: one model "
-                                 "call per request).")
+_MICRO_BATCH = flags.DEFINE_bool(
+  "micro_batch", True, "Batch concurrent searches (off: one model call per request)."
+)
 _ACCESS_LOG = flags.DEFINE_bool("access_log", False, "Log every request.")
 
 
@@ -56,21 +65,43 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("--max_batch must be at least 1 and --batch_window_ms at least 0")
   if not 0 <= _PORT.value <= 65535:
     raise UserError(f"--port={_PORT.value}: use 0..65535")
-  logging.info("serve: index=%s host=%s port=%d model=%s features=%s max_upload_mb=%g "
-               "max_pixels=%d micro_batch=%s batch_window_ms=%g max_batch=%d", _INDEX.value,
-               _HOST.value, _PORT.value, _MODEL.value, _FEATURES.value, _MAX_UPLOAD_MB.value,
-               _MAX_PIXELS.value, _MICRO_BATCH.value, _BATCH_WINDOW_MS.value, _MAX_BATCH.value)
+  logging.info(
+    "serve: index=%s host=%s port=%d model=%s features=%s max_upload_mb=%g "
+    "max_pixels=%d micro_batch=%s batch_window_ms=%g max_batch=%d",
+    _INDEX.value,
+    _HOST.value,
+    _PORT.value,
+    _MODEL.value,
+    _FEATURES.value,
+    _MAX_UPLOAD_MB.value,
+    _MAX_PIXELS.value,
+    _MICRO_BATCH.value,
+    _BATCH_WINDOW_MS.value,
+    _MAX_BATCH.value,
+  )
 
   def ready(url: str, searcher) -> None:
-    print(f"serving {len(searcher)} items of {_INDEX.value} at {url} (API docs: {url}/docs); "
-          "Ctrl-C stops", flush=True)
+    print(
+      f"serving {len(searcher)} items of {_INDEX.value} at {url} (API docs: {url}/docs); "
+      "Ctrl-C stops",
+      flush=True,
+    )
 
   try:
-    server.serve(_INDEX.value, _HOST.value, _PORT.value, _MODEL.value, _FEATURES.value,
-                on_ready=ready, access_log=_ACCESS_LOG.value,
-                max_upload_bytes=int(_MAX_UPLOAD_MB.value * 2**20),
-                max_pixels=_MAX_PIXELS.value, batch_window_ms=_BATCH_WINDOW_MS.value,
-                max_batch=_MAX_BATCH.value, micro_batch=_MICRO_BATCH.value)
+    server.serve(
+      _INDEX.value,
+      _HOST.value,
+      _PORT.value,
+      _MODEL.value,
+      _FEATURES.value,
+      on_ready=ready,
+      access_log=_ACCESS_LOG.value,
+      max_upload_bytes=int(_MAX_UPLOAD_MB.value * 2**20),
+      max_pixels=_MAX_PIXELS.value,
+      batch_window_ms=_BATCH_WINDOW_MS.value,
+      max_batch=_MAX_BATCH.value,
+      micro_batch=_MICRO_BATCH.value,
+    )
   except KeyboardInterrupt:
     pass  # uvicorn re-raises the Ctrl-C it handled, after the graceful shutdown
   print("stopped", flush=True)

@@ -21,11 +21,16 @@ from facetriplet import config_files
 from facetriplet.errors import run_tool
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config: a shipped name (" + ", ".join(config_files.shipped())
-    + ") or a config file path, e.g. configs/lfw.py; append :smoke for the quick variant.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, logs, metrics); an "
-                               "existing one is resumed.")
+  "config",
+  None,
+  "Experiment config: a shipped name ("
+  + ", ".join(config_files.shipped())
+  + ") or a config file path, e.g. configs/lfw.py; append :smoke for the quick variant.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Output folder (checkpoints, logs, metrics); an existing one is resumed."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,14 +38,18 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from facetriplet.training import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
   config = _CONFIG.value
   logging.info("workdir: %s", _WORKDIR.value)
   result = train.train_and_evaluate(config, _WORKDIR.value)
-  shown = ", ".join(f"{k}={result[k]:.4f}" for k in ("top1", "top5", "top10", "map@r")
-                    if k in result)
-  print(f"trained {result.get('steps', 0)} steps; final val {shown}; best mAP@R "
-        f"{result.get('best_map@r', float('nan')):.4f} at epoch {result.get('best_epoch')}; "
-        f"checkpoints in {_WORKDIR.value}/checkpoints")
+  shown = ", ".join(
+    f"{k}={result[k]:.4f}" for k in ("top1", "top5", "top10", "map@r") if k in result
+  )
+  print(
+    f"trained {result.get('steps', 0)} steps; final val {shown}; best mAP@R "
+    f"{result.get('best_map@r', float('nan')):.4f} at epoch {result.get('best_epoch')}; "
+    f"checkpoints in {_WORKDIR.value}/checkpoints"
+  )
 
 
 def run() -> None:

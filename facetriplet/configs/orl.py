@@ -1,4 +1,5 @@
-r"""ORL / AT&T faces (40 people x 10 grey photos): ResNet-18-style net from scratch, 64 px, P=8, K=4.
+r"""ORL / AT&T faces (40 people x 10 grey photos): ResNet-18-style net from scratch, 64 px, P=8,
+K=4.
 
   facetriplet-build-tfrecords --input=../shared/data/orl_faces --output=data/orl_tfrecords \
       --detector=none

@@ -36,13 +36,21 @@ TASKS_FILE = "tasks.jsonl"
 _LARGE_GATE = threading.Lock()
 
 
-def build_tfrecords_beam(input_dir: str, output_dir: str, runner: str,
-                         pipeline_args: Sequence[str] = (), layout: str = "folders",
-                         crop: faces.CropSettings = faces.CropSettings(),
-                         val_fraction: float = 0.2, seed: int = 0, num_shards: int = 0,
-                         overwrite: bool = False, identity_file: str | None = None,
-                         partition_file: str | None = None,
-                         max_pixels: int = faces.MAX_PIXELS) -> ingest.IngestSummary:
+def build_tfrecords_beam(
+  input_dir: str,
+  output_dir: str,
+  runner: str,
+  pipeline_args: Sequence[str] = (),
+  layout: str = "folders",
+  crop: faces.CropSettings = faces.CropSettings(),
+  val_fraction: float = 0.2,
+  seed: int = 0,
+  num_shards: int = 0,
+  overwrite: bool = False,
+  identity_file: str | None = None,
+  partition_file: str | None = None,
+  max_pixels: int = faces.MAX_PIXELS,
+) -> ingest.IngestSummary:
   """`ingest.build_tfrecords` with the decoding, cropping and shard writing run on Beam.
 
   Args:
@@ -58,17 +66,30 @@ def build_tfrecords_beam(input_dir: str, output_dir: str, runner: str,
     UserError: as `build_tfrecords`, plus a missing Beam or a bad runner or option.
   """
   pipelines.pipeline_options(runner, pipeline_args)  # refuse bad options before any work
-  build = ingest.plan_build(input_dir, output_dir, layout, crop, val_fraction, seed, num_shards,
-                            overwrite, identity_file, partition_file, max_pixels)
+  build = ingest.plan_build(
+    input_dir,
+    output_dir,
+    layout,
+    crop,
+    val_fraction,
+    seed,
+    num_shards,
+    overwrite,
+    identity_file,
+    partition_file,
+    max_pixels,
+  )
   if build.todo:
     tasks = os.path.join(output_dir, ingest.STATE_DIR, TASKS_FILE)
     count = pipelines.write_tasks(tasks, task_chunks(build.todo, crop))
 
     def pipeline(p):
-      _ = (pipelines.read_tasks(p, tasks)
-           | "Crop" >> beam.ParDo(CropChunkFn(crop.to_dict(), max_pixels))
-           | "ByShard" >> beam.GroupByKey()
-           | "WriteShard" >> beam.ParDo(WriteShardFn(os.path.abspath(output_dir))))
+      _ = (
+        pipelines.read_tasks(p, tasks)
+        | "Crop" >> beam.ParDo(CropChunkFn(crop.to_dict(), max_pixels))
+        | "ByShard" >> beam.GroupByKey()
+        | "WriteShard" >> beam.ParDo(WriteShardFn(os.path.abspath(output_dir)))
+      )
 
     pipelines.run(pipeline, runner, pipeline_args)
     os.remove(tasks)
@@ -79,14 +100,29 @@ def build_tfrecords_beam(input_dir: str, output_dir: str, runner: str,
   return ingest.finish_build(build, decoded, workers=0, engine=runner)
 
 
-def task_chunks(shards: Sequence[shard_plan.PlannedShard],
-                crop: faces.CropSettings) -> Iterator[list[list[Any]]]:
+def task_chunks(
+  shards: Sequence[shard_plan.PlannedShard], crop: faces.CropSettings
+) -> Iterator[list[list[Any]]]:
   """The photos of `shards` in the local path's chunks, each photo as a JSON-able list
   [file, split, position, size of its shard, absolute path, rel_path, identity, partition, label,
   identity name] (only the absolute path differs from the plan's entry: workers may run
   elsewhere, and the records hold rel_path only)."""
-  tasks = [[s.file, s.split, i, len(s.items), os.path.abspath(e.path), e.rel_path, e.identity,
-            e.partition, label, name] for s in shards for i, (e, label, name) in enumerate(s.items)]
+  tasks = [
+    [
+      s.file,
+      s.split,
+      i,
+      len(s.items),
+      os.path.abspath(e.path),
+      e.rel_path,
+      e.identity,
+      e.partition,
+      label,
+      name,
+    ]
+    for s in shards
+    for i, (e, label, name) in enumerate(s.items)
+  ]
   for chunk in chunks(tasks, crop_workers.chunk_size(crop)):
     yield list(chunk)
 
@@ -109,8 +145,9 @@ class CropChunkFn(beam.DoFn):
     self._gate = _LARGE_GATE
 
   def process(self, chunk):
-    results = crop_workers.crop_chunk(self._cropper, [(t[4], t[5]) for t in chunk],
-                                      self._max_pixels, self._gate)
+    results = crop_workers.crop_chunk(
+      self._cropper, [(t[4], t[5]) for t in chunk], self._max_pixels, self._gate
+    )
     for task, result in zip(chunk, results):
       yield task[0], (tuple(task), result)
 
@@ -135,14 +172,16 @@ class WriteShardFn(beam.DoFn):
 
 
 def _complete(output_dir: str, shard: shard_plan.PlannedShard) -> bool:
-  return (os.path.exists(os.path.join(output_dir, shard.file))
-          and os.path.exists(os.path.join(output_dir, ingest.STATE_DIR, shard.file + ".json")))
+  return os.path.exists(os.path.join(output_dir, shard.file)) and os.path.exists(
+    os.path.join(output_dir, ingest.STATE_DIR, shard.file + ".json")
+  )
 
 
 def _decoded(output_dir: str, shard: shard_plan.PlannedShard) -> int:
   """Photos of a written shard that were decoded (all but the unreadable ones), from its result
   file: what the local path counts while writing."""
-  with open(os.path.join(output_dir, ingest.STATE_DIR, shard.file + ".json"),
-            encoding="utf-8") as f:
+  with open(
+    os.path.join(output_dir, ingest.STATE_DIR, shard.file + ".json"), encoding="utf-8"
+  ) as f:
     info = json.load(f)
   return len(shard.items) - sum(1 for r in info["rejected"] if r["reason"] != "no-face")

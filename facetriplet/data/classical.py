@@ -42,9 +42,11 @@ class ClassicalExtractor:
     self.dim = dim
     self.crop_settings = crop if crop is not None else faces.CropSettings()
     c = self.crop_settings
-    self.fingerprint = (f"classical:{self.name}:v{self.version}:size{size}:"
-                        f"crop-{c.detector}-{c.margin:g}-{c.crop_size}-{c.on_no_face}-{c.pick}-{c.template}-"
-                        f"{c.align_margin:g}")
+    self.fingerprint = (
+      f"classical:{self.name}:v{self.version}:size{size}:"
+      f"crop-{c.detector}-{c.margin:g}-{c.crop_size}-{c.on_no_face}-{c.pick}-{c.template}-"
+      f"{c.align_margin:g}"
+    )
 
   def embed(self, images: np.ndarray) -> np.ndarray:
     """Features of a batch of RGB images.
@@ -64,7 +66,7 @@ class ClassicalExtractor:
       raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
     out = np.zeros((len(images), self.dim), np.float32)
     for start in range(0, len(images), _CHUNK):
-      out[start:start + _CHUNK] = self._features(images[start:start + _CHUNK])
+      out[start : start + _CHUNK] = self._features(images[start : start + _CHUNK])
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     flat = norms[:, 0] <= 1e-12
     out = out / np.where(flat[:, None], 1.0, norms)
@@ -98,7 +100,7 @@ class ColorHistExtractor(ClassicalExtractor):
 
   def __init__(self, bins: int = 8, crop: Optional[faces.CropSettings] = None):
     self.bins = bins
-    super().__init__(bins, bins ** 3, crop)
+    super().__init__(bins, bins**3, crop)
     self.fingerprint = self.fingerprint.replace(f"size{bins}", f"bins{bins}")
 
   def _features(self, images: np.ndarray) -> np.ndarray:
@@ -107,8 +109,8 @@ class ColorHistExtractor(ClassicalExtractor):
     hsv = hsv.reshape(len(images), -1, 3).astype(np.int64)
     h = np.minimum(hsv[..., 0] * b // 180, b - 1)  # OpenCV hue is 0..179
     s, v = hsv[..., 1] * b // 256, hsv[..., 2] * b // 256
-    bins = (h * b + s) * b + v + (np.arange(len(images)) * b ** 3)[:, None]
-    hist = np.bincount(bins.ravel(), minlength=len(images) * b ** 3).reshape(len(images), -1)
+    bins = (h * b + s) * b + v + (np.arange(len(images)) * b**3)[:, None]
+    hist = np.bincount(bins.ravel(), minlength=len(images) * b**3).reshape(len(images), -1)
     return np.sqrt(hist / hist.sum(axis=1, keepdims=True))
 
 
@@ -146,7 +148,7 @@ class LbpExtractor(ClassicalExtractor):
     padded = np.pad(gray, ((0, 0), (1, 1), (1, 1)), mode="edge")
     code = np.zeros((n, s, s), np.int64)
     for bit, (dy, dx) in enumerate(self._OFFSETS):
-      neighbour = padded[:, 1 + dy:1 + dy + s, 1 + dx:1 + dx + s]
+      neighbour = padded[:, 1 + dy : 1 + dy + s, 1 + dx : 1 + dx + s]
       code |= (neighbour >= gray).astype(np.int64) << bit
     labels = self._TABLE[code]
     cell = s // g
@@ -172,12 +174,14 @@ class HogExtractor(ClassicalExtractor):
     return np.stack([self._hog.compute(im).reshape(-1) for im in gray])
 
 
-_CLASSES = {cls.name: cls for cls in (PixelsExtractor, ColorHistExtractor, LbpExtractor,
-                                      HogExtractor)}
+_CLASSES = {
+  cls.name: cls for cls in (PixelsExtractor, ColorHistExtractor, LbpExtractor, HogExtractor)
+}
 
 
-def get_extractor(name: str,
-                  crop: Union[faces.CropSettings, Mapping[str, Any], None] = None) -> Any:
+def get_extractor(
+  name: str, crop: Union[faces.CropSettings, Mapping[str, Any], None] = None
+) -> Any:
   """The classical extractor called `name` (one of `EXTRACTORS`), cropping with `crop` (a
   `CropSettings` or its dict; default `CropSettings()`). Which crop a caller should pass is
   decided by `facetriplet.search.features`.
@@ -186,8 +190,9 @@ def get_extractor(name: str,
     UserError: unknown name (the message lists the valid ones).
   """
   if name not in _CLASSES:
-    raise UserError(f"unknown classical feature extractor {name!r}; valid names: "
-                    f"{', '.join(EXTRACTORS)}")
+    raise UserError(
+      f"unknown classical feature extractor {name!r}; valid names: {', '.join(EXTRACTORS)}"
+    )
   if isinstance(crop, Mapping):
     crop = faces.CropSettings.from_dict(crop)
   return _CLASSES[name](crop=crop)
@@ -210,5 +215,6 @@ def _resize(gray: np.ndarray, size: int) -> np.ndarray:
     # Block sums of integers are exact in float64, and distinct sums stay distinct after the
     # division, so comparisons between pixels (LBP) survive a brightness offset unchanged.
     return gray.reshape(n, size, fy, size, fx).sum(axis=(2, 4)) / (fy * fx)
-  return np.stack([cv2.resize(g.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-                   for g in gray]).astype(np.float64)
+  return np.stack(
+    [cv2.resize(g.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) for g in gray]
+  ).astype(np.float64)

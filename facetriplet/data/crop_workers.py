@@ -46,6 +46,7 @@ def _die_with_parent(parent: int) -> None:
   thread notices the re-parenting within a second."""
   try:
     import ctypes  # pylint: disable=g-import-not-at-top
+
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
@@ -63,8 +64,13 @@ def _die_with_parent(parent: int) -> None:
   threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _init_worker(crop: dict[str, Any], max_pixels: int, subprocess: bool = False,
-                 parent: int = 0, large_gate: Any = None) -> None:
+def _init_worker(
+  crop: dict[str, Any],
+  max_pixels: int,
+  subprocess: bool = False,
+  parent: int = 0,
+  large_gate: Any = None,
+) -> None:
   if subprocess:
     if parent:
       _die_with_parent(parent)
@@ -81,25 +87,33 @@ def _crop_chunk(tasks: Sequence[tuple[str, str]]) -> list[tuple]:
   return crop_chunk(_WORKER["cropper"], tasks, _WORKER["max_pixels"], _WORKER.get("large_gate"))
 
 
-def crop_chunk(cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]], max_pixels: int,
-               large_gate: Any = None) -> list[tuple]:
+def crop_chunk(
+  cropper: faces.FaceCropper,
+  tasks: Sequence[tuple[str, str]],
+  max_pixels: int,
+  large_gate: Any = None,
+) -> list[tuple]:
   """`crop_tasks` of the chunk, except that with a `large_gate` (a lock or semaphore) photos over
   `LARGE_PIXELS` are cropped alone, one at a time across everything sharing the gate, and never
   held for the batch. The pool and the Beam pipeline (`beam_ingest`) both crop through it."""
   if large_gate is None:
     return crop_tasks(cropper, tasks, max_pixels)
   large = {i for i, (path, _) in enumerate(tasks) if faces.image_pixels(path) > LARGE_PIXELS}
-  out = dict(zip([i for i in range(len(tasks)) if i not in large],
-                 crop_tasks(cropper, [t for i, t in enumerate(tasks) if i not in large],
-                            max_pixels)))
+  out = dict(
+    zip(
+      [i for i in range(len(tasks)) if i not in large],
+      crop_tasks(cropper, [t for i, t in enumerate(tasks) if i not in large], max_pixels),
+    )
+  )
   for i in sorted(large):
     with large_gate:
       out[i] = crop_tasks(cropper, [tasks[i]], max_pixels)[0]
   return [out[i] for i in range(len(tasks))]
 
 
-def crop_tasks(cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]],
-               max_pixels: int) -> list[tuple]:
+def crop_tasks(
+  cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]], max_pixels: int
+) -> list[tuple]:
   """Per (path, rel_path) task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box)
   when skipped | ('error', reason, detail). The decodable photos go through the detector together
   (MTCNN runs batched)."""
@@ -128,8 +142,14 @@ def crop_tasks(cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]],
     elif not result.found and cropper.settings.on_no_face == "skip":
       out[i] = ("no-face", result.box)
     else:
-      out[i] = ("ok", faces.encode_jpeg(result.image), result.box, result.found,
-                result.landmarks, result.method)
+      out[i] = (
+        "ok",
+        faces.encode_jpeg(result.image),
+        result.box,
+        result.found,
+        result.landmarks,
+        result.method,
+      )
   return out
 
 
@@ -140,8 +160,9 @@ def chunk_size(crop: faces.CropSettings) -> int:
   return detectors.detector_class(crop.detector).batch_size
 
 
-def crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pixels: int,
-              workers: int) -> Iterator[tuple]:
+def crop_all(
+  tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pixels: int, workers: int
+) -> Iterator[tuple]:
   """Results of `_crop_chunk` for every task, in task order."""
   batch = chunk_size(crop)
   if workers == 1:
@@ -158,10 +179,12 @@ def crop_all(tasks: Sequence[tuple[str, str]], crop: faces.CropSettings, max_pix
   todo = list(chunks(tasks, batch))
   per_call = max(1, min(32 // batch, len(todo) // (workers * 8)))
   gate = context.BoundedSemaphore(1)
-  pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_init_worker,
-                                                initargs=(crop.to_dict(), max_pixels, True,
-                                                          os.getpid(), gate))
+  pool = concurrent.futures.ProcessPoolExecutor(
+    workers,
+    mp_context=context,
+    initializer=_init_worker,
+    initargs=(crop.to_dict(), max_pixels, True, os.getpid(), gate),
+  )
   try:
     for results in pool.map(_crop_chunk, todo, chunksize=per_call):
       yield from results

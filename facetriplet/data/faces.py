@@ -9,8 +9,8 @@ of side `crop_size` of it:
 
 - a face with five landmarks (eyes, nose tip, mouth corners) is *aligned*: the similarity
   transform (rotation, uniform scale, shift; `cv2.estimateAffinePartial2D`) that maps the
-  landmarks onto `TEMPLATES[template]` (a 5-point template scaled to `crop_size` and shrunk towards the
-  centre by `1 / (1 + 2 * align_margin)`) warps the photo, black outside it;
+  landmarks onto `TEMPLATES[template]` (a 5-point template scaled to `crop_size` and shrunk
+  towards the centre by `1 / (1 + 2 * align_margin)`) warps the photo, black outside it;
 - a face with a box only gets the square of side `max(w, h) * (1 + 2 * margin)` centred on the
   box, black outside the image;
 - where the detector finds nothing its `fallback` detector is tried (MTCNN falls back to Haar),
@@ -36,8 +36,14 @@ import numpy as np
 from facetriplet.data import detectors
 from facetriplet.data.detectors import DETECT_MAX_SIDE, MIN_FACE_FRACTION, Detector, Face
 from facetriplet.data.detectors.haar import CASCADE_FILE
-from facetriplet.data.images import (JPEG_QUALITY, MAX_PIXELS, REASONS,  # noqa: F401
-                                     encode_jpeg, image_pixels, load_rgb)
+
+# Decoding lives in data/images.py; these names are re-exported for the crop's callers.
+from facetriplet.data.images import JPEG_QUALITY as JPEG_QUALITY
+from facetriplet.data.images import MAX_PIXELS as MAX_PIXELS
+from facetriplet.data.images import REASONS as REASONS
+from facetriplet.data.images import encode_jpeg as encode_jpeg
+from facetriplet.data.images import image_pixels as image_pixels
+from facetriplet.data.images import load_rgb as load_rgb
 from facetriplet.errors import UserError
 
 ON_NO_FACE = ("center", "skip")
@@ -48,9 +54,16 @@ FACE_MODES = ("largest", "all")
 # frame of a `side` x `side` face crop. `arcface112` is the template of the ArcFace/InsightFace
 # 112 x 112 crops, the usual target of 5-point alignment.
 TEMPLATES = {
-    "arcface112": {"side": 112.0, "points": ((38.2946, 51.6963), (73.5318, 51.5014),
-                                              (56.0252, 71.7366), (41.5493, 92.3655),
-                                              (70.7299, 92.2041))},
+  "arcface112": {
+    "side": 112.0,
+    "points": (
+      (38.2946, 51.6963),
+      (73.5318, 51.5014),
+      (56.0252, 71.7366),
+      (41.5493, 92.3655),
+      (70.7299, 92.2041),
+    ),
+  },
 }
 # Ways a crop was made (`CropResult.method`, record `face/method`, manifest counts): the detector
 # that found the face, or 'center' when none did.
@@ -75,6 +88,7 @@ class CropSettings:
     align_margin: zoom-out of the aligned crop: 0 puts the template's points where they are in a
       112-px ArcFace crop scaled to `crop_size`; 0.1 shrinks the face by 1/1.2 around the centre.
   """
+
   detector: str = detectors.DEFAULT
   margin: float = 0.2
   crop_size: int = 128
@@ -103,8 +117,12 @@ class CropSettings:
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    d.update(pad=PAD, detect_max_side=DETECT_MAX_SIDE, min_face_fraction=MIN_FACE_FRACTION,
-             cascade=CASCADE_FILE)
+    d.update(
+      pad=PAD,
+      detect_max_side=DETECT_MAX_SIDE,
+      min_face_fraction=MIN_FACE_FRACTION,
+      cascade=CASCADE_FILE,
+    )
     return d
 
   @classmethod
@@ -148,6 +166,7 @@ class CropResult(NamedTuple):
     landmarks: (x1..x5, y1..y5) of the five points in source pixels, zeros without them.
     method: the detector that found the face, 'center' (none did) or 'none' (detector='none').
   """
+
   image: np.ndarray
   box: tuple[float, float, float, float]
   found: bool
@@ -175,9 +194,16 @@ class FaceCropper:
     if self.settings.pick == "center":
       big = max(areas)
       candidates = [i for i, a in enumerate(areas) if a >= 0.25 * big]
-      return min(candidates, key=lambda i: (
+      return min(
+        candidates,
+        key=lambda i: (
           (boxes[i][0] + boxes[i][2] / 2 - w / 2) ** 2
-          + (boxes[i][1] + boxes[i][3] / 2 - h / 2) ** 2, -areas[i], boxes[i][1], boxes[i][0]))
+          + (boxes[i][1] + boxes[i][3] / 2 - h / 2) ** 2,
+          -areas[i],
+          boxes[i][1],
+          boxes[i][0],
+        ),
+      )
     # Largest area wins; ties broken by position so the choice never depends on detector order.
     return max(range(len(boxes)), key=lambda i: (areas[i], -boxes[i][1], -boxes[i][0]))
 
@@ -204,8 +230,11 @@ class FaceCropper:
     results = []
     for rgb, faces_found in zip(images, found):
       face = self.choose(faces_found, *rgb.shape[:2])
-      results.append(self.crop_face(rgb, face, self.detector.name) if face is not None
-                     else self._fallback_crop(rgb))
+      results.append(
+        self.crop_face(rgb, face, self.detector.name)
+        if face is not None
+        else self._fallback_crop(rgb)
+      )
     return results
 
   def crop_faces(self, rgb: np.ndarray, min_face: float = MIN_FACE_FRACTION) -> list[CropResult]:
@@ -217,8 +246,11 @@ class FaceCropper:
     for detector in (self.detector, self.fallback):
       if detector is None:
         continue
-      results = [self.crop_face(rgb, face, detector.name)
-                 for face in detector.detect([rgb], hint)[0] if face.box[2] >= smallest]
+      results = [
+        self.crop_face(rgb, face, detector.name)
+        for face in detector.detect([rgb], hint)[0]
+        if face.box[2] >= smallest
+      ]
       if results:
         return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
     return [self._centre_crop(rgb)]
@@ -253,8 +285,13 @@ class FaceCropper:
     box = ((w - side) / 2, (h - side) / 2, side, side)
     image = _cut_square(rgb, box, self.settings.crop_size)
     whole = self.detector.whole_image
-    return CropResult(image, tuple(round(float(v), 2) for v in box), whole, NO_LANDMARKS,
-                      self.detector.name if whole else "center")
+    return CropResult(
+      image,
+      tuple(round(float(v), 2) for v in box),
+      whole,
+      NO_LANDMARKS,
+      self.detector.name if whole else "center",
+    )
 
 
 def similarity_transform(points: np.ndarray, settings: CropSettings) -> np.ndarray:
@@ -262,11 +299,30 @@ def similarity_transform(points: np.ndarray, settings: CropSettings) -> np.ndarr
   src = np.asarray(points, np.float32).reshape(5, 2)
   dst = settings.template_points()
   matrix, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
-  if matrix is None:  # degenerate points (all equal): fall back to least squares on all five
-    matrix, _ = cv2.estimateAffinePartial2D(src, dst, method=0)
+  if matrix is None:  # LMEDS found no consensus: least squares on all five points
+    matrix = least_squares_similarity(src, dst)
   if matrix is None:
     raise ValueError("landmarks do not define a similarity transform")
   return matrix
+
+
+def least_squares_similarity(src: np.ndarray, dst: np.ndarray) -> Optional[np.ndarray]:
+  """The 2 x 3 similarity (rotation, uniform scale, shift; no reflection) minimising the squared
+  distances from the mapped `src` points to `dst` (Umeyama 1991), or None when the `src` points
+  coincide. (OpenCV 4.14's estimateAffinePartial2D has no least-squares method: method=0
+  raises.)"""
+  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+  mu_s, mu_d = src.mean(0), dst.mean(0)
+  a, b = src - mu_s, dst - mu_d
+  var = (a**2).sum() / len(src)
+  if var < 1e-12:
+    return None
+  u, d, vt = np.linalg.svd(b.T @ a / len(src))
+  flip = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+  rotation = u @ flip @ vt
+  scale = float(np.trace(np.diag(d) @ flip)) / var
+  shift = mu_d - scale * rotation @ mu_s
+  return np.hstack([scale * rotation, shift[:, None]]).astype(np.float64)
 
 
 def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.ndarray:
@@ -276,29 +332,45 @@ def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.nda
   if scale < 0.5:  # Shrinking a lot: area-downscale first so the warp does not alias.
     factor = min(1.0, 2.0 * scale)
     h, w = rgb.shape[:2]
-    rgb = cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))),
-                     interpolation=cv2.INTER_AREA)
-    matrix = similarity_transform(np.asarray(points, np.float64) * [
-        rgb.shape[1] / w, rgb.shape[0] / h], settings)
+    rgb = cv2.resize(
+      rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA
+    )
+    matrix = similarity_transform(
+      np.asarray(points, np.float64) * [rgb.shape[1] / w, rgb.shape[0] / h], settings
+    )
   side = settings.crop_size
-  out = cv2.warpAffine(rgb, matrix, (side, side), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+  out = cv2.warpAffine(
+    rgb,
+    matrix,
+    (side, side),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=(0, 0, 0),
+  )
   return np.ascontiguousarray(out)
 
 
-def _cut_square(rgb: np.ndarray, square: tuple[float, float, float, float],
-                size: int) -> np.ndarray:
+def _cut_square(
+  rgb: np.ndarray, square: tuple[float, float, float, float], size: int
+) -> np.ndarray:
   """The square (x, y, side, side) of `rgb`, black outside the image, resized to size x size."""
   h, w = rgb.shape[:2]
   x0, y0 = int(round(square[0])), int(round(square[1]))
   side = max(1, int(round(square[2])))
   x1, y1 = x0 + side, y0 + side
-  inner = rgb[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+  inner = rgb[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
   if inner.size == 0:
     patch = np.zeros((side, side, 3), np.uint8)
   else:
-    patch = cv2.copyMakeBorder(inner, max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w),
-                               cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    patch = cv2.copyMakeBorder(
+      inner,
+      max(0, -y0),
+      max(0, y1 - h),
+      max(0, -x0),
+      max(0, x1 - w),
+      cv2.BORDER_CONSTANT,
+      value=(0, 0, 0),
+    )
   interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
   return np.ascontiguousarray(cv2.resize(patch, (size, size), interpolation=interp))
 
@@ -315,8 +387,9 @@ def get_cropper(settings: CropSettings) -> FaceCropper:
     return _CROPPERS[settings]
 
 
-def load_and_crop(path: str, settings: CropSettings = CropSettings(),
-                  max_pixels: int = MAX_PIXELS) -> CropResult:
+def load_and_crop(
+  path: str, settings: CropSettings = CropSettings(), max_pixels: int = MAX_PIXELS
+) -> CropResult:
   """Decodes `path` and crops its face: the single crop used by ingestion and by queries.
 
   Raises:
@@ -328,4 +401,3 @@ def load_and_crop(path: str, settings: CropSettings = CropSettings(),
 def crop_size_of(crop: Mapping[str, Any]) -> int:
   """The crop side of a stored CropSettings dict (a manifest's or an export's `crop`)."""
   return int(crop.get("crop_size", crop.get("size")))
-

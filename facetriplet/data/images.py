@@ -98,8 +98,17 @@ def image_pixels(path: str) -> int:
 
 def _looks_truncated(e: BaseException) -> bool:
   text = str(e).lower()
-  return any(w in text for w in ("truncated", "broken data stream", "premature", "end of file",
-                                  "not enough data", "eof"))
+  return any(
+    w in text
+    for w in (
+      "truncated",
+      "broken data stream",
+      "premature",
+      "end of file",
+      "not enough data",
+      "eof",
+    )
+  )
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -130,8 +139,9 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
   """Deterministic JPEG bytes of an RGB uint8 image (OpenCV, baseline, no optimisation passes)."""
-  ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                         [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+  ok, buf = cv2.imencode(
+    ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
+  )
   if not ok:
     raise RuntimeError("cv2.imencode failed to encode a JPEG")
   return buf.tobytes()

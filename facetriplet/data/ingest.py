@@ -30,71 +30,35 @@ from absl import logging
 import tqdm
 
 from facetriplet import atomic
-from facetriplet.data import crop_workers, detectors, faces, layouts, shard_plan, tfrecords
+from facetriplet.data import crop_workers, faces, layouts, shard_plan, tfrecords
+from facetriplet.data import manifest as manifest_lib
+from facetriplet.data.manifest import FORMAT_VERSION, STATE_DIR, IngestSummary
 from facetriplet.errors import UserError
 
-FORMAT_VERSION = 1
-STATE_DIR = ".facetriplet_build"
 PLAN_FILE = "plan.json"
-_OURS = re.compile(r"^([A-Za-z0-9_]+-\d{5}-of-\d{5}\.tfrecord|manifest\.json|plan\.json|"
-                   + re.escape(STATE_DIR) + r"|\..+\.tmp-\d+(\.old)?)$")
+_OURS = re.compile(
+  r"^([A-Za-z0-9_]+-\d{5}-of-\d{5}\.tfrecord|manifest\.json|plan\.json|"
+  + re.escape(STATE_DIR)
+  + r"|\..+\.tmp-\d+(\.old)?)$"
+)
 _TEMP = re.compile(r"^\..+\.tmp-\d+(\.old)?$")
 
 
-@dataclasses.dataclass
-class IngestSummary:
-  """What a build did. Dataset totals come from the manifest; `decoded`, `seconds` and
-  `images_per_second` describe this run only (a resumed run decodes only missing shards)."""
-  output: str
-  listed: int = 0
-  decoded: int = 0
-  written: int = 0
-  no_face: int = 0
-  fallback: int = 0  # crops made by the detector's fallback (it found no face, the fallback did)
-  rejected: int = 0
-  ignored_files: int = 0
-  identities: int = 0
-  single_photo_identities: int = 0
-  empty_identities: int = 0
-  shards_written: int = 0
-  shards_skipped: int = 0
-  workers: int = 1
-  seconds: float = 0.0
-  engine: str = "local"  # or the Beam runner that decoded and wrote the shards
-  splits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
-  rejected_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
-
-  @property
-  def images_per_second(self) -> float:
-    return self.decoded / self.seconds if self.seconds > 0 else 0.0
-
-  def format(self) -> str:
-    """A few human lines for the tool to print."""
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items()))
-    splits = ", ".join(f"{k}: {v['images']} images / {v['identities']} identities / "
-                       f"{v['shards']} shards" for k, v in self.splits.items())
-    return "\n".join([
-        f"output: {self.output}",
-        f"images listed {self.listed}, read this run {self.decoded}, written {self.written}, "
-        f"no face {self.no_face}, rejected {self.rejected}" + (f" ({reasons})" if reasons else "")
-        + (f", found by the fallback detector {self.fallback}" if self.fallback else ""),
-        f"identities {self.identities}, single-photo identities (unusable as triplet anchors) "
-        f"{self.single_photo_identities}, empty identity folders {self.empty_identities}, "
-        f"other files ignored {self.ignored_files}",
-        f"splits: {splits}",
-        f"shards written {self.shards_written}, skipped (already complete) {self.shards_skipped}",
-        f"time {self.seconds:.1f} s, {self.images_per_second:.1f} images/s, "
-        + (f"{self.workers} worker(s)" if self.engine == "local" else f"Beam {self.engine}")
-        + f"; details in {os.path.join(self.output, tfrecords.MANIFEST)}",
-    ])
-
-
-def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
-                    crop: faces.CropSettings = faces.CropSettings(), val_fraction: float = 0.2,
-                    seed: int = 0, num_shards: int = 0, workers: int = 0,
-                    overwrite: bool = False, identity_file: str | None = None,
-                    partition_file: str | None = None, max_pixels: int = faces.MAX_PIXELS,
-                    progress: bool = True) -> IngestSummary:
+def build_tfrecords(
+  input_dir: str,
+  output_dir: str,
+  layout: str = "folders",
+  crop: faces.CropSettings = faces.CropSettings(),
+  val_fraction: float = 0.2,
+  seed: int = 0,
+  num_shards: int = 0,
+  workers: int = 0,
+  overwrite: bool = False,
+  identity_file: str | None = None,
+  partition_file: str | None = None,
+  max_pixels: int = faces.MAX_PIXELS,
+  progress: bool = True,
+) -> IngestSummary:
   """Writes `{split}-NNNNN-of-MMMMM.tfrecord` shards and `manifest.json` into `output_dir`.
 
   Args:
@@ -119,16 +83,28 @@ def build_tfrecords(input_dir: str, output_dir: str, layout: str = "folders",
     UserError: missing or empty input, output folder from another run or with foreign files,
       bad settings.
   """
-  build = plan_build(input_dir, output_dir, layout, crop, val_fraction, seed, num_shards,
-                     overwrite, identity_file, partition_file, max_pixels)
+  build = plan_build(
+    input_dir,
+    output_dir,
+    layout,
+    crop,
+    val_fraction,
+    seed,
+    num_shards,
+    overwrite,
+    identity_file,
+    partition_file,
+    max_pixels,
+  )
   workers = crop_workers.resolve_workers(workers, sum(len(s.items) for s in build.todo))
   logging.info("%d workers", workers)
   decoded = 0
   if build.todo:
     tasks = [(e.path, e.rel_path) for s in build.todo for e, _, _ in s.items]
     results = crop_workers.crop_all(tasks, crop, max_pixels, workers)
-    with tqdm.tqdm(total=len(tasks), unit="img", desc="build tfrecords", disable=not progress,
-                   smoothing=0.1) as bar:
+    with tqdm.tqdm(
+      total=len(tasks), unit="img", desc="build tfrecords", disable=not progress, smoothing=0.1
+    ) as bar:
       for shard in build.todo:
         decoded += write_planned_shard(output_dir, shard, results, bar)
   return finish_build(build, decoded, workers)
@@ -141,6 +117,7 @@ class PlannedBuild:
   An engine (the process pool here, the Beam pipeline in `beam_ingest`) writes the `todo` shards
   with `write_planned_shard`, then `finish_build` writes the manifest from every shard's result
   file."""
+
   output_dir: str
   listing: layouts.ImageListing
   plan: shard_plan.ShardPlan
@@ -150,11 +127,19 @@ class PlannedBuild:
   start: float
 
 
-def plan_build(input_dir: str, output_dir: str, layout: str = "folders",
-               crop: faces.CropSettings = faces.CropSettings(), val_fraction: float = 0.2,
-               seed: int = 0, num_shards: int = 0, overwrite: bool = False,
-               identity_file: str | None = None, partition_file: str | None = None,
-               max_pixels: int = faces.MAX_PIXELS) -> PlannedBuild:
+def plan_build(
+  input_dir: str,
+  output_dir: str,
+  layout: str = "folders",
+  crop: faces.CropSettings = faces.CropSettings(),
+  val_fraction: float = 0.2,
+  seed: int = 0,
+  num_shards: int = 0,
+  overwrite: bool = False,
+  identity_file: str | None = None,
+  partition_file: str | None = None,
+  max_pixels: int = faces.MAX_PIXELS,
+) -> PlannedBuild:
   """Lists the input, plans the shards and prepares `output_dir` (see `build_tfrecords` for the
   arguments): refuses a foreign or other-run folder, records plan.json, finds what to write."""
   start = time.time()
@@ -162,37 +147,67 @@ def plan_build(input_dir: str, output_dir: str, layout: str = "folders",
   for line in layouts.describe(listing):
     logging.warning("%s: %s", input_dir, line)
   plan = shard_plan.make_plan(listing.entries, layout, val_fraction, seed, num_shards)
-  settings = {"version": FORMAT_VERSION, "layout": layout, "input": os.path.abspath(input_dir),
-              "crop": crop.to_dict(), "seed": seed, "val_fraction": val_fraction,
-              "num_shards": num_shards, "max_pixels": max_pixels,
-              "opencv": cv2.__version__, "pillow": PIL.__version__}
+  settings = {
+    "version": FORMAT_VERSION,
+    "layout": layout,
+    "input": os.path.abspath(input_dir),
+    "crop": crop.to_dict(),
+    "seed": seed,
+    "val_fraction": val_fraction,
+    "num_shards": num_shards,
+    "max_pixels": max_pixels,
+    "opencv": cv2.__version__,
+    "pillow": PIL.__version__,
+  }
   fingerprint = shard_plan.fingerprint(listing.entries, settings)
   _prepare_output(output_dir, fingerprint, settings, plan, overwrite)
   state = os.path.join(output_dir, STATE_DIR)
-  todo = [s for s in plan.shards if not (
+  todo = [
+    s
+    for s in plan.shards
+    if not (
       os.path.exists(os.path.join(output_dir, s.file))
-      and os.path.exists(os.path.join(state, s.file + ".json")))]
-  logging.info("%d images, %d shards planned, %d to write", len(listing.entries),
-               len(plan.shards), len(todo))
+      and os.path.exists(os.path.join(state, s.file + ".json"))
+    )
+  ]
+  logging.info(
+    "%d images, %d shards planned, %d to write", len(listing.entries), len(plan.shards), len(todo)
+  )
   return PlannedBuild(output_dir, listing, plan, settings, fingerprint, todo, start)
 
 
-def finish_build(build: PlannedBuild, decoded: int, workers: int,
-                 engine: str = "local") -> IngestSummary:
+def finish_build(
+  build: PlannedBuild, decoded: int, workers: int, engine: str = "local"
+) -> IngestSummary:
   """Writes the manifest (every shard must be complete) and returns the run's summary."""
-  manifest = _manifest(build.plan, build.listing, build.settings, build.fingerprint,
-                       build.output_dir)
+  manifest = manifest_lib.assemble(
+    build.plan, build.listing, build.settings, build.fingerprint, build.output_dir
+  )
   tfrecords.write_manifest(build.output_dir, manifest)
-  return _summary(manifest, build.output_dir, len(build.listing.entries), decoded,
-                  len(build.todo), len(build.plan.shards) - len(build.todo), workers,
-                  time.time() - build.start, engine)
+  return manifest_lib.summarize(
+    manifest,
+    build.output_dir,
+    len(build.listing.entries),
+    decoded,
+    len(build.todo),
+    len(build.plan.shards) - len(build.todo),
+    workers,
+    time.time() - build.start,
+    engine,
+  )
 
 
-def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
-                    plan: shard_plan.ShardPlan, overwrite: bool) -> None:
+def _prepare_output(
+  output_dir: str,
+  fingerprint: str,
+  settings: dict[str, Any],
+  plan: shard_plan.ShardPlan,
+  overwrite: bool,
+) -> None:
   """Checks that `output_dir` is empty or from this run; records the run fingerprint first."""
-  names = atomic.claim_folder(output_dir, _OURS.match, "output folder",
-                              "facetriplet-build-tfrecords")
+  names = atomic.claim_folder(
+    output_dir, _OURS.match, "output folder", "facetriplet-build-tfrecords"
+  )
   run_path = os.path.join(output_dir, PLAN_FILE)
   previous = None
   if os.path.exists(run_path):
@@ -203,16 +218,20 @@ def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
       previous = None
   if names and previous != fingerprint:
     if not overwrite:
-      raise UserError(f"output folder {output_dir} holds shards from a different run (other "
-                      "inputs or settings): choose an empty folder or pass --overwrite")
+      raise UserError(
+        f"output folder {output_dir} holds shards from a different run (other "
+        "inputs or settings): choose an empty folder or pass --overwrite"
+      )
   if names and (overwrite or previous != fingerprint):
     # Only what a facetriplet run provably wrote (listed in its plan.json) is ever deleted.
     owned = _owned_names(run_path)
     unknown = [n for n in names if n not in owned and not _TEMP.match(n)]
     if unknown:
-      raise UserError(f"output folder {output_dir} holds {unknown[0]}, which no plan.json of a "
-                      "facetriplet run there lists; --overwrite removes only files a run "
-                      "provably wrote: choose an empty folder or remove it yourself")
+      raise UserError(
+        f"output folder {output_dir} holds {unknown[0]}, which no plan.json of a "
+        "facetriplet run there lists; --overwrite removes only files a run "
+        "provably wrote: choose an empty folder or remove it yourself"
+      )
   if overwrite or previous != fingerprint:
     for name in names:
       atomic.remove(os.path.join(output_dir, name))
@@ -222,10 +241,16 @@ def _prepare_output(output_dir: str, fingerprint: str, settings: dict[str, Any],
       if _TEMP.match(name):  # Left by a killed run; never trusted.
         atomic.remove(os.path.join(output_dir, name))
     logging.info("resuming %s (same inputs and settings)", output_dir)
-  shards = [{"file": s.file, "split": s.split, "images": len(s.items),
-             "groups": _runs(item[1] for item in s.items)} for s in plan.shards]
-  atomic.write_json(run_path, {"fingerprint": fingerprint, "settings": settings,
-                               "shards": shards})
+  shards = [
+    {
+      "file": s.file,
+      "split": s.split,
+      "images": len(s.items),
+      "groups": _runs(item[1] for item in s.items),
+    }
+    for s in plan.shards
+  ]
+  atomic.write_json(run_path, {"fingerprint": fingerprint, "settings": settings, "shards": shards})
   os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
 
 
@@ -253,15 +278,24 @@ def _runs(labels: Iterable[int]) -> list[list[int]]:
   return runs
 
 
-def write_planned_shard(output_dir: str, shard: shard_plan.PlannedShard,
-                        results: Iterator[tuple], bar: tqdm.tqdm | None = None) -> int:
+def write_planned_shard(
+  output_dir: str,
+  shard: shard_plan.PlannedShard,
+  results: Iterator[tuple],
+  bar: tqdm.tqdm | None = None,
+) -> int:
   """Consumes this shard's crop results (`crop_workers.crop_tasks`'s tuples, one per item in
   plan order), writes the shard then its result file. Returns how many photos were decoded."""
   records: list[bytes] = []
   labels: list[int] = []
-  info: dict[str, Any] = {"file": shard.file, "split": shard.split, "no_face": [],
-                          "methods": {}, "rejected": [],
-                          "identity_counts": {}}
+  info: dict[str, Any] = {
+    "file": shard.file,
+    "split": shard.split,
+    "no_face": [],
+    "methods": {},
+    "rejected": [],
+    "identity_counts": {},
+  }
   decoded = 0
   for entry, label, identity in shard.items:
     result = next(results)
@@ -273,15 +307,17 @@ def write_planned_shard(output_dir: str, shard: shard_plan.PlannedShard,
     decoded += 1
     if result[0] == "no-face":
       info["no_face"].append(entry.rel_path)
-      info["rejected"].append({"path": entry.rel_path, "reason": "no-face",
-                               "detail": "on_no_face=skip"})
+      info["rejected"].append(
+        {"path": entry.rel_path, "reason": "no-face", "detail": "on_no_face=skip"}
+      )
       continue
     _, jpeg, box, found, landmarks, method = result
     if not found:
       info["no_face"].append(entry.rel_path)
     info["methods"][method] = info["methods"].get(method, 0) + 1
-    records.append(tfrecords.make_example(jpeg, label, identity, entry.rel_path, box, found,
-                                          landmarks, method))
+    records.append(
+      tfrecords.make_example(jpeg, label, identity, entry.rel_path, box, found, landmarks, method)
+    )
     labels.append(label)
     if identity:
       info["identity_counts"][identity] = info["identity_counts"].get(identity, 0) + 1
@@ -290,83 +326,3 @@ def write_planned_shard(output_dir: str, shard: shard_plan.PlannedShard,
   atomic.write_json(os.path.join(output_dir, STATE_DIR, shard.file + ".json"), info)
   logging.info("wrote %s: %d records", shard.file, info["records"])
   return decoded
-
-
-def _manifest(plan: shard_plan.ShardPlan, listing: layouts.ImageListing,
-              settings: dict[str, Any], fingerprint: str, output_dir: str) -> dict[str, Any]:
-  """The manifest, from the plan and every shard's result file."""
-  splits: dict[str, dict[str, Any]] = {}
-  identity_counts: dict[str, int] = {}
-  no_face: list[str] = []
-  methods: dict[str, int] = {}
-  rejected = [{"path": p, "reason": r, "detail": ""} for p, r in listing.missing]
-  rejected += [{"path": p, "reason": r, "detail": ""} for p, r in listing.ignored
-               if layouts.is_image_file(p)]
-  for shard in plan.shards:
-    with open(os.path.join(output_dir, STATE_DIR, shard.file + ".json"), encoding="utf-8") as f:
-      info = json.load(f)
-    split = splits.setdefault(shard.split, {"images": 0, "identities": 0, "shards": [],
-                                            "_ids": set()})
-    split["images"] += info["records"]
-    split["_ids"].update(label for label, _ in info["groups"] if label >= 0)
-    split["shards"].append({"file": shard.file, "records": info["records"],
-                            "groups": info["groups"]})
-    for identity, count in info["identity_counts"].items():
-      identity_counts[identity] = identity_counts.get(identity, 0) + count
-    no_face += info["no_face"]
-    for method, count in info.get("methods", {}).items():
-      methods[method] = methods.get(method, 0) + count
-    rejected += info["rejected"]
-  for split in splits.values():
-    split["identities"] = len(split.pop("_ids"))
-  for identity in plan.labels:
-    identity_counts.setdefault(identity, 0)
-  return {
-      "version": FORMAT_VERSION,
-      "layout": settings["layout"],
-      "input": settings["input"],
-      "seed": settings["seed"],
-      "val_fraction": settings["val_fraction"],
-      "crop": settings["crop"],
-      "fingerprint": fingerprint,
-      "labels": plan.labels,
-      "splits": splits,
-      "identity_counts": identity_counts,
-      "single_photo_identities": sorted(i for i, c in identity_counts.items() if c == 1),
-      "empty_identities": sorted(listing.empty_identities),
-      "no_face": sorted(no_face),
-      # How each written crop was made (faces.METHODS: the detector that found the face, its
-      # fallback, or 'center'). Boxes and landmarks are in the records.
-      "crop_methods": dict(sorted(methods.items())),
-      "rejected": sorted(rejected, key=lambda r: r["path"]),
-      "ignored": [{"path": p, "reason": r} for p, r in listing.ignored
-                  if not layouts.is_image_file(p)],
-      "images_listed": len(listing.entries),
-  }
-
-
-def _summary(manifest: dict[str, Any], output_dir: str, listed: int, decoded: int,
-             shards_written: int, shards_skipped: int, workers: int,
-             seconds: float, engine: str = "local") -> IngestSummary:
-  reasons: dict[str, int] = {}
-  for r in manifest["rejected"]:
-    reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-  return IngestSummary(
-      output=output_dir, listed=listed, decoded=decoded,
-      written=sum(s["images"] for s in manifest["splits"].values()),
-      no_face=len(manifest["no_face"]), fallback=_fallback_count(manifest),
-      rejected=len(manifest["rejected"]),
-      ignored_files=len(manifest["ignored"]),
-      identities=sum(1 for c in manifest["identity_counts"].values() if c > 0),
-      single_photo_identities=len(manifest["single_photo_identities"]),
-      empty_identities=len(manifest["empty_identities"]), shards_written=shards_written,
-      shards_skipped=shards_skipped, workers=workers, seconds=seconds, engine=engine,
-      splits={k: {"images": v["images"], "identities": v["identities"],
-                  "shards": len(v["shards"])} for k, v in manifest["splits"].items()},
-      rejected_by_reason=reasons)
-
-
-def _fallback_count(manifest: dict[str, Any]) -> int:
-  """Crops made by the detector's fallback detector (from `crop_methods`)."""
-  fallback = detectors.detector_class(manifest["crop"]["detector"]).fallback
-  return int(manifest.get("crop_methods", {}).get(fallback, 0)) if fallback else 0

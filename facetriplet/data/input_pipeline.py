@@ -59,8 +59,11 @@ def _decode(payload: tf.Tensor, size: int, decoded: bool) -> tf.Tensor:
 
 
 def _payload_and_label(size: int, decode: bool):
-  spec = {k: v for k, v in tfrecords.feature_spec().items()
-          if k in (tfrecords.KEY_IMAGE, tfrecords.KEY_LABEL)}
+  spec = {
+    k: v
+    for k, v in tfrecords.feature_spec().items()
+    if k in (tfrecords.KEY_IMAGE, tfrecords.KEY_LABEL)
+  }
 
   def fn(serialized):
     ex = tf.io.parse_single_example(serialized, spec)
@@ -72,13 +75,16 @@ def _payload_and_label(size: int, decode: bool):
   return fn
 
 
-def _shard_groups(path: tf.Tensor, shard_index: tf.Tensor, *, size: int, kmax: int,
-                  seed: int, decode: bool) -> tf.data.Dataset:
+def _shard_groups(
+  path: tf.Tensor, shard_index: tf.Tensor, *, size: int, kmax: int, seed: int, decode: bool
+) -> tf.data.Dataset:
   """The identity groups of one shard, in order: (payloads [kmax], count, label)."""
   records = tf.data.TFRecordDataset(path).map(
-      _payload_and_label(size, decode), num_parallel_calls=AUTOTUNE, deterministic=True)
+    _payload_and_label(size, decode), num_parallel_calls=AUTOTUNE, deterministic=True
+  )
   sentinel = tf.data.Dataset.from_tensors(
-      (tf.constant(b""), tf.constant(_SENTINEL_LABEL, tf.int64)))
+    (tf.constant(b""), tf.constant(_SENTINEL_LABEL, tf.int64))
+  )
   records = records.concatenate(sentinel).enumerate()
   shard_seed = tf.cast(shard_index, tf.int64) + tf.constant(seed, tf.int64) * 1_000_003
 
@@ -89,12 +95,14 @@ def _shard_groups(path: tf.Tensor, shard_index: tf.Tensor, *, size: int, kmax: i
 
     def start():
       return tf.tensor_scatter_nd_update(tf.fill([kmax], ""), [[0]], [payload]), tf.constant(
-          1, tf.int64)
+        1, tf.int64
+      )
 
     def add():
       # Reservoir sampling keeps a uniform sample of kmax photos of a large identity.
-      r = tf.random.stateless_uniform([], seed=tf.stack([shard_seed, index]), minval=0,
-                                      maxval=count + 1, dtype=tf.int64)
+      r = tf.random.stateless_uniform(
+        [], seed=tf.stack([shard_seed, index]), minval=0, maxval=count + 1, dtype=tf.int64
+      )
       slot = tf.where(count < kmax, count, r)
       write = slot < kmax
       updated = tf.tensor_scatter_nd_update(buf, [[tf.minimum(slot, kmax - 1)]], [payload])
@@ -108,10 +116,20 @@ def _shard_groups(path: tf.Tensor, shard_index: tf.Tensor, *, size: int, kmax: i
   return groups.map(lambda buf, count, label, emit: (buf, tf.minimum(count, kmax), label))
 
 
-def train_dataset(tfrecord_dir: str, split: str, p: int, k: int, num_replicas: int = 1,
-                  seed: int = 0, *, max_group_size: int = 64, min_photos: int = 2,
-                  shuffle_groups: int = 1024, cache: bool = False,
-                  repeat: bool = True) -> tf.data.Dataset:
+def train_dataset(
+  tfrecord_dir: str,
+  split: str,
+  p: int,
+  k: int,
+  num_replicas: int = 1,
+  seed: int = 0,
+  *,
+  max_group_size: int = 64,
+  min_photos: int = 2,
+  shuffle_groups: int = 1024,
+  cache: bool = False,
+  repeat: bool = True,
+) -> tf.data.Dataset:
   """P x K (per replica) training batches; see the module docstring.
 
   Args:
@@ -144,20 +162,23 @@ def train_dataset(tfrecord_dir: str, split: str, p: int, k: int, num_replicas: i
   usable = shard_set.usable_identities(split, min_photos)
   paths = shard_set.shards(split)
   if shard_set.split_groups(split) and usable < groups_per_batch:
-    raise UserError(f"split '{split}' of {tfrecord_dir} has {usable} identities with >= "
-                    f"{min_photos} photos, fewer than P*replicas = {groups_per_batch}: lower "
-                    "--config.train.p")
+    raise UserError(
+      f"split '{split}' of {tfrecord_dir} has {usable} identities with >= "
+      f"{min_photos} photos, fewer than P*replicas = {groups_per_batch}: lower "
+      "--config.train.p"
+    )
   kmax = max(int(max_group_size), k)
 
   shards = tf.data.Dataset.from_tensor_slices((paths, tf.range(len(paths), dtype=tf.int64)))
   shards = shards.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
   groups = shards.interleave(
-      lambda path, index: _shard_groups(path, index, size=size, kmax=kmax, seed=seed,
-                                        decode=cache),
-      cycle_length=min(len(paths), 8), block_length=1, num_parallel_calls=AUTOTUNE,
-      deterministic=True)
-  groups = groups.filter(lambda buf, count, label: tf.logical_and(label >= 0,
-                                                                  count >= min_photos))
+    lambda path, index: _shard_groups(path, index, size=size, kmax=kmax, seed=seed, decode=cache),
+    cycle_length=min(len(paths), 8),
+    block_length=1,
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
+  )
+  groups = groups.filter(lambda buf, count, label: tf.logical_and(label >= 0, count >= min_photos))
   if cache:
     groups = groups.cache()
   groups = groups.shuffle(shuffle_groups, seed=seed + 1, reshuffle_each_iteration=True)
@@ -167,9 +188,9 @@ def train_dataset(tfrecord_dir: str, split: str, p: int, k: int, num_replicas: i
 
   def pick(batch_index, group_batch):
     buf, count, label = group_batch
-    keys = tf.random.stateless_uniform([groups_per_batch, kmax],
-                                       seed=tf.stack([tf.constant(seed + 2, tf.int64),
-                                                      batch_index]))
+    keys = tf.random.stateless_uniform(
+      [groups_per_batch, kmax], seed=tf.stack([tf.constant(seed + 2, tf.int64), batch_index])
+    )
     valid = tf.range(kmax, dtype=tf.int64)[None, :] < count[:, None]
     order = tf.argsort(tf.where(valid, keys, 2.0), axis=1)  # a permutation of the real photos
     cycle = tf.range(k, dtype=tf.int64)[None, :] % count[:, None]
@@ -178,8 +199,11 @@ def train_dataset(tfrecord_dir: str, split: str, p: int, k: int, num_replicas: i
     return payloads, tf.repeat(label, k)
 
   records = batches.enumerate().map(pick, num_parallel_calls=AUTOTUNE, deterministic=True)
-  images = records.unbatch().map(lambda payload, label: (_decode(payload, size, cache), label),
-                                 num_parallel_calls=AUTOTUNE, deterministic=True)
+  images = records.unbatch().map(
+    lambda payload, label: (_decode(payload, size, cache), label),
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
+  )
   out = images.batch(groups_per_batch * k, drop_remainder=True).prefetch(AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
@@ -188,8 +212,9 @@ def train_dataset(tfrecord_dir: str, split: str, p: int, k: int, num_replicas: i
   return out.with_options(options)
 
 
-def eval_dataset(tfrecord_dir: str, split: str, batch_size: int,
-                 cache: bool = False) -> tf.data.Dataset:
+def eval_dataset(
+  tfrecord_dir: str, split: str, batch_size: int, cache: bool = False
+) -> tf.data.Dataset:
   """Every record of `split` once, in order: dicts of image uint8 [B,S,S,3], label, path.
 
   Args:
@@ -210,8 +235,11 @@ def eval_dataset(tfrecord_dir: str, split: str, batch_size: int,
 
   def parse(serialized):
     ex = tfrecords.parse_example(serialized)
-    return {"image": _decode(ex[tfrecords.KEY_IMAGE], size, decoded=False),
-            "label": ex[tfrecords.KEY_LABEL], "path": ex[tfrecords.KEY_PATH]}
+    return {
+      "image": _decode(ex[tfrecords.KEY_IMAGE], size, decoded=False),
+      "label": ex[tfrecords.KEY_LABEL],
+      "path": ex[tfrecords.KEY_PATH],
+    }
 
   ds = tf.data.TFRecordDataset(paths, buffer_size=8 << 20)  # sequential: keeps record order
   ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)

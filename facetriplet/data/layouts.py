@@ -21,8 +21,25 @@ from facetriplet.errors import UserError
 
 LAYOUTS = ("folders", "celeba", "flat")
 LAYOUT_CHOICES = ("auto",) + LAYOUTS  # what --layout accepts where a folder may be either
-IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".pgm",
-                              ".ppm", ".pbm", ".pnm", ".webp", ".tif", ".tiff", ".gif"))
+IMAGE_EXTENSIONS = frozenset(
+  (
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".dib",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+    ".pnm",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".gif",
+  )
+)
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
 CELEBA_PARTITION_FILE = "list_eval_partition.txt"
 CELEBA_PARTITIONS = {"0": "train", "1": "val", "2": "test"}
@@ -30,6 +47,7 @@ CELEBA_PARTITIONS = {"0": "train", "1": "val", "2": "test"}
 
 class ImageEntry(NamedTuple):
   """One image: absolute path, path relative to the root ("/"), identity and CelebA partition."""
+
   path: str
   rel_path: str
   identity: str | None
@@ -51,6 +69,7 @@ class ImageListing:
       loop or a second path to the same folder), `unreadable`.
     missing: [(rel_path, reason)] files named by a list file but absent (`missing-file`).
   """
+
   entries: list[ImageEntry]
   empty_identities: list[str] = dataclasses.field(default_factory=list)
   ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -61,8 +80,9 @@ def is_image_file(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def read_list_file(path: str, fields: int, expected: str, fix: str = "",
-                   spaces_in_path: bool = True) -> list[tuple[int, list[str]]]:
+def read_list_file(
+  path: str, fields: int, expected: str, fix: str = "", spaces_in_path: bool = True
+) -> list[tuple[int, list[str]]]:
   """The one parser of list files: [(line number, fields)] of a UTF-8 text file.
 
   Blank lines and lines starting with '#' are skipped. The last `fields - 1` fields are split off
@@ -90,12 +110,15 @@ def read_list_file(path: str, fields: int, expected: str, fix: str = "",
         else:
           parts = line.rsplit(None, fields - 1) if fields > 1 else [line]
         if len(parts) != fields:
-          raise UserError(f"{path}:{number}: expected '{expected}', got {line!r}"
-                          + (f": {fix}" if fix else ""))
+          raise UserError(
+            f"{path}:{number}: expected '{expected}', got {line!r}" + (f": {fix}" if fix else "")
+          )
         out.append((number, parts))
   except UnicodeDecodeError:
-    raise UserError(f"{path} is not a UTF-8 text list file (one '{expected}' a line)"
-                    + (f": {fix}" if fix else "")) from None
+    raise UserError(
+      f"{path} is not a UTF-8 text list file (one '{expected}' a line)"
+      + (f": {fix}" if fix else "")
+    ) from None
   except OSError as e:
     raise UserError(f"cannot read list file {path} ({e.strerror or e}): check the path") from None
   return out
@@ -103,17 +126,24 @@ def read_list_file(path: str, fields: int, expected: str, fix: str = "",
 
 def read_labels(path: str) -> dict[str, str]:
   """A labels file: "<file name or relative path> <identity>" per line ('#' comments)."""
-  return {fields[0].replace(os.sep, "/"): fields[1]
-          for _, fields in read_list_file(path, 2, "<file> <identity>")}
+  return {
+    fields[0].replace(os.sep, "/"): fields[1]
+    for _, fields in read_list_file(path, 2, "<file> <identity>")
+  }
 
 
 def read_path_list(path: str) -> list[ImageEntry]:
   """Entries of a text file listing image paths (one a line; '#' comments; relative to the file)."""
   base = os.path.dirname(os.path.abspath(path))
   entries = []
-  for _, (line,) in read_list_file(path, 1, "<image path>", "pass an image file (.jpg, .png, "
-                                   "...), a folder of images or a text file with one image path "
-                                   "a line"):
+  for _, (line,) in read_list_file(
+    path,
+    1,
+    "<image path>",
+    "pass an image file (.jpg, .png, "
+    "...), a folder of images or a text file with one image path "
+    "a line",
+  ):
     full = line if os.path.isabs(line) else os.path.join(base, line)
     entries.append(ImageEntry(full, line.replace(os.sep, "/"), None, None))
   if not entries:
@@ -147,19 +177,22 @@ def list_inputs(path: str, layout: str = "auto") -> list[ImageEntry]:
       return [ImageEntry(os.path.abspath(path), os.path.basename(path), None, None)]
     return read_path_list(path)
   if not os.path.isdir(path):
-    raise UserError(f"{path} does not exist: pass an image, a folder of images or a text file "
-                    "listing image paths")
+    raise UserError(
+      f"{path} does not exist: pass an image, a folder of images or a text file listing image paths"
+    )
   return list_images(path, resolve_layout(path, layout))
 
 
-def list_images(root: str, layout: str, identity_file: str | None = None,
-                partition_file: str | None = None) -> list[ImageEntry]:
+def list_images(
+  root: str, layout: str, identity_file: str | None = None, partition_file: str | None = None
+) -> list[ImageEntry]:
   """The images under `root` for `layout`, sorted by relative path (see `scan_images`)."""
   return scan_images(root, layout, identity_file, partition_file).entries
 
 
-def scan_images(root: str, layout: str, identity_file: str | None = None,
-                partition_file: str | None = None) -> ImageListing:
+def scan_images(
+  root: str, layout: str, identity_file: str | None = None, partition_file: str | None = None
+) -> ImageListing:
   """Lists the images of `root` and the problems met on the way.
 
   Args:
@@ -190,8 +223,10 @@ def scan_images(root: str, layout: str, identity_file: str | None = None,
     listing = _scan_flat(root)
     hint = "image files"
   if not listing.entries:
-    raise UserError(f"no images found in {root} for layout={layout}: expected {hint} "
-                    f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})")
+    raise UserError(
+      f"no images found in {root} for layout={layout}: expected {hint} "
+      f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})"
+    )
   return listing
 
 
@@ -287,8 +322,14 @@ def find_celeba_file(root: str, name: str) -> str | None:
   beside `root` or one level up (`Img/img_align_celeba` next to `Anno/` and `Eval/`)."""
   parent = os.path.dirname(os.path.abspath(root))
   grand = os.path.dirname(parent)
-  for folder in (root, parent, os.path.join(parent, "Anno"), os.path.join(parent, "Eval"),
-                 os.path.join(grand, "Anno"), os.path.join(grand, "Eval")):
+  for folder in (
+    root,
+    parent,
+    os.path.join(parent, "Anno"),
+    os.path.join(parent, "Eval"),
+    os.path.join(grand, "Anno"),
+    os.path.join(grand, "Eval"),
+  ):
     path = os.path.join(folder, name)
     if os.path.isfile(path):
       return path
@@ -297,25 +338,33 @@ def find_celeba_file(root: str, name: str) -> str | None:
 
 def _read_pairs(path: str, what: str) -> dict[str, str]:
   """{file name: value} from a two-column list file (CelebA's)."""
-  return {fields[0]: fields[1] for _, fields in read_list_file(
-      path, 2, f"<image> <{what}>", f"pass the CelebA {what} list", spaces_in_path=False)}
+  return {
+    fields[0]: fields[1]
+    for _, fields in read_list_file(
+      path, 2, f"<image> <{what}>", f"pass the CelebA {what} list", spaces_in_path=False
+    )
+  }
 
 
-def _scan_celeba(root: str, identity_file: str | None,
-                 partition_file: str | None) -> ImageListing:
+def _scan_celeba(root: str, identity_file: str | None, partition_file: str | None) -> ImageListing:
   if identity_file:
     if not os.path.isfile(identity_file):
-      raise UserError(f"identity file {identity_file} does not exist: pass "
-                      f"--identity_file=<path of {CELEBA_IDENTITY_FILE}>")
+      raise UserError(
+        f"identity file {identity_file} does not exist: pass "
+        f"--identity_file=<path of {CELEBA_IDENTITY_FILE}>"
+      )
   else:
     identity_file = find_celeba_file(root, CELEBA_IDENTITY_FILE)
     if identity_file is None:
-      raise UserError(f"{CELEBA_IDENTITY_FILE} not found in or beside {root}: pass "
-                      f"--identity_file=<path>")
+      raise UserError(
+        f"{CELEBA_IDENTITY_FILE} not found in or beside {root}: pass --identity_file=<path>"
+      )
   if partition_file:
     if not os.path.isfile(partition_file):
-      raise UserError(f"partition file {partition_file} does not exist: pass "
-                      f"--partition_file=<path of {CELEBA_PARTITION_FILE}> or leave it empty")
+      raise UserError(
+        f"partition file {partition_file} does not exist: pass "
+        f"--partition_file=<path of {CELEBA_PARTITION_FILE}> or leave it empty"
+      )
   else:
     partition_file = find_celeba_file(root, CELEBA_PARTITION_FILE)
   identities = _read_pairs(identity_file, "identity")
@@ -350,12 +399,18 @@ def describe(listing: ImageListing, limit: int = 5) -> Sequence[str]:
   """Short human lines about the listing's problems, for logs."""
   lines = []
   if listing.empty_identities:
-    lines.append(f"{len(listing.empty_identities)} empty identity folders, e.g. "
-                 f"{', '.join(listing.empty_identities[:limit])}")
+    lines.append(
+      f"{len(listing.empty_identities)} empty identity folders, e.g. "
+      f"{', '.join(listing.empty_identities[:limit])}"
+    )
   if listing.ignored:
-    lines.append(f"{len(listing.ignored)} files ignored, e.g. "
-                 f"{', '.join(f'{p} ({r})' for p, r in listing.ignored[:limit])}")
+    lines.append(
+      f"{len(listing.ignored)} files ignored, e.g. "
+      f"{', '.join(f'{p} ({r})' for p, r in listing.ignored[:limit])}"
+    )
   if listing.missing:
-    lines.append(f"{len(listing.missing)} listed files missing, e.g. "
-                 f"{', '.join(p for p, _ in listing.missing[:limit])}")
+    lines.append(
+      f"{len(listing.missing)} listed files missing, e.g. "
+      f"{', '.join(p for p, _ in listing.missing[:limit])}"
+    )
   return lines

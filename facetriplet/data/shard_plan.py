@@ -35,6 +35,7 @@ SPLIT_ORDER = ("train", "val", "test", "all")
 @dataclasses.dataclass(frozen=True)
 class PlannedShard:
   """One output shard: split, file name, photos in write order as (entry, label, identity)."""
+
   split: str
   file: str
   items: tuple[tuple[ImageEntry, int, str], ...]
@@ -87,8 +88,13 @@ def pack_groups(sizes: Sequence[int], num_shards: int) -> list[list[int]]:
   return runs
 
 
-def make_plan(entries: Sequence[ImageEntry], layout: str, val_fraction: float = 0.2,
-              seed: int = 0, num_shards: int = 0) -> ShardPlan:
+def make_plan(
+  entries: Sequence[ImageEntry],
+  layout: str,
+  val_fraction: float = 0.2,
+  seed: int = 0,
+  num_shards: int = 0,
+) -> ShardPlan:
   """Labels, splits and shard contents for `entries` (sorted by rel_path).
 
   Args:

@@ -42,41 +42,49 @@ KEY_METHOD = "face/method"
 
 def _tf():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   return tf
 
 
 def feature_spec() -> dict[str, Any]:
   tf = _tf()
   return {
-      KEY_IMAGE: tf.io.FixedLenFeature([], tf.string),
-      KEY_LABEL: tf.io.FixedLenFeature([], tf.int64),
-      KEY_IDENTITY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-      KEY_PATH: tf.io.FixedLenFeature([], tf.string, default_value=""),
-      KEY_BOX: tf.io.FixedLenFeature([4], tf.float32),
-      KEY_FOUND: tf.io.FixedLenFeature([], tf.int64, default_value=1),
-      # Records written before alignment existed have neither key.
-      KEY_LANDMARKS: tf.io.FixedLenFeature([10], tf.float32, default_value=[0.0] * 10),
-      KEY_METHOD: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    KEY_IMAGE: tf.io.FixedLenFeature([], tf.string),
+    KEY_LABEL: tf.io.FixedLenFeature([], tf.int64),
+    KEY_IDENTITY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    KEY_PATH: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    KEY_BOX: tf.io.FixedLenFeature([4], tf.float32),
+    KEY_FOUND: tf.io.FixedLenFeature([], tf.int64, default_value=1),
+    # Records written before alignment existed have neither key.
+    KEY_LANDMARKS: tf.io.FixedLenFeature([10], tf.float32, default_value=[0.0] * 10),
+    KEY_METHOD: tf.io.FixedLenFeature([], tf.string, default_value=""),
   }
 
 
-def make_example(encoded: bytes, label: int, identity: str, path: str,
-                 box: Sequence[float], found: bool,
-                 landmarks: Sequence[float] = (0.0,) * 10, method: str = "") -> bytes:
+def make_example(
+  encoded: bytes,
+  label: int,
+  identity: str,
+  path: str,
+  box: Sequence[float],
+  found: bool,
+  landmarks: Sequence[float] = (0.0,) * 10,
+  method: str = "",
+) -> bytes:
   """Serializes one face record."""
   if len(landmarks) != 10:
     raise ValueError(f"landmarks must hold 10 numbers (x1..x5, y1..y5), got {len(landmarks)}")
   tf = _tf()
   f = tf.train.Feature
   feature = {
-      KEY_IMAGE: f(bytes_list=tf.train.BytesList(value=[encoded])),
-      KEY_LABEL: f(int64_list=tf.train.Int64List(value=[int(label)])),
-      KEY_IDENTITY: f(bytes_list=tf.train.BytesList(value=[identity.encode("utf-8")])),
-      KEY_PATH: f(bytes_list=tf.train.BytesList(value=[path.encode("utf-8")])),
-      KEY_BOX: f(float_list=tf.train.FloatList(value=[float(v) for v in box])),
-      KEY_FOUND: f(int64_list=tf.train.Int64List(value=[int(bool(found))])),
-      KEY_LANDMARKS: f(float_list=tf.train.FloatList(value=[float(v) for v in landmarks])),
-      KEY_METHOD: f(bytes_list=tf.train.BytesList(value=[method.encode("utf-8")])),
+    KEY_IMAGE: f(bytes_list=tf.train.BytesList(value=[encoded])),
+    KEY_LABEL: f(int64_list=tf.train.Int64List(value=[int(label)])),
+    KEY_IDENTITY: f(bytes_list=tf.train.BytesList(value=[identity.encode("utf-8")])),
+    KEY_PATH: f(bytes_list=tf.train.BytesList(value=[path.encode("utf-8")])),
+    KEY_BOX: f(float_list=tf.train.FloatList(value=[float(v) for v in box])),
+    KEY_FOUND: f(int64_list=tf.train.Int64List(value=[int(bool(found))])),
+    KEY_LANDMARKS: f(float_list=tf.train.FloatList(value=[float(v) for v in landmarks])),
+    KEY_METHOD: f(bytes_list=tf.train.BytesList(value=[method.encode("utf-8")])),
   }
   # deterministic=True: protobuf map order otherwise differs between processes, and shards
   # must be byte-identical across runs.
@@ -110,8 +118,10 @@ def list_shards(directory: str, split: str) -> list[str]:
   """The complete shards of `split` in `directory`, sorted; raises UserError when there are none."""
   paths = sorted(glob.glob(os.path.join(directory, f"{split}-?????-of-?????.tfrecord")))
   if not paths:
-    raise UserError(f"no '{split}' shards in {directory}: run facetriplet-build-tfrecords "
-                    f"--output={directory} first")
+    raise UserError(
+      f"no '{split}' shards in {directory}: run facetriplet-build-tfrecords "
+      f"--output={directory} first"
+    )
   return paths
 
 
@@ -122,14 +132,14 @@ def read_records(paths: Sequence[str]) -> Iterable[dict[str, Any]]:
     for raw in tf.data.TFRecordDataset(path):
       ex = parse_example(raw)
       yield {
-          "image": ex[KEY_IMAGE].numpy(),
-          "label": int(ex[KEY_LABEL].numpy()),
-          "identity": ex[KEY_IDENTITY].numpy().decode("utf-8"),
-          "path": ex[KEY_PATH].numpy().decode("utf-8"),
-          "box": ex[KEY_BOX].numpy().tolist(),
-          "found": bool(ex[KEY_FOUND].numpy()),
-          "landmarks": ex[KEY_LANDMARKS].numpy().tolist(),
-          "method": ex[KEY_METHOD].numpy().decode("utf-8"),
+        "image": ex[KEY_IMAGE].numpy(),
+        "label": int(ex[KEY_LABEL].numpy()),
+        "identity": ex[KEY_IDENTITY].numpy().decode("utf-8"),
+        "path": ex[KEY_PATH].numpy().decode("utf-8"),
+        "box": ex[KEY_BOX].numpy().tolist(),
+        "found": bool(ex[KEY_FOUND].numpy()),
+        "landmarks": ex[KEY_LANDMARKS].numpy().tolist(),
+        "method": ex[KEY_METHOD].numpy().decode("utf-8"),
       }
 
 
@@ -160,8 +170,11 @@ def decode_image(encoded, size: int):
 
 def is_shard_folder(path: str) -> bool:
   """True for a folder written by facetriplet-build-tfrecords (manifest + shards)."""
-  return (os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
-          and any(n.endswith(".tfrecord") for n in os.listdir(path)))
+  return (
+    os.path.isdir(path)
+    and os.path.isfile(os.path.join(path, MANIFEST))
+    and any(n.endswith(".tfrecord") for n in os.listdir(path))
+  )
 
 
 class ShardSet:
@@ -191,8 +204,10 @@ class ShardSet:
     try:
       return faces.crop_size_of(self.manifest["crop"])
     except (KeyError, TypeError, ValueError) as e:
-      raise UserError(f"{os.path.join(self.directory, MANIFEST)} has no crop size: rebuild the "
-                      "shards with facetriplet-build-tfrecords") from e
+      raise UserError(
+        f"{os.path.join(self.directory, MANIFEST)} has no crop size: rebuild the "
+        "shards with facetriplet-build-tfrecords"
+      ) from e
 
   @property
   def input_root(self) -> str:
@@ -219,16 +234,22 @@ class ShardSet:
     """[(label, count), ...] of `split`, shard by shard (may be empty)."""
     info = self.manifest.get("splits", {}).get(split)
     if info is None:
-      raise UserError(f"split '{split}' not in the manifest of {self.directory} (has: "
-                      f"{', '.join(sorted(self.split_names))}); set "
-                      "--config.data.train_split / --config.data.val_split")
-    return [(int(label), int(count)) for shard in info.get("shards", [])
-            for label, count in shard.get("groups", [])]
+      raise UserError(
+        f"split '{split}' not in the manifest of {self.directory} (has: "
+        f"{', '.join(sorted(self.split_names))}); set "
+        "--config.data.train_split / --config.data.val_split"
+      )
+    return [
+      (int(label), int(count))
+      for shard in info.get("shards", [])
+      for label, count in shard.get("groups", [])
+    ]
 
   def trainable_labels(self, split: str, min_photos: int = 2) -> list[int]:
     """Sorted labels of `split` with at least `min_photos` photos (those training can use)."""
-    return sorted(label for label, count in self.split_groups(split)
-                  if label >= 0 and count >= min_photos)
+    return sorted(
+      label for label, count in self.split_groups(split) if label >= 0 and count >= min_photos
+    )
 
   def usable_identities(self, split: str, min_photos: int = 2) -> int:
     return len(self.trainable_labels(split, min_photos))
@@ -238,14 +259,18 @@ class ShardSet:
     UserError (naming the folder and the fix)."""
     usable = self.usable_identities(train_split, min_photos)
     if usable < 2:
-      raise UserError(f"{self.directory}: split '{train_split}' has {usable} identities with "
-                      f"{min_photos}+ photos; triplet training needs at least 2 (and P per "
-                      "batch): add photos or rebuild with a smaller --val_fraction (rejected "
-                      "files are listed in its manifest.json)")
+      raise UserError(
+        f"{self.directory}: split '{train_split}' has {usable} identities with "
+        f"{min_photos}+ photos; triplet training needs at least 2 (and P per "
+        "batch): add photos or rebuild with a smaller --val_fraction (rejected "
+        "files are listed in its manifest.json)"
+      )
     if not self.images(val_split):
-      raise UserError(f"{self.directory}: split '{val_split}' is empty, so nothing can be "
-                      "evaluated: rebuild the TFRecords with --val_fraction>0 or set "
-                      "--config.data.val_split to a split that exists")
+      raise UserError(
+        f"{self.directory}: split '{val_split}' is empty, so nothing can be "
+        "evaluated: rebuild the TFRecords with --val_fraction>0 or set "
+        "--config.data.val_split to a split that exists"
+      )
 
   def shards(self, split: str) -> list[str]:
     """The complete shard files of `split`, sorted (UserError when there are none)."""
@@ -257,8 +282,11 @@ class ShardSet:
     for split in splits or self.split_names:
       yield from read_records(self.shards(split))
 
-  def decoded_batches(self, splits: Sequence[str] | None = None, batch_size: int = 64,
-                      ) -> Iterable[list[tuple[dict[str, Any], Any]]]:
+  def decoded_batches(
+    self,
+    splits: Sequence[str] | None = None,
+    batch_size: int = 64,
+  ) -> Iterable[list[tuple[dict[str, Any], Any]]]:
     """Batches of (record dict without the image bytes, RGB uint8 [S, S, 3] numpy array), in
     shard order, decoded by `decode_image` (the training pipeline's decoder)."""
     tf = _tf()
@@ -272,16 +300,26 @@ class ShardSet:
 
     for split in splits or self.split_names:
       ds = tf.data.TFRecordDataset(self.shards(split)).map(
-          parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+      )
       for batch in ds.batch(batch_size).prefetch(2).as_numpy_iterator():
         out = []
         for i in range(len(batch[KEY_IMAGE])):
-          out.append(({"split": split, "label": int(batch[KEY_LABEL][i]),
-                       "identity": batch[KEY_IDENTITY][i].decode("utf-8"),
-                       "path": batch[KEY_PATH][i].decode("utf-8"),
-                       "box": batch[KEY_BOX][i].tolist(), "found": bool(batch[KEY_FOUND][i]),
-                       "landmarks": batch[KEY_LANDMARKS][i].tolist(),
-                       "method": batch[KEY_METHOD][i].decode("utf-8")}, batch[KEY_IMAGE][i]))
+          out.append(
+            (
+              {
+                "split": split,
+                "label": int(batch[KEY_LABEL][i]),
+                "identity": batch[KEY_IDENTITY][i].decode("utf-8"),
+                "path": batch[KEY_PATH][i].decode("utf-8"),
+                "box": batch[KEY_BOX][i].tolist(),
+                "found": bool(batch[KEY_FOUND][i]),
+                "landmarks": batch[KEY_LANDMARKS][i].tolist(),
+                "method": batch[KEY_METHOD][i].decode("utf-8"),
+              },
+              batch[KEY_IMAGE][i],
+            )
+          )
         yield out
 
   def steps_per_epoch(self, split: str, global_batch: int, configured: int | None = None) -> int:

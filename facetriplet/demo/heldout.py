@@ -23,8 +23,12 @@ def split_heldout(tfrecord_dir: str, out_dir: str, seed: int = 0) -> dict[str, i
   shard_set = tfrecords.ShardSet.open(tfrecord_dir)
   manifest = shard_set.manifest
   by_label = {label: name for name, label in shard_set.labels.items()}
-  held = sorted({by_label[label] for label, _ in (shard_set.split_groups("val")
-                                                    if "val" in shard_set.split_names else [])})
+  held = sorted(
+    {
+      by_label[label]
+      for label, _ in (shard_set.split_groups("val") if "val" in shard_set.split_names else [])
+    }
+  )
   if not held:
     raise UserError(f"{tfrecord_dir} has no held-out (val) identities; use more identities")
   rejected = {r["path"] for r in manifest.get("rejected", [])}

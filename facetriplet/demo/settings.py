@@ -18,16 +18,44 @@ from facetriplet.errors import UserError
 
 # Settings whose change invalidates the data (everything is redone); other changes redo training
 # and what follows.
-DATA_KEYS = ("data", "identities", "photos", "photo_size", "crop_size", "detector",
-             "val_fraction", "seed")
+DATA_KEYS = (
+  "data",
+  "identities",
+  "photos",
+  "photo_size",
+  "crop_size",
+  "detector",
+  "val_fraction",
+  "seed",
+)
 # The generated set: 60 identities x 12 photos (48 train / 12 held out), 64 px crops, the ORL
 # config (ResNet-18-style, half width, 64 px, P=8 x K=4, colour jitter off: colour is identity in
 # drawn faces) for 25 epochs at 2.5x its learning rate (measured on 2 busy cores: ~9 s an epoch;
 # val mAP@R 0.03 untrained -> ~0.44, raw pixels 0.11). Quick: the smoke variant on a tiny set.
-GENERATED = {"identities": 60, "photos": 12, "photo_size": 128, "crop_size": 64, "epochs": 25,
-             "val_fraction": 0.2, "config": "orl", "p": 8, "k": 4, "base_lr": 0.01}
-QUICK = {"identities": 8, "photos": 4, "photo_size": 64, "crop_size": 32, "epochs": 2,
-         "val_fraction": 0.25, "config": "orl:smoke", "p": 4, "k": 2, "base_lr": None}
+GENERATED = {
+  "identities": 60,
+  "photos": 12,
+  "photo_size": 128,
+  "crop_size": 64,
+  "epochs": 25,
+  "val_fraction": 0.2,
+  "config": "orl",
+  "p": 8,
+  "k": 4,
+  "base_lr": 0.01,
+}
+QUICK = {
+  "identities": 8,
+  "photos": 4,
+  "photo_size": 64,
+  "crop_size": 32,
+  "epochs": 2,
+  "val_fraction": 0.25,
+  "config": "orl:smoke",
+  "p": 4,
+  "k": 2,
+  "base_lr": None,
+}
 
 TRAIN_IMAGES_BUDGET = 12000  # images seen in training for --data (~3 min on 2 busy CPU cores)
 
@@ -42,8 +70,10 @@ def plan_for_data(counts: dict[str, int], epochs: Optional[int] = None) -> dict[
   """
   usable = sorted(n for n in counts.values() if n >= 2)
   if len(usable) < 4:
-    raise UserError(f"the data has {len(usable)} identities with 2 or more photos; the demo needs "
-                    "at least 4 (one sub-folder of photos per identity)")
+    raise UserError(
+      f"the data has {len(usable)} identities with 2 or more photos; the demo needs "
+      "at least 4 (one sub-folder of photos per identity)"
+    )
   val_fraction = min(0.5, max(0.2, 2.0 / len(usable)))
   train_ids = max(2, int(len(usable) * (1 - val_fraction)))
   k = min(4, max(2, int(statistics.median(usable)) // 2))
@@ -52,18 +82,32 @@ def plan_for_data(counts: dict[str, int], epochs: Optional[int] = None) -> dict[
     epochs = min(60, max(3, round(TRAIN_IMAGES_BUDGET / train_images)))
   # 2-4 photos a person: the LFW config (P=48 x K=2); more: the ORL one (P=8 x K=4).
   config, p = ("lfw", min(train_ids, 48)) if k == 2 else ("orl", min(train_ids, 8))
-  return {"identities": len(counts), "photos": int(statistics.median(usable)), "crop_size": 64,
-          "epochs": int(epochs), "val_fraction": round(val_fraction, 3), "config": config,
-          "p": p, "k": k, "base_lr": None}
+  return {
+    "identities": len(counts),
+    "photos": int(statistics.median(usable)),
+    "crop_size": 64,
+    "epochs": int(epochs),
+    "val_fraction": round(val_fraction, 3),
+    "config": config,
+    "p": p,
+    "k": k,
+    "base_lr": None,
+  }
 
 
 def _count_photos(data: str) -> dict[str, int]:
   return dict(collections.Counter(entry.identity for entry in layouts.list_images(data, "folders")))
 
 
-def settings(data: Optional[str], quick: bool = False, detector: Optional[str] = None,
-             epochs: Optional[int] = None, identities: Optional[int] = None,
-             photos: Optional[int] = None, seed: int = 0) -> dict[str, Any]:
+def settings(
+  data: Optional[str],
+  quick: bool = False,
+  detector: Optional[str] = None,
+  epochs: Optional[int] = None,
+  identities: Optional[int] = None,
+  photos: Optional[int] = None,
+  seed: int = 0,
+) -> dict[str, Any]:
   """The run's settings: the generated set's, or a plan for the identity folders `data`.
 
   Raises:
@@ -72,11 +116,15 @@ def settings(data: Optional[str], quick: bool = False, detector: Optional[str] =
   if data:
     data = os.path.abspath(os.path.expanduser(data))
     if not os.path.isdir(data):
-      raise UserError(f"--data={data} is not a folder: pass a folder with one sub-folder of "
-                      "photos per identity")
+      raise UserError(
+        f"--data={data} is not a folder: pass a folder with one sub-folder of photos per identity"
+      )
     s = plan_for_data(_count_photos(data), 2 if quick else None)
-    s.update(data=data, detector=detector or detectors.DEFAULT,
-             config=s["config"] + (":smoke" if quick else ""))
+    s.update(
+      data=data,
+      detector=detector or detectors.DEFAULT,
+      config=s["config"] + (":smoke" if quick else ""),
+    )
   else:
     s = dict(QUICK if quick else GENERATED)
     s.update({k: v for k, v in (("identities", identities), ("photos", photos)) if v})

@@ -14,8 +14,19 @@ from facetriplet.demo.settings import DATA_KEYS
 from facetriplet.errors import UserError
 
 STATE = "demo.json"
-OUTPUTS = ("faces", "tfrecords", "heldout", "train", "export", "index", "retrieve", "submissions",
-           "evaluate", "eval", "logs")  # steps and their folders
+OUTPUTS = (
+  "faces",
+  "tfrecords",
+  "heldout",
+  "train",
+  "export",
+  "index",
+  "retrieve",
+  "submissions",
+  "evaluate",
+  "eval",
+  "logs",
+)  # steps and their folders
 TRAINED = OUTPUTS[3:-1]  # redone when only training settings change (epochs, P, K, lr)
 
 
@@ -32,8 +43,10 @@ class State:
       with open(self.path, encoding="utf-8") as f:
         old = json.load(f)
     elif os.path.isdir(workdir) and os.listdir(workdir):
-      raise UserError(f"{workdir} is not empty and was not written by the demo (no {STATE}): "
-                      "pass another --workdir, or empty the folder")
+      raise UserError(
+        f"{workdir} is not empty and was not written by the demo (no {STATE}): "
+        "pass another --workdir, or empty the folder"
+      )
     if old is not None and (fresh or old.get("settings") != settings):
       before = old.get("settings", {})
       same_data = all(before.get(k) == settings.get(k) for k in DATA_KEYS) and not fresh

@@ -24,8 +24,11 @@ _NOISE = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+: [IWE] |cuInit|^\s*$")
 
 def _tool_command(name: str) -> list[str]:
   script = os.path.join(os.path.dirname(sys.executable), f"facetriplet-{name}")
-  return [script] if os.path.isfile(script) else [
-      sys.executable, "-m", f"facetriplet_tools.{name.replace('-', '_')}"]
+  return (
+    [script]
+    if os.path.isfile(script)
+    else [sys.executable, "-m", f"facetriplet_tools.{name.replace('-', '_')}"]
+  )
 
 
 def _pump(stream, log, lock, show) -> None:
@@ -60,10 +63,19 @@ def run(step: str, tool: str, args: Sequence[str], workdir: str) -> None:
   env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
   lock = threading.Lock()
   with open(log_path, "w", encoding="utf-8") as log:
-    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, errors="replace")
-    pumps = [threading.Thread(target=_pump, args=(proc.stdout, log, lock, _stdout_line)),
-             threading.Thread(target=_pump, args=(proc.stderr, log, lock, _stderr_line))]
+    proc = subprocess.Popen(
+      command,
+      cwd=workdir,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      errors="replace",
+    )
+    pumps = [
+      threading.Thread(target=_pump, args=(proc.stdout, log, lock, _stdout_line)),
+      threading.Thread(target=_pump, args=(proc.stderr, log, lock, _stderr_line)),
+    ]
     for t in pumps:
       t.start()
     try:
@@ -79,5 +91,7 @@ def run(step: str, tool: str, args: Sequence[str], workdir: str) -> None:
     with open(log_path, encoding="utf-8") as f:
       tail = f.read().splitlines()[-20:]
     print("\n".join("  | " + t for t in tail), file=sys.stderr)
-    raise UserError(f"step '{step}' failed (facetriplet-{tool} exit status {code}); full log: "
-                    f"{log_path}. Fix the cause and run the same command again to resume")
+    raise UserError(
+      f"step '{step}' failed (facetriplet-{tool} exit status {code}); full log: "
+      f"{log_path}. Fix the cause and run the same command again to resume"
+    )

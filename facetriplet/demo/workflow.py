@@ -27,77 +27,179 @@ def run_demo(args: Any) -> None:
   Raises:
     UserError: bad options or data, a workdir the demo did not write, a failed step.
   """
-  settings = settings_lib.settings(args.data, args.quick, args.detector, args.epochs,
-                                    args.identities, args.photos, args.seed)
+  settings = settings_lib.settings(
+    args.data, args.quick, args.detector, args.epochs, args.identities, args.photos, args.seed
+  )
   workdir = os.path.abspath(args.workdir)
   if settings["data"] and (settings["data"] + os.sep).startswith(workdir + os.sep):
-    raise UserError(f"--data={settings['data']} is inside --workdir={workdir}, whose folders the "
-                    "demo may delete: pass a --workdir outside your photos")
+    raise UserError(
+      f"--data={settings['data']} is inside --workdir={workdir}, whose folders the "
+      "demo may delete: pass a --workdir outside your photos"
+    )
   state = State(workdir, settings, args.fresh)
   start = time.time()
-  print(f"workdir {workdir}\nsettings: " + ", ".join(f"{k}={v}" for k, v in settings.items()
-                                                       if v is not None))
+  print(
+    f"workdir {workdir}\nsettings: "
+    + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+  )
   data = settings["data"] or "faces"
   config = settings["config"]  # a shipped config's name, e.g. orl or orl:smoke
 
   if not settings["data"]:
-    state.step("faces", "generate a labelled set of drawn faces", lambda: steps.run(
-        "faces", "make-demo-data",
-        ["--output=faces", f"--identities={settings['identities']}",
-         f"--photos={settings['photos']}", f"--size={settings['photo_size']}",
-         f"--seed={settings['seed']}"], workdir))
-  state.step("tfrecords", "face crops -> TFRecord shards, identity-disjoint train/val split",
-             lambda: steps.run("tfrecords", "build-tfrecords", [
-                 "--layout=folders", f"--input={data}", "--output=tfrecords",
-                 f"--detector={settings['detector']}", f"--crop_size={settings['crop_size']}",
-                 f"--val_fraction={settings['val_fraction']}", f"--seed={settings['seed']}",
-                 "--noprogress"], workdir) or tfrecords.ShardSet.open(
-                     os.path.join(workdir, "tfrecords")).check_trainable("train", "val"))
+    state.step(
+      "faces",
+      "generate a labelled set of drawn faces",
+      lambda: steps.run(
+        "faces",
+        "make-demo-data",
+        [
+          "--output=faces",
+          f"--identities={settings['identities']}",
+          f"--photos={settings['photos']}",
+          f"--size={settings['photo_size']}",
+          f"--seed={settings['seed']}",
+        ],
+        workdir,
+      ),
+    )
+  state.step(
+    "tfrecords",
+    "face crops -> TFRecord shards, identity-disjoint train/val split",
+    lambda: (
+      steps.run(
+        "tfrecords",
+        "build-tfrecords",
+        [
+          "--layout=folders",
+          f"--input={data}",
+          "--output=tfrecords",
+          f"--detector={settings['detector']}",
+          f"--crop_size={settings['crop_size']}",
+          f"--val_fraction={settings['val_fraction']}",
+          f"--seed={settings['seed']}",
+          "--noprogress",
+        ],
+        workdir,
+      )
+      or tfrecords.ShardSet.open(os.path.join(workdir, "tfrecords")).check_trainable("train", "val")
+    ),
+  )
   epochs = int(settings["epochs"])
-  train_args = [f"--config={config}", "--config.data.tfrecord_dir=tfrecords", "--workdir=train",
-                f"--config.seed={settings['seed']}", f"--config.train.epochs={epochs}",
-                f"--config.train.p={settings['p']}", f"--config.train.k={settings['k']}",
-                f"--config.train.warmup_epochs={min(2.0, max(0.5, epochs / 10))}"]
+  train_args = [
+    f"--config={config}",
+    "--config.data.tfrecord_dir=tfrecords",
+    "--workdir=train",
+    f"--config.seed={settings['seed']}",
+    f"--config.train.epochs={epochs}",
+    f"--config.train.p={settings['p']}",
+    f"--config.train.k={settings['k']}",
+    f"--config.train.warmup_epochs={min(2.0, max(0.5, epochs / 10))}",
+  ]
   if settings["base_lr"] and not settings["quick"]:
     train_args.append(f"--config.train.base_lr={settings['base_lr']}")
-  state.step("train", "train the embedding network (triplet loss; val = held-out identities)",
-             lambda: steps.run("train", "train", train_args, workdir))
-  state.step("export", "export the best checkpoint as a SavedModel", lambda: steps.run(
-      "export", "export", ["--workdir=train", "--export_dir=export"], workdir))
+  state.step(
+    "train",
+    "train the embedding network (triplet loss; val = held-out identities)",
+    lambda: steps.run("train", "train", train_args, workdir),
+  )
+  state.step(
+    "export",
+    "export the best checkpoint as a SavedModel",
+    lambda: steps.run("export", "export", ["--workdir=train", "--export_dir=export"], workdir),
+  )
 
   def heldout():
-    n = heldout_lib.split_heldout(os.path.join(workdir, "tfrecords"),
-                                  os.path.join(workdir, "heldout"), settings["seed"])
-    print(f"  {n['queries']} queries -> heldout/query, {n['gallery']} gallery photos -> heldout/"
-          f"gallery, of {n['identities']} identities never seen in training (heldout/labels.txt)")
+    n = heldout_lib.split_heldout(
+      os.path.join(workdir, "tfrecords"), os.path.join(workdir, "heldout"), settings["seed"]
+    )
+    print(
+      f"  {n['queries']} queries -> heldout/query, {n['gallery']} gallery photos -> heldout/"
+      f"gallery, of {n['identities']} identities never seen in training (heldout/labels.txt)"
+    )
+
   state.step("heldout", "query/gallery split of the held-out identities", heldout)
-  state.step("index", "embed the gallery and build a ScaNN index", lambda: steps.run(
-      "index", "build-index", ["--model=export", "--gallery=heldout/gallery", "--layout=flat",
-                               "--index_dir=index", "--noprogress"], workdir))
-  state.step("retrieve", "top-10 gallery photos per query -> submission.json", lambda: steps.run(
-      "retrieve", "retrieve", ["--index=index", "--queries=heldout/query", "--layout=flat",
-                               "--output=submissions", "--groupname=facetriplet-demo", "--k=10",
-                               "--noprogress"], workdir))
-  state.step("evaluate", "score learned embedding vs classical features; retrieval grid",
-             lambda: steps.run("evaluate", "evaluate", [
-                 "--model=export", "--queries=heldout/query", "--gallery=heldout/gallery",
-                 "--labels=heldout/labels.txt", "--layout=flat", f"--features={FEATURES}",
-                 "--output=eval", "--grid_queries=8", "--noprogress"], workdir))
+  state.step(
+    "index",
+    "embed the gallery and build a ScaNN index",
+    lambda: steps.run(
+      "index",
+      "build-index",
+      [
+        "--model=export",
+        "--gallery=heldout/gallery",
+        "--layout=flat",
+        "--index_dir=index",
+        "--noprogress",
+      ],
+      workdir,
+    ),
+  )
+  state.step(
+    "retrieve",
+    "top-10 gallery photos per query -> submission.json",
+    lambda: steps.run(
+      "retrieve",
+      "retrieve",
+      [
+        "--index=index",
+        "--queries=heldout/query",
+        "--layout=flat",
+        "--output=submissions",
+        "--groupname=facetriplet-demo",
+        "--k=10",
+        "--noprogress",
+      ],
+      workdir,
+    ),
+  )
+  state.step(
+    "evaluate",
+    "score learned embedding vs classical features; retrieval grid",
+    lambda: steps.run(
+      "evaluate",
+      "evaluate",
+      [
+        "--model=export",
+        "--queries=heldout/query",
+        "--gallery=heldout/gallery",
+        "--labels=heldout/labels.txt",
+        "--layout=flat",
+        f"--features={FEATURES}",
+        "--output=eval",
+        "--grid_queries=8",
+        "--noprogress",
+      ],
+      workdir,
+    ),
+  )
 
   with open(os.path.join(workdir, "eval", "metrics.json"), encoding="utf-8") as f:
     results = json.load(f)["results"]
-  shown = {name: {k: results[name][k] for k in SHOWN if k in results[name]}
-           for name in FEATURES.split(",") if name in results}
-  print("\n=== results: queries vs gallery, identities never seen in training "
-        "(all columns: eval/metrics.md)\n")
+  shown = {
+    name: {k: results[name][k] for k in SHOWN if k in results[name]}
+    for name in FEATURES.split(",")
+    if name in results
+  }
+  print(
+    "\n=== results: queries vs gallery, identities never seen in training "
+    "(all columns: eval/metrics.md)\n"
+  )
   print(report.markdown_table(shown))
-  best = max((name for name in shown if name != "embedding"),
-             key=lambda name: shown[name].get("map@r", 0), default=None)
+  best = max(
+    (name for name in shown if name != "embedding"),
+    key=lambda name: shown[name].get("map@r", 0),
+    default=None,
+  )
   if best and "embedding" in shown and shown["embedding"]["map@r"] < shown[best]["map@r"]:
-    print(f"note: this short run's embedding is below {best} (mAP@R); train longer "
-          f"(--epochs={2 * epochs}) or with more photos per identity\n")
-  print("step times: " + ", ".join(f"{k} {state.done[k]:.0f} s" for k in state.order)
-        + f" (sum {sum(state.done[k] for k in state.order):.0f} s)")
+    print(
+      f"note: this short run's embedding is below {best} (mAP@R); train longer "
+      f"(--epochs={2 * epochs}) or with more photos per identity\n"
+    )
+  print(
+    "step times: "
+    + ", ".join(f"{k} {state.done[k]:.0f} s" for k in state.order)
+    + f" (sum {sum(state.done[k] for k in state.order):.0f} s)"
+  )
   print(f"retrieval grid:  {os.path.join(workdir, 'eval', 'grid.png')}  (green = same identity)")
   print(f"submission:      {os.path.join(workdir, 'submissions', 'submission.json')}")
   print(f"total time:      {time.time() - start:.0f} s")

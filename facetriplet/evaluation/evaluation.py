@@ -30,14 +30,26 @@ from facetriplet.search import features as features_lib
 from facetriplet.search import gallery, submission
 
 
-def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] = None,
-             queries: Optional[str] = None, gallery_dir: Optional[str] = None,
-             index_dir: Optional[str] = None, data: Optional[str] = None,
-             leave_one_out: bool = False, labels_file: Optional[str] = None,
-             layout: str = "auto", ks: Sequence[int] = (1, 5, 10), grid_queries: int = 8,
-             grid_k: int = 10, batch_size: int = 64, workers: int = 4,
-             progress: bool = True, far: float = 0.01,
-             splits: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def evaluate(
+  features: Sequence[str],
+  output_dir: str,
+  model_dir: Optional[str] = None,
+  queries: Optional[str] = None,
+  gallery_dir: Optional[str] = None,
+  index_dir: Optional[str] = None,
+  data: Optional[str] = None,
+  leave_one_out: bool = False,
+  labels_file: Optional[str] = None,
+  layout: str = "auto",
+  ks: Sequence[int] = (1, 5, 10),
+  grid_queries: int = 8,
+  grid_k: int = 10,
+  batch_size: int = 64,
+  workers: int = 4,
+  progress: bool = True,
+  far: float = 0.01,
+  splits: Optional[Sequence[str]] = None,
+) -> dict[str, Any]:
   """Scores each feature extractor and writes the report (see the module docstring).
 
   `far`: the false accept rate whose threshold is reported as `threshold_at_far`; `splits`: the
@@ -51,17 +63,37 @@ def evaluate(features: Sequence[str], output_dir: str, model_dir: Optional[str] 
     UserError: inconsistent set-up flags, unknown identities, empty sets, model mismatch, a
       `far` outside (0, 1).
   """
-  return run(EvalSetup.create(
-      features, output_dir, model_dir, queries, gallery_dir, index_dir, data, leave_one_out,
-      labels_file, layout, ks, far, splits, grid_queries, grid_k, batch_size, workers, progress))
+  return run(
+    EvalSetup.create(
+      features,
+      output_dir,
+      model_dir,
+      queries,
+      gallery_dir,
+      index_dir,
+      data,
+      leave_one_out,
+      labels_file,
+      layout,
+      ks,
+      far,
+      splits,
+      grid_queries,
+      grid_k,
+      batch_size,
+      workers,
+      progress,
+    )
+  )
 
 
 def run(setup: EvalSetup) -> dict[str, Any]:
   """Scores a validated set-up and writes its report; returns the report."""
   index, features, model = None, setup.features, setup.model
   if setup.mode == "index":
-    extractor, index, info = gallery.open_index(setup.index, setup.model,
-                                                features[0] if features else None)
+    extractor, index, info = gallery.open_index(
+      setup.index, setup.model, features[0] if features else None
+    )
     features, model = (info["features"],), info["model"]
   results, verification, problems = {}, {}, {}
   clamped: dict[int, int] = {}
@@ -70,8 +102,16 @@ def run(setup: EvalSetup) -> dict[str, Any]:
       source = setup.queries if setup.mode == "leave_one_out" else setup.gallery
       extractor = features_lib.make_extractor(name, model, source=source)
     logging.info("evaluating %s (fingerprint %s)", name, extractor.fingerprint)
-    q = embed_set(extractor, setup.queries, setup.layout, setup.labels, setup.batch_size,
-                  setup.workers, setup.progress, setup.splits)
+    q = embed_set(
+      extractor,
+      setup.queries,
+      setup.layout,
+      setup.labels,
+      setup.batch_size,
+      setup.workers,
+      setup.progress,
+      setup.splits,
+    )
     if not q.entries:
       raise UserError(f"no readable query image in {setup.queries}")
     scored = scoring.SCORERS[setup.mode](setup, extractor, q, clamped, index=index)
@@ -79,18 +119,31 @@ def run(setup: EvalSetup) -> dict[str, Any]:
     problems[f"{name}/queries"] = scored.problems["queries"]
     problems[f"{name}/gallery"] = scored.problems["gallery"]
     suffix = "" if n == 0 else f"_{name}"
-    submission.write_results_csv(os.path.join(setup.output_dir, f"results{suffix}.csv"),
-                                 scored.results, scored.shared_names)
+    submission.write_results_csv(
+      os.path.join(setup.output_dir, f"results{suffix}.csv"), scored.results, scored.shared_names
+    )
     if setup.grid_queries > 0:
-      shown = scored.results[:setup.grid_queries]
-      rows = report.grid_rows([r.entry for r in shown], q.identities[:len(shown)],
-                              [r.matches[:setup.grid_k] for r in shown], scored.identity_of,
-                              extractor.crop_settings)
+      shown = scored.results[: setup.grid_queries]
+      rows = report.grid_rows(
+        [r.entry for r in shown],
+        q.identities[: len(shown)],
+        [r.matches[: setup.grid_k] for r in shown],
+        scored.identity_of,
+        extractor.crop_settings,
+      )
       report.save_grid(setup.output_dir, f"grid{suffix}.png", rows)
-  setup_record = dict(setup.describe(), features=list(features), model=model,
-                      # k larger than the candidates of a query: scored at the candidate count.
-                      ks_clamped={f"@{k}": v for k, v in sorted(clamped.items())})
-  out = {"results": results, "verification": verification, "setup": setup_record,
-         "problems": problems}
+  setup_record = dict(
+    setup.describe(),
+    features=list(features),
+    model=model,
+    # k larger than the candidates of a query: scored at the candidate count.
+    ks_clamped={f"@{k}": v for k, v in sorted(clamped.items())},
+  )
+  out = {
+    "results": results,
+    "verification": verification,
+    "setup": setup_record,
+    "problems": problems,
+  }
   report.write_report(setup.output_dir, out)
   return out

@@ -23,14 +23,15 @@ GREY = (150, 150, 150)
 QUERY_FRAME = (255, 255, 255)
 BACKGROUND = (32, 32, 32)
 TEXT = (235, 235, 235)
-PAD = 6          # space between cells
-GAP = 18         # extra space between the query and its results
-CAPTION = 14     # caption line height
+PAD = 6  # space between cells
+GAP = 18  # extra space between the query and its results
+CAPTION = 14  # caption line height
 
 
 @dataclasses.dataclass
 class GridCell:
   """A result thumbnail; `correct` is True/False when identities are known, else None."""
+
   image: Optional[np.ndarray]
   correct: Optional[bool] = None
   caption: str = ""
@@ -39,6 +40,7 @@ class GridCell:
 @dataclasses.dataclass
 class GridRow:
   """A query thumbnail, its caption (the file name) and its results in rank order."""
+
   image: Optional[np.ndarray]
   caption: str
   results: Sequence[GridCell]
@@ -51,6 +53,7 @@ def frame_color(correct: Optional[bool]) -> tuple[int, int, int]:
 @dataclasses.dataclass(frozen=True)
 class Geometry:
   """Pixel layout of a grid; `cell_box` gives the frame rectangle of any cell."""
+
   rows: int
   columns: int  # results per row (k)
   thumb: int = 96
@@ -126,8 +129,9 @@ def save_grid(path: str, image: Image.Image) -> None:
     image.save(tmp, format="PNG")
 
 
-def photo_with_box(rgb: np.ndarray, box: Sequence[float], size: int,
-                   color: tuple[int, int, int] = (255, 210, 0)) -> np.ndarray:
+def photo_with_box(
+  rgb: np.ndarray, box: Sequence[float], size: int, color: tuple[int, int, int] = (255, 210, 0)
+) -> np.ndarray:
   """The whole photo fitted into a size x size square (black bars) with the face box drawn:
   how a result of a several-faces-per-photo index shows which face matched."""
   h, w = rgb.shape[:2]
@@ -137,6 +141,7 @@ def photo_with_box(rgb: np.ndarray, box: Sequence[float], size: int,
   ox, oy = (size - im.width) // 2, (size - im.height) // 2
   canvas.paste(im, (ox, oy))
   x, y, bw, bh = (float(v) * scale for v in box)
-  ImageDraw.Draw(canvas).rectangle([ox + x, oy + y, ox + x + bw, oy + y + bh], outline=color,
-                                   width=max(1, size // 48))
+  ImageDraw.Draw(canvas).rectangle(
+    [ox + x, oy + y, ox + x + bw, oy + y + bh], outline=color, width=max(1, size // 48)
+  )
   return np.asarray(canvas)

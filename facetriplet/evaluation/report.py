@@ -12,7 +12,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from facetriplet import atomic, metrics
+from facetriplet import atomic
+from facetriplet.verification import FARS, far_key
 from facetriplet.data import faces
 from facetriplet.errors import ImageError
 from facetriplet.evaluation import grid
@@ -41,8 +42,7 @@ def markdown_table(results: Union[Mapping[str, Any], Mapping[str, Mapping[str, A
     columns: list[str] = []
     for values in results.values():
       columns += [key for key in values if key not in columns]
-    lines = ["| method | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for method, values in results.items():
       cells = [_format(values.get(key, "")) for key in columns]
       lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -56,11 +56,14 @@ def verification_markdown(verification: Mapping[str, Mapping[str, Any]], far: fl
   """The verification table of metrics.md: one row per feature ('n/a': too few negatives)."""
   rows = {}
   for name, v in verification.items():
-    cells = {f"TAR@FAR={metrics.far_key(f)}": v.get(f"tar@far={metrics.far_key(f)}")
-             for f in metrics.FARS}
-    cells.update({"EER": v.get("eer"), f"threshold@FAR={metrics.far_key(far)}":
-                  v.get("threshold_at_far"), "pairs (same/different)":
-                  f"{v['num_positive_pairs']}/{v['num_negative_pairs']}"})
+    cells = {f"TAR@FAR={far_key(f)}": v.get(f"tar@far={far_key(f)}") for f in FARS}
+    cells.update(
+      {
+        "EER": v.get("eer"),
+        f"threshold@FAR={far_key(far)}": v.get("threshold_at_far"),
+        "pairs (same/different)": f"{v['num_positive_pairs']}/{v['num_negative_pairs']}",
+      }
+    )
     rows[name] = {k: "n/a" if c is None else c for k, c in cells.items()}
   return markdown_table(rows) if rows else ""
 
@@ -70,10 +73,17 @@ def write_report(output_dir: str, report: Mapping[str, Any]) -> None:
   setup = report["setup"]
   atomic.write_json(os.path.join(output_dir, "metrics.json"), report)
   verification = report["verification"]
-  atomic.write_text(os.path.join(output_dir, "metrics.md"), markdown_table(report["results"]) + (
+  atomic.write_text(
+    os.path.join(output_dir, "metrics.md"),
+    markdown_table(report["results"])
+    + (
       f"\nVerification (pairs: {setup['verification_pairs']}; accept when cosine >= threshold; "
       "n/a: fewer than 1/FAR different-identity pairs):\n\n"
-      + verification_markdown(verification, setup["far"]) if verification else ""))
+      + verification_markdown(verification, setup["far"])
+      if verification
+      else ""
+    ),
+  )
 
 
 def _crop(path: str, settings) -> Optional[np.ndarray]:
@@ -94,8 +104,13 @@ def _cell_image(item, settings) -> Optional[np.ndarray]:
     return None
 
 
-def grid_rows(queries: Sequence[Any], identities: Sequence[Optional[str]],
-              matches: Sequence[Sequence[Any]], identity_of, settings) -> list[grid.GridRow]:
+def grid_rows(
+  queries: Sequence[Any],
+  identities: Sequence[Optional[str]],
+  matches: Sequence[Sequence[Any]],
+  identity_of,
+  settings,
+) -> list[grid.GridRow]:
   """GridRows for query entries and their `engine.Match`es (images re-cropped from their files;
   photos of an every-face index shown whole with the matched face boxed). `identity_of(item)`
   gives a gallery item's identity (labels files included)."""
@@ -105,8 +120,9 @@ def grid_rows(queries: Sequence[Any], identities: Sequence[Optional[str]],
     for m in found:
       g_id = identity_of(m.item)
       correct = None if g_id is None or q_id is None else g_id == q_id
-      cells.append(grid.GridCell(_cell_image(m.item, settings), correct,
-                                 f"#{m.rank} {m.score:.2f}"))
+      cells.append(
+        grid.GridCell(_cell_image(m.item, settings), correct, f"#{m.rank} {m.score:.2f}")
+      )
     rows.append(grid.GridRow(_crop(entry.path, settings), entry.rel_path, cells))
   return rows
 

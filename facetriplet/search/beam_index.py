@@ -13,15 +13,15 @@ embeddings folder. The pipeline:
   `keys` int64 [n, 3] (gallery order), `embeddings` float32 [n, D], `items` (the index items,
   `items.Item.of_face`, as JSON) and `problems` (skipped / no-face photos, as JSON).
 
-Then `index_from_shards` reads the shards back in gallery order and builds the index with the
-very items, embeddings and gallery.json of the local path. Up to `train_sample` items (250,000,
-ScaNN's own training-sample cap) it is one `GalleryIndex.build`, the same index as the local
-path's. Above it, the scale-out shape: the backend's settings are chosen for the whole gallery
+Then `sharded_index.index_from_shards` reads the shards back in gallery order and builds the index
+with the very items, embeddings and gallery.json of the local path. Up to `train_sample` items
+(250,000, ScaNN's own training-sample cap) it is one `GalleryIndex.build`, the same index as the
+local path's. Above it, the scale-out shape: the backend's settings are chosen for the whole gallery
 (ScaNN: about sqrt(n) leaves) but its structure is built from a random sample of `train_sample`
-items, and the other items are added slice by slice (`GalleryIndex.add`, an upsert), so
-partition training never holds more than the sample. Rows then come sample first; ids, items and
-scores are the same. `index.json` records `trained_on` (the gallery size the settings were chosen
-for) and `training_sample`.
+items, and the other items are added slice by slice (`GalleryIndex.add`, an upsert), so partition
+training never holds more than the sample. Rows then come sample first; ids, items and scores are
+the same. `index.json` records `trained_on` (the gallery size the settings were chosen for) and
+`training_sample`.
 
 Why not `apache_beam.ml.inference.tensorflow_inference.TFModelHandlerTensor`: it imports
 `tensorflow_hub` (which pulls in `tf-keras`, Keras 2) and loads with `tf.keras.models.load_model`,
@@ -47,29 +47,42 @@ from facetriplet import atomic, pipelines
 from facetriplet.data import faces, layouts, tfrecords
 from facetriplet.errors import UserError
 from facetriplet.search import backends, embedding, features, gallery
-from facetriplet.search.embedding import Problem
-from facetriplet.search.index import GalleryIndex
 from facetriplet.search.items import Item
+from facetriplet.search.sharded_index import (
+  EMBEDDINGS_FILE,
+  TRAIN_SAMPLE,
+  index_from_shards,
+  shard_name,
+)
 
 SHARD_ROWS = 10_000  # photos per embedding shard (folder galleries; TFRecords: one per shard)
-TRAIN_SAMPLE = 250_000
-ADD_ROWS = 100_000  # rows per GalleryIndex.add call after the sample
-EMBEDDINGS_FILE = "embeddings.json"
 TASKS_FILE = "tasks.jsonl"
-_OURS = re.compile(r"^(embeddings-\d{5}-of-\d{5}\.npz|embeddings\.json|tasks\.jsonl|"
-                   r"\..+\.tmp-\d+(\.old)?)$")
+_OURS = re.compile(
+  r"^(embeddings-\d{5}-of-\d{5}\.npz|embeddings\.json|tasks\.jsonl|"
+  r"\..+\.tmp-\d+(\.old)?)$"
+)
 _ROWS, _PROBLEMS = "rows", "problems"
 
 
-def build_gallery_index_beam(extractor, gallery_dir: str, index_dir: str, runner: str,
-                             pipeline_args: Sequence[str] = (), layout: str = "auto",
-                             splits: Optional[Sequence[str]] = None, batch_size: int = 64,
-                             target_recall: float = 0.95, model_dir: Optional[str] = None,
-                             faces_mode: str = "auto",
-                             min_face: float = faces.MIN_FACE_FRACTION,
-                             embeddings_dir: Optional[str] = None, shard_rows: int = SHARD_ROWS,
-                             train_sample: int = TRAIN_SAMPLE, backend: str = backends.DEFAULT,
-                             **settings: Any) -> gallery.GallerySummary:
+def build_gallery_index_beam(
+  extractor,
+  gallery_dir: str,
+  index_dir: str,
+  runner: str,
+  pipeline_args: Sequence[str] = (),
+  layout: str = "auto",
+  splits: Optional[Sequence[str]] = None,
+  batch_size: int = 64,
+  target_recall: float = 0.95,
+  model_dir: Optional[str] = None,
+  faces_mode: str = "auto",
+  min_face: float = faces.MIN_FACE_FRACTION,
+  embeddings_dir: Optional[str] = None,
+  shard_rows: int = SHARD_ROWS,
+  train_sample: int = TRAIN_SAMPLE,
+  backend: str = backends.DEFAULT,
+  **settings: Any,
+) -> gallery.GallerySummary:
   """`gallery.build_gallery_index` with the cropping and embedding run on Beam.
 
   Args:
@@ -90,8 +103,10 @@ def build_gallery_index_beam(extractor, gallery_dir: str, index_dir: str, runner
   start = time.time()
   pipelines.pipeline_options(runner, pipeline_args)
   if not os.path.isdir(gallery_dir):
-    raise UserError(f"gallery {gallery_dir} does not exist: pass a folder of images or a "
-                    "TFRecord folder written by facetriplet-build-tfrecords")
+    raise UserError(
+      f"gallery {gallery_dir} does not exist: pass a folder of images or a "
+      "TFRecord folder written by facetriplet-build-tfrecords"
+    )
   if shard_rows < 1 or train_sample < 1:
     raise UserError(f"shard_rows={shard_rows} and train_sample={train_sample} must be >= 1")
   faces_mode = gallery.resolve_faces(faces_mode, gallery_dir, layout)
@@ -101,46 +116,89 @@ def build_gallery_index_beam(extractor, gallery_dir: str, index_dir: str, runner
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(index_dir)}.embeddings-")
   try:
-    embed_to_shards(extractor, gallery_dir, staging, runner, pipeline_args, layout, splits,
-                    batch_size, faces_mode, min_face, model_dir, shard_rows)
-    return index_from_shards(staging, index_dir, extractor, gallery_dir, layout, faces_mode,
-                             min_face, model_dir, target_recall, train_sample, start, backend,
-                             **settings)
+    embed_to_shards(
+      extractor,
+      gallery_dir,
+      staging,
+      runner,
+      pipeline_args,
+      layout,
+      splits,
+      batch_size,
+      faces_mode,
+      min_face,
+      model_dir,
+      shard_rows,
+    )
+    return index_from_shards(
+      staging,
+      index_dir,
+      extractor,
+      gallery_dir,
+      layout,
+      faces_mode,
+      min_face,
+      model_dir,
+      target_recall,
+      train_sample,
+      start,
+      backend,
+      **settings,
+    )
   finally:
     if not embeddings_dir:
       atomic.remove(staging)
 
 
-def embed_to_shards(extractor, gallery_dir: str, out_dir: str, runner: str,
-                    pipeline_args: Sequence[str], layout: str, splits: Optional[Sequence[str]],
-                    batch_size: int, faces_mode: str, min_face: float,
-                    model_dir: Optional[str], shard_rows: int = SHARD_ROWS) -> list[str]:
+def embed_to_shards(
+  extractor,
+  gallery_dir: str,
+  out_dir: str,
+  runner: str,
+  pipeline_args: Sequence[str],
+  layout: str,
+  splits: Optional[Sequence[str]],
+  batch_size: int,
+  faces_mode: str,
+  min_face: float,
+  model_dir: Optional[str],
+  shard_rows: int = SHARD_ROWS,
+) -> list[str]:
   """Runs the pipeline; writes the embedding shards and `embeddings.json` into `out_dir`.
   Returns the shard file names."""
   _prepare(out_dir)
-  tasks, num_shards, on_no_face = _tasks(extractor, gallery_dir, layout, splits, faces_mode,
-                                         shard_rows)
+  tasks, num_shards, on_no_face = _tasks(
+    extractor, gallery_dir, layout, splits, faces_mode, shard_rows
+  )
   path = os.path.join(out_dir, TASKS_FILE)
   pipelines.write_tasks(path, tasks)
   crop = extractor.crop_settings.to_dict()
-  handler = inference.KeyedModelHandler(ExtractorHandler(
-      getattr(extractor, "name", "embedding"), model_dir, crop, extractor.fingerprint,
-      batch_size))
+  handler = inference.KeyedModelHandler(
+    ExtractorHandler(
+      getattr(extractor, "name", "embedding"), model_dir, crop, extractor.fingerprint, batch_size
+    )
+  )
   dim = int(extractor.dim)
   out = os.path.abspath(out_dir)
 
   def pipeline(p):
-    crops = (pipelines.read_tasks(p, path)
-             | "Crop" >> beam.ParDo(CropFn(crop, faces_mode, min_face, on_no_face))
-             .with_outputs(_PROBLEMS, main=_ROWS))
-    rows = (crops[_ROWS]
-            | "Embed" >> inference.RunInference(handler)
-            | "Row" >> beam.Map(lambda kv: (kv[0][0], ("row", kv[0][1], kv[0][2],
-                                                       np.asarray(kv[1].inference, np.float32)))))
-    _ = ((rows, crops[_PROBLEMS])
-         | "Flatten" >> beam.Flatten()
-         | "ByShard" >> beam.GroupByKey()
-         | "WriteShard" >> beam.ParDo(WriteShardFn(out, num_shards, dim)))
+    crops = pipelines.read_tasks(p, path) | "Crop" >> beam.ParDo(
+      CropFn(crop, faces_mode, min_face, on_no_face)
+    ).with_outputs(_PROBLEMS, main=_ROWS)
+    rows = (
+      crops[_ROWS]
+      | "Embed" >> inference.RunInference(handler)
+      | "Row"
+      >> beam.Map(
+        lambda kv: (kv[0][0], ("row", kv[0][1], kv[0][2], np.asarray(kv[1].inference, np.float32)))
+      )
+    )
+    _ = (
+      (rows, crops[_PROBLEMS])
+      | "Flatten" >> beam.Flatten()
+      | "ByShard" >> beam.GroupByKey()
+      | "WriteShard" >> beam.ParDo(WriteShardFn(out, num_shards, dim))
+    )
 
   pipelines.run(pipeline, runner, pipeline_args)
   os.remove(path)
@@ -148,40 +206,62 @@ def embed_to_shards(extractor, gallery_dir: str, out_dir: str, runner: str,
   missing = [n for n in names if not os.path.isfile(os.path.join(out_dir, n))]
   if missing:
     raise RuntimeError(f"the pipeline finished without writing {missing[:3]} in {out_dir}")
-  atomic.write_json(os.path.join(out_dir, EMBEDDINGS_FILE), {
-      "fingerprint": extractor.fingerprint, "dim": dim, "crop": crop, "faces": faces_mode,
-      "gallery": os.path.abspath(gallery_dir), "shards": names})
+  atomic.write_json(
+    os.path.join(out_dir, EMBEDDINGS_FILE),
+    {
+      "fingerprint": extractor.fingerprint,
+      "dim": dim,
+      "crop": crop,
+      "faces": faces_mode,
+      "gallery": os.path.abspath(gallery_dir),
+      "shards": names,
+    },
+  )
   return names
-
-
-def shard_name(index: int, count: int) -> str:
-  return f"embeddings-{index:05d}-of-{count:05d}.npz"
 
 
 def _prepare(out_dir: str) -> None:
   """An empty embeddings folder: refuses foreign files, removes an earlier run's."""
-  for name in atomic.claim_folder(out_dir, _OURS.match, "embeddings folder",
-                                  "facetriplet-build-index"):
+  for name in atomic.claim_folder(
+    out_dir, _OURS.match, "embeddings folder", "facetriplet-build-index"
+  ):
     atomic.remove(os.path.join(out_dir, name))
 
 
-def _tasks(extractor, gallery_dir: str, layout: str, splits: Optional[Sequence[str]],
-           faces_mode: str, shard_rows: int) -> tuple[list[dict[str, Any]], int, str]:
+def _tasks(
+  extractor,
+  gallery_dir: str,
+  layout: str,
+  splits: Optional[Sequence[str]],
+  faces_mode: str,
+  shard_rows: int,
+) -> tuple[list[dict[str, Any]], int, str]:
   """(tasks, embedding shard count, on_no_face): one task per TFRecord shard (its own embedding
   shard) or per photo (`shard_rows` photos per embedding shard), in gallery order."""
   if tfrecords.is_shard_folder(gallery_dir):
     shard_set, splits = gallery.open_records(gallery_dir, extractor, splits)
     files = [(split, path) for split in splits for path in shard_set.shards(split)]
-    tasks = [{"kind": "records", "shard": k, "path": os.path.abspath(path), "split": split,
-              "root": shard_set.input_root, "crop_size": shard_set.crop_size}
-             for k, (split, path) in enumerate(files)]
+    tasks = [
+      {
+        "kind": "records",
+        "shard": k,
+        "path": os.path.abspath(path),
+        "split": split,
+        "root": shard_set.input_root,
+        "crop_size": shard_set.crop_size,
+      }
+      for k, (split, path) in enumerate(files)
+    ]
     return tasks, len(tasks), "center"  # as gallery.embed_gallery embeds records
   entries = layouts.list_images(gallery_dir, layouts.resolve_layout(gallery_dir, layout))
   if not entries:
-    raise UserError(f"no usable image in gallery {gallery_dir} (0 skipped): check the folder "
-                    "and --layout")
-  tasks = [{"kind": "photo", "shard": i // shard_rows, "row": i, "entry": list(e)}
-           for i, e in enumerate(entries)]
+    raise UserError(
+      f"no usable image in gallery {gallery_dir} (0 skipped): check the folder and --layout"
+    )
+  tasks = [
+    {"kind": "photo", "shard": i // shard_rows, "row": i, "entry": list(e)}
+    for i, e in enumerate(entries)
+  ]
   return tasks, math.ceil(len(entries) / shard_rows), extractor.crop_settings.on_no_face
 
 
@@ -205,8 +285,7 @@ class CropFn(beam.DoFn):
         if problem is not None:
           yield beam.pvalue.TaggedOutput(_PROBLEMS, (shard, ("problem", key, problem.to_dict())))
         if row is not None:
-          item = json.dumps(Item.of_face(row, self._faces_mode == "all").to_json(),
-                            sort_keys=True)
+          item = json.dumps(Item.of_face(row, self._faces_mode == "all").to_json(), sort_keys=True)
           yield (shard, key, item), image
 
   def _results(self, task) -> Iterator[tuple[tuple[int, int], Any, Any]]:
@@ -214,8 +293,11 @@ class CropFn(beam.DoFn):
       if self._cropper is None:  # not in setup: a TFRecord gallery needs no detector
         self._cropper = faces.FaceCropper(faces.CropSettings.from_dict(self._crop))
       entry = layouts.ImageEntry(*task["entry"])
-      yield (task["row"], 0), entry, embedding.crop_entry(self._cropper, entry,
-                                                          self._faces_mode, self._min_face)
+      yield (
+        (task["row"], 0),
+        entry,
+        embedding.crop_entry(self._cropper, entry, self._faces_mode, self._min_face),
+      )
       return
     size = faces.crop_size_of(self._crop)
     for i, rec in enumerate(tfrecords.read_records([task["path"]])):
@@ -229,8 +311,14 @@ class ExtractorHandler(inference.ModelHandler):
   uint8 [N, S, S, 3] -> `embeddings`) or a classical extractor, as `features.make_extractor`
   makes it, checked against the driver's fingerprint."""
 
-  def __init__(self, name: str, model_dir: Optional[str], crop: dict[str, Any],
-               fingerprint: str, batch_size: int = 64):
+  def __init__(
+    self,
+    name: str,
+    model_dir: Optional[str],
+    crop: dict[str, Any],
+    fingerprint: str,
+    batch_size: int = 64,
+  ):
     super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
     self._name, self._model_dir, self._crop = name, model_dir, crop
     self._fingerprint = fingerprint
@@ -238,9 +326,11 @@ class ExtractorHandler(inference.ModelHandler):
   def load_model(self):
     extractor = features.make_extractor(self._name, self._model_dir, self._crop)
     if extractor.fingerprint != self._fingerprint:
-      raise UserError(f"the workers' {self._name} extractor has fingerprint "
-                      f"{extractor.fingerprint}, the driver's {self._fingerprint}: give the "
-                      "workers the same export")
+      raise UserError(
+        f"the workers' {self._name} extractor has fingerprint "
+        f"{extractor.fingerprint}, the driver's {self._fingerprint}: give the "
+        "workers the same export"
+      )
     return extractor
 
   def run_inference(self, batch, model, inference_args=None):
@@ -267,87 +357,13 @@ class WriteShardFn(beam.DoFn):
     problems = sorted((v for v in values if v[0] == "problem"), key=lambda v: tuple(v[1]))
     path = os.path.join(self._out_dir, shard_name(shard, self._num_shards))
     with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
-      np.savez(f, keys=np.array([v[1] for v in rows], np.int64).reshape(-1, 3),
-               embeddings=(np.stack([v[3] for v in rows]) if rows
-                           else np.zeros((0, self._dim), np.float32)),
-               items=np.array([v[2] for v in rows], np.str_),
-               problems=np.array([json.dumps([list(v[1]), v[2]]) for v in problems], np.str_))
+      np.savez(
+        f,
+        keys=np.array([v[1] for v in rows], np.int64).reshape(-1, 3),
+        embeddings=(
+          np.stack([v[3] for v in rows]) if rows else np.zeros((0, self._dim), np.float32)
+        ),
+        items=np.array([v[2] for v in rows], np.str_),
+        problems=np.array([json.dumps([list(v[1]), v[2]]) for v in problems], np.str_),
+      )
     yield shard, len(rows)
-
-
-def read_shards(embeddings_dir: str, fingerprint: Optional[str] = None,
-                ) -> tuple[np.ndarray, list[Item], list[Problem]]:
-  """(embeddings [n, D], items, problems) of an embeddings folder, in gallery order.
-
-  Raises:
-    UserError: no embeddings.json, or shards of another model than `fingerprint`.
-  """
-  try:
-    with open(os.path.join(embeddings_dir, EMBEDDINGS_FILE), encoding="utf-8") as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"{embeddings_dir} holds no readable {EMBEDDINGS_FILE} ({e}): embed the "
-                    "gallery with facetriplet-build-index --runner=...") from None
-  if fingerprint and meta["fingerprint"] != fingerprint:
-    raise UserError(f"{embeddings_dir} holds embeddings of model {meta['fingerprint']}, not "
-                    f"{fingerprint}: embed the gallery again with this model")
-  keys, vectors, items, problems = [], [], [], []
-  for name in meta["shards"]:
-    with np.load(os.path.join(embeddings_dir, name), allow_pickle=False) as z:
-      keys.append(z["keys"])
-      vectors.append(z["embeddings"].astype(np.float32, copy=False))
-      items += [Item.from_json(json.loads(s)) for s in z["items"]]
-      problems += [json.loads(s) for s in z["problems"]]
-  keys_all = np.concatenate(keys).reshape(-1, 3)
-  order = np.lexsort(keys_all.T[::-1])
-  embeddings = np.concatenate(vectors).reshape(-1, int(meta["dim"]))[order]
-  problems.sort(key=lambda kp: tuple(kp[0]))
-  return embeddings, [items[i] for i in order], [Problem(**p) for _, p in problems]
-
-
-def index_from_shards(embeddings_dir: str, index_dir: str, extractor, gallery_dir: str,
-                      layout: str, faces_mode: str, min_face: float, model_dir: Optional[str],
-                      target_recall: float = 0.95, train_sample: int = TRAIN_SAMPLE,
-                      start: Optional[float] = None, backend: str = backends.DEFAULT,
-                      **settings: Any) -> gallery.GallerySummary:
-  """Builds and saves the index (with gallery.json) from the embedding shards; see the module
-  docstring for the sample + add shape above `train_sample` items."""
-  start = time.time() if start is None else start
-  embeddings, items, problems = read_shards(embeddings_dir, extractor.fingerprint)
-  skipped = [p for p in problems if not p.kept]
-  no_face = [p for p in problems if p.reason == embedding.NO_FACE]
-  if not items:
-    raise UserError(f"no usable image in gallery {gallery_dir} ({len(skipped)} skipped): check "
-                    "the folder and --layout")
-  index = build_from_sample(embeddings, items, extractor.fingerprint, target_recall,
-                            train_sample, backend=backend, **settings)
-  info = gallery.gallery_info(extractor, gallery_dir, layout, faces_mode, min_face, model_dir,
-                              items, problems)
-  index.save(index_dir, extra_json={gallery.GALLERY_FILE: info})
-  return gallery.GallerySummary(index_dir, len(items), skipped, no_face, int(extractor.dim),
-                                index.backend.name, index.config, time.time() - start)
-
-
-def build_from_sample(embeddings: np.ndarray, items: Sequence[Item], fingerprint: str,
-                      target_recall: float = 0.95, train_sample: int = TRAIN_SAMPLE,
-                      seed: int = 0, backend: str = backends.DEFAULT,
-                      **settings: Any) -> GalleryIndex:
-  """`GalleryIndex.build` of everything up to `train_sample` items; above it, settings chosen
-  for all items (the backend's automatic ones, then `settings`), the structure built from a
-  random sample of `train_sample`, and the other items added in slices of `ADD_ROWS`."""
-  n = len(items)
-  if n <= train_sample:
-    return GalleryIndex.build(embeddings, items, fingerprint, backend, target_recall, **settings)
-  chosen = backends.get(backend).settings(n, embeddings.shape[1], target_recall, **settings)
-  chosen = {k: v for k, v in chosen.items() if k not in ("target_recall", "trained_on")}
-  picked = np.zeros(n, bool)
-  picked[np.random.default_rng(seed).choice(n, train_sample, replace=False)] = True
-  sample = np.flatnonzero(picked)
-  index = GalleryIndex.build(embeddings[sample], [items[i] for i in sample], fingerprint,
-                             backend, target_recall, **chosen)
-  rest = np.flatnonzero(~picked)
-  for s in range(0, len(rest), ADD_ROWS):
-    part = rest[s:s + ADD_ROWS]
-    index.add(embeddings[part], [items[i] for i in part])
-  index.backend.config.update(trained_on=n, training_sample=int(train_sample))
-  return index

@@ -20,13 +20,14 @@ from typing import Any, Optional
 import numpy as np
 from absl import logging
 
-from facetriplet import export_format, metrics
+from facetriplet import export_format, verification
 from facetriplet.data import faces
 from facetriplet.errors import UserError
 
 
 def _tf():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   return tf
 
 
@@ -54,19 +55,29 @@ class Embedder:
   def _verify(self) -> None:
     """Recomputes the fingerprint from the loaded weights; an edited export is refused."""
     if int(self.metadata.get("fingerprint_version", 1)) < export_format.FINGERPRINT_VERSION:
-      logging.warning("%s is an export of fingerprint version 1 (not verifiable): re-export it "
-                      "with this facetriplet to have its weights checked", self.export_dir)
+      logging.warning(
+        "%s is an export of fingerprint version 1 (not verifiable): re-export it "
+        "with this facetriplet to have its weights checked",
+        self.export_dir,
+      )
       return
     variables = getattr(self._loaded, "model_variables", None)
     if variables is None:
-      raise UserError(f"{self.export_dir} lacks the model variables its fingerprint covers: "
-                      "re-export it with facetriplet-export")
-    actual = export_format.fingerprint([v.numpy() for v in variables], self.metadata["crop"],
-                                bool(self.metadata.get("test_time_flip", False)))
+      raise UserError(
+        f"{self.export_dir} lacks the model variables its fingerprint covers: "
+        "re-export it with facetriplet-export"
+      )
+    actual = export_format.fingerprint(
+      [v.numpy() for v in variables],
+      self.metadata["crop"],
+      bool(self.metadata.get("test_time_flip", False)),
+    )
     if actual != self.fingerprint:
-      raise UserError(f"{self.export_dir} does not match its own fingerprint (recorded "
-                      f"{self.fingerprint}, its weights and settings give {actual}): the export "
-                      "was modified or mixed with another; re-export it from the training workdir")
+      raise UserError(
+        f"{self.export_dir} does not match its own fingerprint (recorded "
+        f"{self.fingerprint}, its weights and settings give {actual}): the export "
+        "was modified or mixed with another; re-export it from the training workdir"
+      )
 
   def threshold(self, far: float = 0.01) -> Optional[float]:
     """The calibrated cosine-similarity threshold for a false accept rate `far` (accept a pair
@@ -74,7 +85,7 @@ class Embedder:
     for that FAR (not calibrated, or too few val pairs to resolve it)."""
     if not self.verification:
       return None
-    value = self.verification.get("thresholds", {}).get(metrics.far_key(far))
+    value = self.verification.get("thresholds", {}).get(verification.far_key(far))
     return None if value is None else float(value)
 
   def embed(self, images: np.ndarray) -> np.ndarray:
@@ -87,7 +98,7 @@ class Embedder:
       return np.zeros((0, self.dim), np.float32)
     out = []
     for i in range(0, len(images), self.batch_size):
-      batch = tf.constant(images[i:i + self.batch_size].astype(np.uint8, copy=False))
+      batch = tf.constant(images[i : i + self.batch_size].astype(np.uint8, copy=False))
       out.append(self._fn(**{export_format.INPUT_IMAGES: batch})[export_format.OUTPUT].numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 

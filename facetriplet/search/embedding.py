@@ -30,6 +30,7 @@ NO_FACE = "no-face"
 
 class FaceEntry(NamedTuple):
   """One embedded face: the photo's ImageEntry fields plus which face and where it is."""
+
   path: str
   rel_path: str
   identity: Optional[str]
@@ -43,6 +44,7 @@ class FaceEntry(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Problem:
   """An image that was skipped (`kept=False`) or used with a fallback (`kept=True`, no-face)."""
+
   path: str
   rel_path: str
   reason: str
@@ -53,8 +55,9 @@ class Problem:
     return dataclasses.asdict(self)
 
 
-def with_progress(batches: Iterable[list[Any]], total: int, show: bool = True,
-             desc: str = "embedding") -> Iterator[list[Any]]:
+def with_progress(
+  batches: Iterable[list[Any]], total: int, show: bool = True, desc: str = "embedding"
+) -> Iterator[list[Any]]:
   """`batches` as they come, advancing a progress bar (shown when `show`) by each one's length."""
   with tqdm(total=total, unit="img", desc=desc, disable=not show, leave=False) as bar:
     for batch in batches:
@@ -62,8 +65,12 @@ def with_progress(batches: Iterable[list[Any]], total: int, show: bool = True,
       bar.update(len(batch))
 
 
-def crop_entry(cropper: faces.FaceCropper, entry: Any, faces_mode: str = "largest",
-               min_face: float = faces.MIN_FACE_FRACTION) -> Any:
+def crop_entry(
+  cropper: faces.FaceCropper,
+  entry: Any,
+  faces_mode: str = "largest",
+  min_face: float = faces.MIN_FACE_FRACTION,
+) -> Any:
   """One photo loaded and cropped: its CropResult, the list of every face's with
   faces_mode='all', or the ImageError that made it unusable."""
   try:
@@ -73,9 +80,14 @@ def crop_entry(cropper: faces.FaceCropper, entry: Any, faces_mode: str = "larges
     return e
 
 
-def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: int = 4,
-               faces_mode: str = "largest", min_face: float = faces.MIN_FACE_FRACTION,
-               ) -> Iterator[list[tuple[Any, Any]]]:
+def iter_crops(
+  entries: Sequence[Any],
+  settings,
+  batch_size: int = 64,
+  workers: int = 4,
+  faces_mode: str = "largest",
+  min_face: float = faces.MIN_FACE_FRACTION,
+) -> Iterator[list[tuple[Any, Any]]]:
   """Yields, batch by batch, [(entry, CropResult or ImageError)] in entry order; with
   faces_mode='all' each CropResult is a list of every face's crop (`FaceCropper.crop_faces`,
   faces of at least `min_face` x the short side).
@@ -102,8 +114,9 @@ def iter_crops(entries: Sequence[Any], settings, batch_size: int = 64, workers: 
       yield [f.result() for f in pending.pop(0)]
 
 
-def record_batches(shard_set: tfrecords.ShardSet, splits: Optional[Sequence[str]], size: int,
-                   batch_size: int = 64) -> Iterator[list[tuple[ImageEntry, faces.CropResult]]]:
+def record_batches(
+  shard_set: tfrecords.ShardSet, splits: Optional[Sequence[str]], size: int, batch_size: int = 64
+) -> Iterator[list[tuple[ImageEntry, faces.CropResult]]]:
   """Batches of (ImageEntry, CropResult) from the records, crops resized to `size` when the
   stored size differs."""
   root = shard_set.input_root
@@ -111,21 +124,28 @@ def record_batches(shard_set: tfrecords.ShardSet, splits: Optional[Sequence[str]
     yield [record_crop(root, rec, rgb, size) for rec, rgb in batch]
 
 
-def record_crop(root: str, rec: dict[str, Any], rgb: np.ndarray,
-                size: int) -> tuple[ImageEntry, faces.CropResult]:
+def record_crop(
+  root: str, rec: dict[str, Any], rgb: np.ndarray, size: int
+) -> tuple[ImageEntry, faces.CropResult]:
   """A record (`ShardSet.decoded_batches`' dict, with `split`) and its decoded crop as the
   (ImageEntry, CropResult) of an embedded photo, the crop resized to `size` when it differs."""
   if rgb.shape[0] != size or rgb.shape[1] != size:
     interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR
     rgb = cv2.resize(rgb, (size, size), interpolation=interp)
-  entry = ImageEntry(os.path.join(root, rec["path"]), rec["path"], rec["identity"] or None,
-                     rec["split"])
-  return entry, faces.CropResult(rgb, tuple(rec["box"]), rec["found"], tuple(rec["landmarks"]),
-                                 rec["method"] or "haar")
+  entry = ImageEntry(
+    os.path.join(root, rec["path"]), rec["path"], rec["identity"] or None, rec["split"]
+  )
+  return entry, faces.CropResult(
+    rgb, tuple(rec["box"]), rec["found"], tuple(rec["landmarks"]), rec["method"] or "haar"
+  )
 
 
-def entry_rows(entry: Any, result: Any, on_no_face: str = "center", with_faces: bool = False,
-               ) -> Iterator[tuple[Any, Optional[np.ndarray], Optional[Problem]]]:
+def entry_rows(
+  entry: Any,
+  result: Any,
+  on_no_face: str = "center",
+  with_faces: bool = False,
+) -> Iterator[tuple[Any, Optional[np.ndarray], Optional[Problem]]]:
   """What one photo's crop result (`crop_entry`, or a record's CropResult) becomes, in face order:
   (kept row, its crop image, its problem or None) per face to embed, and (None, None, problem)
   for a photo or face left out. The kept row is a `FaceEntry` with `with_faces`, else `entry`."""
@@ -140,14 +160,23 @@ def entry_rows(entry: Any, result: Any, on_no_face: str = "center", with_faces: 
       if skip:
         yield None, None, problem
         continue
-    row = (FaceEntry(*tuple(entry)[:4], face, tuple(crop.box), tuple(crop.landmarks),
-                     bool(crop.found)) if with_faces else entry)
+    row = (
+      FaceEntry(*tuple(entry)[:4], face, tuple(crop.box), tuple(crop.landmarks), bool(crop.found))
+      if with_faces
+      else entry
+    )
     yield row, crop.image, problem
 
 
-def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
-                on_no_face: str = "center", progress: bool = True, desc: str = "embedding",
-                with_faces: bool = False) -> tuple[np.ndarray, list[Any], list[Problem]]:
+def embed_crops(
+  extractor,
+  batches: Iterable[list[tuple[Any, Any]]],
+  total: int,
+  on_no_face: str = "center",
+  progress: bool = True,
+  desc: str = "embedding",
+  with_faces: bool = False,
+) -> tuple[np.ndarray, list[Any], list[Problem]]:
   """Embeds batches of (entry, CropResult | [CropResult] | ImageError) as they come; see
   `embed_entries`. With `with_faces` the kept rows are `FaceEntry`s (box, landmarks, face
   number), else the input entries themselves."""
@@ -168,10 +197,17 @@ def embed_crops(extractor, batches: Iterable[list[tuple[Any, Any]]], total: int,
   return embeddings, kept, problems
 
 
-def embed_entries(extractor, entries: Sequence[Any], batch_size: int = 64, workers: int = 4,
-                  progress: bool = True, desc: str = "embedding", faces_mode: str = "largest",
-                  min_face: float = faces.MIN_FACE_FRACTION, with_faces: bool = False,
-                  ) -> tuple[np.ndarray, list[Any], list[Problem]]:
+def embed_entries(
+  extractor,
+  entries: Sequence[Any],
+  batch_size: int = 64,
+  workers: int = 4,
+  progress: bool = True,
+  desc: str = "embedding",
+  faces_mode: str = "largest",
+  min_face: float = faces.MIN_FACE_FRACTION,
+  with_faces: bool = False,
+) -> tuple[np.ndarray, list[Any], list[Problem]]:
   """Loads, crops (with the extractor's crop settings) and embeds images, streaming in batches.
 
   Args:
@@ -191,6 +227,12 @@ def embed_entries(extractor, entries: Sequence[Any], batch_size: int = 64, worke
     crop, or skipped when the crop settings say on_no_face='skip').
   """
   settings = extractor.crop_settings
-  return embed_crops(extractor, iter_crops(entries, settings, batch_size, workers, faces_mode,
-                                           min_face),
-                     len(entries), settings.on_no_face, progress, desc, with_faces)
+  return embed_crops(
+    extractor,
+    iter_crops(entries, settings, batch_size, workers, faces_mode, min_face),
+    len(entries),
+    settings.on_no_face,
+    progress,
+    desc,
+    with_faces,
+  )

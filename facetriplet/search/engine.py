@@ -33,6 +33,7 @@ ImageLike = Union[str, os.PathLike, bytes, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Match:
   """One gallery photo found for a query (its best-scoring face)."""
+
   rank: int
   score: float  # cosine similarity, -1..1
   item: Item
@@ -59,9 +60,15 @@ class Match:
     return self.item.box
 
   def to_dict(self) -> dict[str, Any]:
-    return {"rank": self.rank, "score": float(self.score), "id": self.id, "path": self.path,
-            "name": self.name, "identity": self.identity,
-            "box": list(self.box) if self.box else None}
+    return {
+      "rank": self.rank,
+      "score": float(self.score),
+      "id": self.id,
+      "path": self.path,
+      "name": self.name,
+      "identity": self.identity,
+      "box": list(self.box) if self.box else None,
+    }
 
 
 @dataclasses.dataclass
@@ -77,6 +84,7 @@ class SearchResult:
       'not-an-image' (no matches), else None.
     entry: the query file's `layouts.ImageEntry` (its rel_path and identity), for file queries.
   """
+
   query: str
   matches: list[Match]
   box: Optional[tuple] = None
@@ -98,8 +106,13 @@ class SearchResult:
     return self.matches[0] if self.matches else None
 
   def to_dict(self) -> dict[str, Any]:
-    return {"query": self.query, "box": list(self.box) if self.box else None, "face": self.face,
-            "problem": self.problem, "matches": [m.to_dict() for m in self.matches]}
+    return {
+      "query": self.query,
+      "box": list(self.box) if self.box else None,
+      "face": self.face,
+      "problem": self.problem,
+      "matches": [m.to_dict() for m in self.matches],
+    }
 
 
 def faces_per_photo(index) -> int:
@@ -139,8 +152,13 @@ class QueryEngine:
       return np.zeros((0, int(self.extractor.dim)), np.float32)
     return np.asarray(self.extractor.embed(np.stack(crops)), np.float32)
 
-  def rank(self, vectors: np.ndarray, k: int, min_score: Optional[float] = None,
-           exclude: Optional[Sequence[Optional[str]]] = None) -> list[list[Match]]:
+  def rank(
+    self,
+    vectors: np.ndarray,
+    k: int,
+    min_score: Optional[float] = None,
+    exclude: Optional[Sequence[Optional[str]]] = None,
+  ) -> list[list[Match]]:
     """The matches of each query embedding (see the module docstring for the rules).
 
     Args:
@@ -177,43 +195,58 @@ class QueryEngine:
       out.append(matches)
     return out
 
-  def search_entries(self, entries: Sequence[Any], k: int = 10,
-                     min_score: Optional[float] = None, exclude_self: bool = True,
-                     batch_size: int = 64, workers: int = 4, progress: bool = True,
-                     problems: Optional[list[Problem]] = None) -> Iterator[SearchResult]:
+  def search_entries(
+    self,
+    entries: Sequence[Any],
+    k: int = 10,
+    min_score: Optional[float] = None,
+    exclude_self: bool = True,
+    batch_size: int = 64,
+    workers: int = 4,
+    progress: bool = True,
+    problems: Optional[list[Problem]] = None,
+  ) -> Iterator[SearchResult]:
     """A `SearchResult` per query file (`layouts.ImageEntry`), in order, streamed batch by batch.
 
     An unreadable file gets a result without matches and its reason as `problem`; a file without
     a detected face is answered from the centred crop (`problem` 'no-face'). `problems`, when
     given, collects every `embedding.Problem` met.
     """
-    gallery_photos = ({item.photo for item in self.index.items if item.path}
-                      if exclude_self else set())
+    gallery_photos = (
+      {item.photo for item in self.index.items if item.path} if exclude_self else set()
+    )
     settings = self.extractor.crop_settings
     batches = embedding.iter_crops(entries, settings, batch_size, workers)
     for batch in embedding.with_progress(batches, len(entries), progress, "queries"):
       rows, crops, found = [], [], []
       for entry, result in batch:
-        for row, image, problem in embedding.entry_rows(entry, result, settings.on_no_face,
-                                                        with_faces=True):
+        for row, image, problem in embedding.entry_rows(
+          entry, result, settings.on_no_face, with_faces=True
+        ):
           if problem is not None and problems is not None:
             problems.append(problem)
           rows.append((entry, row, problem))
           if row is not None:
             crops.append(image)
             found.append(row)
-      own = [os.path.abspath(e.path) if os.path.abspath(e.path) in gallery_photos else None
-             for e in found]
+      own = [
+        os.path.abspath(e.path) if os.path.abspath(e.path) in gallery_photos else None
+        for e in found
+      ]
       ranked = iter(self.rank(self.embed(crops), k, min_score, own))
       for entry, row, problem in rows:
         matches = next(ranked) if row is not None else []
         box = tuple(row.box) if row is not None and row.found else None
-        yield SearchResult(entry.path, matches, box, 0, problem.reason if problem else None,
-                           entry)
+        yield SearchResult(entry.path, matches, box, 0, problem.reason if problem else None, entry)
 
-  def search_images(self, images_: Sequence[ImageLike], k: int = 10,
-                    min_score: Optional[float] = None, faces_mode: str = "largest",
-                    min_face: float = faces.MIN_FACE_FRACTION) -> list[SearchResult]:
+  def search_images(
+    self,
+    images_: Sequence[ImageLike],
+    k: int = 10,
+    min_score: Optional[float] = None,
+    faces_mode: str = "largest",
+    min_face: float = faces.MIN_FACE_FRACTION,
+  ) -> list[SearchResult]:
     """A `SearchResult` per image ('largest') or per face found ('all'), in order.
 
     An image that cannot be read gets a result with no matches and its reason as `problem`.
@@ -227,14 +260,27 @@ class QueryEngine:
           rows.append((name, n, crop, None if crop.found else NO_FACE))
       except ImageError as e:
         rows.append((name, 0, None, e.reason))
-    ranked = iter(self.rank(self.embed([crop.image for _, _, crop, _ in rows if crop]), k,
-                            min_score))
-    return [SearchResult(name, next(ranked) if crop is not None else [],
-                         tuple(crop.box) if crop is not None and crop.found else None, n, problem)
-            for name, n, crop, problem in rows]
+    ranked = iter(
+      self.rank(self.embed([crop.image for _, _, crop, _ in rows if crop]), k, min_score)
+    )
+    return [
+      SearchResult(
+        name,
+        next(ranked) if crop is not None else [],
+        tuple(crop.box) if crop is not None and crop.found else None,
+        n,
+        problem,
+      )
+      for name, n, crop, problem in rows
+    ]
 
-  def crops(self, image: ImageLike, name: str, faces_mode: str = "largest",
-            min_face: float = faces.MIN_FACE_FRACTION) -> list[faces.CropResult]:
+  def crops(
+    self,
+    image: ImageLike,
+    name: str,
+    faces_mode: str = "largest",
+    min_face: float = faces.MIN_FACE_FRACTION,
+  ) -> list[faces.CropResult]:
     """The query crops of one image: its chosen face, or every face ('all').
 
     Raises:

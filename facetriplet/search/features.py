@@ -19,9 +19,11 @@ from facetriplet.search import embedder
 FEATURES = ("embedding",) + classical.EXTRACTORS
 
 
-def crop_for(model_dir: Optional[str] = None, source: Optional[str] = None,
-             crop: Union[faces.CropSettings, Mapping[str, Any], None] = None,
-             ) -> faces.CropSettings:
+def crop_for(
+  model_dir: Optional[str] = None,
+  source: Optional[str] = None,
+  crop: Union[faces.CropSettings, Mapping[str, Any], None] = None,
+) -> faces.CropSettings:
   """The crop settings for a classical extractor (see the module docstring for the order)."""
   if isinstance(crop, faces.CropSettings):
     return crop
@@ -36,9 +38,12 @@ def crop_for(model_dir: Optional[str] = None, source: Optional[str] = None,
   return faces.CropSettings()
 
 
-def make_extractor(features: str, model_dir: Optional[str] = None,
-                   crop: Union[faces.CropSettings, Mapping[str, Any], None] = None,
-                   source: Optional[str] = None):
+def make_extractor(
+  features: str,
+  model_dir: Optional[str] = None,
+  crop: Union[faces.CropSettings, Mapping[str, Any], None] = None,
+  source: Optional[str] = None,
+):
   """The feature extractor `features`: `.embed(uint8 [N,S,S,3])`, `.dim`, `.fingerprint`,
   `.crop_settings`.
 
@@ -55,7 +60,9 @@ def make_extractor(features: str, model_dir: Optional[str] = None,
     raise UserError(f"features={features!r} is not one of {', '.join(FEATURES)}")
   if features == "embedding":
     if not model_dir:
-      raise UserError("features 'embedding' need an export folder: pass --model=<export dir "
-                      "written by facetriplet-export>")
+      raise UserError(
+        "features 'embedding' need an export folder: pass --model=<export dir "
+        "written by facetriplet-export>"
+      )
     return embedder.load_embedder(model_dir)
   return classical.get_extractor(features, crop_for(model_dir, source, crop))

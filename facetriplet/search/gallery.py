@@ -1,8 +1,9 @@
 """Build a searchable gallery: embed a folder or TFRecords with the training crop, then index it.
 
-A gallery is either a folder of images in any layout (`facetriplet.data.layouts`), cropped here with the
-extractor's crop settings (the export's metadata, i.e. the training manifest's), or the TFRecords of
-facetriplet-build-tfrecords, whose records already hold the crops. Both stream batch by batch.
+A gallery is either a folder of images in any layout (`facetriplet.data.layouts`), cropped here with
+the extractor's crop settings (the export's metadata, i.e. the training manifest's), or the
+TFRecords of facetriplet-build-tfrecords, whose records already hold the crops. Both stream batch by
+batch.
 
 Besides the index folder (`facetriplet.search.index.GalleryIndex`, over the backend asked for),
 `gallery.json` is written into it: the features and export used, the crop settings, the source,
@@ -40,8 +41,10 @@ def resolve_faces(faces_mode: str, gallery: str, layout: str = "auto") -> str:
     faces.check_face_mode(faces_mode)
   if tfrecords.is_shard_folder(gallery):
     if faces_mode == "all":
-      raise UserError(f"{gallery} holds TFRecords, one crop per photo: --faces=all needs the "
-                      "photos themselves (pass their folder)")
+      raise UserError(
+        f"{gallery} holds TFRecords, one crop per photo: --faces=all needs the "
+        "photos themselves (pass their folder)"
+      )
     return "largest"
   if faces_mode != "auto":
     return faces_mode
@@ -50,35 +53,61 @@ def resolve_faces(faces_mode: str, gallery: str, layout: str = "auto") -> str:
   return "largest"
 
 
-def open_records(gallery: str, extractor, splits: Optional[Sequence[str]] = None,
-                 ) -> tuple[tfrecords.ShardSet, list[str]]:
+def open_records(
+  gallery: str,
+  extractor,
+  splits: Optional[Sequence[str]] = None,
+) -> tuple[tfrecords.ShardSet, list[str]]:
   """A TFRecord gallery and the splits to embed (default all), warning when its crops were made
   with other settings than the extractor's."""
   shard_set = tfrecords.ShardSet.open(gallery)
   if shard_set.crop and dict(shard_set.crop) != extractor.crop_settings.to_dict():
-    logging.warning("the records were cropped with %s, the model expects %s", shard_set.crop,
-                    extractor.crop_settings.to_dict())
+    logging.warning(
+      "the records were cropped with %s, the model expects %s",
+      shard_set.crop,
+      extractor.crop_settings.to_dict(),
+    )
   return shard_set, list(splits or shard_set.split_names)
 
 
-def embed_gallery(extractor, gallery: str, layout: str = "auto",
-                  splits: Optional[Sequence[str]] = None, batch_size: int = 64, workers: int = 4,
-                  progress: bool = True, faces_mode: str = "largest",
-                  min_face: float = faces.MIN_FACE_FRACTION):
+def embed_gallery(
+  extractor,
+  gallery: str,
+  layout: str = "auto",
+  splits: Optional[Sequence[str]] = None,
+  batch_size: int = 64,
+  workers: int = 4,
+  progress: bool = True,
+  faces_mode: str = "largest",
+  min_face: float = faces.MIN_FACE_FRACTION,
+):
   """Embeds a gallery folder or TFRecord folder; returns `embed_entries`'s triple, the kept rows
   as `embedding.FaceEntry`s (one per face with faces_mode='all')."""
   if not os.path.isdir(gallery):
-    raise UserError(f"gallery {gallery} does not exist: pass a folder of images or a TFRecord "
-                    "folder written by facetriplet-build-tfrecords")
+    raise UserError(
+      f"gallery {gallery} does not exist: pass a folder of images or a TFRecord "
+      "folder written by facetriplet-build-tfrecords"
+    )
   if tfrecords.is_shard_folder(gallery):
     shard_set, splits = open_records(gallery, extractor, splits)
-    batches = embedding.record_batches(shard_set, splits, extractor.crop_settings.crop_size,
-                                       batch_size)
-    return embedding.embed_crops(extractor, batches, shard_set.count(splits), "center", progress,
-                                 "gallery", with_faces=True)
+    batches = embedding.record_batches(
+      shard_set, splits, extractor.crop_settings.crop_size, batch_size
+    )
+    return embedding.embed_crops(
+      extractor, batches, shard_set.count(splits), "center", progress, "gallery", with_faces=True
+    )
   entries = layouts.list_images(gallery, layouts.resolve_layout(gallery, layout))
-  return embedding.embed_entries(extractor, entries, batch_size, workers, progress, "gallery",
-                                 faces_mode, min_face, with_faces=True)
+  return embedding.embed_entries(
+    extractor,
+    entries,
+    batch_size,
+    workers,
+    progress,
+    "gallery",
+    faces_mode,
+    min_face,
+    with_faces=True,
+  )
 
 
 @dataclasses.dataclass
@@ -97,12 +126,22 @@ class GallerySummary:
     return (self.items + len(self.skipped)) / max(self.seconds, 1e-9)
 
 
-def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "auto",
-                        splits: Optional[Sequence[str]] = None, batch_size: int = 64,
-                        workers: int = 4, progress: bool = True, target_recall: float = 0.95,
-                        model_dir: Optional[str] = None, faces_mode: str = "auto",
-                        min_face: float = faces.MIN_FACE_FRACTION,
-                        backend: str = backends.DEFAULT, **settings: Any) -> GallerySummary:
+def build_gallery_index(
+  extractor,
+  gallery: str,
+  index_dir: str,
+  layout: str = "auto",
+  splits: Optional[Sequence[str]] = None,
+  batch_size: int = 64,
+  workers: int = 4,
+  progress: bool = True,
+  target_recall: float = 0.95,
+  model_dir: Optional[str] = None,
+  faces_mode: str = "auto",
+  min_face: float = faces.MIN_FACE_FRACTION,
+  backend: str = backends.DEFAULT,
+  **settings: Any,
+) -> GallerySummary:
   """Embeds `gallery` and saves an index of it (plus gallery.json) to `index_dir`, searched by
   `backend` with its automatic `settings` overridden by the ones given.
 
@@ -114,36 +153,61 @@ def build_gallery_index(extractor, gallery: str, index_dir: str, layout: str = "
   """
   start = time.time()
   faces_mode = resolve_faces(faces_mode, gallery, layout)
-  embeddings, kept, problems = embed_gallery(extractor, gallery, layout, splits, batch_size,
-                                             workers, progress, faces_mode, min_face)
+  embeddings, kept, problems = embed_gallery(
+    extractor, gallery, layout, splits, batch_size, workers, progress, faces_mode, min_face
+  )
   skipped = [p for p in problems if not p.kept]
   no_face = [p for p in problems if p.reason == NO_FACE]
   if not kept:
-    raise UserError(f"no usable image in gallery {gallery} ({len(skipped)} skipped): check the "
-                    "folder and --layout")
+    raise UserError(
+      f"no usable image in gallery {gallery} ({len(skipped)} skipped): check the "
+      "folder and --layout"
+    )
   items = [Item.of_face(e, faces_mode == "all") for e in kept]
-  index = GalleryIndex.build(embeddings, items, extractor.fingerprint, backend, target_recall,
-                             **settings)
-  info = gallery_info(extractor, gallery, layout, faces_mode, min_face, model_dir, items,
-                      problems)
+  index = GalleryIndex.build(
+    embeddings, items, extractor.fingerprint, backend, target_recall, **settings
+  )
+  info = gallery_info(extractor, gallery, layout, faces_mode, min_face, model_dir, items, problems)
   index.save(index_dir, extra_json={GALLERY_FILE: info})
-  return GallerySummary(index_dir, len(kept), skipped, no_face, int(extractor.dim),
-                        index.backend.name, index.config, time.time() - start)
+  return GallerySummary(
+    index_dir,
+    len(kept),
+    skipped,
+    no_face,
+    int(extractor.dim),
+    index.backend.name,
+    index.config,
+    time.time() - start,
+  )
 
 
-def gallery_info(extractor, gallery: str, layout: str, faces_mode: str, min_face: float,
-                 model_dir: Optional[str], items: Sequence[Item],
-                 problems: Sequence[Problem]) -> dict[str, Any]:
+def gallery_info(
+  extractor,
+  gallery: str,
+  layout: str,
+  faces_mode: str,
+  min_face: float,
+  model_dir: Optional[str],
+  items: Sequence[Item],
+  problems: Sequence[Problem],
+) -> dict[str, Any]:
   """The gallery.json of an index: features, model, crop, source, and the skipped / no-face
   photos (`problems` in gallery order)."""
-  return {"features": getattr(extractor, "name", "embedding"),
-          "model": os.path.abspath(model_dir) if model_dir else None,
-          "fingerprint": extractor.fingerprint, "dim": int(extractor.dim),
-          "crop": extractor.crop_settings.to_dict(), "gallery": os.path.abspath(gallery),
-          "layout": layout, "faces": faces_mode, "min_face": min_face, "items": len(items),
-          "photos": len({item.photo for item in items}),
-          "skipped": [p.to_dict() for p in problems if not p.kept],
-          "no_face": [p.rel_path for p in problems if p.reason == NO_FACE]}
+  return {
+    "features": getattr(extractor, "name", "embedding"),
+    "model": os.path.abspath(model_dir) if model_dir else None,
+    "fingerprint": extractor.fingerprint,
+    "dim": int(extractor.dim),
+    "crop": extractor.crop_settings.to_dict(),
+    "gallery": os.path.abspath(gallery),
+    "layout": layout,
+    "faces": faces_mode,
+    "min_face": min_face,
+    "items": len(items),
+    "photos": len({item.photo for item in items}),
+    "skipped": [p.to_dict() for p in problems if not p.kept],
+    "no_face": [p.rel_path for p in problems if p.reason == NO_FACE],
+  }
 
 
 def read_gallery_info(index_dir: str) -> dict[str, Any]:
@@ -153,8 +217,10 @@ def read_gallery_info(index_dir: str) -> dict[str, Any]:
     UserError: the index folder does not exist (reported as such, not as a model problem).
   """
   if not os.path.isdir(index_dir):
-    raise UserError(f"index folder {index_dir} does not exist: build it with "
-                    f"facetriplet-build-index --index_dir={index_dir} (or pass the right --index)")
+    raise UserError(
+      f"index folder {index_dir} does not exist: build it with "
+      f"facetriplet-build-index --index_dir={index_dir} (or pass the right --index)"
+    )
   path = os.path.join(index_dir, GALLERY_FILE)
   if not os.path.isfile(path):
     return {}
@@ -162,16 +228,21 @@ def read_gallery_info(index_dir: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
       info = json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(f"{path} is unreadable ({e}): rebuild the index with "
-                    "facetriplet-build-index") from None
+    raise UserError(
+      f"{path} is unreadable ({e}): rebuild the index with facetriplet-build-index"
+    ) from None
   if not isinstance(info, dict):
-    raise UserError(f"{path} is not a gallery description: rebuild the index with "
-                    "facetriplet-build-index")
+    raise UserError(
+      f"{path} is not a gallery description: rebuild the index with facetriplet-build-index"
+    )
   return info
 
 
-def open_index(index_dir: str, model: Optional[str] = None, features_name: Optional[str] = None,
-               ) -> tuple[Any, GalleryIndex, dict[str, Any]]:
+def open_index(
+  index_dir: str,
+  model: Optional[str] = None,
+  features_name: Optional[str] = None,
+) -> tuple[Any, GalleryIndex, dict[str, Any]]:
   """The extractor an index was built with (or the one asked for) and the index, checked.
 
   The model defaults to the export recorded in gallery.json, the features to the index's, and
@@ -187,6 +258,7 @@ def open_index(index_dir: str, model: Optional[str] = None, features_name: Optio
   name = features_name or info.get("features") or "embedding"
   model = model or (info.get("model") if name == "embedding" or not info.get("crop") else None)
   extractor = features.make_extractor(name, model, info.get("crop"))
-  index = GalleryIndex.load(index_dir, expected_fingerprint=extractor.fingerprint,
-                            expected_dim=int(extractor.dim))
+  index = GalleryIndex.load(
+    index_dir, expected_fingerprint=extractor.fingerprint, expected_dim=int(extractor.dim)
+  )
   return extractor, index, dict(info, features=name, model=model)

@@ -10,41 +10,34 @@ Every item has an `id` (unique in the index; the backend's key), so photos can b
 an upsert, nothing re-embedded, the structure kept) and removed (`remove`) without a rebuild.
 When the gallery has outgrown the structure, `needs_rebuild` says so and `rebuild` rebuilds it.
 
-On disk an index is one folder, written atomically:
-  index.json      format, backend and its settings, fingerprint, dim, count, version, created
-  items.jsonl     one JSON object per gallery row, in row order
-  embeddings.npy  float32 [count, dim]
-  <backend>/      the backend's own files (`scann/`: the serialized searcher, asset paths
-                  relative so the folder can move, docids in docids.json, never a pickle;
-                  `faiss/`: the faiss index and its labels)
+On disk an index is one folder, written atomically (`index_folder`).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from absl import logging
 
-import facetriplet
-from facetriplet import atomic
 from facetriplet.errors import UserError
-from facetriplet.search import backends
+from facetriplet.search import backends, index_folder
 from facetriplet.search.items import Item
-
-FORMAT = "facetriplet-index/2"
-LEGACY_FORMAT = "facetriplet-scann-index/1"  # ScaNN only, settings under "scann"
 
 
 class GalleryIndex:
   """Unit-vector gallery embeddings with per-row `Item`s and the model fingerprint, searched by
   a backend. Use `GalleryIndex.build` or `GalleryIndex.load`."""
 
-  def __init__(self, backend: backends.IndexBackend, embeddings: np.ndarray, items: list[Item],
-               fingerprint: str, created: Optional[str] = None):
+  def __init__(
+    self,
+    backend: backends.IndexBackend,
+    embeddings: np.ndarray,
+    items: list[Item],
+    fingerprint: str,
+    created: Optional[str] = None,
+  ):
     self.backend = backend
     self.embeddings = embeddings
     self.items = items
@@ -73,9 +66,15 @@ class GalleryIndex:
     return int(self.embeddings.shape[0])
 
   @classmethod
-  def build(cls, embeddings: np.ndarray, items: Sequence[Item], fingerprint: str,
-            backend: str = backends.DEFAULT, target_recall: float = 0.95,
-            **settings: Any) -> "GalleryIndex":
+  def build(
+    cls,
+    embeddings: np.ndarray,
+    items: Sequence[Item],
+    fingerprint: str,
+    backend: str = backends.DEFAULT,
+    target_recall: float = 0.95,
+    **settings: Any,
+  ) -> "GalleryIndex":
     """Builds an index over `embeddings` with the backend's automatic settings plus `settings`.
 
     Args:
@@ -96,8 +95,12 @@ class GalleryIndex:
     items = _check_items(items, len(embeddings))
     backend_cls = backends.get(backend)
     config = backend_cls.settings(*embeddings.shape, target_recall, **settings)
-    return cls(backend_cls.build(embeddings, [i.id for i in items], config), embeddings, items,
-               str(fingerprint))
+    return cls(
+      backend_cls.build(embeddings, [i.id for i in items], config),
+      embeddings,
+      items,
+      str(fingerprint),
+    )
 
   def add(self, embeddings: np.ndarray, items: Sequence[Item]) -> tuple[int, int]:
     """Adds gallery rows without rebuilding (an upsert): an item whose id is already in the
@@ -111,8 +114,10 @@ class GalleryIndex:
     """
     embeddings = _check_embeddings(embeddings, allow_empty=True)
     if embeddings.shape[1] != self.dim:
-      raise UserError(f"new embeddings are {embeddings.shape[1]}-d, the index holds {self.dim}-d:"
-                      " embed them with the index's model")
+      raise UserError(
+        f"new embeddings are {embeddings.shape[1]}-d, the index holds {self.dim}-d:"
+        " embed them with the index's model"
+      )
     items = _check_items(items, len(embeddings))
     if not items:
       return 0, 0
@@ -139,8 +144,10 @@ class GalleryIndex:
     ids = list(dict.fromkeys(ids))
     unknown = [i for i in ids if i not in self._row_of]
     if unknown:
-      raise UserError(f"{len(unknown)} id(s) not in the index, e.g. {unknown[:3]}: nothing "
-                      "removed (ids are listed in the index's items.jsonl)")
+      raise UserError(
+        f"{len(unknown)} id(s) not in the index, e.g. {unknown[:3]}: nothing "
+        "removed (ids are listed in the index's items.jsonl)"
+      )
     if len(ids) >= len(self):
       raise UserError("removing every item would leave an empty index: build a new one instead")
     if not ids:
@@ -168,8 +175,14 @@ class GalleryIndex:
 
   def check_queries_from(self, extractor) -> None:
     """Refuses queries embedded by another model than the index's (fingerprint, dimension)."""
-    check_model(self.fingerprint, self.dim, extractor.fingerprint, int(extractor.dim),
-                "the index", getattr(extractor, "name", ""))
+    check_model(
+      self.fingerprint,
+      self.dim,
+      extractor.fingerprint,
+      int(extractor.dim),
+      "the index",
+      getattr(extractor, "name", ""),
+    )
 
   def clamp_k(self, k: int) -> int:
     """`k` limited to the gallery size (with a warning). UserError for k < 1 or an empty index."""
@@ -178,8 +191,12 @@ class GalleryIndex:
     if k < 1:
       raise UserError(f"k={k}: ask for at least one neighbour")
     if k > len(self):
-      logging.warning("k=%d is larger than the gallery (%d items); returning %d neighbours",
-                      k, len(self), len(self))
+      logging.warning(
+        "k=%d is larger than the gallery (%d items); returning %d neighbours",
+        k,
+        len(self),
+        len(self),
+      )
       return len(self)
     return k
 
@@ -204,20 +221,22 @@ class GalleryIndex:
     if queries.ndim == 1:
       queries = queries[None, :]
     if queries.ndim != 2 or queries.shape[1] != self.dim:
-      raise UserError(f"queries have shape {queries.shape}, the index holds {self.dim}-d "
-                      "embeddings: embed the queries with the model the index was built with")
+      raise UserError(
+        f"queries have shape {queries.shape}, the index holds {self.dim}-d "
+        "embeddings: embed the queries with the model the index was built with"
+      )
     k = self.clamp_k(k)
     if len(queries) == 0:
       return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     ids, scores = self.backend.search(queries, k, **options)
     rows = np.full(scores.shape, -1, np.int64)
     for q, row in enumerate(ids):
-      rows[q, :len(row)] = [self._row_of[i] for i in row]
+      rows[q, : len(row)] = [self._row_of[i] for i in row]
     scores[rows < 0] = -np.inf
     return rows, scores
 
   def save(self, directory: str, extra_json: Optional[dict[str, Any]] = None) -> str:
-    """Writes the index as one folder, atomically (temp folder beside it, then swapped in).
+    """Writes the index as one folder, atomically (`index_folder.write`).
 
     Args:
       directory: destination folder; an existing index there is replaced.
@@ -227,27 +246,25 @@ class GalleryIndex:
     Returns:
       The folder written.
     """
-    with atomic.atomic_path(directory) as tmp:
-      os.makedirs(os.path.join(tmp, self.backend.folder))
-      self.backend.save(os.path.join(tmp, self.backend.folder))
-      np.save(os.path.join(tmp, "embeddings.npy"), np.ascontiguousarray(self.embeddings))
-      with open(os.path.join(tmp, "items.jsonl"), "w", encoding="utf-8") as f:
-        for item in self.items:
-          f.write(json.dumps(item.to_json(), sort_keys=True, default=str) + "\n")
-      with open(os.path.join(tmp, "index.json"), "w", encoding="utf-8") as f:
-        json.dump({"format": FORMAT, "fingerprint": self.fingerprint, "dim": self.dim,
-                   "count": len(self), "backend": self.backend.name, "settings": self.config,
-                   "metric": "dot_product", "facetriplet_version": facetriplet.__version__,
-                   "created": self.created}, f, indent=2, sort_keys=True)
-      for name, obj in (extra_json or {}).items():
-        with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-          json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    index_folder.write(
+      directory,
+      self.backend,
+      self.embeddings,
+      self.items,
+      self.fingerprint,
+      self.created,
+      extra_json,
+    )
     logging.info("Saved index of %d items to %s", len(self), directory)
     return directory
 
   @classmethod
-  def load(cls, directory: str, expected_fingerprint: Optional[str] = None,
-           expected_dim: Optional[int] = None) -> "GalleryIndex":
+  def load(
+    cls,
+    directory: str,
+    expected_fingerprint: Optional[str] = None,
+    expected_dim: Optional[int] = None,
+  ) -> "GalleryIndex":
     """Loads an index folder written by `save` (from wherever it has been moved).
 
     Args:
@@ -258,30 +275,21 @@ class GalleryIndex:
     Raises:
       UserError: missing or corrupt folder, or an index built by another model / dimension.
     """
-    meta = read_metadata(directory)
+    meta = index_folder.read_metadata(directory)
     fingerprint, dim = meta["fingerprint"], int(meta["dim"])
     check_model(fingerprint, dim, expected_fingerprint, expected_dim, f"index at {directory}")
-    backend_cls = backends.get(meta["backend"])
-    try:
-      embeddings = np.load(os.path.join(directory, "embeddings.npy"), mmap_mode="r")
-      with open(os.path.join(directory, "items.jsonl"), encoding="utf-8") as f:
-        items = [Item.from_json(json.loads(line), row)
-                 for row, line in enumerate(line for line in f if line.strip())]
-      if embeddings.shape != (meta["count"], dim) or len(items) != meta["count"]:
-        raise UserError(
-            f"index at {directory} is inconsistent (index.json says {meta['count']} x {dim}, "
-            f"found embeddings {embeddings.shape} and {len(items)} items): rebuild it with "
-            "facetriplet-build-index")
-      backend = backend_cls.load(os.path.join(directory, backend_cls.folder), meta["settings"],
-                                 embeddings, [item.id for item in items])
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-      raise UserError(f"index at {directory} is incomplete or corrupt ({type(e).__name__}: {e})"
-                      ": rebuild it with facetriplet-build-index") from e
+    backend, embeddings, items = index_folder.read(directory, meta)
     return cls(backend, embeddings, items, fingerprint, meta.get("created"))
 
 
-def check_model(fingerprint: str, dim: int, query_fingerprint: Optional[str],
-                query_dim: Optional[int], what: str = "the index", query_name: str = "") -> None:
+def check_model(
+  fingerprint: str,
+  dim: int,
+  query_fingerprint: Optional[str],
+  query_dim: Optional[int],
+  what: str = "the index",
+  query_name: str = "",
+) -> None:
   """The one check that queries come from the model an index was built with.
 
   Raises:
@@ -290,13 +298,15 @@ def check_model(fingerprint: str, dim: int, query_fingerprint: Optional[str],
   if query_fingerprint is not None and query_fingerprint != fingerprint:
     named = f" ({query_name})" if query_name else ""
     raise UserError(
-        f"{what} was built with model {fingerprint}, queries come from model "
-        f"{query_fingerprint}{named}: rebuild the index with facetriplet-build-index "
-        f"--model=<export of model {query_fingerprint}> (or query with model {fingerprint})")
+      f"{what} was built with model {fingerprint}, queries come from model "
+      f"{query_fingerprint}{named}: rebuild the index with facetriplet-build-index "
+      f"--model=<export of model {query_fingerprint}> (or query with model {fingerprint})"
+    )
   if query_dim is not None and int(query_dim) != dim:
     raise UserError(
-        f"{what} holds {dim}-d embeddings, queries are {query_dim}-d: rebuild the index with "
-        "facetriplet-build-index using the model the queries come from")
+      f"{what} holds {dim}-d embeddings, queries are {query_dim}-d: rebuild the index with "
+      "facetriplet-build-index using the model the queries come from"
+    )
 
 
 def _check_embeddings(embeddings: np.ndarray, allow_empty: bool = False) -> np.ndarray:
@@ -306,54 +316,34 @@ def _check_embeddings(embeddings: np.ndarray, allow_empty: bool = False) -> np.n
   if embeddings.shape[0] == 0 and allow_empty:
     return embeddings
   if embeddings.shape[0] == 0:
-    raise UserError("the gallery is empty: build the index from at least one embedding "
-                    "(check the gallery folder and that its images were embedded)")
+    raise UserError(
+      "the gallery is empty: build the index from at least one embedding "
+      "(check the gallery folder and that its images were embedded)"
+    )
   if not np.isfinite(embeddings).all():
     raise UserError("embeddings contain NaN or infinity: check the model export and the images")
   norms = np.linalg.norm(embeddings, axis=1)
   if np.abs(norms - 1.0).max() > 1e-3:
-    raise UserError(f"embedding rows are not unit length (norms {norms.min():.4f}.."
-                    f"{norms.max():.4f}): L2-normalise them (x / ||x||) before indexing")
+    raise UserError(
+      f"embedding rows are not unit length (norms {norms.min():.4f}.."
+      f"{norms.max():.4f}): L2-normalise them (x / ||x||) before indexing"
+    )
   return embeddings
 
 
 def _check_items(items: Sequence[Item], rows: int) -> list[Item]:
   items = list(items)
   if len(items) != rows:
-    raise UserError(f"{len(items)} items for {rows} embeddings: pass one item per embedding "
-                    "row, in the same order")
+    raise UserError(
+      f"{len(items)} items for {rows} embeddings: pass one item per embedding "
+      "row, in the same order"
+    )
   ids = [item.id for item in items]
   if len(set(ids)) != len(ids):
     seen: set = set()
     dup = sorted({i for i in ids if i in seen or seen.add(i)})[:3]
     raise UserError(f"duplicate item ids {dup}: every gallery item needs its own id")
   return items
-
-
-def read_metadata(directory: str) -> dict[str, Any]:
-  """index.json of an index folder, as the current format (older ScaNN indexes converted).
-
-  Raises:
-    UserError: no folder, or no readable / valid index.json (one line naming the fix).
-  """
-  path = os.path.join(directory, "index.json")
-  if not os.path.isdir(directory):
-    raise UserError(f"no index at {directory}: build one with facetriplet-build-index "
-                    "or pass the folder it was saved to")
-  try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"index at {directory} has no readable index.json ({e}): it is not an index "
-                    "folder or it is corrupt; rebuild it with facetriplet-build-index") from None
-  if isinstance(meta, dict) and meta.get("format") == LEGACY_FORMAT:
-    meta = dict(meta, format=FORMAT, backend="scann", settings=meta.get("scann"))
-  required = ("format", "fingerprint", "dim", "count", "backend", "settings")
-  missing = [k for k in required if not isinstance(meta, dict) or meta.get(k) is None]
-  if missing or meta.get("format") != FORMAT:
-    raise UserError(f"index at {directory} has an index.json without {missing or 'format ' + FORMAT}"
-                    ": rebuild it with facetriplet-build-index")
-  return meta
 
 
 def _now() -> str:

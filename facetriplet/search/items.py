@@ -30,6 +30,7 @@ class Item:
     landmarks: the five points (x1..x5, y1..y5), when the detector gave them.
     face: the face's number in its photo (indexes of every face), else None.
   """
+
   id: str
   path: str = ""
   rel_path: str = ""
@@ -51,8 +52,12 @@ class Item:
     return self.name or os.path.basename(self.rel_path or self.path) or self.id
 
   def to_json(self) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": self.id, "path": self.path, "name": self.name,
-                           "identity": self.identity}
+    out: dict[str, Any] = {
+      "id": self.id,
+      "path": self.path,
+      "name": self.name,
+      "identity": self.identity,
+    }
     if self.rel_path:
       out["rel_path"] = self.rel_path
     for key in ("box", "landmarks"):
@@ -65,14 +70,21 @@ class Item:
   @classmethod
   def from_json(cls, d: Mapping[str, Any], row: int = 0) -> "Item":
     """An item from `to_json` output (or an older line: no id -> the row number)."""
+
     def tup(key):
       value = d.get(key)
       return tuple(float(v) for v in value) if value else None
-    return cls(id=str(d["id"]) if d.get("id") is not None else str(row),
-               path=str(d.get("path") or ""), rel_path=str(d.get("rel_path") or ""),
-               name=str(d.get("name") or ""), identity=d.get("identity"), box=tup("box"),
-               landmarks=tup("landmarks"),
-               face=int(d["face"]) if d.get("face") is not None else None)
+
+    return cls(
+      id=str(d["id"]) if d.get("id") is not None else str(row),
+      path=str(d.get("path") or ""),
+      rel_path=str(d.get("rel_path") or ""),
+      name=str(d.get("name") or ""),
+      identity=d.get("identity"),
+      box=tup("box"),
+      landmarks=tup("landmarks"),
+      face=int(d["face"]) if d.get("face") is not None else None,
+    )
 
   @classmethod
   def of_face(cls, entry: Any, every_face: bool = False) -> "Item":
@@ -82,19 +94,35 @@ class Item:
     found = getattr(entry, "found", True) and getattr(entry, "box", None) is not None
     landmarks = getattr(entry, "landmarks", None)
     path = os.path.abspath(entry.path)
-    return cls(id=path + (f"{FACE_SEPARATOR}{face}" if every_face else ""), path=entry.path,
-               rel_path=entry.rel_path, name=os.path.basename(entry.rel_path),
-               identity=entry.identity,
-               box=tuple(round(float(v), 2) for v in entry.box) if found else None,
-               landmarks=(tuple(round(float(v), 2) for v in landmarks)
-                          if found and landmarks and any(landmarks) else None),
-               face=face if every_face else None)
+    return cls(
+      id=path + (f"{FACE_SEPARATOR}{face}" if every_face else ""),
+      path=entry.path,
+      rel_path=entry.rel_path,
+      name=os.path.basename(entry.rel_path),
+      identity=entry.identity,
+      box=tuple(round(float(v), 2) for v in entry.box) if found else None,
+      landmarks=(
+        tuple(round(float(v), 2) for v in landmarks)
+        if found and landmarks and any(landmarks)
+        else None
+      ),
+      face=face if every_face else None,
+    )
 
   @classmethod
-  def enrolled(cls, item_id: str, name: Optional[str], identity: Optional[str], crop: Any,
-               face: Optional[int] = None) -> "Item":
+  def enrolled(
+    cls,
+    item_id: str,
+    name: Optional[str],
+    identity: Optional[str],
+    crop: Any,
+    face: Optional[int] = None,
+  ) -> "Item":
     """An image enrolled from memory under `item_id` (its `crop`: a faces.CropResult)."""
-    return cls(id=item_id if face is None else f"{item_id}{FACE_SEPARATOR}{face}",
-               name=name or item_id, identity=identity,
-               box=tuple(round(float(v), 2) for v in crop.box) if crop.found else None,
-               face=face)
+    return cls(
+      id=item_id if face is None else f"{item_id}{FACE_SEPARATOR}{face}",
+      name=name or item_id,
+      identity=identity,
+      box=tuple(round(float(v), 2) for v in crop.box) if crop.found else None,
+      face=face,
+    )

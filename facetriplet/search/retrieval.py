@@ -31,6 +31,7 @@ class Retrieval:
     shared_names: gallery file names that several photos share (those are listed by their
       relative path in a submission).
   """
+
   results: list[SearchResult]
   k: int
   fingerprint: str
@@ -39,9 +40,17 @@ class Retrieval:
   shared_names: frozenset = frozenset()
 
 
-def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: int = 64,
-             workers: int = 4, progress: bool = True, exclude_self: bool = True,
-             min_score: Optional[float] = None) -> Retrieval:
+def retrieve(
+  extractor,
+  index,
+  entries: Sequence[Any],
+  k: int = 10,
+  batch_size: int = 64,
+  workers: int = 4,
+  progress: bool = True,
+  exclude_self: bool = True,
+  min_score: Optional[float] = None,
+) -> Retrieval:
   """Top-k gallery photos for each query entry (see `QueryEngine.search_entries`).
 
   Every entry keeps a result, in input order: an unreadable query has no matches and its
@@ -57,10 +66,14 @@ def retrieve(extractor, index, entries: Sequence[Any], k: int = 10, batch_size: 
   k = index.clamp_k(k)
   engine = QueryEngine(extractor, index)
   problems: list[Problem] = []
-  results = list(engine.search_entries(entries, k, min_score, exclude_self, batch_size, workers,
-                                       progress, problems))
-  return Retrieval(results, k, index.fingerprint, problems, time.time() - start,
-                   shared_names(index.items))
+  results = list(
+    engine.search_entries(
+      entries, k, min_score, exclude_self, batch_size, workers, progress, problems
+    )
+  )
+  return Retrieval(
+    results, k, index.fingerprint, problems, time.time() - start, shared_names(index.items)
+  )
 
 
 def shared_names(items: Sequence[Item]) -> frozenset:

@@ -100,8 +100,9 @@ class Searcher:
     self._lock = _ReadWriteLock()
 
   @classmethod
-  def open(cls, index_dir: str, model: Optional[str] = None,
-           features: Optional[str] = None) -> "Searcher":
+  def open(
+    cls, index_dir: str, model: Optional[str] = None, features: Optional[str] = None
+  ) -> "Searcher":
     """Opens an index folder written by facetriplet-build-index (or `save`).
 
     Args:
@@ -119,8 +120,9 @@ class Searcher:
     return len(self.index)
 
   def __repr__(self) -> str:
-    return (f"Searcher({self.index_dir!r}, {len(self.index)} items, "
-            f"model {self.extractor.fingerprint})")
+    return (
+      f"Searcher({self.index_dir!r}, {len(self.index)} items, model {self.extractor.fingerprint})"
+    )
 
   @property
   def dim(self) -> int:
@@ -145,8 +147,9 @@ class Searcher:
     get = getattr(self.extractor, "threshold", None)
     return get(far) if callable(get) else None
 
-  def verify(self, a: ImageLike, b: ImageLike, threshold: Optional[float] = None,
-             far: float = 0.01) -> tuple[bool, float]:
+  def verify(
+    self, a: ImageLike, b: ImageLike, threshold: Optional[float] = None, far: float = 0.01
+  ) -> tuple[bool, float]:
     """(same person, cosine similarity) of the chosen faces of two images.
 
     The threshold defaults to the export's calibrated one at `far` (see facetriplet-evaluate).
@@ -157,19 +160,25 @@ class Searcher:
     if threshold is None:
       threshold = self.threshold(far)
       if threshold is None:
-        raise UserError("this model has no calibrated threshold: pass threshold=... (see the "
-                        "threshold_at_far of facetriplet-evaluate) or export a model trained "
-                        "with this version")
+        raise UserError(
+          "this model has no calibrated threshold: pass threshold=... (see the "
+          "threshold_at_far of facetriplet-evaluate) or export a model trained "
+          "with this version"
+        )
     ea, eb = self.embed([a, b])
     score = float(np.dot(ea, eb))
     return score >= threshold, score
 
   # ---- search -----------------------------------------------------------------------------
 
-  def search(self, images_: Union[ImageLike, Sequence[ImageLike]], k: int = 10,
-             min_score: Optional[float] = None, faces_mode: str = "largest",
-             min_face: float = faces.MIN_FACE_FRACTION,
-             ) -> Union[SearchResult, list[SearchResult]]:
+  def search(
+    self,
+    images_: Union[ImageLike, Sequence[ImageLike]],
+    k: int = 10,
+    min_score: Optional[float] = None,
+    faces_mode: str = "largest",
+    min_face: float = faces.MIN_FACE_FRACTION,
+  ) -> Union[SearchResult, list[SearchResult]]:
     """The k best gallery photos for each query image.
 
     Args:
@@ -193,10 +202,17 @@ class Searcher:
 
   # ---- enrol and remove -------------------------------------------------------------------
 
-  def add(self, paths_or_folder: Union[str, Sequence[str]], faces_mode: str = "auto",
-          min_face: float = faces.MIN_FACE_FRACTION, layout: str = "auto",
-          identity: Optional[str] = None, batch_size: int = 64, workers: int = 4,
-          progress: bool = False) -> AddSummary:
+  def add(
+    self,
+    paths_or_folder: Union[str, Sequence[str]],
+    faces_mode: str = "auto",
+    min_face: float = faces.MIN_FACE_FRACTION,
+    layout: str = "auto",
+    identity: Optional[str] = None,
+    batch_size: int = 64,
+    workers: int = 4,
+    progress: bool = False,
+  ) -> AddSummary:
     """Embeds photos not yet in the index and adds them (no partitions retrained).
 
     Args:
@@ -214,37 +230,62 @@ class Searcher:
       entries = layouts.list_inputs(os.fspath(paths_or_folder), layout)
       source = os.fspath(paths_or_folder)
     else:
-      entries = [layouts.ImageEntry(os.path.abspath(p), os.path.basename(p), None, None)
-                 for p in paths_or_folder]
+      entries = [
+        layouts.ImageEntry(os.path.abspath(p), os.path.basename(p), None, None)
+        for p in paths_or_folder
+      ]
       source = ""
     if faces_mode == "auto":
       faces_mode = self.info.get("faces") or (
-          "all" if source and os.path.isdir(source)
-          and layouts.resolve_layout(source, layout) == "flat" else "largest")
+        "all"
+        if source and os.path.isdir(source) and layouts.resolve_layout(source, layout) == "flat"
+        else "largest"
+      )
     indexed = {item.photo for item in self.index.items if item.path}
     new = [e for e in entries if os.path.abspath(e.path) not in indexed]
     vectors, kept, problems = embedding.embed_entries(
-        self.extractor, new, batch_size, workers, progress, "enrol", faces_mode, min_face,
-        with_faces=True)
+      self.extractor,
+      new,
+      batch_size,
+      workers,
+      progress,
+      "enrol",
+      faces_mode,
+      min_face,
+      with_faces=True,
+    )
     items = [Item.of_face(e, faces_mode == "all") for e in kept]
     if identity is not None:
-      items = [item if item.identity is not None else dataclasses.replace(item, identity=identity)
-               for item in items]
+      items = [
+        item if item.identity is not None else dataclasses.replace(item, identity=identity)
+        for item in items
+      ]
     with self._lock.write():
       added, replaced = self.index.add(vectors, items)
       self.engine.refresh()
       self.info["items"] = len(self.index)
       self.info.setdefault("history", []).append(
-          {"add": source or f"{len(entries)} paths", "items": added + replaced})
+        {"add": source or f"{len(entries)} paths", "items": added + replaced}
+      )
       advice = self.index.needs_rebuild
     if advice:
-      logging.warning("the gallery outgrew its search partitions (%s): run "
-                      "facetriplet-build-index --index_dir=%s --rebuild", advice, self.index_dir)
+      logging.warning(
+        "the gallery outgrew its search partitions (%s): run "
+        "facetriplet-build-index --index_dir=%s --rebuild",
+        advice,
+        self.index_dir,
+      )
     return AddSummary(added, replaced, len(entries) - len(new), problems, advice)
 
-  def add_image(self, image: ImageLike, item_id: str, name: Optional[str] = None,
-                identity: Optional[str] = None, faces_mode: str = "largest",
-                min_face: float = faces.MIN_FACE_FRACTION) -> list[str]:
+  def add_image(
+    self,
+    image: ImageLike,
+    item_id: str,
+    name: Optional[str] = None,
+    identity: Optional[str] = None,
+    faces_mode: str = "largest",
+    min_face: float = faces.MIN_FACE_FRACTION,
+  ) -> list[str]:
     """Enrols one image held in memory (an upload) under `item_id` ('<item_id>#<n>' per face
     with faces_mode='all'); an existing id is replaced. Returns the ids written.
 
@@ -254,8 +295,10 @@ class Searcher:
     faces.check_face_mode(faces_mode)
     crops = self.engine.crops(image, name or item_id, faces_mode, min_face)
     vectors = self.engine.embed([c.image for c in crops])
-    items = [Item.enrolled(item_id, name, identity, crop, n if faces_mode == "all" else None)
-             for n, crop in enumerate(crops)]
+    items = [
+      Item.enrolled(item_id, name, identity, crop, n if faces_mode == "all" else None)
+      for n, crop in enumerate(crops)
+    ]
     with self._lock.write():
       self.index.add(vectors, items)
       self.engine.refresh()
@@ -282,8 +325,10 @@ class Searcher:
         else:
           unknown.append(key)
       if unknown:
-        raise UserError(f"{len(unknown)} of the ids/paths to remove are not in the index, e.g. "
-                        f"{unknown[:3]}: nothing removed (ids are in {self.index_dir}/items.jsonl)")
+        raise UserError(
+          f"{len(unknown)} of the ids/paths to remove are not in the index, e.g. "
+          f"{unknown[:3]}: nothing removed (ids are in {self.index_dir}/items.jsonl)"
+        )
       removed = self.index.remove(ids)
       self.engine.refresh()
       self.info["items"] = len(self.index)
@@ -302,6 +347,6 @@ class Searcher:
     """Writes the index folder (with gallery.json) atomically; a kill leaves the old one."""
     with self._lock.write():
       target = index_dir or self.index_dir
-      info = {k: v for k, v in self.info.items()}
+      info = dict(self.info.items())
       self.index.save(target, extra_json={gallery.GALLERY_FILE: info})
     return target

@@ -50,8 +50,10 @@ def check_submit_url(url: str) -> str:
   """
   parts = urllib.parse.urlsplit(url.strip())
   if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-    raise UserError(f"--submit_url={url!r} must be an http:// or https:// URL with a host, e.g. "
-                    "https://competition.example/submit")
+    raise UserError(
+      f"--submit_url={url!r} must be an http:// or https:// URL with a host, e.g. "
+      "https://competition.example/submit"
+    )
   return urllib.parse.urlunsplit((parts.scheme.lower(),) + tuple(parts)[1:])
 
 
@@ -65,8 +67,9 @@ def _post_once(url: str, data: bytes, deadline: float) -> tuple[int, str, Option
   remaining = deadline - time.monotonic()
   if remaining <= 0:
     raise TimeoutError("timed out")
-  conn_class = (http.client.HTTPSConnection if parts.scheme == "https"
-                else http.client.HTTPConnection)
+  conn_class = (
+    http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+  )
   conn = conn_class(parts.hostname, parts.port, timeout=remaining)
   # A watchdog closes the socket at the deadline: a server that trickles a byte at a time
   # resets every per-read timeout, but not this one.
@@ -113,9 +116,14 @@ def _post_once(url: str, data: bytes, deadline: float) -> tuple[int, str, Option
       sock.close()
 
 
-def post_submission(url: str, payload: dict[str, Any], timeout: float = 30.0, retries: int = 3,
-                    backoff: float = 1.0,
-                    sleep: Callable[[float], None] = time.sleep) -> PostResult:
+def post_submission(
+  url: str,
+  payload: dict[str, Any],
+  timeout: float = 30.0,
+  retries: int = 3,
+  backoff: float = 1.0,
+  sleep: Callable[[float], None] = time.sleep,
+) -> PostResult:
   """POSTs the submission JSON; retries server errors and network failures with back-off.
 
   Success means a 2xx answer from `url` itself, or from a 307/308 redirect to the same scheme,
@@ -153,38 +161,49 @@ def post_submission(url: str, payload: dict[str, Any], timeout: float = 30.0, re
         a, b = urllib.parse.urlsplit(target), urllib.parse.urlsplit(where)
         same = (a.scheme, a.hostname, a.port) == (b.scheme.lower(), b.hostname, b.port)
         if status in (307, 308) and location and same:
-          logging.info("POST %s: HTTP %d, following to %s (same host, same body)", target,
-                       status, where)
+          logging.info(
+            "POST %s: HTTP %d, following to %s (same host, same body)", target, status, where
+          )
           target = where
           continue
-        raise UserError(f"the server at {url} answered HTTP {status} redirecting to "
-                        f"{location or '(no Location)'}; nothing was submitted (a redirected POST "
-                        "is not re-sent elsewhere): pass that URL as --submit_url if you trust it")
+        raise UserError(
+          f"the server at {url} answered HTTP {status} redirecting to "
+          f"{location or '(no Location)'}; nothing was submitted (a redirected POST "
+          "is not re-sent elsewhere): pass that URL as --submit_url if you trust it"
+        )
       else:
-        raise UserError(f"the server at {url} redirected more than {_MAX_SAME_HOST_REDIRECTS} "
-                        "times; nothing was submitted")
+        raise UserError(
+          f"the server at {url} redirected more than {_MAX_SAME_HOST_REDIRECTS} "
+          "times; nothing was submitted"
+        )
       if 200 <= status < 300:
         logging.info("POST %s: HTTP %d after %d attempt(s)", target, status, attempt)
         return PostResult(status, body, attempt)
       last = f"HTTP {status}: {body[:500]}".strip()
       if 400 <= status < 500 and status not in (408, 429):
-        raise UserError(f"the server at {url} refused the submission ({last}); fix the "
-                        "submission or the URL")
+        raise UserError(
+          f"the server at {url} refused the submission ({last}); fix the submission or the URL"
+        )
     except (TimeoutError, ConnectionError, OSError) as e:
       last = str(e) or type(e).__name__
     logging.warning("POST %s attempt %d/%d failed: %s", url, attempt, retries + 1, last)
     if attempt <= retries:
       sleep(backoff * 2 ** (attempt - 1))
-  raise UserError(f"could not submit to {url} after {retries + 1} attempts (last: {last}); the "
-                  "submission file is kept, re-send it later with --submit_url")
+  raise UserError(
+    f"could not submit to {url} after {retries + 1} attempts (last: {last}); the "
+    "submission file is kept, re-send it later with --submit_url"
+  )
 
 
-def make_submission(results: Sequence[SearchResult], groupname: str,
-                    shared: frozenset = frozenset()) -> dict[str, Any]:
+def make_submission(
+  results: Sequence[SearchResult], groupname: str, shared: frozenset = frozenset()
+) -> dict[str, Any]:
   """`{"groupname": ..., "images": {query file: [gallery file, ... k]}}`, every query present.
   `shared`: gallery names several photos share (`retrieval.Retrieval.shared_names`)."""
-  images = {name: [submit_name(m.item, shared) for m in r.matches]
-            for name, r in zip(query_names(results), results)}
+  images = {
+    name: [submit_name(m.item, shared) for m in r.matches]
+    for name, r in zip(query_names(results), results)
+  }
   return {"groupname": groupname, "images": images}
 
 
@@ -192,8 +211,16 @@ def write_submission(path: str, payload: dict[str, Any]) -> None:
   atomic.write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
-CSV_COLUMNS = ("query", "rank", "gallery", "similarity", "gallery_identity", "query_identity",
-               "query_note", "gallery_box")  # gallery_box: "x y w h" of the matched face
+CSV_COLUMNS = (
+  "query",
+  "rank",
+  "gallery",
+  "similarity",
+  "gallery_identity",
+  "query_identity",
+  "query_note",
+  "gallery_box",
+)  # gallery_box: "x y w h" of the matched face
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -205,8 +232,9 @@ def csv_text(value: str) -> str:
   return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def write_results_csv(path: str, results: Sequence[SearchResult],
-                      shared: frozenset = frozenset()) -> int:
+def write_results_csv(
+  path: str, results: Sequence[SearchResult], shared: frozenset = frozenset()
+) -> int:
   """One row per (query, match); a query without matches gets one row with its note. Returns rows.
 
   Names and identities that start with =, +, -, @, tab or CR are written with a leading "'"
@@ -224,9 +252,18 @@ def write_results_csv(path: str, results: Sequence[SearchResult],
       writer.writerow([name, "", "", "", "", identity, note, ""])
       rows += 1
     for m in r.matches:
-      writer.writerow([name, m.rank, csv_text(submit_name(m.item, shared)), f"{m.score:.6f}",
-                       csv_text(m.identity or ""), identity, note,
-                       " ".join(f"{v:g}" for v in m.box) if m.box else ""])
+      writer.writerow(
+        [
+          name,
+          m.rank,
+          csv_text(submit_name(m.item, shared)),
+          f"{m.score:.6f}",
+          csv_text(m.identity or ""),
+          identity,
+          note,
+          " ".join(f"{v:g}" for v in m.box) if m.box else "",
+        ]
+      )
       rows += 1
   atomic.write_text(path, buf.getvalue())
   return rows

@@ -42,9 +42,15 @@ from facetriplet.search.searcher import Searcher
 from facetriplet.serving import batching, inputs, routes
 
 
-def make_app(searcher: Searcher, max_upload_bytes: int = inputs.MAX_UPLOAD_BYTES,
-             max_pixels: int = inputs.MAX_PIXELS, batch_window_ms: float = 5.0, max_batch: int = 32,
-             micro_batch: bool = True, max_k: int = inputs.MAX_K) -> FastAPI:
+def make_app(
+  searcher: Searcher,
+  max_upload_bytes: int = inputs.MAX_UPLOAD_BYTES,
+  max_pixels: int = inputs.MAX_PIXELS,
+  batch_window_ms: float = 5.0,
+  max_batch: int = 32,
+  micro_batch: bool = True,
+  max_k: int = inputs.MAX_K,
+) -> FastAPI:
   """The FastAPI application serving `searcher` (see the module docstring for the endpoints).
 
   Args:
@@ -56,12 +62,14 @@ def make_app(searcher: Searcher, max_upload_bytes: int = inputs.MAX_UPLOAD_BYTES
     micro_batch: False calls the searcher once per request (for comparison).
     max_k: largest k a request may ask for.
   """
-  batcher = (batching.MicroBatcher(searcher, batch_window_ms / 1000, max_batch) if micro_batch
-             else None)
+  batcher = (
+    batching.MicroBatcher(searcher, batch_window_ms / 1000, max_batch) if micro_batch else None
+  )
   # Looked up at each save (not bound now), so a wrapped or replaced `save` is the one called.
   save = lambda: searcher.save()  # pylint: disable=unnecessary-lambda
-  service = routes.Service(searcher, batcher, batching.GroupCommit(save),
-                           max_upload_bytes, max_pixels, max_k)
+  service = routes.Service(
+    searcher, batcher, batching.GroupCommit(save), max_upload_bytes, max_pixels, max_k
+  )
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
@@ -69,11 +77,16 @@ def make_app(searcher: Searcher, max_upload_bytes: int = inputs.MAX_UPLOAD_BYTES
     if batcher is not None:
       await run_in_threadpool(batcher.close)
 
-  app = FastAPI(title="facetriplet face search", lifespan=lifespan, description=(
+  app = FastAPI(
+    title="facetriplet face search",
+    lifespan=lifespan,
+    description=(
       f"Search, embed, enrol and remove faces of an index of {len(searcher)} items (model "
       f"`{searcher.extractor.fingerprint}`). Send a photo as the multipart file `image`, as "
-      "JSON `{\"image_base64\": ...}` or as the raw body. Enrolments and removals are saved to "
-      "the index folder before they are answered."))
+      'JSON `{"image_base64": ...}` or as the raw body. Enrolments and removals are saved to '
+      "the index folder before they are answered."
+    ),
+  )
   app.state.service = service
   app.include_router(routes.router)
 

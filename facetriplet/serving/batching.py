@@ -27,12 +27,12 @@ from absl import logging
 @dataclasses.dataclass
 class SearchRequest:
   """One query: a decoded RGB image and what its sender asked for."""
+
   image: Any  # RGB uint8 [H, W, 3] (or anything Searcher.search takes)
   k: int
   min_score: Optional[float] = None
   faces_mode: str = "largest"
-  future: concurrent.futures.Future = dataclasses.field(
-      default_factory=concurrent.futures.Future)
+  future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
 
 
 def trim(result: Any, k: int, min_score: Optional[float]) -> Any:
@@ -61,8 +61,10 @@ def search_batch(searcher: Any, requests: Sequence[SearchRequest]) -> list[Any]:
   k = max(1, min(max(r.k for r in requests), len(searcher)))  # no warning for k > gallery
   results = searcher.search([r.image for r in requests], k=k, faces_mode=mode)
   if mode == "all":
-    return [[trim(x, r.k, r.min_score) for x in group]
-            for r, group in zip(requests, split_by_image(results, len(requests)))]
+    return [
+      [trim(x, r.k, r.min_score) for x in group]
+      for r, group in zip(requests, split_by_image(results, len(requests)))
+    ]
   return [trim(x, r.k, r.min_score) for r, x in zip(requests, results)]
 
 
@@ -86,8 +88,9 @@ class MicroBatcher:
     self._cond = threading.Condition()
     self._arriving = 0
     self._closed = False
-    self._thread = threading.Thread(target=self._run, name="facetriplet-search-batcher",
-                                    daemon=True)
+    self._thread = threading.Thread(
+      target=self._run, name="facetriplet-search-batcher", daemon=True
+    )
     self._thread.start()
 
   @contextlib.contextmanager
@@ -123,7 +126,7 @@ class MicroBatcher:
       while not self._queue and not self._closed:
         self._cond.wait()
       deadline = time.monotonic() + self.window_s
-      while (len(self._queue) < self.max_batch and self._arriving > 0 and not self._closed):
+      while len(self._queue) < self.max_batch and self._arriving > 0 and not self._closed:
         left = deadline - time.monotonic()
         if left <= 0:
           break

@@ -30,14 +30,18 @@ MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_K = 1000
 FIELD_BYTES = 64 * 1024  # form fields other than the image
 _STATUS = {"not-an-image": 415, "too-large": 413}  # other image problems: 400
-_HINT = {"not-an-image": "send a JPEG, PNG, WebP, BMP, TIFF or GIF photo",
-         "empty-file": "the image was empty", "truncated": "the upload was cut short",
-         "unreadable": "the image data is damaged"}
+_HINT = {
+  "not-an-image": "send a JPEG, PNG, WebP, BMP, TIFF or GIF photo",
+  "empty-file": "the image was empty",
+  "truncated": "the upload was cut short",
+  "unreadable": "the image data is damaged",
+}
 
 
 @dataclasses.dataclass
 class Upload:
   """A request's photo (encoded bytes), its file name and its other fields."""
+
   data: bytes
   filename: str
   fields: dict[str, Any]
@@ -73,12 +77,15 @@ async def read_upload(request: Request, max_upload_bytes: int) -> Upload:
   fields: dict[str, Any] = {}
   data, filename = None, ""
   if kind == "multipart/form-data":
+
     async def stream():
       yield body
       yield b""
+
     try:
-      form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=32,
-                                   max_part_size=FIELD_BYTES).parse()
+      form = await MultiPartParser(
+        request.headers, stream(), max_files=1, max_fields=32, max_part_size=FIELD_BYTES
+      ).parse()
     except MultiPartException as e:
       raise error(400, f"bad multipart body: {e.message}") from None
     for key, value in form.multi_items():
@@ -99,13 +106,19 @@ async def read_upload(request: Request, max_upload_bytes: int) -> Upload:
   elif kind.startswith("image/") or kind == "application/octet-stream":
     data = body
   else:
-    raise error(415, f"unsupported Content-Type {kind or '(none)'!r}: send multipart/form-data "
-                 "with the file field 'image', JSON {\"image_base64\": ...} or the raw image")
+    raise error(
+      415,
+      f"unsupported Content-Type {kind or '(none)'!r}: send multipart/form-data "
+      "with the file field 'image', JSON {\"image_base64\": ...} or the raw image",
+    )
   if data is None:
     encoded = fields.pop("image_base64", None)
     if not isinstance(encoded, str) or not encoded:
-      raise error(400, "no image: send the photo as the multipart file field 'image' or as "
-                   "JSON {\"image_base64\": ...}")
+      raise error(
+        400,
+        "no image: send the photo as the multipart file field 'image' or as "
+        'JSON {"image_base64": ...}',
+      )
     if encoded.startswith("data:") and "," in encoded:  # a data: URL
       encoded = encoded.split(",", 1)[1]
     encoded = "".join(encoded.split())  # line breaks of wrapped base64
@@ -124,8 +137,11 @@ def decode(upload: Upload, max_pixels: int) -> np.ndarray:
     return images.decode_rgb(upload.data, upload.filename or "upload", max_pixels)
   except ImageError as e:
     hint = _HINT.get(e.reason) or f"at most {max_pixels} pixels"
-    raise error(_STATUS.get(e.reason, 400), f"image {e.reason}: {hint}"
-                 + (f" ({e.detail})" if e.detail and e.reason != "not-an-image" else "")) from None
+    raise error(
+      _STATUS.get(e.reason, 400),
+      f"image {e.reason}: {hint}"
+      + (f" ({e.detail})" if e.detail and e.reason != "not-an-image" else ""),
+    ) from None
 
 
 def param(fields: dict[str, Any], name: str, query: Any) -> Any:
@@ -175,23 +191,31 @@ def parse_faces(value: Any) -> str:
   return value
 
 
-def search_params(upload: Upload, k: Any, min_score: Any, faces_mode: Any,
-                  max_k: int = MAX_K) -> SearchParams:
+def search_params(
+  upload: Upload, k: Any, min_score: Any, faces_mode: Any, max_k: int = MAX_K
+) -> SearchParams:
   """A search's parameters from the body, else the query string (422 naming a bad one)."""
   fields = upload.fields
-  return SearchParams(k=parse_k(param(fields, "k", k), max_k=max_k),
-                      min_score=parse_min_score(param(fields, "min_score", min_score)),
-                      faces=parse_faces(param(fields, "faces", faces_mode)))
+  return SearchParams(
+    k=parse_k(param(fields, "k", k), max_k=max_k),
+    min_score=parse_min_score(param(fields, "min_score", min_score)),
+    faces=parse_faces(param(fields, "faces", faces_mode)),
+  )
 
 
-def item_params(upload: Upload, item_id: Any, name: Any, identity: Any,
-                faces_mode: Any) -> ItemParams:
+def item_params(
+  upload: Upload, item_id: Any, name: Any, identity: Any, faces_mode: Any
+) -> ItemParams:
   """An enrolment's parameters (422 for text that is not printable or over 1024 characters)."""
   fields = upload.fields
-  values = {"id": param(fields, "id", item_id), "name": param(fields, "name", name),
-            "identity": param(fields, "identity", identity)}
+  values = {
+    "id": param(fields, "id", item_id),
+    "name": param(fields, "name", name),
+    "identity": param(fields, "identity", identity),
+  }
   for key, value in values.items():
-    if value is not None and (not isinstance(value, str) or len(value) > 1024
-                              or not value.isprintable()):
+    if value is not None and (
+      not isinstance(value, str) or len(value) > 1024 or not value.isprintable()
+    ):
       raise error(422, f"{key} must be printable text of at most 1024 characters")
   return ItemParams(**values, faces=parse_faces(param(fields, "faces", faces_mode)))

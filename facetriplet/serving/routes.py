@@ -27,6 +27,7 @@ from facetriplet.serving import batching, inputs, schemas
 @dataclasses.dataclass
 class Service:
   """What the endpoints share: the searcher and the service's limits and helpers."""
+
   searcher: Searcher
   batcher: Optional[batching.MicroBatcher]
   commit: batching.GroupCommit
@@ -55,8 +56,11 @@ class Service:
     try:
       await run_in_threadpool(self.commit.commit)
     except (OSError, UserError) as e:
-      raise inputs.error(500, f"{change} in memory, but saving the index failed: {e}; the "
-                         "change is lost at a restart unless a later save succeeds") from None
+      raise inputs.error(
+        500,
+        f"{change} in memory, but saving the index failed: {e}; the "
+        "change is lost at a restart unless a later save succeeds",
+      ) from None
 
 
 def get_service(request: Request) -> Service:
@@ -76,12 +80,18 @@ def _face(result: Any) -> dict[str, Any]:
   return out
 
 
-@router.post("/search", response_model=Union[schemas.SearchAnswer, schemas.SearchAllAnswer],
-             openapi_extra=schemas.image_body(schemas.SearchParams))
-async def search(request: Request, k: Optional[int] = Query(None, ge=1),
-                 min_score: Optional[float] = Query(None),
-                 faces: Optional[str] = Query(None, description="largest or all"),
-                 service: Service = Depends(get_service)) -> Any:
+@router.post(
+  "/search",
+  response_model=Union[schemas.SearchAnswer, schemas.SearchAllAnswer],
+  openapi_extra=schemas.image_body(schemas.SearchParams),
+)
+async def search(
+  request: Request,
+  k: Optional[int] = Query(None, ge=1),
+  min_score: Optional[float] = Query(None),
+  faces: Optional[str] = Query(None, description="largest or all"),
+  service: Service = Depends(get_service),
+) -> Any:
   """The k gallery photos most similar to the photo's face (its best face per photo)."""
   arriving = service.batcher.arriving() if service.batcher else contextlib.nullcontext()
   with arriving:
@@ -89,8 +99,9 @@ async def search(request: Request, k: Optional[int] = Query(None, ge=1),
     params = inputs.search_params(upload, k, min_score, faces, service.max_k)
     rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
     # Queued before this request stops arriving, so the batcher waits for it.
-    pending = service.start_search(batching.SearchRequest(rgb, params.k, params.min_score,
-                                                          params.faces))
+    pending = service.start_search(
+      batching.SearchRequest(rgb, params.k, params.min_score, params.faces)
+    )
   answer = await service.finish_search(pending)
   query = upload.filename or "upload"
   if params.faces == "all":
@@ -98,25 +109,38 @@ async def search(request: Request, k: Optional[int] = Query(None, ge=1),
   return schemas.SearchAnswer(query=query, k=params.k, **_face(answer))
 
 
-@router.post("/embed", response_model=schemas.EmbedAnswer,
-             openapi_extra=schemas.image_body(None))
-async def embed(request: Request, service: Service = Depends(get_service),
-                searcher: Searcher = Depends(get_searcher)) -> schemas.EmbedAnswer:
+@router.post("/embed", response_model=schemas.EmbedAnswer, openapi_extra=schemas.image_body(None))
+async def embed(
+  request: Request,
+  service: Service = Depends(get_service),
+  searcher: Searcher = Depends(get_searcher),
+) -> schemas.EmbedAnswer:
   """The unit embedding of the photo's chosen face, from the index's model."""
   upload = await inputs.read_upload(request, service.max_upload_bytes)
   rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
   vector = await run_in_threadpool(searcher.embed, rgb)
-  return schemas.EmbedAnswer(embedding=[float(v) for v in vector], dim=searcher.dim,
-                             fingerprint=searcher.extractor.fingerprint)
+  return schemas.EmbedAnswer(
+    embedding=[float(v) for v in vector],
+    dim=searcher.dim,
+    fingerprint=searcher.extractor.fingerprint,
+  )
 
 
-@router.post("/items", status_code=201, response_model=schemas.EnrolAnswer,
-             openapi_extra=schemas.image_body(schemas.ItemParams))
-async def add_item(request: Request, item_id: Optional[str] = Query(None, alias="id"),
-                   name: Optional[str] = Query(None), identity: Optional[str] = Query(None),
-                   faces: Optional[str] = Query(None, description="largest or all"),
-                   service: Service = Depends(get_service),
-                   searcher: Searcher = Depends(get_searcher)) -> schemas.EnrolAnswer:
+@router.post(
+  "/items",
+  status_code=201,
+  response_model=schemas.EnrolAnswer,
+  openapi_extra=schemas.image_body(schemas.ItemParams),
+)
+async def add_item(
+  request: Request,
+  item_id: Optional[str] = Query(None, alias="id"),
+  name: Optional[str] = Query(None),
+  identity: Optional[str] = Query(None),
+  faces: Optional[str] = Query(None, description="largest or all"),
+  service: Service = Depends(get_service),
+  searcher: Searcher = Depends(get_searcher),
+) -> schemas.EnrolAnswer:
   """Enrols the photo (replacing an item with the same id) and saves the index."""
   upload = await inputs.read_upload(request, service.max_upload_bytes)
   params = inputs.item_params(upload, item_id, name, identity, faces)
@@ -124,9 +148,14 @@ async def add_item(request: Request, item_id: Optional[str] = Query(None, alias=
   rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
   replaced = searcher.contains(new_id if params.faces == "largest" else f"{new_id}#0")
   try:
-    ids = await run_in_threadpool(searcher.add_image, rgb, new_id,
-                                  params.name or upload.filename or None, params.identity,
-                                  params.faces)
+    ids = await run_in_threadpool(
+      searcher.add_image,
+      rgb,
+      new_id,
+      params.name or upload.filename or None,
+      params.identity,
+      params.faces,
+    )
   except UserError as e:
     raise inputs.error(422, str(e)) from None
   await service.save(f"enrolled {ids}")
@@ -134,11 +163,15 @@ async def add_item(request: Request, item_id: Optional[str] = Query(None, alias=
 
 
 @router.delete("/items/{item_id:path}", response_model=schemas.RemoveAnswer)
-async def remove_item(item_id: str, service: Service = Depends(get_service),
-                      searcher: Searcher = Depends(get_searcher)) -> schemas.RemoveAnswer:
+async def remove_item(
+  item_id: str, service: Service = Depends(get_service), searcher: Searcher = Depends(get_searcher)
+) -> schemas.RemoveAnswer:
   """Removes one item by id and saves the index (404 when no item has this id)."""
-  unknown = inputs.error(404, f"no item with id {item_id!r} in the index (ids are what POST "
-                         "/items returned, or the 'id' of a match)")
+  unknown = inputs.error(
+    404,
+    f"no item with id {item_id!r} in the index (ids are what POST "
+    "/items returned, or the 'id' of a match)",
+  )
   if not searcher.contains(item_id):
     raise unknown
   try:
@@ -152,15 +185,26 @@ async def remove_item(item_id: str, service: Service = Depends(get_service),
 
 
 @router.get("/healthz", response_model=schemas.Health)
-async def healthz(service: Service = Depends(get_service),
-                  searcher: Searcher = Depends(get_searcher)) -> schemas.Health:
+async def healthz(
+  service: Service = Depends(get_service), searcher: Searcher = Depends(get_searcher)
+) -> schemas.Health:
   """Liveness, and what is served: items, dim, model fingerprint, batching counters."""
   batcher = service.batcher
-  stats = ({"requests": batcher.requests, "calls": batcher.calls} if batcher is not None
-           else dict(service.unbatched))
+  stats = (
+    {"requests": batcher.requests, "calls": batcher.calls}
+    if batcher is not None
+    else dict(service.unbatched)
+  )
   return schemas.Health(
-      status="ok", items=len(searcher), dim=searcher.dim,
-      fingerprint=searcher.extractor.fingerprint, model=searcher.info.get("model"),
-      features=searcher.info.get("features"), index=searcher.index_dir,
-      micro_batch=batcher is not None, search_requests=stats["requests"],
-      search_calls=stats["calls"], saves=service.commit.saves)
+    status="ok",
+    items=len(searcher),
+    dim=searcher.dim,
+    fingerprint=searcher.extractor.fingerprint,
+    model=searcher.info.get("model"),
+    features=searcher.info.get("features"),
+    index=searcher.index_dir,
+    micro_batch=batcher is not None,
+    search_requests=stats["requests"],
+    search_calls=stats["calls"],
+    saves=service.commit.saves,
+  )

@@ -13,17 +13,27 @@ FacesMode = Literal["largest", "all"]
 
 class SearchParams(BaseModel):
   """Parameters of a search (form fields, JSON keys or query parameters)."""
+
   k: int = Field(10, ge=1, description="matches wanted (1..max_k, default 10)")
-  min_score: Optional[float] = Field(None, description="leave out matches below this cosine "
-                                     "similarity (then no match is an empty list)")
-  faces: FacesMode = Field("largest", description="largest: the photo's chosen face; all: every "
-                           "face of the photo, one answer each")
+  min_score: Optional[float] = Field(
+    None,
+    description="leave out matches below this cosine similarity (then no match is an empty list)",
+  )
+  faces: FacesMode = Field(
+    "largest",
+    description="largest: the photo's chosen face; all: every face of the photo, one answer each",
+  )
 
 
 class ItemParams(BaseModel):
   """Parameters of an enrolment."""
-  id: Optional[str] = Field(None, max_length=1024, description="item id (default: the first 16 "
-                            "hex digits of the image's SHA-256); an existing id is replaced")
+
+  id: Optional[str] = Field(
+    None,
+    max_length=1024,
+    description="item id (default: the first 16 "
+    "hex digits of the image's SHA-256); an existing id is replaced",
+  )
   name: Optional[str] = Field(None, max_length=1024, description="display name")
   identity: Optional[str] = Field(None, max_length=1024, description="the person")
   faces: FacesMode = Field("largest", description="all: one item per face, '<id>#<n>'")
@@ -31,6 +41,7 @@ class ItemParams(BaseModel):
 
 class MatchOut(BaseModel):
   """One gallery photo found (its best face)."""
+
   rank: int
   score: float = Field(description="cosine similarity, -1..1")
   id: str = Field(description="the item id (what DELETE /items/{id} takes)")
@@ -42,8 +53,11 @@ class MatchOut(BaseModel):
 
 class FaceAnswer(BaseModel):
   """The matches of one query face."""
-  box: Optional[list[float]] = Field(description="the query face's x, y, w, h; null when no "
-                                     "face was found (answered from the centred crop)")
+
+  box: Optional[list[float]] = Field(
+    description="the query face's x, y, w, h; null when no "
+    "face was found (answered from the centred crop)"
+  )
   face: int = 0
   problem: Optional[str] = Field(None, description="e.g. 'no-face'")
   matches: list[MatchOut]
@@ -51,12 +65,14 @@ class FaceAnswer(BaseModel):
 
 class SearchAnswer(FaceAnswer):
   """The answer of /search for the chosen face (faces=largest)."""
+
   query: str
   k: int
 
 
 class SearchAllAnswer(BaseModel):
   """The answer of /search for every face (faces=all)."""
+
   query: str
   k: int
   faces: list[FaceAnswer]
@@ -96,6 +112,7 @@ class Health(BaseModel):
 
 class ErrorAnswer(BaseModel):
   """Every refusal: one line naming the problem."""
+
   detail: str
 
 
@@ -103,14 +120,31 @@ def image_body(params: Optional[type[BaseModel]]) -> dict[str, Any]:
   """The OpenAPI request body of an upload endpoint: the photo as the multipart file `image`,
   JSON `image_base64`, or the raw body; the parameters of `params` beside it."""
   fields = params.model_json_schema()["properties"] if params is not None else {}
-  return {"requestBody": {"required": True, "content": {
-      "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-          "image": {"type": "string", "format": "binary"}, **fields}}},
-      "application/json": {"schema": {"type": "object", "required": ["image_base64"],
-                                      "properties": {"image_base64": {
-                                          "type": "string", "description": "the photo, base64"},
-                                          **fields}}},
-      "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}
+  return {
+    "requestBody": {
+      "required": True,
+      "content": {
+        "multipart/form-data": {
+          "schema": {
+            "type": "object",
+            "required": ["image"],
+            "properties": {"image": {"type": "string", "format": "binary"}, **fields},
+          }
+        },
+        "application/json": {
+          "schema": {
+            "type": "object",
+            "required": ["image_base64"],
+            "properties": {
+              "image_base64": {"type": "string", "description": "the photo, base64"},
+              **fields,
+            },
+          }
+        },
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+      },
+    }
+  }
 
 
 ERRORS = {code: {"model": ErrorAnswer} for code in (400, 404, 409, 413, 415, 422, 500)}

@@ -30,22 +30,33 @@ def bind(host: str, port: int) -> tuple[socket.socket, str]:
     sock.bind(address)
     sock.listen(2048)
   except OSError as e:
-    raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port "
-                    "or --host") from None
+    raise UserError(
+      f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host"
+    ) from None
   actual = sock.getsockname()[1]
   shown = f"[{host}]" if ":" in host else host
   return sock, f"http://{shown}:{actual}"
 
 
 def _server(app: FastAPI, log_level: str, access_log: bool) -> uvicorn.Server:
-  return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log,
-                                       lifespan="on", timeout_graceful_shutdown=10))
+  return uvicorn.Server(
+    uvicorn.Config(
+      app, log_level=log_level, access_log=access_log, lifespan="on", timeout_graceful_shutdown=10
+    )
+  )
 
 
-def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, model: Optional[str] = None,
-          features: Optional[str] = None,
-          on_ready: Optional[Callable[[str, Searcher], None]] = None,
-          log_level: str = "warning", access_log: bool = False, **app_options: Any) -> None:
+def serve(
+  index_dir: str,
+  host: str = "127.0.0.1",
+  port: int = 8000,
+  model: Optional[str] = None,
+  features: Optional[str] = None,
+  on_ready: Optional[Callable[[str, Searcher], None]] = None,
+  log_level: str = "warning",
+  access_log: bool = False,
+  **app_options: Any,
+) -> None:
   """Opens the index and serves it until interrupted (Ctrl-C / SIGTERM stop it gracefully).
 
   Args:
@@ -70,17 +81,22 @@ def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, model: Opti
 class ServerThread:
   """A uvicorn server for `app` on a background thread (tests, benchmarks, notebooks).
 
-    with ServerThread(make_app(searcher)) as server:
-      urllib.request.urlopen(server.url + "/healthz")
+  with ServerThread(make_app(searcher)) as server:
+    urllib.request.urlopen(server.url + "/healthz")
   """
 
-  def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-               log_level: str = "warning"):
+  def __init__(
+    self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+  ):
     self.app = app
     self._sock, self.url = bind(host, port)
     self._server = _server(app, log_level, access_log=False)
-    self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                    name="facetriplet-serve", daemon=True)
+    self._thread = threading.Thread(
+      target=self._server.run,
+      kwargs={"sockets": [self._sock]},
+      name="facetriplet-serve",
+      daemon=True,
+    )
 
   def start(self, timeout: float = 30.0) -> "ServerThread":
     self._thread.start()

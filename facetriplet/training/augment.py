@@ -15,7 +15,7 @@ a strength of 0 (or False) leaves that layer out:
   rotation    float  random rotation, fraction of a full turn (0.03 ~ +-11 degrees)
   brightness  float  additive brightness jitter, fraction of the value range
   contrast    float  contrast jitter factor
-  saturation  float  saturation jitter (0.2 -> saturation factor in about [0.3, 0.7] of Keras' scale)
+  saturation  float  saturation jitter (0.2 -> factor in about [0.3, 0.7] of Keras' scale)
   hue         float  hue jitter
   grayscale   float  probability of turning the photo gray
   erasing     float  probability of erasing a random rectangle (occlusion)
@@ -35,8 +35,9 @@ def _get(config: Any, name: str, default: Any) -> Any:
   return getattr(config, name, default) if config is not None else default
 
 
-def build_augmentation(config: Any, seed: Optional[int] = None,
-                       name: str = "augmentation") -> keras.Sequential:
+def build_augmentation(
+  config: Any, seed: Optional[int] = None, name: str = "augmentation"
+) -> keras.Sequential:
   """Builds the training augmentation from `config` (a ConfigDict or a dict).
 
   Args:
@@ -58,30 +59,40 @@ def build_augmentation(config: Any, seed: Optional[int] = None,
     layers.append(keras.layers.RandomFlip("horizontal", seed=seed_for(), **common))
   translate = float(_get(config, "translate", 0.0))
   if translate > 0:
-    layers.append(keras.layers.RandomTranslation(translate, translate, fill_mode="reflect",
-                                                 seed=seed_for(), **common))
+    layers.append(
+      keras.layers.RandomTranslation(
+        translate, translate, fill_mode="reflect", seed=seed_for(), **common
+      )
+    )
   zoom = float(_get(config, "zoom", 0.0))
   if zoom > 0:
-    layers.append(keras.layers.RandomZoom(zoom, zoom, fill_mode="reflect", seed=seed_for(),
-                                          **common))
+    layers.append(
+      keras.layers.RandomZoom(zoom, zoom, fill_mode="reflect", seed=seed_for(), **common)
+    )
   rotation = float(_get(config, "rotation", 0.0))
   if rotation > 0:
-    layers.append(keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed_for(),
-                                              **common))
+    layers.append(
+      keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed_for(), **common)
+    )
   brightness = float(_get(config, "brightness", 0.0))
   if brightness > 0:
-    layers.append(keras.layers.RandomBrightness(brightness, value_range=(0, 255),
-                                                seed=seed_for(), **common))
+    layers.append(
+      keras.layers.RandomBrightness(brightness, value_range=(0, 255), seed=seed_for(), **common)
+    )
   contrast = float(_get(config, "contrast", 0.0))
   if contrast > 0:
-    layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=seed_for(),
-                                              **common))
+    layers.append(
+      keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=seed_for(), **common)
+    )
   saturation = float(_get(config, "saturation", 0.0))
   if saturation > 0:
     # Keras' factor maps 0.5 to "unchanged"; a strength s gives factors in [0.5 - s, 0.5 + s].
     s = min(saturation, 0.5)
-    layers.append(keras.layers.RandomSaturation((0.5 - s, 0.5 + s), value_range=(0, 255),
-                                                seed=seed_for(), **common))
+    layers.append(
+      keras.layers.RandomSaturation(
+        (0.5 - s, 0.5 + s), value_range=(0, 255), seed=seed_for(), **common
+      )
+    )
   hue = float(_get(config, "hue", 0.0))
   if hue > 0:
     layers.append(keras.layers.RandomHue(hue, value_range=(0, 255), seed=seed_for(), **common))
@@ -91,8 +102,11 @@ def build_augmentation(config: Any, seed: Optional[int] = None,
   erasing = float(_get(config, "erasing", 0.0))
   if erasing > 0:
     scale = tuple(float(v) for v in _get(config, "erasing_scale", (0.02, 0.2)))
-    layers.append(keras.layers.RandomErasing(erasing, scale=scale, value_range=(0, 255),
-                                             seed=seed_for(), **common))
+    layers.append(
+      keras.layers.RandomErasing(
+        erasing, scale=scale, value_range=(0, 255), seed=seed_for(), **common
+      )
+    )
   return keras.Sequential(layers, name=name)
 
 

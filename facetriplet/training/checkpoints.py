@@ -44,8 +44,9 @@ class Checkpoints(keras.callbacks.Callback):
     result = self.evaluation.last_result
     calibration = None
     if result is not None:
-      calibration = calibration_record(result, epoch + 1, weights_digest(model),
-                                       self.evaluation.flip)
+      calibration = calibration_record(
+        result, epoch + 1, weights_digest(model), self.evaluation.flip
+      )
     save_model_atomically(model, self.workdir.checkpoint("last"))
     self.workdir.write_calibration("last", calibration)
     if result is not None and result.get("map@r", -1.0) > self.best_map:

@@ -42,15 +42,27 @@ from absl import logging
 from facetriplet import atomic, export_format
 from facetriplet.data import faces
 from facetriplet.errors import UserError
-from facetriplet.export_format import (INPUT_BYTES, INPUT_IMAGES, METADATA_FILE,
-                                       METADATA_VERSION, OUTPUT, SIGNATURE_BYTES,
-                                       SIGNATURE_IMAGES)
-from facetriplet.training.workdir import (WHICH, Workdir, load_checkpoint, resolve_checkpoint,
-                                          weights_digest)
+from facetriplet.export_format import (
+  INPUT_BYTES,
+  INPUT_IMAGES,
+  METADATA_FILE,
+  METADATA_VERSION,
+  OUTPUT,
+  SIGNATURE_BYTES,
+  SIGNATURE_IMAGES,
+)
+from facetriplet.training.workdir import (
+  WHICH,
+  Workdir,
+  load_checkpoint,
+  resolve_checkpoint,
+  weights_digest,
+)
 
 
 def _tf():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   return tf
 
 
@@ -64,8 +76,10 @@ def model_crop_size(model) -> int:
   """The crop side an embedding model takes (its input [None, S, S, 3])."""
   shape = tuple(model.inputs[0].shape)
   if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
-    raise UserError(f"the model's input shape {shape} is not [None, S, S, 3]: export needs a "
-                    "model from facetriplet.training.model.build_embedding_model")
+    raise UserError(
+      f"the model's input shape {shape} is not [None, S, S, 3]: export needs a "
+      "model from facetriplet.training.model.build_embedding_model"
+    )
   return int(shape[1])
 
 
@@ -85,8 +99,9 @@ def resize_images(images, size: int, dtype="uint8"):
   images = tf.convert_to_tensor(images)
 
   def resized():
-    x = tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear",
-                        antialias=True)
+    x = tf.image.resize(
+      tf.cast(images, tf.float32), (size, size), method="bilinear", antialias=True
+    )
     if dtype.is_integer:
       x = tf.clip_by_value(tf.round(x), 0.0, 255.0)
     return tf.cast(x, dtype)
@@ -106,8 +121,9 @@ def _make_module(model, size: int, flip: bool = False):
     if not flip:
       return tf.cast(model(x, training=False), tf.float32)
     n = tf.shape(x)[0]
-    both = tf.cast(model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False),
-                   tf.float32)
+    both = tf.cast(
+      model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False), tf.float32
+    )
     return tf.math.l2_normalize(both[:n] + both[n:], axis=1, epsilon=1e-12)
 
   class EmbeddingModule(tf.Module):
@@ -121,8 +137,9 @@ def _make_module(model, size: int, flip: bool = False):
       # the model is listed here to make it reachable from the SavedModel root.
       self.model_variables = [getattr(v, "value", v) for v in model.variables]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                name=INPUT_IMAGES)])
+    @tf.function(
+      input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGES)]
+    )
     def serve_images(self, images):
       return {OUTPUT: embed(resize_images(images, size, in_dtype))}
 
@@ -133,8 +150,9 @@ def _make_module(model, size: int, flip: bool = False):
         img.set_shape([None, None, 3])
         return resize_images(img[tf.newaxis], size, tf.uint8)[0]
 
-      images = tf.map_fn(decode, image_bytes,
-                         fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+      images = tf.map_fn(
+        decode, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8)
+      )
       return {OUTPUT: embed(tf.cast(images, in_dtype))}
 
   return EmbeddingModule()
@@ -150,9 +168,13 @@ class ExportSummary:
   seconds: float
 
 
-def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best",
-                 crop: Optional[dict[str, Any]] = None,
-                 flip: Optional[bool] = None) -> ExportSummary:
+def export_model(
+  workdir_or_checkpoint: str,
+  export_dir: str,
+  which: str = "best",
+  crop: Optional[dict[str, Any]] = None,
+  flip: Optional[bool] = None,
+) -> ExportSummary:
   """Exports a checkpoint as a SavedModel with both signatures and metadata, atomically.
 
   Args:
@@ -181,11 +203,15 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
     crop = (manifest or {}).get("crop")
   if crop is None:
     crop = faces.CropSettings(crop_size=crop_size).to_dict()
-    logging.warning("no manifest.json beside %s: recording the default crop settings %s",
-                    checkpoint, crop)
+    logging.warning(
+      "no manifest.json beside %s: recording the default crop settings %s", checkpoint, crop
+    )
   if faces.crop_size_of(crop) != crop_size:
-    logging.warning("crop size %s differs from the model's %d; the export resizes",
-                    faces.crop_size_of(crop), crop_size)
+    logging.warning(
+      "crop size %s differs from the model's %d; the export resizes",
+      faces.crop_size_of(crop),
+      crop_size,
+    )
   if flip is None:
     flip = bool(((config or {}).get("model") or {}).get("test_time_flip", False))
   weights = model_fingerprint(model)
@@ -195,46 +221,60 @@ def export_model(workdir_or_checkpoint: str, export_dir: str, which: str = "best
   # Flip on or off, crop settings and weights all change what an index built from it means.
   fingerprint = export_format.fingerprint([v.numpy() for v in module.model_variables], crop, flip)
   metadata = {
-      "version": METADATA_VERSION,
-      "name": "embedding",
-      "embedding_dim": dim,
-      "crop_size": crop_size,
-      "input_dtype": str(tf.as_dtype(model.inputs[0].dtype).name),
-      "crop": dict(crop),
-      "config": config,
-      "fingerprint": fingerprint,
-      "fingerprint_version": export_format.FINGERPRINT_VERSION,
-      "weights_sha256_16": weights,
-      "verification": verification,
-      "test_time_flip": bool(flip),
-      "checkpoint": os.path.abspath(checkpoint),
-      "signatures": {
-          SIGNATURE_IMAGES: {"input": INPUT_IMAGES, "dtype": "uint8", "shape": [None, None, None, 3],
-                             "output": OUTPUT},
-          SIGNATURE_BYTES: {"input": INPUT_BYTES, "dtype": "string", "shape": [None],
-                            "output": OUTPUT},
+    "version": METADATA_VERSION,
+    "name": "embedding",
+    "embedding_dim": dim,
+    "crop_size": crop_size,
+    "input_dtype": str(tf.as_dtype(model.inputs[0].dtype).name),
+    "crop": dict(crop),
+    "config": config,
+    "fingerprint": fingerprint,
+    "fingerprint_version": export_format.FINGERPRINT_VERSION,
+    "weights_sha256_16": weights,
+    "verification": verification,
+    "test_time_flip": bool(flip),
+    "checkpoint": os.path.abspath(checkpoint),
+    "signatures": {
+      SIGNATURE_IMAGES: {
+        "input": INPUT_IMAGES,
+        "dtype": "uint8",
+        "shape": [None, None, None, 3],
+        "output": OUTPUT,
       },
-      "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-      "tensorflow": tf.__version__,
+      SIGNATURE_BYTES: {"input": INPUT_BYTES, "dtype": "string", "shape": [None], "output": OUTPUT},
+    },
+    "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "tensorflow": tf.__version__,
   }
   with tempfile.TemporaryDirectory() as meta_dir, atomic.atomic_path(export_dir) as tmp:
     # As a tracked Asset the file is copied to assets/facetriplet.json, and a client without
     # facetriplet finds it as `tf.saved_model.load(d).metadata_file.asset_path`.
     atomic.write_json(os.path.join(meta_dir, METADATA_FILE), metadata)
     module.metadata_file = tf.saved_model.Asset(os.path.join(meta_dir, METADATA_FILE))
-    tf.saved_model.save(module, tmp, signatures={
+    tf.saved_model.save(
+      module,
+      tmp,
+      signatures={
         SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
         SIGNATURE_BYTES: module.serve_bytes.get_concrete_function(),
-    })
+      },
+    )
     if not os.path.isfile(os.path.join(tmp, "assets", METADATA_FILE)):
       raise RuntimeError(f"the SavedModel in {tmp} lacks assets/{METADATA_FILE}")
-  logging.info("exported %s (fingerprint %s, dim %d, crop %d) to %s", checkpoint, fingerprint,
-               dim, crop_size, export_dir)
+  logging.info(
+    "exported %s (fingerprint %s, dim %d, crop %d) to %s",
+    checkpoint,
+    fingerprint,
+    dim,
+    crop_size,
+    export_dir,
+  )
   return ExportSummary(export_dir, checkpoint, fingerprint, dim, crop_size, time.time() - start)
 
 
-def _calibration(workdir: Optional[Workdir], checkpoint: str, weights: str,
-                 flip: bool) -> Optional[dict[str, Any]]:
+def _calibration(
+  workdir: Optional[Workdir], checkpoint: str, weights: str, flip: bool
+) -> Optional[dict[str, Any]]:
   """The export's `verification`: the workdir's calibration made for these very weights (and
   flip setting), or None with a warning."""
   found = []
@@ -242,19 +282,31 @@ def _calibration(workdir: Optional[Workdir], checkpoint: str, weights: str,
     calibration = workdir.read_calibration(which)
     if calibration:
       found.append(which)
-      if (calibration.get("weights_sha256_16") == weights
-          and bool(calibration.get("test_time_flip", False)) == bool(flip)):
-        return {"thresholds": calibration["thresholds"], "tar": calibration.get("tar"),
-                "eer": calibration.get("eer"), "eer_threshold": calibration.get("eer_threshold"),
-                "accept": calibration.get("accept", "cosine similarity >= threshold"),
-                "source": {"file": os.path.abspath(workdir.calibration_path(which)),
-                           "checkpoint": which, "epoch": calibration.get("epoch"),
-                           "pairs": calibration.get("pairs"),
-                           "num_positive_pairs": calibration.get("num_positive_pairs"),
-                           "num_negative_pairs": calibration.get("num_negative_pairs")}}
-  logging.warning("no verification calibration for %s (%s): the export records none, so "
-                  "Embedder.threshold() is None; export a checkpoint of a training run "
-                  "(best or last, as trained) to have one", checkpoint,
-                  f"calibrations of {', '.join(found)} are for other weights or flip setting"
-                  if found else ("none in its workdir" if workdir else "no training workdir"))
+      if calibration.get("weights_sha256_16") == weights and bool(
+        calibration.get("test_time_flip", False)
+      ) == bool(flip):
+        return {
+          "thresholds": calibration["thresholds"],
+          "tar": calibration.get("tar"),
+          "eer": calibration.get("eer"),
+          "eer_threshold": calibration.get("eer_threshold"),
+          "accept": calibration.get("accept", "cosine similarity >= threshold"),
+          "source": {
+            "file": os.path.abspath(workdir.calibration_path(which)),
+            "checkpoint": which,
+            "epoch": calibration.get("epoch"),
+            "pairs": calibration.get("pairs"),
+            "num_positive_pairs": calibration.get("num_positive_pairs"),
+            "num_negative_pairs": calibration.get("num_negative_pairs"),
+          },
+        }
+  logging.warning(
+    "no verification calibration for %s (%s): the export records none, so "
+    "Embedder.threshold() is None; export a checkpoint of a training run "
+    "(best or last, as trained) to have one",
+    checkpoint,
+    f"calibrations of {', '.join(found)} are for other weights or flip setting"
+    if found
+    else ("none in its workdir" if workdir else "no training workdir"),
+  )
   return None

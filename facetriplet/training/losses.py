@@ -55,8 +55,9 @@ def pairwise_distance(embeddings: TensorLike, distance: str = "l2") -> tf.Tensor
     cosine = tf.matmul(unit, unit, transpose_b=True)
     return tf.clip_by_value(1.0 - cosine, 0.0, 2.0) * off_diagonal
   squared_norms = tf.reduce_sum(tf.square(x), axis=1)
-  squared = (squared_norms[:, None] - 2.0 * tf.matmul(x, x, transpose_b=True)
-             + squared_norms[None, :])
+  squared = (
+    squared_norms[:, None] - 2.0 * tf.matmul(x, x, transpose_b=True) + squared_norms[None, :]
+  )
   squared = tf.maximum(squared, 0.0) * off_diagonal
   if distance == "squared_l2":
     return squared
@@ -67,8 +68,9 @@ def pairwise_distance(embeddings: TensorLike, distance: str = "l2") -> tf.Tensor
   return tf.where(is_zero, tf.zeros_like(squared), tf.sqrt(safe))
 
 
-def semi_hard_triplet_loss(labels: TensorLike, embeddings: TensorLike, margin: float = 0.2,
-                           distance: str = "l2") -> tf.Tensor:
+def semi_hard_triplet_loss(
+  labels: TensorLike, embeddings: TensorLike, margin: float = 0.2, distance: str = "l2"
+) -> tf.Tensor:
   """Semi-hard triplet loss (Schroff et al., FaceNet, 2015), as TF-Addons computes it.
 
   For every anchor-positive pair the negative is the closest negative that is still farther from
@@ -89,8 +91,9 @@ def semi_hard_triplet_loss(labels: TensorLike, embeddings: TensorLike, margin: f
   return _masked_mean(hinge, valid)
 
 
-def active_triplet_fraction(labels: TensorLike, embeddings: TensorLike, margin: float = 0.2,
-                            distance: str = "l2") -> tf.Tensor:
+def active_triplet_fraction(
+  labels: TensorLike, embeddings: TensorLike, margin: float = 0.2, distance: str = "l2"
+) -> tf.Tensor:
   """Fraction of anchor-positive pairs whose semi-hard triplet has a positive loss.
 
   Args:
@@ -107,8 +110,13 @@ def active_triplet_fraction(labels: TensorLike, embeddings: TensorLike, margin: 
   return _masked_mean(active, valid)
 
 
-def batch_hard_triplet_loss(labels: TensorLike, embeddings: TensorLike, margin: float = 0.2,
-                            distance: str = "l2", soft: bool = False) -> tf.Tensor:
+def batch_hard_triplet_loss(
+  labels: TensorLike,
+  embeddings: TensorLike,
+  margin: float = 0.2,
+  distance: str = "l2",
+  soft: bool = False,
+) -> tf.Tensor:
   """Batch-hard triplet loss (Hermans, Beyer & Leibe, "In Defense of the Triplet Loss", 2017).
 
   For each anchor: its hardest (farthest) positive and hardest (closest) negative; the anchor's
@@ -135,8 +143,9 @@ def batch_hard_triplet_loss(labels: TensorLike, embeddings: TensorLike, margin: 
   return _masked_mean(per_anchor, valid)
 
 
-def batch_all_triplet_loss(labels: TensorLike, embeddings: TensorLike, margin: float = 0.2,
-                           distance: str = "l2") -> tf.Tensor:
+def batch_all_triplet_loss(
+  labels: TensorLike, embeddings: TensorLike, margin: float = 0.2, distance: str = "l2"
+) -> tf.Tensor:
   """Batch-all triplet loss, averaged over the triplets with a positive loss.
 
   Hermans et al. (2017) "BA≠0": every valid triplet (a, p, n) contributes
@@ -169,9 +178,13 @@ def batch_all_triplet_loss(labels: TensorLike, embeddings: TensorLike, margin: f
   return tf.math.divide_no_nan(tf.reduce_sum(pair_sum), num_active)
 
 
-def random_triplet_loss(labels: TensorLike, embeddings: TensorLike, margin: float = 0.2,
-                        distance: str = "l2", seed: Optional[Union[int, Sequence[int]]] = None
-                        ) -> tf.Tensor:
+def random_triplet_loss(
+  labels: TensorLike,
+  embeddings: TensorLike,
+  margin: float = 0.2,
+  distance: str = "l2",
+  seed: Optional[Union[int, Sequence[int]]] = None,
+) -> tf.Tensor:
   """Random-triplet baseline: one random positive and one random negative per anchor.
 
   For each anchor that has a positive and a negative, a positive and a negative are drawn
@@ -232,9 +245,16 @@ class TripletLoss(keras.losses.Loss):
     ValueError: unknown `kind` or `distance`, or `soft` with a kind other than `batch_hard`.
   """
 
-  def __init__(self, kind: str = "semi_hard", margin: float = 0.2, distance: str = "l2",
-               soft: bool = False, name: str = "triplet_loss",
-               reduction: str = "sum_over_batch_size", dtype: Any = "float32"):
+  def __init__(
+    self,
+    kind: str = "semi_hard",
+    margin: float = 0.2,
+    distance: str = "l2",
+    soft: bool = False,
+    name: str = "triplet_loss",
+    reduction: str = "sum_over_batch_size",
+    dtype: Any = "float32",
+  ):
     super().__init__(name=name, reduction=reduction, dtype=dtype)
     if kind not in KINDS:
       raise ValueError(f"unknown triplet loss kind {kind!r}; valid kinds: {', '.join(KINDS)}")
@@ -260,8 +280,9 @@ class TripletLoss(keras.losses.Loss):
 
   def get_config(self) -> dict:
     config = super().get_config()
-    config.update({"kind": self.kind, "margin": self.margin, "distance": self.distance,
-                   "soft": self.soft})
+    config.update(
+      {"kind": self.kind, "margin": self.margin, "distance": self.distance, "soft": self.soft}
+    )
     return config
 
 
@@ -278,8 +299,9 @@ def _flat_labels(labels: TensorLike) -> tf.Tensor:
   return tf.cast(labels, tf.int64)
 
 
-def _distances_and_masks(labels: TensorLike, embeddings: TensorLike,
-                         distance: str) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def _distances_and_masks(
+  labels: TensorLike, embeddings: TensorLike, distance: str
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Distance matrix, positive mask (same label, a != p) and negative mask (other label)."""
   dist = pairwise_distance(embeddings, distance)
   labels = _flat_labels(labels)
@@ -288,8 +310,9 @@ def _distances_and_masks(labels: TensorLike, embeddings: TensorLike,
   return dist, tf.logical_and(same, not_self), tf.logical_not(same)
 
 
-def _sorted_negatives(dist: tf.Tensor, negative: tf.Tensor,
-                      pad: TensorLike = 1.0) -> Tuple[tf.Tensor, tf.Tensor]:
+def _sorted_negatives(
+  dist: tf.Tensor, negative: tf.Tensor, pad: TensorLike = 1.0
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """Each anchor's negative distances sorted ascending, non-negatives padded with a big value.
 
   Returns the [B, B] sorted rows and the [B] number of negatives per anchor. The padding is
@@ -301,16 +324,20 @@ def _sorted_negatives(dist: tf.Tensor, negative: tf.Tensor,
   return tf.sort(padded, axis=1), num_negatives
 
 
-def _semi_hard_pair_hinges(labels: TensorLike, embeddings: TensorLike, margin: float,
-                           distance: str) -> Tuple[tf.Tensor, tf.Tensor]:
+def _semi_hard_pair_hinges(
+  labels: TensorLike, embeddings: TensorLike, margin: float, distance: str
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """Semi-hard hinge for every (a, p) and the mask of pairs that form a triplet."""
   dist, positive, negative = _distances_and_masks(labels, embeddings, distance)
   sorted_neg, num_negatives = _sorted_negatives(dist, negative)
   # First negative strictly farther than the positive; padding sorts last, and d(a,p) < padding.
   first_outside = tf.searchsorted(sorted_neg, dist, side="right")
   farthest = tf.maximum(num_negatives - 1, 0)[:, None]
-  index = tf.where(first_outside < num_negatives[:, None], first_outside,
-                   tf.broadcast_to(farthest, tf.shape(first_outside)))
+  index = tf.where(
+    first_outside < num_negatives[:, None],
+    first_outside,
+    tf.broadcast_to(farthest, tf.shape(first_outside)),
+  )
   d_an = tf.gather(sorted_neg, index, batch_dims=1)
   valid = tf.logical_and(positive, (num_negatives > 0)[:, None])
   hinge = tf.nn.relu(dist - d_an + tf.cast(margin, tf.float32))
@@ -328,15 +355,15 @@ def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 class ActiveTripletFraction(keras.metrics.Mean):
   """Mean over steps of `losses.active_triplet_fraction` (how much of the batch still teaches)."""
 
-  def __init__(self, margin: float = 0.2, distance: str = "l2", name: str = "active_triplets",
-               **kwargs):
+  def __init__(
+    self, margin: float = 0.2, distance: str = "l2", name: str = "active_triplets", **kwargs
+  ):
     super().__init__(name=name, **kwargs)
     self.margin = float(margin)
     self.distance = distance
 
   def update_state(self, y_true, y_pred, sample_weight=None):
-    return super().update_state(
-        active_triplet_fraction(y_true, y_pred, self.margin, self.distance))
+    return super().update_state(active_triplet_fraction(y_true, y_pred, self.margin, self.distance))
 
   def get_config(self) -> dict:
     config = super().get_config()

@@ -32,8 +32,13 @@ KINDS = ("cosface", "arcface")
 TensorLike = Union[tf.Tensor, Any]
 
 
-def margin_logits(labels: TensorLike, cosine: TensorLike, kind: str = "cosface",
-                  scale: float = 30.0, margin: float = 0.35) -> tf.Tensor:
+def margin_logits(
+  labels: TensorLike,
+  cosine: TensorLike,
+  kind: str = "cosface",
+  scale: float = 30.0,
+  margin: float = 0.35,
+) -> tf.Tensor:
   """The scaled logits [B, C] with the margin applied to each sample's own class.
 
   Args:
@@ -59,8 +64,13 @@ def margin_logits(labels: TensorLike, cosine: TensorLike, kind: str = "cosface",
   return scale * tf.where(target, adjusted, cosine)
 
 
-def margin_softmax_loss(labels: TensorLike, cosine: TensorLike, kind: str = "cosface",
-                        scale: float = 30.0, margin: float = 0.35) -> tf.Tensor:
+def margin_softmax_loss(
+  labels: TensorLike,
+  cosine: TensorLike,
+  kind: str = "cosface",
+  scale: float = 30.0,
+  margin: float = 0.35,
+) -> tf.Tensor:
   """Per-sample cross-entropy [B] over `margin_logits` (float32)."""
   logits = margin_logits(labels, cosine, kind, scale, margin)
   labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
@@ -80,10 +90,12 @@ class CosineClassifier(keras.layers.Layer):
     self.num_classes = int(num_classes)
 
   def build(self, input_shape):
-    self.kernel = self.add_weight(name="class_weights", shape=(int(input_shape[-1]),
-                                                               self.num_classes),
-                                  initializer=keras.initializers.GlorotUniform(),
-                                  trainable=True)
+    self.kernel = self.add_weight(
+      name="class_weights",
+      shape=(int(input_shape[-1]), self.num_classes),
+      initializer=keras.initializers.GlorotUniform(),
+      trainable=True,
+    )
     self.built = True
 
   def call(self, inputs):
@@ -109,9 +121,15 @@ class MarginSoftmaxLoss(keras.losses.Loss):
   replicas (as for `losses.TripletLoss`).
   """
 
-  def __init__(self, kind: str = "cosface", scale: float = 30.0, margin: float = 0.35,
-               name: str = "margin_softmax_loss", reduction: str = "sum_over_batch_size",
-               dtype: Any = "float32"):
+  def __init__(
+    self,
+    kind: str = "cosface",
+    scale: float = 30.0,
+    margin: float = 0.35,
+    name: str = "margin_softmax_loss",
+    reduction: str = "sum_over_batch_size",
+    dtype: Any = "float32",
+  ):
     super().__init__(name=name, reduction=reduction, dtype=dtype)
     if kind not in KINDS:
       raise ValueError(f"unknown margin-softmax kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -123,8 +141,9 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     labels = tf.reshape(tf.convert_to_tensor(y_true), [-1])
     if labels.dtype.is_floating:
       labels = tf.round(labels)
-    return margin_softmax_loss(tf.cast(labels, tf.int32), y_pred, self.kind, self.scale,
-                               self.margin)
+    return margin_softmax_loss(
+      tf.cast(labels, tf.int32), y_pred, self.kind, self.scale, self.margin
+    )
 
   def get_config(self) -> dict:
     config = super().get_config()

@@ -5,7 +5,7 @@
       -> Augmentation                  training only (identity at inference and export)
       -> Resize(image_size)            only when image_size != S (bilinear, antialiased)
       -> BackbonePreprocess(mode)      what the backbone's ImageNet weights expect
-      -> backbone (layer "backbone")   a `facetriplet.training.networks` name (resnet18, resnet50, ...)
+      -> backbone (layer "backbone")   a `training.networks` name (resnet18, resnet50, ...)
       -> Dense(embedding_dim)          layer "projection"
       -> L2Normalize                   layer "embedding", float32 even under mixed precision
 
@@ -32,8 +32,13 @@ from facetriplet.errors import UserError
 BACKBONES = ("resnet50", "efficientnetb0", "vgg16", "mobilenetv3small", "resnet18")
 BACKBONE_LAYER = "backbone"
 # What each backbone's weights expect from [0, 255] RGB input.
-_PREPROCESS = {"resnet50": "caffe", "vgg16": "caffe", "efficientnetb0": "none",
-               "mobilenetv3small": "none", "resnet18": "tf"}
+_PREPROCESS = {
+  "resnet50": "caffe",
+  "vgg16": "caffe",
+  "efficientnetb0": "none",
+  "mobilenetv3small": "none",
+  "resnet18": "tf",
+}
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
@@ -53,13 +58,13 @@ class Augmentation(keras.layers.Layer):
   defaults to off, so `model(images)` in a serving function never augments.
   """
 
-  def __init__(self, augment_config: Optional[dict] = None, seed: Optional[int] = None,
-               **kwargs):
+  def __init__(self, augment_config: Optional[dict] = None, seed: Optional[int] = None, **kwargs):
     kwargs.setdefault("dtype", "float32")
     super().__init__(**kwargs)
     # Lists, not tuples: the config must equal itself after a JSON round trip (.keras files).
-    self.augment_config = {k: list(v) if isinstance(v, tuple) else v
-                           for k, v in dict(augment_config or {}).items()}
+    self.augment_config = {
+      k: list(v) if isinstance(v, tuple) else v for k, v in dict(augment_config or {}).items()
+    }
     self.seed = seed
     self.pipeline = augment_lib.build_augmentation(self.augment_config, seed=seed)
 
@@ -96,8 +101,9 @@ class Resize(keras.layers.Layer):
     self.size = int(size)
 
   def call(self, inputs):
-    return ops.image.resize(ops.cast(inputs, "float32"), (self.size, self.size),
-                            interpolation="bilinear", antialias=True)
+    return ops.image.resize(
+      ops.cast(inputs, "float32"), (self.size, self.size), interpolation="bilinear", antialias=True
+    )
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], self.size, self.size, input_shape[-1])
@@ -189,10 +195,12 @@ def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras
   image_size = int(m.image_size)
   policy = m.get("mixed_precision", "") or ""
   if policy not in ("", "mixed_bfloat16", "mixed_float16"):
-    raise UserError(f"unknown mixed precision policy {policy!r}; valid: '' (off), "
-                    "mixed_bfloat16, mixed_float16")
-  augment_config = dict(config.augment.to_dict() if hasattr(config.augment, "to_dict")
-                        else config.augment)
+    raise UserError(
+      f"unknown mixed precision policy {policy!r}; valid: '' (off), mixed_bfloat16, mixed_float16"
+    )
+  augment_config = dict(
+    config.augment.to_dict() if hasattr(config.augment, "to_dict") else config.augment
+  )
   seed = config.get("seed", None)
   inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
   x = CastToFloat(name="cast")(inputs)
@@ -204,9 +212,13 @@ def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras
     stem_pool = str(m.get("stem_pool", "auto")).lower()
     if stem_pool not in ("auto", "on", "off"):
       raise UserError(f"model.stem_pool={stem_pool!r} must be auto, on or off")
-    backbone = networks.build(m.backbone, image_size, m.get("weights", None),
-                              float(m.get("width", 1.0)),
-                              None if stem_pool == "auto" else stem_pool == "on")
+    backbone = networks.build(
+      m.backbone,
+      image_size,
+      m.get("weights", None),
+      float(m.get("width", 1.0)),
+      None if stem_pool == "auto" else stem_pool == "on",
+    )
     x = backbone(x)
     x = keras.layers.Dense(int(m.embedding_dim), name="projection")(x)
   outputs = L2Normalize(name="embedding")(x)

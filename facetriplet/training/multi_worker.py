@@ -52,8 +52,10 @@ def configured() -> bool:
 
 def in_multi_worker_mode(strategy: Any) -> bool:
   """A MultiWorkerMirroredStrategy over more than one worker."""
-  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-          and strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
+  return (
+    isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    and strategy.extended._in_multi_worker_mode()
+  )  # pylint: disable=protected-access
 
 
 def task(strategy: Any) -> tuple[str, int]:
@@ -82,11 +84,14 @@ def check_agree(strategy: Any, value: float, what: str, fix: str) -> None:
     return
   local = tf.constant([float(value), float(value) ** 2, 1.0], tf.float64)
   per_replica = strategy.experimental_distribute_values_from_function(lambda _: local)
-  total, squares, count = (float(x) for x in strategy.reduce(
-      tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy())
+  total, squares, count = (
+    float(x) for x in strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+  )
   if count * squares != total * total:  # equality in Cauchy-Schwarz: all values equal
-    raise UserError(f"the workers disagree on {what}: {value:g} on this worker, "
-                    f"{total / count:g} on average over the workers; {fix}")
+    raise UserError(
+      f"the workers disagree on {what}: {value:g} on this worker, "
+      f"{total / count:g} on average over the workers; {fix}"
+    )
 
 
 _PATCHED = False
@@ -99,6 +104,7 @@ def patch_keras() -> None:
   if _PATCHED:
     return
   from keras.src.backend.tensorflow import trainer  # pylint: disable=g-import-not-at-top
+
   trainer_class = trainer.TensorFlowTrainer
   symbolic_build = trainer_class._maybe_symbolic_build  # pylint: disable=protected-access
   reduce_per_replica = trainer.reduce_per_replica
@@ -109,8 +115,13 @@ def patch_keras() -> None:
       return symbolic_build(self, iterator=iterator, data_batch=data_batch)
     for _, _, it in iterator:
       data_batch = tf.nest.map_structure(
-          lambda v: (strategy.experimental_local_results(v)[0]
-                     if isinstance(v, tf.distribute.DistributedValues) else v), next(it))
+        lambda v: (
+          strategy.experimental_local_results(v)[0]
+          if isinstance(v, tf.distribute.DistributedValues)
+          else v
+        ),
+        next(it),
+      )
       break
     with strategy.scope():
       self._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access

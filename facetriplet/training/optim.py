@@ -24,8 +24,15 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
   """Linear warm-up to `peak` over `warmup_steps`, then cosine decay to `peak * min_fraction`,
   all times `multiplier` (the fine-tuning factor)."""
 
-  def __init__(self, peak: float, warmup_steps: int, total_steps: int,
-               min_fraction: float = 0.0, multiplier: float = 1.0, start_step: int = 0):
+  def __init__(
+    self,
+    peak: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_fraction: float = 0.0,
+    multiplier: float = 1.0,
+    start_step: int = 0,
+  ):
     self.start_step = int(start_step)  # the global step at which this schedule's step 0 is
     self.peak = float(peak)
     self.warmup_steps = int(warmup_steps)
@@ -44,22 +51,28 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     return self.peak * self.multiplier * rate
 
   def get_config(self) -> dict:
-    return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps, "min_fraction": self.min_fraction,
-            "multiplier": self.multiplier, "start_step": self.start_step}
+    return {
+      "peak": self.peak,
+      "warmup_steps": self.warmup_steps,
+      "total_steps": self.total_steps,
+      "min_fraction": self.min_fraction,
+      "multiplier": self.multiplier,
+      "start_step": self.start_step,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
   """One `model.fit` call: epochs [first, last), which loss, which learning-rate schedule."""
-  backup: str            # backup sub-folder
+
+  backup: str  # backup sub-folder
   first: int
   last: int
-  trainable: bool        # backbone trainable
-  loss: Any              # config.loss or config.finetune
-  multiplier: float      # lr factor
-  schedule_start: int    # epoch at which this phase's schedule starts
-  schedule_epochs: int   # epochs the schedule spans (warm-up + cosine)
+  trainable: bool  # backbone trainable
+  loss: Any  # config.loss or config.finetune
+  multiplier: float  # lr factor
+  schedule_start: int  # epoch at which this phase's schedule starts
+  schedule_epochs: int  # epochs the schedule spans (warm-up + cosine)
   warmup_epochs: float
 
 
@@ -72,8 +85,9 @@ def phases(config: Any) -> list[Phase]:
   if not 0 <= tail <= epochs:
     raise UserError(f"finetune.epochs={tail} must be between 0 and train.epochs={epochs}")
   if tail and finetune.kind not in losses.KINDS:
-    raise UserError(f"finetune.kind={finetune.kind!r} must be a triplet loss: "
-                    f"{', '.join(losses.KINDS)}")
+    raise UserError(
+      f"finetune.kind={finetune.kind!r} must be a triplet loss: {', '.join(losses.KINDS)}"
+    )
   main = epochs - tail
   freeze = min(int(train.freeze_backbone_epochs), main)
   warmup = float(train.warmup_epochs)
@@ -81,29 +95,56 @@ def phases(config: Any) -> list[Phase]:
   if freeze > 0:
     out.append(Phase("phase1", 0, freeze, False, config.loss, 1.0, 0, main, warmup))
   if main > freeze:
-    out.append(Phase("phase2", freeze, main, True, config.loss,
-                         float(train.finetune_lr_multiplier) if freeze > 0 else 1.0, 0, main,
-                         warmup))
+    out.append(
+      Phase(
+        "phase2",
+        freeze,
+        main,
+        True,
+        config.loss,
+        float(train.finetune_lr_multiplier) if freeze > 0 else 1.0,
+        0,
+        main,
+        warmup,
+      )
+    )
   if tail:
-    out.append(Phase("phase3", main, epochs, True, finetune,
-                         float(finetune.lr_multiplier), main, tail,
-                         float(finetune.warmup_epochs)))
+    out.append(
+      Phase(
+        "phase3",
+        main,
+        epochs,
+        True,
+        finetune,
+        float(finetune.lr_multiplier),
+        main,
+        tail,
+        float(finetune.warmup_epochs),
+      )
+    )
   return out
 
 
-def make_optimizer(train: Any, peak_lr: float, steps_per_epoch: int, phase: "Phase",
-               mixed_precision: str) -> keras.optimizers.Optimizer:
+def make_optimizer(
+  train: Any, peak_lr: float, steps_per_epoch: int, phase: "Phase", mixed_precision: str
+) -> keras.optimizers.Optimizer:
   total = phase.schedule_epochs * steps_per_epoch
-  schedule = WarmupCosine(peak_lr, int(phase.warmup_epochs * steps_per_epoch), total,
-                          float(train.min_lr_fraction), phase.multiplier,
-                          start_step=phase.schedule_start * steps_per_epoch)
+  schedule = WarmupCosine(
+    peak_lr,
+    int(phase.warmup_epochs * steps_per_epoch),
+    total,
+    float(train.min_lr_fraction),
+    phase.multiplier,
+    start_step=phase.schedule_start * steps_per_epoch,
+  )
   if train.optimizer == "adamw":
     opt = keras.optimizers.AdamW(schedule, weight_decay=float(train.weight_decay))
   elif train.optimizer == "sgd":
     opt = keras.optimizers.SGD(schedule, momentum=float(train.momentum), nesterov=True)
   else:
-    raise UserError(f"unknown optimizer {train.optimizer!r}; valid: adamw, sgd "
-                    "(set --config.train.optimizer)")
+    raise UserError(
+      f"unknown optimizer {train.optimizer!r}; valid: adamw, sgd (set --config.train.optimizer)"
+    )
   if mixed_precision == "mixed_float16":
     opt = keras.optimizers.LossScaleOptimizer(opt)
   return opt
@@ -113,8 +154,13 @@ def peak_learning_rate(config: Any, replicas: int) -> float:
   lr = float(config.train.learning_rate)
   planned = int(config.train.get("num_replicas", 1) or 1)
   if planned != replicas:
-    logging.warning("config.train.num_replicas=%d but the strategy has %d replicas: scaling the "
-                    "learning rate by %d/%d to keep lr = base_lr * global_batch / 256",
-                    planned, replicas, replicas, planned)
+    logging.warning(
+      "config.train.num_replicas=%d but the strategy has %d replicas: scaling the "
+      "learning rate by %d/%d to keep lr = base_lr * global_batch / 256",
+      planned,
+      replicas,
+      replicas,
+      planned,
+    )
     lr *= replicas / planned
   return lr

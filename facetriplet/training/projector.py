@@ -61,10 +61,18 @@ def _cell(text: str) -> str:
   return " ".join(str(text).replace("\t", " ").splitlines())
 
 
-def write_projector(workdir: Workdir, model: keras.Model, tfrecord_dir: str, split: str = "val",
-                    max_points: int = 2000, thumbnail: int = 32, seed: int = 0,
-                    flip: bool = False, batch_size: int = 64,
-                    source: str = "") -> Optional[ProjectorSummary]:
+def write_projector(
+  workdir: Workdir,
+  model: keras.Model,
+  tfrecord_dir: str,
+  split: str = "val",
+  max_points: int = 2000,
+  thumbnail: int = 32,
+  seed: int = 0,
+  flip: bool = False,
+  batch_size: int = 64,
+  source: str = "",
+) -> Optional[ProjectorSummary]:
   """Writes the projector view of `split`'s embeddings by `model` into `workdir.projector_dir`.
 
   Args:
@@ -99,18 +107,35 @@ def write_projector(workdir: Workdir, model: keras.Model, tfrecord_dir: str, spl
       continue
     images = images[picked]
     embeddings.append(embed_images(model, images, flip))
-    thumbs.append(tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
-        tf.cast(images, tf.float32), (thumbnail, thumbnail), antialias=True)), 0, 255),
-                          tf.uint8).numpy())
+    thumbs.append(
+      tf.cast(
+        tf.clip_by_value(
+          tf.round(
+            tf.image.resize(tf.cast(images, tf.float32), (thumbnail, thumbnail), antialias=True)
+          ),
+          0,
+          255,
+        ),
+        tf.uint8,
+      ).numpy()
+    )
     for label, path in zip(batch["label"].numpy()[picked], batch["path"].numpy()[picked]):
-      lines.append("\t".join(_cell(c) for c in (names.get(int(label), str(int(label))),
-                                                int(label), path.decode("utf-8", "replace"))))
+      lines.append(
+        "\t".join(
+          _cell(c)
+          for c in (
+            names.get(int(label), str(int(label))),
+            int(label),
+            path.decode("utf-8", "replace"),
+          )
+        )
+      )
   embeddings, thumbs = np.concatenate(embeddings), np.concatenate(thumbs)
   side = math.ceil(math.sqrt(len(thumbs)))
   sprite = np.zeros((side * thumbnail, side * thumbnail, 3), np.uint8)
   for k, thumb in enumerate(thumbs):
     y, x = divmod(k, side)
-    sprite[y * thumbnail:(y + 1) * thumbnail, x * thumbnail:(x + 1) * thumbnail] = thumb
+    sprite[y * thumbnail : (y + 1) * thumbnail, x * thumbnail : (x + 1) * thumbnail] = thumb
 
   config = tb_projector.ProjectorConfig()
   view = config.embeddings.add()
@@ -118,14 +143,17 @@ def write_projector(workdir: Workdir, model: keras.Model, tfrecord_dir: str, spl
   view.metadata_path = METADATA_FILE
   view.sprite.image_path = SPRITE_FILE
   view.sprite.single_image_dim.extend([thumbnail, thumbnail])
-  note = (f"{len(rows)} of the {total} photos of split '{split}'"
-          + (f" (a sample, seed {seed})" if len(rows) < total else "")
-          + f" embedded by {source or 'the final model'}"
-          + (" with test-time flip" if flip else ""))
+  note = (
+    f"{len(rows)} of the {total} photos of split '{split}'"
+    + (f" (a sample, seed {seed})" if len(rows) < total else "")
+    + f" embedded by {source or 'the final model'}"
+    + (" with test-time flip" if flip else "")
+  )
   with atomic.atomic_path(workdir.projector_dir) as tmp:
     os.makedirs(tmp)
     tf.train.Checkpoint(embedding=tf.Variable(embeddings)).save(
-        os.path.join(tmp, CHECKPOINT_PREFIX))
+      os.path.join(tmp, CHECKPOINT_PREFIX)
+    )
     with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
       f.write("identity\tlabel\tpath\n" + "".join(line + "\n" for line in lines))
     with open(os.path.join(tmp, SPRITE_FILE), "wb") as f:
@@ -149,10 +177,21 @@ def write_for_run(config: Any, workdir: Workdir, final_model: keras.Model) -> No
     return
   try:
     best = workdir.checkpoint("best")
-    model, source = ((load_checkpoint(best), "checkpoints/best.keras") if os.path.isfile(best)
-                     else (final_model, "the final model"))
-    write_projector(workdir, model, config.data.tfrecord_dir, config.data.val_split, points,
-                    seed=int(config.seed), flip=bool(config.model.get("test_time_flip", False)),
-                    batch_size=int(config.train.eval_batch_size), source=source)
+    model, source = (
+      (load_checkpoint(best), "checkpoints/best.keras")
+      if os.path.isfile(best)
+      else (final_model, "the final model")
+    )
+    write_projector(
+      workdir,
+      model,
+      config.data.tfrecord_dir,
+      config.data.val_split,
+      points,
+      seed=int(config.seed),
+      flip=bool(config.model.get("test_time_flip", False)),
+      batch_size=int(config.train.eval_batch_size),
+      source=source,
+    )
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("projector view not written (%s: %s)", type(e).__name__, e)

@@ -83,10 +83,11 @@ class _Backup(keras.callbacks.BackupAndRestore):
     super().on_train_begin(logs)
     restored = self.model._initial_epoch  # pylint: disable=protected-access
     multi_worker.check_agree(
-        self.model.distribute_strategy, -1 if restored is None else restored,
-        f"the epoch restored from {self._training_metadata_path} (-1: none)",
-        "the workdir must be on storage every worker sees (every worker restores the chief's "
-        "backup)")
+      self.model.distribute_strategy,
+      -1 if restored is None else restored,
+      f"the epoch restored from {self._training_metadata_path} (-1: none)",
+      "the workdir must be on storage every worker sees (every worker restores the chief's backup)",
+    )
 
   def on_epoch_begin(self, epoch, logs=None):
     self._current_epoch = epoch
@@ -99,10 +100,12 @@ class _Backup(keras.callbacks.BackupAndRestore):
     os.makedirs(os.path.dirname(os.path.abspath(self.backup_dir)), exist_ok=True)
     with atomic.atomic_path(self.backup_dir) as tmp:
       os.makedirs(tmp)
-      self.model.save_weights(os.path.join(tmp, os.path.basename(self._weights_path)),
-                              overwrite=True)
-      with open(os.path.join(tmp, os.path.basename(self._training_metadata_path)), "w",
-                encoding="utf-8") as f:
+      self.model.save_weights(
+        os.path.join(tmp, os.path.basename(self._weights_path)), overwrite=True
+      )
+      with open(
+        os.path.join(tmp, os.path.basename(self._training_metadata_path)), "w", encoding="utf-8"
+      ) as f:
         json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
 
 
@@ -115,13 +118,16 @@ def split_cpu(replicas: int) -> None:
   cpus = tf.config.list_physical_devices("CPU")
   try:
     tf.config.set_logical_device_configuration(
-        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+      cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+    )
   except RuntimeError as e:
     have = len(tf.config.list_logical_devices("CPU"))
     if have < replicas:
-      raise UserError(f"train.cpu_replicas={replicas} needs the CPU split before TensorFlow "
-                      f"starts, but it already runs with {have} CPU device(s): call "
-                      "train.split_cpu first or run in a fresh process") from e
+      raise UserError(
+        f"train.cpu_replicas={replicas} needs the CPU split before TensorFlow "
+        f"starts, but it already runs with {have} CPU device(s): call "
+        "train.split_cpu first or run in a fresh process"
+      ) from e
 
 
 _STRATEGIES: dict = {}
@@ -156,17 +162,20 @@ def make_strategy(train_config: Any) -> tf.distribute.Strategy:
   return _STRATEGIES[key]
 
 
-def _compile(model: keras.Model, loss_config: Any, optimizer: keras.optimizers.Optimizer,
-             jit_compile: bool) -> None:
+def _compile(
+  model: keras.Model, loss_config: Any, optimizer: keras.optimizers.Optimizer, jit_compile: bool
+) -> None:
   """Compiles `model` for `loss_config` (config.loss or config.finetune)."""
   kind = loss_config.kind
   if kind in margin_softmax.KINDS:
-    loss = margin_softmax.MarginSoftmaxLoss(kind, float(loss_config.scale),
-                                            float(loss_config.class_margin))
+    loss = margin_softmax.MarginSoftmaxLoss(
+      kind, float(loss_config.scale), float(loss_config.class_margin)
+    )
     metrics = [margin_softmax.HeadAccuracy()]
   else:
-    loss = losses.TripletLoss(kind, loss_config.margin, loss_config.distance,
-                              soft=bool(loss_config.get("soft", False)))
+    loss = losses.TripletLoss(
+      kind, loss_config.margin, loss_config.distance, soft=bool(loss_config.get("soft", False))
+    )
     metrics = [losses.ActiveTripletFraction(loss_config.margin, loss_config.distance)]
   model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile, metrics=metrics)
 
@@ -174,13 +183,14 @@ def _compile(model: keras.Model, loss_config: Any, optimizer: keras.optimizers.O
 def _check_loss(config: Any) -> None:
   kinds = losses.KINDS + margin_softmax.KINDS
   if config.loss.kind not in kinds:
-    raise UserError(f"unknown loss.kind {config.loss.kind!r}; valid: {', '.join(kinds)} "
-                    "(set --config.loss.kind)")
+    raise UserError(
+      f"unknown loss.kind {config.loss.kind!r}; valid: {', '.join(kinds)} (set --config.loss.kind)"
+    )
 
 
-def train_and_evaluate(config: Any, workdir: str,
-                       extra_callbacks: Optional[Sequence[keras.callbacks.Callback]] = None
-                       ) -> dict:
+def train_and_evaluate(
+  config: Any, workdir: str, extra_callbacks: Optional[Sequence[keras.callbacks.Callback]] = None
+) -> dict:
   """Trains the embedding model of `config` and evaluates retrieval on the val split each epoch.
 
   Args:
@@ -196,13 +206,16 @@ def train_and_evaluate(config: Any, workdir: str,
     UserError: missing data, bad settings, weights that cannot be loaded.
   """
   if not config.data.tfrecord_dir:
-    raise UserError("no training data: set --config.data.tfrecord_dir=<folder written by "
-                    "facetriplet-build-tfrecords>")
+    raise UserError(
+      "no training data: set --config.data.tfrecord_dir=<folder written by "
+      "facetriplet-build-tfrecords>"
+    )
   logging.info("config:\n%s", config)
   data_dir = config.data.tfrecord_dir
   shard_set = tfrecords.ShardSet.open(data_dir)
-  shard_set.check_trainable(config.data.train_split, config.data.val_split,
-                            int(config.data.min_photos))
+  shard_set.check_trainable(
+    config.data.train_split, config.data.val_split, int(config.data.min_photos)
+  )
   _check_loss(config)
   phases = optim.phases(config)
   strategy = make_strategy(config.train)
@@ -212,8 +225,13 @@ def train_and_evaluate(config: Any, workdir: str,
   # Another worker of a multi-worker run: the same work, its files in a folder of its own.
   task_type, task_id = multi_worker.task(strategy)
   out = run_dir.worker_temp(task_id)
-  logging.info("%s %d of a multi-worker run: the chief writes %s, this worker %s (removed at "
-               "the end)", task_type, task_id, run_dir.path, out.path)
+  logging.info(
+    "%s %d of a multi-worker run: the chief writes %s, this worker %s (removed at the end)",
+    task_type,
+    task_id,
+    run_dir.path,
+    out.path,
+  )
   shutil.rmtree(out.path, ignore_errors=True)  # left by a killed run
   try:
     return _train(config, shard_set, phases, strategy, run_dir, out, extra_callbacks)
@@ -221,9 +239,15 @@ def train_and_evaluate(config: Any, workdir: str,
     shutil.rmtree(out.path, ignore_errors=True)
 
 
-def _train(config: Any, shard_set: tfrecords.ShardSet, phases: Sequence[optim.Phase],
-           strategy: tf.distribute.Strategy, run_dir: Workdir, out: Workdir,
-           extra_callbacks: Optional[Sequence[keras.callbacks.Callback]]) -> dict:
+def _train(
+  config: Any,
+  shard_set: tfrecords.ShardSet,
+  phases: Sequence[optim.Phase],
+  strategy: tf.distribute.Strategy,
+  run_dir: Workdir,
+  out: Workdir,
+  extra_callbacks: Optional[Sequence[keras.callbacks.Callback]],
+) -> dict:
   """`train_and_evaluate` on this process: `run_dir` is the run's workdir, `out` the one this
   process writes (`run_dir` itself, or a non-chief worker's temporary folder)."""
   data_dir = config.data.tfrecord_dir
@@ -236,26 +260,49 @@ def _train(config: Any, shard_set: tfrecords.ShardSet, phases: Sequence[optim.Ph
   epochs = int(train.epochs)
   peak_lr = optim.peak_learning_rate(config, replicas)
   crop_size = int(config.model.crop_size or shard_set.crop_size)
-  jit = bool(train.jit_compile) and not (replicas > 1 and not tf.config.list_physical_devices(
-      "GPU"))  # XLA fails under MirroredStrategy on CPU
-  logging.info("%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs; "
-               "peak lr %.3g; stored crops %d px -> %d px", replicas, p, k,
-               global_batch, steps, epochs, peak_lr, crop_size, config.model.image_size)
+  jit = bool(train.jit_compile) and not (
+    replicas > 1 and not tf.config.list_physical_devices("GPU")
+  )  # XLA fails under MirroredStrategy on CPU
+  logging.info(
+    "%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs; "
+    "peak lr %.3g; stored crops %d px -> %d px",
+    replicas,
+    p,
+    k,
+    global_batch,
+    steps,
+    epochs,
+    peak_lr,
+    crop_size,
+    config.model.image_size,
+  )
 
   dataset = input_pipeline.train_dataset(
-      data_dir, config.data.train_split, p, k, replicas, int(config.seed),
-      max_group_size=int(config.data.max_group_size), min_photos=int(config.data.min_photos),
-      shuffle_groups=int(config.data.shuffle_groups), cache=bool(config.data.cache))
+    data_dir,
+    config.data.train_split,
+    p,
+    k,
+    replicas,
+    int(config.seed),
+    max_group_size=int(config.data.max_group_size),
+    min_photos=int(config.data.min_photos),
+    shuffle_groups=int(config.data.shuffle_groups),
+    cache=bool(config.data.cache),
+  )
   head_model = None
   if config.loss.kind in margin_softmax.KINDS:
     classes = shard_set.trainable_labels(config.data.train_split, int(config.data.min_photos))
-    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(classes, tf.int64), tf.range(len(classes), dtype=tf.int64)), default_value=-1)
+    table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+        tf.constant(classes, tf.int64), tf.range(len(classes), dtype=tf.int64)
+      ),
+      default_value=-1,
+    )
     dataset = dataset.map(lambda x, y: (x, table.lookup(tf.cast(y, tf.int64))))
-    logging.info("margin softmax (%s) over %d training identities", config.loss.kind,
-                 len(classes))
-  val = input_pipeline.eval_dataset(data_dir, config.data.val_split,
-                                    int(train.eval_batch_size), cache=bool(config.data.cache))
+    logging.info("margin softmax (%s) over %d training identities", config.loss.kind, len(classes))
+  val = input_pipeline.eval_dataset(
+    data_dir, config.data.val_split, int(train.eval_batch_size), cache=bool(config.data.cache)
+  )
   with strategy.scope():
     model = model_lib.build_embedding_model(config, crop_size)
     if config.train.get("init_from", ""):
@@ -263,39 +310,60 @@ def _train(config: Any, shard_set: tfrecords.ShardSet, phases: Sequence[optim.Ph
     if config.loss.kind in margin_softmax.KINDS:
       head = margin_softmax.CosineClassifier(len(classes), name="class_head")
       head_model = keras.Model(model.inputs, head(model.outputs[0]), name="train_with_head")
-  evaluation = RetrievalEvaluation(out, val, int(train.get("eval_every_epochs", 1) or 1),
-                                   steps, crop=shard_set.crop, embedding_model=model,
-                                   flip=bool(config.model.get("test_time_flip", False)),
-                                   local=multi_worker.in_multi_worker_mode(strategy))
+  evaluation = RetrievalEvaluation(
+    out,
+    val,
+    int(train.get("eval_every_epochs", 1) or 1),
+    steps,
+    crop=shard_set.crop,
+    embedding_model=model,
+    flip=bool(config.model.get("test_time_flip", False)),
+    local=multi_worker.in_multi_worker_mode(strategy),
+  )
   checkpoints = Checkpoints(out, evaluation)
   tensorboard = keras.callbacks.TensorBoard(out.logs_dir, write_graph=False, profile_batch=0)
   save_freq = int(train.checkpoint_every_steps) or "epoch"
   fitted = model
   for phase in phases:
-    backup = _Backup(out.backup_dir(phase.backup), save_freq=save_freq, delete_checkpoint=False,
-                     restore_from=None if out is run_dir else run_dir.backup_dir(phase.backup))
+    backup = _Backup(
+      out.backup_dir(phase.backup),
+      save_freq=save_freq,
+      delete_checkpoint=False,
+      restore_from=None if out is run_dir else run_dir.backup_dir(phase.backup),
+    )
     fitted = head_model if phase.loss.kind in margin_softmax.KINDS else model
     with strategy.scope():
       model_lib.set_backbone_trainable(model, phase.trainable)
-      optimizer = optim.make_optimizer(train, peak_lr, steps, phase,
-                             config.model.get("mixed_precision", ""))
+      optimizer = optim.make_optimizer(
+        train, peak_lr, steps, phase, config.model.get("mixed_precision", "")
+      )
       _compile(fitted, phase.loss, optimizer, jit)
       optimizer.build(fitted.trainable_variables)
       # The schedules run on the global step: each phase starts where the last one stopped.
       optimizer.iterations.assign(phase.first * steps)
     # Keras keeps the epoch restored by BackupAndRestore on the model and never resets it.
     fitted._initial_epoch = None  # pylint: disable=protected-access
-    logging.info("%s: epochs %d-%d, loss %s, backbone %s, lr x %g", phase.backup,
-                 phase.first + 1, phase.last, phase.loss.kind,
-                 "trainable" if phase.trainable else "frozen", phase.multiplier)
-    fitted.fit(dataset, epochs=phase.last, initial_epoch=phase.first, steps_per_epoch=steps,
-               shuffle=False,  # the pipeline shuffles
-               # Evaluation first: an epoch is recorded before its backup, so a kill between
-               # the two repeats the epoch (and its record) instead of losing the record; the
-               # checkpoints read the evaluation's result.
-               callbacks=[evaluation, checkpoints, backup, tensorboard,
-                          *(extra_callbacks or [])],
-               verbose=int(train.get("verbose", 2)))
+    logging.info(
+      "%s: epochs %d-%d, loss %s, backbone %s, lr x %g",
+      phase.backup,
+      phase.first + 1,
+      phase.last,
+      phase.loss.kind,
+      "trainable" if phase.trainable else "frozen",
+      phase.multiplier,
+    )
+    fitted.fit(
+      dataset,
+      epochs=phase.last,
+      initial_epoch=phase.first,
+      steps_per_epoch=steps,
+      shuffle=False,  # the pipeline shuffles
+      # Evaluation first: an epoch is recorded before its backup, so a kill between
+      # the two repeats the epoch (and its record) instead of losing the record; the
+      # checkpoints read the evaluation's result.
+      callbacks=[evaluation, checkpoints, backup, tensorboard, *(extra_callbacks or [])],
+      verbose=int(train.get("verbose", 2)),
+    )
   if out is run_dir:  # logs/projector: val embeddings of best.keras (the chief's only)
     projector.write_for_run(config, run_dir, model)
   records = out.read_metrics()

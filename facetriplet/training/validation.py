@@ -4,7 +4,7 @@
 it scores the untrained network (epoch 0, with the raw-pixel baseline beside it); after every
 `every` epochs it embeds the val split, scores leave-one-out retrieval with
 `metrics.retrieval_metrics` (every val photo queries all the others) and verification with
-`metrics.verification_metrics` over the pairs of val photos (`verification/tar@far=0.01`,
+`verification.verification_metrics` over the pairs of val photos (`verification/tar@far=0.01`,
 `verification/threshold@far=0.01`, `verification/eer`, ...: scalars only), logs the numbers to
 the console and TensorBoard (`logs/retrieval`) and rewrites `metrics.jsonl`. It keeps no
 checkpoint: `checkpoints.Checkpoints`, the next callback, reads its `last_result` (and records
@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from facetriplet import metrics
+from facetriplet import metrics, verification
 from facetriplet.data import classical
 from facetriplet.training.workdir import Workdir
 
@@ -35,36 +35,49 @@ VERIFICATION = "verification/"
 
 
 def _retrieval(embeddings: np.ndarray, labels: np.ndarray) -> dict:
-  result = metrics.retrieval_metrics(embeddings, labels, embeddings, labels, ks=KS,
-                                     leave_one_out=True)
+  result = metrics.retrieval_metrics(
+    embeddings, labels, embeddings, labels, ks=KS, leave_one_out=True
+  )
   return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in result.items()}
 
 
 def _verification(embeddings: np.ndarray, labels: np.ndarray) -> dict:
   """The scalars of verification over the val pairs, under `verification/` (None: too few
   different-identity pairs to resolve that FAR)."""
-  result = metrics.verification_metrics(embeddings, labels)
-  keys = [f"{kind}@far={metrics.far_key(f)}" for f in metrics.FARS for kind in ("tar", "threshold")]
+  result = verification.verification_metrics(embeddings, labels)
+  keys = [
+    f"{kind}@far={verification.far_key(f)}"
+    for f in verification.FARS
+    for kind in ("tar", "threshold")
+  ]
   keys += ["eer", "eer_threshold", "auc", "num_positive_pairs", "num_negative_pairs"]
   return {VERIFICATION + k: result[k] for k in keys}
 
 
-def calibration_record(result: Mapping[str, Any], epoch: int, weights: str,
-                       flip: bool) -> Optional[dict]:
+def calibration_record(
+  result: Mapping[str, Any], epoch: int, weights: str, flip: bool
+) -> Optional[dict]:
   """What `Workdir.write_calibration` keeps for a checkpoint: the thresholds an evaluation
   `result` measured, the epoch, and `weights` (`workdir.weights_digest` of the checkpoint's
   model) so an export can tell whether they belong to the model it exports. None when the result
   holds no verification."""
   if result.get(VERIFICATION + "num_positive_pairs") is None:
     return None
-  fars = [metrics.far_key(f) for f in metrics.FARS]
-  return {"version": 1, "epoch": int(epoch), "weights_sha256_16": weights,
-          "test_time_flip": bool(flip), "pairs": "val photos, leave-one-out",
-          "accept": "cosine similarity >= threshold",
-          "thresholds": {f: result[f"{VERIFICATION}threshold@far={f}"] for f in fars},
-          "tar": {f: result[f"{VERIFICATION}tar@far={f}"] for f in fars},
-          **{k: result[VERIFICATION + k] for k in ("eer", "eer_threshold", "num_positive_pairs",
-                                                   "num_negative_pairs")}}
+  fars = [verification.far_key(f) for f in verification.FARS]
+  return {
+    "version": 1,
+    "epoch": int(epoch),
+    "weights_sha256_16": weights,
+    "test_time_flip": bool(flip),
+    "pairs": "val photos, leave-one-out",
+    "accept": "cosine similarity >= threshold",
+    "thresholds": {f: result[f"{VERIFICATION}threshold@far={f}"] for f in fars},
+    "tar": {f: result[f"{VERIFICATION}tar@far={f}"] for f in fars},
+    **{
+      k: result[VERIFICATION + k]
+      for k in ("eer", "eer_threshold", "num_positive_pairs", "num_negative_pairs")
+    },
+  }
 
 
 def embed_images(model: keras.Model, images: np.ndarray, flip: bool = False) -> np.ndarray:
@@ -98,10 +111,17 @@ class RetrievalEvaluation(keras.callbacks.Callback):
       the workers; see `multi_worker`).
   """
 
-  def __init__(self, workdir: str, val_dataset: tf.data.Dataset, every: int = 1,
-               steps_per_epoch: int = 1, crop: Optional[Mapping[str, Any]] = None,
-               embedding_model: Optional[keras.Model] = None, flip: bool = False,
-               local: bool = False):
+  def __init__(
+    self,
+    workdir: str,
+    val_dataset: tf.data.Dataset,
+    every: int = 1,
+    steps_per_epoch: int = 1,
+    crop: Optional[Mapping[str, Any]] = None,
+    embedding_model: Optional[keras.Model] = None,
+    flip: bool = False,
+    local: bool = False,
+  ):
     super().__init__()
     self.local = bool(local)
     self._local_call = None
@@ -121,8 +141,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
   def _labels_array(self) -> np.ndarray:
     if self._labels is None:
-      self._labels = np.concatenate([b.numpy() for b in self.val_dataset.map(
-          lambda d: d["label"])]).astype(np.int64)
+      self._labels = np.concatenate(
+        [b.numpy() for b in self.val_dataset.map(lambda d: d["label"])]
+      ).astype(np.int64)
     return self._labels
 
   @property
@@ -134,8 +155,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     if not self.local:
       return np.asarray(model.predict(images, verbose=0), np.float32)
     if self._local_call is None or self._local_call[0] is not model:
-      self._local_call = (model, tf.function(lambda x: model(x, training=False),
-                                             reduce_retracing=True))
+      self._local_call = (
+        model,
+        tf.function(lambda x: model(x, training=False), reduce_retracing=True),
+      )
     return np.concatenate([np.asarray(self._local_call[1](b), np.float32) for b in images])
 
   def evaluate(self) -> dict:
@@ -149,8 +172,13 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     main, other, prefix = (both, plain, "noflip") if self.flip else (plain, both, "flip")
     result = _retrieval(main, self._labels_array())
     result.update(_verification(main, self._labels_array()))
-    result.update({f"{prefix}/{k}": v for k, v in _retrieval(other, self._labels_array()).items()
-                   if k in _SHOWN})
+    result.update(
+      {
+        f"{prefix}/{k}": v
+        for k, v in _retrieval(other, self._labels_array()).items()
+        if k in _SHOWN
+      }
+    )
     result["eval_seconds"] = round(time.time() - start, 2)
     return result
 
@@ -158,8 +186,11 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     try:
       extractor = classical.get_extractor("pixels", crop=self.crop)
       embeddings = np.concatenate([extractor.embed(b.numpy()) for b in self._images()])
-      return {f"pixels/{k}": v for k, v in _retrieval(embeddings, self._labels_array()).items()
-              if k in _SHOWN}
+      return {
+        f"pixels/{k}": v
+        for k, v in _retrieval(embeddings, self._labels_array()).items()
+        if k in _SHOWN
+      }
     except Exception as e:  # pylint: disable=broad-except
       logging.info("raw-pixel baseline skipped (%s: %s)", type(e).__name__, e)
       return {}
@@ -175,8 +206,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     record.update(result)
     self.workdir.write_metrics_record(record)
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(os.path.join(self.workdir.logs_dir,
-                                                                "retrieval"))
+      self._writer = tf.summary.create_file_writer(os.path.join(self.workdir.logs_dir, "retrieval"))
     with self._writer.as_default():
       for key, value in result.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -132,8 +132,9 @@ class Workdir:
     """
     kept = [r for r in self.read_metrics() if r["epoch"] < record["epoch"]]
     kept.append(dict(record))
-    atomic.write_text(self.metrics_path,
-                      "".join(json.dumps(r, sort_keys=True, default=float) + "\n" for r in kept))
+    atomic.write_text(
+      self.metrics_path, "".join(json.dumps(r, sort_keys=True, default=float) + "\n" for r in kept)
+    )
 
   def recover_checkpoints(self) -> None:
     """Cleans up after checkpoint saves a killed run left half-done."""
@@ -167,8 +168,10 @@ def resolve_checkpoint(workdir_or_checkpoint: str, which: str = "best") -> str:
   if os.path.isfile(workdir_or_checkpoint):
     return workdir_or_checkpoint
   if not os.path.isdir(workdir_or_checkpoint):
-    raise UserError(f"{workdir_or_checkpoint} does not exist: pass a training workdir "
-                    "(with checkpoints/) or a .keras checkpoint file")
+    raise UserError(
+      f"{workdir_or_checkpoint} does not exist: pass a training workdir "
+      "(with checkpoints/) or a .keras checkpoint file"
+    )
   workdir = Workdir(workdir_or_checkpoint)
   order = ("best", "last") if which == "best" else ("last",)
   for name in order:
@@ -177,9 +180,11 @@ def resolve_checkpoint(workdir_or_checkpoint: str, which: str = "best") -> str:
       if name != which:
         logging.warning("no best.keras in %s; using last.keras", workdir.checkpoint_dir)
       return path
-  raise UserError(f"no {' or '.join(n + '.keras' for n in order)} in {workdir.checkpoint_dir}: "
-                  "train first (facetriplet-train --workdir=...) or pass "
-                  "--checkpoint=<file.keras>")
+  raise UserError(
+    f"no {' or '.join(n + '.keras' for n in order)} in {workdir.checkpoint_dir}: "
+    "train first (facetriplet-train --workdir=...) or pass "
+    "--checkpoint=<file.keras>"
+  )
 
 
 def load_checkpoint(path: str):
@@ -188,6 +193,7 @@ def load_checkpoint(path: str):
   # they import TensorFlow, which readers of a workdir's files do not need.
   import keras  # pylint: disable=g-import-not-at-top
   from facetriplet.training import augment, losses, margin_softmax, model  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
   try:
     return keras.saving.load_model(path, compile=False)
   except (OSError, ValueError) as e:

@@ -17,8 +17,9 @@ MTCNN = faces.CropSettings(detector="mtcnn", crop_size=112)
 
 def test_template_points_scale_and_margin():
   s = faces.CropSettings(detector="mtcnn", crop_size=224)
-  np.testing.assert_allclose(s.template_points(),
-                             np.array(faces.TEMPLATES["arcface112"]["points"]) * 2, atol=1e-4)
+  np.testing.assert_allclose(
+    s.template_points(), np.array(faces.TEMPLATES["arcface112"]["points"]) * 2, atol=1e-4
+  )
   zoomed = faces.CropSettings(detector="mtcnn", crop_size=224, align_margin=0.5).template_points()
   # Halfway to the centre with 1 + 2 * 0.5 = 2.
   np.testing.assert_allclose(zoomed, (s.template_points() - 112) / 2 + 112, atol=1e-4)
@@ -101,13 +102,14 @@ def test_ingest_with_mtcnn_records_landmarks(tmp_path, lfw_2to4):
     os.makedirs(root / person)
     for path in sorted(glob.glob(os.path.join(lfw_2to4, person, "*.jpg"))):
       os.symlink(path, root / person / os.path.basename(path))
-  (root / people[0] / "noise.png").write_bytes(cv2.imencode(".png", np.random.default_rng(0)
-                                                            .integers(0, 256, (80, 80, 3),
-                                                                      dtype=np.uint8))[1])
+  (root / people[0] / "noise.png").write_bytes(
+    cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8))[1]
+  )
   out = str(tmp_path / "out")
   settings = faces.CropSettings(detector="mtcnn", crop_size=64, pick="center")
-  summary = ingest.build_tfrecords(str(root), out, crop=settings, val_fraction=0.0, workers=2,
-                                   progress=False)
+  summary = ingest.build_tfrecords(
+    str(root), out, crop=settings, val_fraction=0.0, workers=2, progress=False
+  )
   with open(os.path.join(out, tfrecords.MANIFEST), encoding="utf-8") as f:
     manifest = json.load(f)
   assert manifest["crop"]["detector"] == "mtcnn" and manifest["crop"]["pick"] == "center"
@@ -123,8 +125,9 @@ def test_ingest_with_mtcnn_records_landmarks(tmp_path, lfw_2to4):
   # The record's crop is the library's crop of the same photo (one crop function).
   first = photos[0]
   direct = faces.load_and_crop(os.path.join(root, first["path"]), settings)
-  decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(first["image"], np.uint8),
-                                      cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+  decoded = cv2.cvtColor(
+    cv2.imdecode(np.frombuffer(first["image"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+  )
   assert np.abs(decoded.astype(int) - direct.image.astype(int)).mean() < 3  # JPEG noise only
   np.testing.assert_allclose(first["landmarks"], direct.landmarks, atol=0.05)
 
@@ -135,6 +138,7 @@ def test_query_time_crop_is_the_ingest_crop(tmp_path, lfw_2to4):
   the same aligned crops as the TFRecords ingest wrote for the same photos."""
   from facetriplet.data import classical  # pylint: disable=g-import-not-at-top
   from facetriplet.search import gallery  # pylint: disable=g-import-not-at-top
+
   people = sorted(os.listdir(lfw_2to4))[3:6]
   root = tmp_path / "in"
   for person in people:
@@ -143,8 +147,7 @@ def test_query_time_crop_is_the_ingest_crop(tmp_path, lfw_2to4):
       os.symlink(path, root / person / os.path.basename(path))
   settings = faces.CropSettings(detector="mtcnn", crop_size=64)
   out = str(tmp_path / "records")
-  ingest.build_tfrecords(str(root), out, crop=settings, val_fraction=0.0, workers=1,
-                         progress=False)
+  ingest.build_tfrecords(str(root), out, crop=settings, val_fraction=0.0, workers=1, progress=False)
   extractor = classical.get_extractor("pixels", crop=settings)
   from_folder, folder_items, _ = gallery.embed_gallery(extractor, str(root), progress=False)
   from_records, record_items, _ = gallery.embed_gallery(extractor, out, progress=False)
@@ -153,3 +156,18 @@ def test_query_time_crop_is_the_ingest_crop(tmp_path, lfw_2to4):
   for entry, vector in zip(folder_items, from_folder):
     # Unit vectors of 32x32 pixels: equal up to the JPEG round trip of the stored crop.
     assert float(np.dot(vector, by_path[entry.rel_path])) > 0.995, entry.rel_path
+
+
+def test_least_squares_similarity_recovers_a_known_transform():
+  """The fallback when LMEDS finds no consensus: a hand-made similarity is recovered exactly,
+  a reflection is never returned, and coincident points have none."""
+  rng = np.random.default_rng(4)
+  src = rng.uniform(0, 100, (5, 2))
+  angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
+  rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  dst = scale * src @ rot.T + shift
+  matrix = faces.least_squares_similarity(src, dst)
+  np.testing.assert_allclose(matrix, np.hstack([scale * rot, shift[:, None]]), atol=1e-9)
+  mirrored = faces.least_squares_similarity(src, dst * [-1, 1])
+  assert np.linalg.det(mirrored[:, :2]) > 0  # the best proper similarity, not the mirror
+  assert faces.least_squares_similarity(np.ones((5, 2)), dst) is None

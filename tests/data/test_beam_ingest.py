@@ -31,7 +31,7 @@ def _bad_files(root):
   with open(os.path.join(folder, "0.jpg"), "rb") as f:
     good = f.read()
   with open(os.path.join(folder, "trunc.jpg"), "wb") as f:
-    f.write(good[:len(good) // 2])
+    f.write(good[: len(good) // 2])
   write_huge_png_header(os.path.join(folder, "huge.png"))
   with open(os.path.join(root, "notes.txt"), "w") as f:
     f.write("not a photo")
@@ -59,19 +59,30 @@ def test_beam_writes_what_the_local_path_writes(tmp_path):
   make_dataset(root, people=7, photos=3)
   _bad_files(root)
   local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-  a = ingest.build_tfrecords(root, local, crop=NONE, val_fraction=0.3, num_shards=3, workers=1,
-                             progress=False)
-  b = beam_ingest.build_tfrecords_beam(root, beam, "DirectRunner", crop=NONE, val_fraction=0.3,
-                                       num_shards=3)
+  a = ingest.build_tfrecords(
+    root, local, crop=NONE, val_fraction=0.3, num_shards=3, workers=1, progress=False
+  )
+  b = beam_ingest.build_tfrecords_beam(
+    root, beam, "DirectRunner", crop=NONE, val_fraction=0.3, num_shards=3
+  )
   assert_same_output(local, beam)
   assert (b.written, b.rejected, b.decoded, b.shards_written) == (21, 4, 21, 5)
-  assert (a.written, a.rejected, a.decoded, a.splits) == (b.written, b.rejected, b.decoded,
-                                                          b.splits)
-  assert b.rejected_by_reason == {"empty-file": 1, "not-an-image": 1, "truncated": 1,
-                                  "too-large": 1}
+  assert (a.written, a.rejected, a.decoded, a.splits) == (
+    b.written,
+    b.rejected,
+    b.decoded,
+    b.splits,
+  )
+  assert b.rejected_by_reason == {
+    "empty-file": 1,
+    "not-an-image": 1,
+    "truncated": 1,
+    "too-large": 1,
+  }
   assert b.engine == "DirectRunner" and "Beam DirectRunner" in b.format()
   assert sorted(os.listdir(os.path.join(beam, ingest.STATE_DIR))) == sorted(
-      os.listdir(os.path.join(local, ingest.STATE_DIR)))  # tasks.jsonl removed
+    os.listdir(os.path.join(local, ingest.STATE_DIR))
+  )  # tasks.jsonl removed
 
 
 def test_beam_resumes_a_local_run_and_skip_faces_match(tmp_path):
@@ -79,14 +90,16 @@ def test_beam_resumes_a_local_run_and_skip_faces_match(tmp_path):
   make_dataset(root, people=5, photos=2)
   crop = faces.CropSettings(detector="haar", crop_size=32, on_no_face="skip")  # no face in these
   local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-  ingest.build_tfrecords(root, local, crop=crop, val_fraction=0, num_shards=2, workers=1,
-                         progress=False)
+  ingest.build_tfrecords(
+    root, local, crop=crop, val_fraction=0, num_shards=2, workers=1, progress=False
+  )
   shutil.copytree(local, beam)
   first = sorted(_shards(beam))[0]
   os.remove(os.path.join(beam, first))  # a killed run: one shard missing
   os.remove(os.path.join(beam, tfrecords.MANIFEST))
-  b = beam_ingest.build_tfrecords_beam(root, beam, "DirectRunner", crop=crop, val_fraction=0,
-                                       num_shards=2)
+  b = beam_ingest.build_tfrecords_beam(
+    root, beam, "DirectRunner", crop=crop, val_fraction=0, num_shards=2
+  )
   assert (b.shards_written, b.shards_skipped) == (1, 1)
   assert_same_output(local, beam)
   assert {r["reason"] for r in tfrecords.read_manifest(beam)["rejected"]} <= {"no-face"}
@@ -99,36 +112,45 @@ def test_bad_options_are_refused_before_any_work(tmp_path):
   with pytest.raises(UserError, match="--name=value"):
     beam_ingest.build_tfrecords_beam(root, out, "DirectRunner", ["stray"], crop=NONE)
   with pytest.raises(UserError, match="runner once"):
-    beam_ingest.build_tfrecords_beam(root, out, "DirectRunner", ["--runner=FlinkRunner"],
-                                     crop=NONE)
+    beam_ingest.build_tfrecords_beam(root, out, "DirectRunner", ["--runner=FlinkRunner"], crop=NONE)
   with pytest.raises(UserError, match="NoSuchRunner"):
     beam_ingest.build_tfrecords_beam(root, out, "NoSuchRunner", crop=NONE)
   assert not os.path.exists(out)
 
 
 def _tool(*args):
-  return subprocess.run([sys.executable, "-m", "facetriplet_tools.build_tfrecords", *args],
-                        capture_output=True, text=True, cwd=REPO, timeout=300,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  return subprocess.run(
+    [sys.executable, "-m", "facetriplet_tools.build_tfrecords", *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
 
 
 @pytest.mark.slow
 def test_tool_runner_and_pipeline_options(tmp_path):
   root = str(tmp_path / "in")
   make_dataset(root, people=4, photos=2)
-  common = [f"--input={root}", "--detector=none", "--crop_size=32", "--num_shards=2", "--noprogress"]
+  common = [
+    f"--input={root}",
+    "--detector=none",
+    "--crop_size=32",
+    "--num_shards=2",
+    "--noprogress",
+  ]
   local = str(tmp_path / "local")
   assert _tool(*common, f"--output={local}", "--workers=1").returncode == 0
   beam = str(tmp_path / "beam")
-  proc = _tool(*common, f"--output={beam}", "--runner=DirectRunner", "--",
-               "--direct_num_workers=1")
+  proc = _tool(*common, f"--output={beam}", "--runner=DirectRunner", "--", "--direct_num_workers=1")
   assert proc.returncode == 0, proc.stderr
   assert "Beam DirectRunner" in proc.stdout
   assert_same_output(local, beam)
   proc = _tool(*common, f"--output={tmp_path / 'x'}", "--", "--direct_num_workers=1")
   assert proc.returncode == 1 and "need --runner" in proc.stderr  # absl usage error
   proc = _tool(*common, f"--output={tmp_path / 'y'}", "--runner=DirectRunner", "--", "stray")
-  lines = [l for l in proc.stderr.splitlines() if not ABSL_LOG.match(l)]
+  lines = [line for line in proc.stderr.splitlines() if not ABSL_LOG.match(line)]
   assert proc.returncode == 2 and len(lines) == 1 and "--name=value" in lines[0], proc.stderr
 
 
@@ -142,8 +164,9 @@ def test_lfw_identities_with_mtcnn(tmp_path, lfw_2to4):
       os.symlink(os.path.join(lfw_2to4, name, f), root / name / f)
   crop = faces.CropSettings(detector="mtcnn", pick="center", crop_size=64)
   local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-  a = ingest.build_tfrecords(str(root), local, crop=crop, val_fraction=0.2, workers=1,
-                             progress=False)
+  a = ingest.build_tfrecords(
+    str(root), local, crop=crop, val_fraction=0.2, workers=1, progress=False
+  )
   beam_ingest.build_tfrecords_beam(str(root), beam, "DirectRunner", crop=crop, val_fraction=0.2)
   assert a.written >= 10
   assert_same_output(local, beam)

@@ -70,8 +70,9 @@ def test_retrieves_same_identity_above_chance(name, drawn_faces):
   """12 identities x 5 photos, leave-one-out: a random ranking scores top1 = 4/59 on average."""
   images, labels = drawn_faces
   features = classical.get_extractor(name).embed(images)
-  result = metrics.retrieval_metrics(features, labels, features, labels, ks=(1, 5),
-                                     leave_one_out=True)
+  result = metrics.retrieval_metrics(
+    features, labels, features, labels, ks=(1, 5), leave_one_out=True
+  )
   chance = 4 / 59
   assert result["top1"] > 2 * chance
   assert result["map@r"] > chance
@@ -94,6 +95,7 @@ def test_get_extractor_names_and_crop(tmp_path):
 def test_classical_extractor_takes_the_exports_crop(tmp_path):
   """Without `crop`, a classical extractor uses the crop recorded in the export's metadata."""
   from facetriplet import atomic  # pylint: disable=g-import-not-at-top
+
   crop = faces.CropSettings(detector="none", margin=0.1, crop_size=80)
   atomic.write_json(str(tmp_path / "assets" / "facetriplet.json"), {"crop": crop.to_dict()})
   assert features.make_extractor("lbp", model_dir=str(tmp_path)).crop_settings == crop

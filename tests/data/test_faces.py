@@ -20,17 +20,27 @@ def _rng_image(h=48, w=64, seed=0):
 
 def write_huge_png_header(path, width=100_000, height=100_000):
   """A tiny PNG whose header claims width x height pixels (never decodable in memory)."""
+
   def chunk(tag, data):
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(
-        ">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    return (
+      struct.pack(">I", len(data))
+      + tag
+      + data
+      + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    )
+
   with open(path, "wb") as f:
-    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
-                                                                0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    f.write(
+      b"\x89PNG\r\n\x1a\n"
+      + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+      + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+      + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("ext,kwargs", [("png", {}), ("bmp", {}), ("ppm", {}), ("webp",
-                                         {"lossless": True}), ("tiff", {})])
+@pytest.mark.parametrize(
+  "ext,kwargs", [("png", {}), ("bmp", {}), ("ppm", {}), ("webp", {"lossless": True}), ("tiff", {})]
+)
 def test_lossless_formats_round_trip(tmp_path, ext, kwargs):
   rgb = _rng_image()
   path = str(tmp_path / f"x.{ext}")
@@ -59,8 +69,9 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
   np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
   with open(tmp_path / "g16.pgm", "wb") as f:
     f.write(b"P5\n4 1\n65535\n" + values.astype(">u2").tobytes())
-  np.testing.assert_array_equal(faces.load_rgb(str(tmp_path / "g16.pgm"))[0, :, 1],
-                                [0, 1, 128, 255])
+  np.testing.assert_array_equal(
+    faces.load_rgb(str(tmp_path / "g16.pgm"))[0, :, 1], [0, 1, 128, 255]
+  )
 
 
 def test_rgba_over_black_and_palette(tmp_path):
@@ -91,15 +102,22 @@ def test_exif_orientation_is_honoured(tmp_path):
   assert out[20, 2, 2] > 200 and out[20, 2, 0] < 60  # left: blue
 
 
-@pytest.mark.parametrize("name,reason", [("zero.jpg", "empty-file"), ("text.jpg", "not-an-image"),
-                                         ("trunc.jpg", "truncated"), ("huge.png", "too-large"),
-                                         ("missing.jpg", "unreadable")])
+@pytest.mark.parametrize(
+  "name,reason",
+  [
+    ("zero.jpg", "empty-file"),
+    ("text.jpg", "not-an-image"),
+    ("trunc.jpg", "truncated"),
+    ("huge.png", "too-large"),
+    ("missing.jpg", "unreadable"),
+  ],
+)
 def test_bad_files_have_reasons(tmp_path, name, reason):
   Image.fromarray(_rng_image(200, 200)).save(tmp_path / "good.jpg", quality=95)
   data = (tmp_path / "good.jpg").read_bytes()
   (tmp_path / "zero.jpg").write_bytes(b"")
   (tmp_path / "text.jpg").write_text("not an image\n")
-  (tmp_path / "trunc.jpg").write_bytes(data[:len(data) // 2])
+  (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
   write_huge_png_header(str(tmp_path / "huge.png"))
   with pytest.raises(ImageError) as e:
     faces.load_rgb(str(tmp_path / name))
@@ -150,8 +168,10 @@ class _FixedBox(detectors.Detector):
 def test_margin_box_outside_image_is_padded_black():
   rgb = np.full((100, 100, 3), 255, np.uint8)
   # Face in the corner: the square runs off the top.
-  cropper = faces.FaceCropper(faces.CropSettings(detector="haar", margin=0.5, crop_size=40),
-                              detector=_FixedBox((0.0, 0.0, 40.0, 40.0)))
+  cropper = faces.FaceCropper(
+    faces.CropSettings(detector="haar", margin=0.5, crop_size=40),
+    detector=_FixedBox((0.0, 0.0, 40.0, 40.0)),
+  )
   result = cropper.crop(rgb)  # square side 80 centred on (20, 20): (-20, -20) .. (60, 60)
   assert result.found and result.box == (0.0, 0.0, 40.0, 40.0) and result.method == "fixed"
   assert result.image[:9, :9].max() == 0 and result.image[-5:, -5:].min() == 255
@@ -161,8 +181,9 @@ def test_a_face_with_landmarks_is_aligned_whatever_its_detector():
   settings = faces.CropSettings(detector="none", crop_size=56)
   points = np.array([[30, 40], [60, 40], [45, 55], [33, 70], [57, 70]], np.float64)
   rgb = _rng_image(100, 100, seed=5)
-  result = faces.FaceCropper(settings, detector=_FixedBox((20.0, 25.0, 50.0, 60.0),
-                                                          points)).crop(rgb)
+  result = faces.FaceCropper(settings, detector=_FixedBox((20.0, 25.0, 50.0, 60.0), points)).crop(
+    rgb
+  )
   np.testing.assert_array_equal(result.image, faces.align(rgb, points, settings))
   assert result.landmarks == tuple(points[:, 0]) + tuple(points[:, 1])
 
@@ -180,6 +201,7 @@ def test_every_registered_detector_loads_and_answers_per_image():
 
 def test_rgb_order_survives_crop_and_jpeg():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   red = np.zeros((50, 50, 3), np.uint8)
   red[..., 0] = 250
   result = faces.FaceCropper(faces.CropSettings(detector="none", crop_size=32)).crop(red)

@@ -30,16 +30,17 @@ def _colourful(seed, h=40, w=56):
 def make_dataset(root, people=6, photos=3):
   """Identity folders whose photos use every supported kind of file; returns {identity: n}."""
   savers = [
-      lambda a, p: Image.fromarray(a).save(p + ".jpg", quality=90),
-      lambda a, p: Image.fromarray(a).save(p + ".png"),
-      lambda a, p: Image.fromarray(a[..., 0]).save(p + ".pgm"),
-      lambda a, p: Image.fromarray(a).save(p + ".bmp"),
-      lambda a, p: Image.fromarray(np.dstack([a, np.full(a.shape[:2], 255, np.uint8)]),
-                                   "RGBA").save(p + ".png"),
-      lambda a, p: Image.fromarray(a[..., 1].astype(np.uint16) * 257).save(p + ".tif"),
-      lambda a, p: Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE).save(p + ".gif"),
-      lambda a, p: Image.fromarray(a).save(p + ".webp", quality=90),
-      lambda a, p: Image.fromarray(a).save(p + ".jpg", exif=_rotated(), quality=90),
+    lambda a, p: Image.fromarray(a).save(p + ".jpg", quality=90),
+    lambda a, p: Image.fromarray(a).save(p + ".png"),
+    lambda a, p: Image.fromarray(a[..., 0]).save(p + ".pgm"),
+    lambda a, p: Image.fromarray(a).save(p + ".bmp"),
+    lambda a, p: Image.fromarray(np.dstack([a, np.full(a.shape[:2], 255, np.uint8)]), "RGBA").save(
+      p + ".png"
+    ),
+    lambda a, p: Image.fromarray(a[..., 1].astype(np.uint16) * 257).save(p + ".tif"),
+    lambda a, p: Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE).save(p + ".gif"),
+    lambda a, p: Image.fromarray(a).save(p + ".webp", quality=90),
+    lambda a, p: Image.fromarray(a).save(p + ".jpg", exif=_rotated(), quality=90),
   ]
   counts = {}
   k = 0
@@ -64,15 +65,18 @@ def _records(out, split):
 
 
 def _shard_bytes(out):
-  return {os.path.basename(p): open(p, "rb").read()
-          for p in sorted(glob.glob(os.path.join(out, "*.tfrecord")))}
+  return {
+    os.path.basename(p): open(p, "rb").read()
+    for p in sorted(glob.glob(os.path.join(out, "*.tfrecord")))
+  }
 
 
 def test_round_trip(tmp_path):
   counts = make_dataset(str(tmp_path / "in"), people=7, photos=3)
   out = str(tmp_path / "out")
-  summary = ingest.build_tfrecords(str(tmp_path / "in"), out, crop=NONE, val_fraction=0.3,
-                                   num_shards=3, workers=1, progress=False)
+  summary = ingest.build_tfrecords(
+    str(tmp_path / "in"), out, crop=NONE, val_fraction=0.3, num_shards=3, workers=1, progress=False
+  )
   manifest = tfrecords.read_manifest(out)
   assert summary.written == 21 and summary.rejected == 0 and summary.decoded == 21
   assert summary.shards_written == 5 and summary.shards_skipped == 0  # val: 2 ids → 2 shards
@@ -83,14 +87,16 @@ def test_round_trip(tmp_path):
     plan = json.load(f)
   assert plan["fingerprint"] == manifest["fingerprint"]
   assert [s["file"] for s in plan["shards"]] == [
-      s["file"] for split in ("train", "val") for s in manifest["splits"][split]["shards"]]
+    s["file"] for split in ("train", "val") for s in manifest["splits"][split]["shards"]
+  ]
   ids = {}
   for split in ("train", "val"):
     info = manifest["splits"][split]
     records = _records(out, split)
     assert info["images"] == len(records)
     assert [s["file"] for s in info["shards"]] == [
-        tfrecords.shard_name(split, i, len(info["shards"])) for i in range(len(info["shards"]))]
+      tfrecords.shard_name(split, i, len(info["shards"])) for i in range(len(info["shards"]))
+    ]
     ids[split] = {r["identity"] for r in records}
     assert info["identities"] == len(ids[split])
     seen = set()
@@ -112,7 +118,8 @@ def test_round_trip(tmp_path):
   assert len(manifest["splits"]["val"]["shards"]) == 2
   assert not ids["train"] & ids["val"] and len(ids["val"]) == 2  # round(7 * 0.3)
   assert {r["path"] for s in ("train", "val") for r in _records(out, s)} == {
-      os.path.relpath(p, tmp_path / "in") for p in glob.glob(str(tmp_path / "in" / "*" / "*"))}
+    os.path.relpath(p, tmp_path / "in") for p in glob.glob(str(tmp_path / "in" / "*" / "*"))
+  }
 
 
 def test_bad_files_are_listed_and_the_rest_written(tmp_path):
@@ -122,19 +129,23 @@ def test_bad_files_are_listed_and_the_rest_written(tmp_path):
   (bad / "zero.jpg").write_bytes(b"")  # alongside person_00's two good photos
   (bad / "text.jpg").write_text("hello, not a JPEG\n")
   good = (root / "person_00" / "0.jpg").read_bytes()
-  (bad / "trunc.jpg").write_bytes(good[:len(good) // 2])
+  (bad / "trunc.jpg").write_bytes(good[: len(good) // 2])
   write_huge_png_header(str(bad / "huge.png"))
   os.makedirs(root / "nobody")
   os.makedirs(root / "solo")
   Image.fromarray(_colourful(99)).save(root / "solo" / "me.png")
   (root / "notes.txt").write_text("readme")
   out = str(tmp_path / "out")
-  summary = ingest.build_tfrecords(str(root), out, crop=NONE, val_fraction=0, workers=1,
-                                   progress=False)
+  summary = ingest.build_tfrecords(
+    str(root), out, crop=NONE, val_fraction=0, workers=1, progress=False
+  )
   manifest = tfrecords.read_manifest(out)
   assert {r["path"]: r["reason"] for r in manifest["rejected"]} == {
-      "person_00/zero.jpg": "empty-file", "person_00/text.jpg": "not-an-image",
-      "person_00/trunc.jpg": "truncated", "person_00/huge.png": "too-large"}
+    "person_00/zero.jpg": "empty-file",
+    "person_00/text.jpg": "not-an-image",
+    "person_00/trunc.jpg": "truncated",
+    "person_00/huge.png": "too-large",
+  }
   assert manifest["empty_identities"] == ["nobody"]
   assert manifest["single_photo_identities"] == ["solo"]
   assert manifest["ignored"] == [{"path": "notes.txt", "reason": "not-an-image-file"}]
@@ -154,16 +165,22 @@ def test_no_face_center_and_skip(tmp_path):
       Image.fromarray(noise).save(root / name / f"{j}.png")
   crop = faces.CropSettings(detector="haar", crop_size=32)
   out = str(tmp_path / "center")
-  summary = ingest.build_tfrecords(str(root), out, crop=crop, val_fraction=0, workers=1,
-                                   progress=False)
+  summary = ingest.build_tfrecords(
+    str(root), out, crop=crop, val_fraction=0, workers=1, progress=False
+  )
   records = _records(out, "train")
   assert summary.no_face == 4 and len(records) == 4
   assert all(not r["found"] and r["box"] == [10.0, 0.0, 60.0, 60.0] for r in records)
   assert len(tfrecords.read_manifest(out)["no_face"]) == 4
   out = str(tmp_path / "skip")
   summary = ingest.build_tfrecords(
-      str(root), out, crop=faces.CropSettings(detector="haar", crop_size=32, on_no_face="skip"),
-      val_fraction=0, workers=1, progress=False)
+    str(root),
+    out,
+    crop=faces.CropSettings(detector="haar", crop_size=32, on_no_face="skip"),
+    val_fraction=0,
+    workers=1,
+    progress=False,
+  )
   manifest = tfrecords.read_manifest(out)
   assert summary.written == 0 and summary.no_face == 4
   assert {r["reason"] for r in manifest["rejected"]} == {"no-face"}
@@ -196,12 +213,15 @@ def test_deterministic_across_runs_and_workers(tmp_path):
   crop = faces.CropSettings(detector="haar", crop_size=32)
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   ingest.build_tfrecords(str(tmp_path / "in"), a, crop=crop, workers=1, progress=False, seed=3)
-  summary = ingest.build_tfrecords(str(tmp_path / "in"), b, crop=crop, workers=2, progress=False,
-                                   seed=3)
+  summary = ingest.build_tfrecords(
+    str(tmp_path / "in"), b, crop=crop, workers=2, progress=False, seed=3
+  )
   assert summary.workers == 2
   assert _shard_bytes(a) == _shard_bytes(b) and len(_shard_bytes(a)) == 2
-  assert (open(os.path.join(a, "manifest.json"), "rb").read()
-          == open(os.path.join(b, "manifest.json"), "rb").read())
+  assert (
+    open(os.path.join(a, "manifest.json"), "rb").read()
+    == open(os.path.join(b, "manifest.json"), "rb").read()
+  )
 
 
 def test_output_from_another_run_is_refused(tmp_path):
@@ -211,13 +231,15 @@ def test_output_from_another_run_is_refused(tmp_path):
   other = faces.CropSettings(detector="none", crop_size=48)
   with pytest.raises(UserError, match="different run.*--overwrite"):
     ingest.build_tfrecords(str(tmp_path / "in"), out, crop=other, workers=1, progress=False)
-  ingest.build_tfrecords(str(tmp_path / "in"), out, crop=other, workers=1, progress=False,
-                         overwrite=True)
+  ingest.build_tfrecords(
+    str(tmp_path / "in"), out, crop=other, workers=1, progress=False, overwrite=True
+  )
   assert tfrecords.read_manifest(out)["crop"]["crop_size"] == 48
   (tmp_path / "out" / "mine.txt").write_text("keep me")
   with pytest.raises(UserError, match="holds mine.txt, which facetriplet-build-tfrecords did not"):
-    ingest.build_tfrecords(str(tmp_path / "in"), out, crop=other, workers=1, progress=False,
-                           overwrite=True)
+    ingest.build_tfrecords(
+      str(tmp_path / "in"), out, crop=other, workers=1, progress=False, overwrite=True
+    )
   assert (tmp_path / "out" / "mine.txt").exists()
 
 
@@ -227,8 +249,9 @@ def test_flat_and_celeba_layouts(tmp_path):
   for j, rel in enumerate(("g1.jpg", "g2.png", "sub/g3.bmp")):
     Image.fromarray(_colourful(j)).save(flat / rel)
   out = str(tmp_path / "flat_out")
-  ingest.build_tfrecords(str(flat), out, layout="flat", crop=NONE, workers=1, progress=False,
-                         num_shards=2)
+  ingest.build_tfrecords(
+    str(flat), out, layout="flat", crop=NONE, workers=1, progress=False, num_shards=2
+  )
   manifest = tfrecords.read_manifest(out)
   records = _records(out, "all")
   assert list(manifest["splits"]) == ["all"] and manifest["labels"] == {}
@@ -246,8 +269,11 @@ def test_flat_and_celeba_layouts(tmp_path):
   out = str(tmp_path / "celeba_out")
   ingest.build_tfrecords(str(celeba), out, layout="celeba", crop=NONE, workers=1, progress=False)
   manifest = tfrecords.read_manifest(out)
-  assert {k: v["images"] for k, v in manifest["splits"].items()} == {"train": 3, "val": 3,
-                                                                      "test": 2}
+  assert {k: v["images"] for k, v in manifest["splits"].items()} == {
+    "train": 3,
+    "val": 3,
+    "test": 2,
+  }
   assert manifest["labels"] == {"0": 0, "1": 1, "2": 2}
 
 
@@ -265,9 +291,14 @@ def test_plan_packing_and_split():
 
 
 def _tool(*args):
-  return subprocess.run([sys.executable, "-m", "facetriplet_tools.build_tfrecords", *args],
-                        capture_output=True, text=True, cwd=REPO, timeout=120,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  return subprocess.run(
+    [sys.executable, "-m", "facetriplet_tools.build_tfrecords", *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
 
 
 def test_tool_errors_are_one_line(tmp_path):
@@ -281,31 +312,45 @@ def test_tool_errors_are_one_line(tmp_path):
   make_dataset(str(tmp_path / "in"), people=2, photos=2)
   proc = _tool(f"--input={tmp_path / 'in'}", f"--output={out}", "--detector=none")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
-  lines = [l for l in proc.stderr.splitlines() if not ABSL_LOG.match(l)]
+  lines = [line for line in proc.stderr.splitlines() if not ABSL_LOG.match(line)]
   assert len(lines) == 1 and str(out) in lines[0] and "--overwrite" in lines[0]
   bad = tmp_path / "all_bad" / "person"
   os.makedirs(bad)
   (bad / "a.jpg").write_bytes(b"")
   (bad / "b.jpg").write_bytes(b"not an image")
-  proc = _tool(f"--input={tmp_path / 'all_bad'}", f"--output={tmp_path / 'bad_out'}", "--workers=1",
-               "--noprogress")
-  lines = [l for l in proc.stderr.splitlines() if not ABSL_LOG.match(l)]
+  proc = _tool(
+    f"--input={tmp_path / 'all_bad'}",
+    f"--output={tmp_path / 'bad_out'}",
+    "--workers=1",
+    "--noprogress",
+  )
+  lines = [line for line in proc.stderr.splitlines() if not ABSL_LOG.match(line)]
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert len(lines) == 1 and "no image" in lines[0] and "manifest.json" in lines[0], proc.stderr
 
 
 @pytest.mark.slow
 def test_tool_on_orl(tmp_path, orl_faces):
-  proc = _tool(f"--input={orl_faces}", f"--output={tmp_path / 'orl'}", "--workers=2",
-               "--detector=haar", "--noprogress")
+  proc = _tool(
+    f"--input={orl_faces}",
+    f"--output={tmp_path / 'orl'}",
+    "--workers=2",
+    "--detector=haar",
+    "--noprogress",
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   manifest = tfrecords.read_manifest(str(tmp_path / "orl"))
   assert sum(s["images"] for s in manifest["splits"].values()) == 400
   assert len(manifest["labels"]) == 40 and manifest["rejected"] == []
   assert "written 400" in proc.stdout and "images/s" in proc.stdout
   # Haar crops of real faces, one in-process worker: the same bytes as the two-process tool run.
-  ingest.build_tfrecords(orl_faces, str(tmp_path / "orl1"), workers=1, progress=False,
-                         crop=faces.CropSettings(detector="haar"))
+  ingest.build_tfrecords(
+    orl_faces,
+    str(tmp_path / "orl1"),
+    workers=1,
+    progress=False,
+    crop=faces.CropSettings(detector="haar"),
+  )
   assert _shard_bytes(str(tmp_path / "orl1")) == _shard_bytes(str(tmp_path / "orl"))
 
 
@@ -317,8 +362,9 @@ def test_overwrite_never_deletes_look_alike_files(tmp_path):
   (out / "images-00000-of-00001.tfrecord").write_bytes(b"the user's own records")
   (out / "manifest.json").write_text('{"theirs": true}')
   with pytest.raises(UserError, match="images-00000-of-00001.tfrecord.*provably wrote"):
-    ingest.build_tfrecords(str(tmp_path / "in"), str(out), crop=NONE, workers=1,
-                           progress=False, overwrite=True)
+    ingest.build_tfrecords(
+      str(tmp_path / "in"), str(out), crop=NONE, workers=1, progress=False, overwrite=True
+    )
   assert (out / "images-00000-of-00001.tfrecord").read_bytes() == b"the user's own records"
   assert (out / "manifest.json").read_text() == '{"theirs": true}'
   # A real earlier run is replaced, but a look-alike shard it never wrote is still refused.
@@ -326,14 +372,21 @@ def test_overwrite_never_deletes_look_alike_files(tmp_path):
   ingest.build_tfrecords(str(tmp_path / "in"), str(real), crop=NONE, workers=1, progress=False)
   (real / "extra-00000-of-00001.tfrecord").write_bytes(b"not from that run")
   with pytest.raises(UserError, match="extra-00000-of-00001.tfrecord"):
-    ingest.build_tfrecords(str(tmp_path / "in"), str(real), workers=1, progress=False,
-                           overwrite=True, crop=faces.CropSettings(detector="none", crop_size=48))
+    ingest.build_tfrecords(
+      str(tmp_path / "in"),
+      str(real),
+      workers=1,
+      progress=False,
+      overwrite=True,
+      crop=faces.CropSettings(detector="none", crop_size=48),
+    )
   assert (real / "extra-00000-of-00001.tfrecord").exists()
 
 
 def test_large_photos_are_decoded_one_at_a_time_across_workers(tmp_path, monkeypatch):
   """Each worker holding a photo just under the pixel limit would need ~0.6 GB each: photos above
   LARGE_PIXELS go through one gate shared by all workers, alone and not kept for the batch."""
+
   class Gate:
     def __init__(self):
       self.entered = 0
@@ -352,7 +405,9 @@ def test_large_photos_are_decoded_one_at_a_time_across_workers(tmp_path, monkeyp
   gate = Gate()
   crop_workers._init_worker(NONE.to_dict(), faces.MAX_PIXELS, large_gate=gate)  # pylint: disable=protected-access
   try:
-    results = crop_workers._crop_chunk([(str(tmp_path / n), n) for n in ("a.png", "b.png", "c.png")])  # pylint: disable=protected-access
+    results = crop_workers._crop_chunk(
+      [(str(tmp_path / n), n) for n in ("a.png", "b.png", "c.png")]
+    )  # pylint: disable=protected-access
   finally:
     crop_workers._WORKER.clear()  # pylint: disable=protected-access
   assert gate.entered == 1

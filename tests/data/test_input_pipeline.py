@@ -61,12 +61,15 @@ def test_batches_are_p_groups_of_k_per_replica(data_dir):
 def test_small_identities_repeated_and_photos_come_from_the_identity(data_dir):
   photos = _photos_by_label(data_dir, "train")
   for images, labels in _batches(data_dir, 8):
-    for group_images, group_labels in zip(images.reshape(-1, 3, SIZE, SIZE, 3),
-                                          labels.reshape(-1, 3)):
+    for group_images, group_labels in zip(
+      images.reshape(-1, 3, SIZE, SIZE, 3), labels.reshape(-1, 3)
+    ):
       label = int(group_labels[0])
       own = photos[label]
-      matches = [next(i for i, photo in enumerate(own) if np.array_equal(photo, image))
-                 for image in group_images]
+      matches = [
+        next(i for i, photo in enumerate(own) if np.array_equal(photo, image))
+        for image in group_images
+      ]
       if len(own) < 3:  # every photo appears, one of them twice
         assert sorted(set(matches)) == list(range(len(own)))
       else:  # K different photos
@@ -100,11 +103,11 @@ def test_one_pass_without_repeat_drops_only_the_remainder(data_dir):
   usable = sum(1 for c in TRAIN if c >= 2)  # 8 identities, 4 per batch -> 2 batches
   batches = _batches(data_dir, 100, repeat=False)
   assert len(batches) == usable // 4
-  assert len({int(l) for _, labels in batches for l in labels}) == usable
+  assert len({int(x) for _, labels in batches for x in labels}) == usable
 
 
 def test_eval_pipeline_every_record_once_in_order(data_dir):
-  expected = [r for r in tfrecords.read_records(tfrecords.list_shards(data_dir, "val"))]
+  expected = list(tfrecords.read_records(tfrecords.list_shards(data_dir, "val")))
   for cache in (False, True):
     paths, labels = [], []
     for batch in input_pipeline.eval_dataset(data_dir, "val", 3, cache=cache):
@@ -137,16 +140,27 @@ def test_gallery_from_records_sees_the_pixels_training_sees(data_dir):
   decoder on these noisy photos (checked below), so a second decoder would fail this test."""
   import cv2  # pylint: disable=g-import-not-at-top
   from facetriplet.search import embedding  # pylint: disable=g-import-not-at-top
+
   shard_set = tfrecords.ShardSet.open(data_dir)
-  gallery = [(entry.rel_path, crop.image) for batch in embedding.record_batches(
-      shard_set, ["val", "train"], shard_set.crop_size, batch_size=7) for entry, crop in batch]
-  training = [(path.decode(), image) for split in ("val", "train")
-              for batch in input_pipeline.eval_dataset(data_dir, split, 5)
-              for path, image in zip(batch["path"].numpy(), batch["image"].numpy())]
+  gallery = [
+    (entry.rel_path, crop.image)
+    for batch in embedding.record_batches(
+      shard_set, ["val", "train"], shard_set.crop_size, batch_size=7
+    )
+    for entry, crop in batch
+  ]
+  training = [
+    (path.decode(), image)
+    for split in ("val", "train")
+    for batch in input_pipeline.eval_dataset(data_dir, split, 5)
+    for path, image in zip(batch["path"].numpy(), batch["image"].numpy())
+  ]
   assert [p for p, _ in gallery] == [p for p, _ in training] and len(gallery) == sum(TRAIN + VAL)
   for (path, a), (_, b) in zip(gallery, training):
     np.testing.assert_array_equal(a, b, err_msg=path)
   encoded = [r["image"] for r in shard_set.records(["val"])]
-  opencv = [cv2.cvtColor(cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR),
-                         cv2.COLOR_BGR2RGB) for e in encoded]
+  opencv = [
+    cv2.cvtColor(cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    for e in encoded
+  ]
   assert any(not np.array_equal(o, g) for o, (_, g) in zip(opencv, gallery))

@@ -16,20 +16,37 @@ def _touch(path, data=b"x"):
 
 def test_folders_layout(tmp_path):
   root = str(tmp_path)
-  for rel in ("bob/2.jpg", "bob/1.PNG", "alice/sub/a.pgm", "alice/b.webp", "carol/only.tif",
-              "stray.jpg", "README.md", "bob/notes.txt", ".hidden/x.jpg", "bob/.DS_Store"):
+  for rel in (
+    "bob/2.jpg",
+    "bob/1.PNG",
+    "alice/sub/a.pgm",
+    "alice/b.webp",
+    "carol/only.tif",
+    "stray.jpg",
+    "README.md",
+    "bob/notes.txt",
+    ".hidden/x.jpg",
+    "bob/.DS_Store",
+  ):
     _touch(os.path.join(root, rel))
   os.makedirs(os.path.join(root, "empty_person"))
   listing = layouts.scan_images(root, "folders")
   assert [(e.rel_path, e.identity) for e in listing.entries] == [
-      ("alice/b.webp", "alice"), ("alice/sub/a.pgm", "alice"), ("bob/1.PNG", "bob"),
-      ("bob/2.jpg", "bob"), ("carol/only.tif", "carol")]
+    ("alice/b.webp", "alice"),
+    ("alice/sub/a.pgm", "alice"),
+    ("bob/1.PNG", "bob"),
+    ("bob/2.jpg", "bob"),
+    ("carol/only.tif", "carol"),
+  ]
   assert all(os.path.isabs(e.path) and e.partition is None for e in listing.entries)
   assert listing.empty_identities == ["empty_person"]
-  assert sorted(listing.ignored) == [(".hidden/", "hidden"), ("README.md", "not-an-image-file"),
-                                     ("bob/.DS_Store", "hidden"),
-                                     ("bob/notes.txt", "not-an-image-file"),
-                                     ("stray.jpg", "outside-identity-folder")]
+  assert sorted(listing.ignored) == [
+    (".hidden/", "hidden"),
+    ("README.md", "not-an-image-file"),
+    ("bob/.DS_Store", "hidden"),
+    ("bob/notes.txt", "not-an-image-file"),
+    ("stray.jpg", "outside-identity-folder"),
+  ]
   assert layouts.list_images(root, "folders") == listing.entries
   assert any("empty identity" in line for line in layouts.describe(listing))
 
@@ -48,15 +65,22 @@ def test_celeba_layout_with_partitions(tmp_path):
   for i in range(1, 6):
     _touch(str(images / f"{i:06d}.jpg"))
   _touch(str(images / "000099.jpg"))  # on disk, not in the identity list
-  _touch(str(tmp_path / "Img" / "Anno" / "identity_CelebA.txt"),
-         b"000001.jpg 7\n000002.jpg 7\n000003.jpg 9\n000004.jpg 9\n000005.jpg 3\n"
-         b"000006.jpg 3\n")
-  _touch(str(tmp_path / "Img" / "Eval" / "list_eval_partition.txt"),
-         b"000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 1\n000005.jpg 2\n")
+  _touch(
+    str(tmp_path / "Img" / "Anno" / "identity_CelebA.txt"),
+    b"000001.jpg 7\n000002.jpg 7\n000003.jpg 9\n000004.jpg 9\n000005.jpg 3\n000006.jpg 3\n",
+  )
+  _touch(
+    str(tmp_path / "Img" / "Eval" / "list_eval_partition.txt"),
+    b"000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 1\n000005.jpg 2\n",
+  )
   listing = layouts.scan_images(str(images), "celeba")
   assert [(e.rel_path, e.identity, e.partition) for e in listing.entries] == [
-      ("000001.jpg", "7", "train"), ("000002.jpg", "7", "train"), ("000003.jpg", "9", "val"),
-      ("000004.jpg", "9", "val"), ("000005.jpg", "3", "test")]
+    ("000001.jpg", "7", "train"),
+    ("000002.jpg", "7", "train"),
+    ("000003.jpg", "9", "val"),
+    ("000004.jpg", "9", "val"),
+    ("000005.jpg", "3", "test"),
+  ]
   assert listing.ignored == [("000099.jpg", "no-identity")]
   assert listing.missing == [("000006.jpg", "missing-file")]
 
@@ -109,7 +133,11 @@ def test_directory_links_loops_and_hidden_folders_are_listed_not_followed(tmp_pa
   (root / "bob" / ".DS_Store").write_bytes(b"x")
   listing = layouts.scan_images(str(root), "folders")
   assert [(e.rel_path, e.identity) for e in listing.entries] == [
-      ("ann/0.jpg", "ann"), ("ann/1.jpg", "ann"), ("bob/0.jpg", "bob"), ("bob/1.jpg", "bob")]
+    ("ann/0.jpg", "ann"),
+    ("ann/1.jpg", "ann"),
+    ("bob/0.jpg", "bob"),
+    ("bob/1.jpg", "bob"),
+  ]
   ignored = dict(listing.ignored)
   assert ignored["ann/loop/"] == "folder-reached-twice"
   assert ignored["ann/up/"] == "folder-reached-twice"
@@ -131,7 +159,9 @@ def test_inputs_are_one_image_a_folder_or_a_list_and_anything_else_one_clear_err
   listing = tmp_path / "queries.txt"
   listing.write_text("# two queries\nphotos/a.jpg\n\nphotos/b b.png\n", encoding="utf-8")
   assert [e.path for e in layouts.list_inputs(str(listing))] == [
-      str(tmp_path / "photos" / "a.jpg"), str(tmp_path / "photos" / "b b.png")]
+    str(tmp_path / "photos" / "a.jpg"),
+    str(tmp_path / "photos" / "b b.png"),
+  ]
   blob = tmp_path / "photo.heic"  # not an image extension we read, and not text
   blob.write_bytes(bytes(range(256)) * 4)
   with pytest.raises(UserError) as err:

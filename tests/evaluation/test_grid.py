@@ -14,11 +14,16 @@ def _img(value, shape=(50, 40, 3)):
 
 def test_grid_size_and_frames(tmp_path):
   rows = [
-      grid.GridRow(_img(10), "query_one_with_a_very_long_file_name.jpg",
-                   [grid.GridCell(_img(100), True, "1  0.95"),
-                    grid.GridCell(_img(120), False, "2  0.80"),
-                    grid.GridCell(_img(140), None, "3  0.70")]),
-      grid.GridRow(None, "q2.png", [grid.GridCell(_img(90), False)]),
+    grid.GridRow(
+      _img(10),
+      "query_one_with_a_very_long_file_name.jpg",
+      [
+        grid.GridCell(_img(100), True, "1  0.95"),
+        grid.GridCell(_img(120), False, "2  0.80"),
+        grid.GridCell(_img(140), None, "3  0.70"),
+      ],
+    ),
+    grid.GridRow(None, "q2.png", [grid.GridCell(_img(90), False)]),
   ]
   image = grid.make_grid(rows, thumb=32, frame=3)
   geo = grid.Geometry(rows=2, columns=3, thumb=32, frame=3)
@@ -46,7 +51,7 @@ def test_grid_size_and_frames(tmp_path):
   assert centre_pixel(1, 2) == grid.BACKGROUND  # row 2 has one result only
   # Captions are drawn below the cells.
   _, _, x1, y1 = geo.cell_box(0, 0)
-  caption = pixels[y1 + 1:y1 + grid.CAPTION, geo.cell_box(0, 0)[0]:x1]
+  caption = pixels[y1 + 1 : y1 + grid.CAPTION, geo.cell_box(0, 0)[0] : x1]
   assert (caption != grid.BACKGROUND).any(axis=-1).any()
 
 
@@ -58,4 +63,4 @@ def test_photo_with_box_draws_the_face_box_where_it_is():
   x0, y0 = round(50 * scale), top + round(10 * scale)
   assert tuple(out[y0, x0 + 3]) == (255, 0, 0)  # the top edge of the box
   assert tuple(out[y0 + 4, x0 + 4]) == (0, 0, 0)  # inside it: the photo
-  assert tuple(out[2, 2]) == (0, 0, 0) and not out[:top - 1].any()  # the bar stays black
+  assert tuple(out[2, 2]) == (0, 0, 0) and not out[: top - 1].any()  # the bar stays black

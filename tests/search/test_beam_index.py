@@ -14,7 +14,7 @@ pytest.importorskip("apache_beam")
 
 from facetriplet.data import faces, ingest  # noqa: E402
 from facetriplet.errors import UserError  # noqa: E402
-from facetriplet.search import beam_index, features, gallery  # noqa: E402
+from facetriplet.search import beam_index, features, gallery, sharded_index  # noqa: E402
 from facetriplet.search.index import GalleryIndex  # noqa: E402
 from facetriplet.search.items import Item  # noqa: E402
 from tests.training.test_export import make_export  # noqa: E402
@@ -36,28 +36,46 @@ def setup(tmp_path_factory):
   flat = os.path.join(root, "flat")  # a flat folder: --faces=auto means every face
   write_image_set(flat, rng, per_identity=2, folders=False)
   records = os.path.join(root, "records")
-  ingest.build_tfrecords(folders, records, crop=faces.CropSettings(detector="none", crop_size=32),
-                         val_fraction=0.34, num_shards=2, workers=1, progress=False)
+  ingest.build_tfrecords(
+    folders,
+    records,
+    crop=faces.CropSettings(detector="none", crop_size=32),
+    val_fraction=0.34,
+    num_shards=2,
+    workers=1,
+    progress=False,
+  )
   queries = os.path.join(root, "queries")
   write_image_set(queries, rng, per_identity=1, folders=False, prefix="q_")
   extractor = features.make_extractor("embedding", export_dir)
-  crops = [faces.load_and_crop(os.path.join(queries, n), extractor.crop_settings).image
-           for n in sorted(os.listdir(queries))]
-  return dict(root=root, export=export_dir, folders=folders, flat=flat, records=records,
-              extractor=extractor, queries=extractor.embed(np.stack(crops)))
+  crops = [
+    faces.load_and_crop(os.path.join(queries, n), extractor.crop_settings).image
+    for n in sorted(os.listdir(queries))
+  ]
+  return dict(
+    root=root,
+    export=export_dir,
+    folders=folders,
+    flat=flat,
+    records=records,
+    extractor=extractor,
+    queries=extractor.embed(np.stack(crops)),
+  )
 
 
 def _local(setup, source, name):
   index_dir = os.path.join(setup["root"], name)
-  gallery.build_gallery_index(setup["extractor"], source, index_dir, progress=False,
-                              model_dir=setup["export"])
+  gallery.build_gallery_index(
+    setup["extractor"], source, index_dir, progress=False, model_dir=setup["export"]
+  )
   return index_dir
 
 
 def _by_id(index_dir):
   index = GalleryIndex.load(index_dir)
-  return index, {item.id: (item, np.asarray(index.embeddings)[i])
-                 for i, item in enumerate(index.items)}
+  return index, {
+    item.id: (item, np.asarray(index.embeddings)[i]) for i, item in enumerate(index.items)
+  }
 
 
 def assert_same_index(setup, local_dir, beam_dir, same_rows=True, k=5):
@@ -75,7 +93,8 @@ def assert_same_index(setup, local_dir, beam_dir, same_rows=True, k=5):
       assert json.load(fa) == json.load(fb)
   (li, ls), (bi, bs) = local.search(setup["queries"], k), beam.search(setup["queries"], k)
   assert [[local.items[j].id for j in row] for row in li] == [
-      [beam.items[j].id for j in row] for row in bi]
+    [beam.items[j].id for j in row] for row in bi
+  ]
   np.testing.assert_allclose(ls, bs, atol=1e-5)
 
 
@@ -83,19 +102,28 @@ def test_identity_folders_in_several_shards(setup):
   local_dir = _local(setup, setup["folders"], "local_folders")
   beam_dir = os.path.join(setup["root"], "beam_folders")
   kept = os.path.join(setup["root"], "embeddings")
-  s = beam_index.build_gallery_index_beam(setup["extractor"], setup["folders"], beam_dir,
-                                          "DirectRunner", model_dir=setup["export"],
-                                          embeddings_dir=kept, shard_rows=5)
+  s = beam_index.build_gallery_index_beam(
+    setup["extractor"],
+    setup["folders"],
+    beam_dir,
+    "DirectRunner",
+    model_dir=setup["export"],
+    embeddings_dir=kept,
+    shard_rows=5,
+  )
   assert s.items == 12 and [p.reason for p in s.skipped] == ["not-an-image"]
   assert_same_index(setup, local_dir, beam_dir)
-  assert sorted(os.listdir(kept)) == ["embeddings-00000-of-00003.npz",
-                                      "embeddings-00001-of-00003.npz",
-                                      "embeddings-00002-of-00003.npz", "embeddings.json"]
-  embeddings, items, problems = beam_index.read_shards(kept, setup["extractor"].fingerprint)
+  assert sorted(os.listdir(kept)) == [
+    "embeddings-00000-of-00003.npz",
+    "embeddings-00001-of-00003.npz",
+    "embeddings-00002-of-00003.npz",
+    "embeddings.json",
+  ]
+  embeddings, items, problems = sharded_index.read_shards(kept, setup["extractor"].fingerprint)
   assert embeddings.shape == (12, setup["extractor"].dim) and len(items) == 12
   assert [p.rel_path for p in problems] == ["bob/broken.jpg"]
   with pytest.raises(UserError, match="embed the gallery again"):
-    beam_index.read_shards(kept, "another-model")
+    sharded_index.read_shards(kept, "another-model")
   leftovers = [n for n in os.listdir(setup["root"]) if ".embeddings-" in n]
   assert not leftovers  # the temporary embeddings folder of a run without embeddings_dir
 
@@ -105,8 +133,9 @@ def test_flat_folder_every_face_and_tfrecords(setup):
   for source, name in ((setup["flat"], "flat"), (setup["records"], "records")):
     local_dir = _local(setup, source, f"local_{name}")
     built[name] = os.path.join(setup["root"], f"beam_{name}")
-    beam_index.build_gallery_index_beam(setup["extractor"], source, built[name], "DirectRunner",
-                                        model_dir=setup["export"])
+    beam_index.build_gallery_index_beam(
+      setup["extractor"], source, built[name], "DirectRunner", model_dir=setup["export"]
+    )
     assert_same_index(setup, local_dir, built[name])
   assert all(i.id.endswith("#0") for i in GalleryIndex.load(built["flat"]).items)
   assert len(GalleryIndex.load(built["records"])) == 12
@@ -117,9 +146,14 @@ def test_partitions_trained_on_a_sample_then_the_rest_added(setup):
   if not os.path.isdir(local_dir):
     local_dir = _local(setup, setup["folders"], "local_folders")
   beam_dir = os.path.join(setup["root"], "beam_sample")
-  s = beam_index.build_gallery_index_beam(setup["extractor"], setup["folders"], beam_dir,
-                                          "DirectRunner", model_dir=setup["export"],
-                                          train_sample=5)
+  s = beam_index.build_gallery_index_beam(
+    setup["extractor"],
+    setup["folders"],
+    beam_dir,
+    "DirectRunner",
+    model_dir=setup["export"],
+    train_sample=5,
+  )
   assert s.settings["trained_on"] == 12 and s.settings["training_sample"] == 5
   assert_same_index(setup, local_dir, beam_dir, same_rows=False, k=8)
   assert not GalleryIndex.load(beam_dir).needs_rebuild
@@ -132,8 +166,9 @@ def test_sample_and_add_with_partitions():
   x = centres[rng.integers(0, 40, 3000)] + 0.3 * rng.normal(size=(3000, 16))
   x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
   items = [Item(str(i)) for i in range(len(x))]
-  index = beam_index.build_from_sample(x, items, "fp", train_sample=1000, mode="ah",
-                                       num_leaves=30, num_leaves_to_search=30)
+  index = sharded_index.build_from_sample(
+    x, items, "fp", train_sample=1000, mode="ah", num_leaves=30, num_leaves_to_search=30
+  )
   assert len(index) == 3000 and index.config["num_leaves"] == 30
   assert index.config["trained_on"] == 3000 and index.config["training_sample"] == 1000
   queries = x[:50]
@@ -145,9 +180,14 @@ def test_sample_and_add_with_partitions():
 
 
 def _tool(*args):
-  return subprocess.run([sys.executable, "-m", "facetriplet_tools.build_index", *args],
-                        capture_output=True, text=True, cwd=REPO, timeout=300,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  return subprocess.run(
+    [sys.executable, "-m", "facetriplet_tools.build_index", *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
 
 
 @pytest.mark.slow
@@ -156,14 +196,19 @@ def test_tool_runner(setup):
   if not os.path.isdir(local_dir):
     local_dir = _local(setup, setup["folders"], "local_folders")
   beam_dir = os.path.join(setup["root"], "tool_beam")
-  proc = _tool(f"--model={setup['export']}", f"--gallery={setup['folders']}",
-               f"--index_dir={beam_dir}", "--runner=DirectRunner", "--",
-               "--direct_num_workers=1")
+  proc = _tool(
+    f"--model={setup['export']}",
+    f"--gallery={setup['folders']}",
+    f"--index_dir={beam_dir}",
+    "--runner=DirectRunner",
+    "--",
+    "--direct_num_workers=1",
+  )
   assert proc.returncode == 0, proc.stderr
   assert "12 items, 1 skipped" in proc.stdout
   assert_same_index(setup, local_dir, beam_dir)
   proc = _tool(f"--index_dir={beam_dir}", "--rebuild", "--runner=DirectRunner")
-  lines = [l for l in proc.stderr.splitlines() if not ABSL_LOG.match(l)]
+  lines = [line for line in proc.stderr.splitlines() if not ABSL_LOG.match(line)]
   assert proc.returncode == 2 and len(lines) == 1 and "leave --runner out" in lines[0]
 
 
@@ -179,8 +224,8 @@ def test_lfw_gallery_same_index_and_answers(setup, lfw_2to4, tmp_path):
       os.symlink(os.path.join(lfw_2to4, name, f), root / name / f)
   local_dir = _local(setup, str(root), "local_lfw")
   beam_dir = str(tmp_path / "beam_lfw")
-  s = beam_index.build_gallery_index_beam(setup["extractor"], str(root), beam_dir,
-                                          "DirectRunner", model_dir=setup["export"],
-                                          shard_rows=8)
+  s = beam_index.build_gallery_index_beam(
+    setup["extractor"], str(root), beam_dir, "DirectRunner", model_dir=setup["export"], shard_rows=8
+  )
   assert s.items >= 24 and not s.skipped
   assert_same_index(setup, local_dir, beam_dir, k=10)

@@ -38,10 +38,14 @@ def setup(tmp_path_factory):
   write_image_set(queries, rng, per_identity=2, prefix="q_")
   extractor = features.make_extractor("embedding", export_dir)
   index_dir = os.path.join(root, "index")
-  gallery.build_gallery_index(extractor, os.path.join(root, "gallery"), index_dir,
-                              progress=False, model_dir=export_dir)
-  files = sorted(os.path.join(queries, d, n) for d in os.listdir(queries)
-                 for n in os.listdir(os.path.join(queries, d)))
+  gallery.build_gallery_index(
+    extractor, os.path.join(root, "gallery"), index_dir, progress=False, model_dir=export_dir
+  )
+  files = sorted(
+    os.path.join(queries, d, n)
+    for d in os.listdir(queries)
+    for n in os.listdir(os.path.join(queries, d))
+  )
   return dict(root=root, index=index_dir, queries=queries, files=files, extractor=extractor)
 
 
@@ -55,8 +59,13 @@ def _csv(path):
 
 
 def _run(*args):
-  proc = subprocess.run(list(args), capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  proc = subprocess.run(
+    list(args),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 
@@ -64,27 +73,46 @@ def _run(*args):
 def test_retrieve_evaluate_search_and_serve_rank_alike(setup, tmp_path):
   files, names = setup["files"], [os.path.basename(p) for p in setup["files"]]
   # 1. facetriplet-retrieve: results.csv.
-  _run(os.path.join(BIN, "facetriplet-retrieve"), f"--index={setup['index']}",
-       f"--queries={setup['queries']}", f"--output={tmp_path / 'retrieve'}", f"--k={K}",
-       "--noprogress")
+  _run(
+    os.path.join(BIN, "facetriplet-retrieve"),
+    f"--index={setup['index']}",
+    f"--queries={setup['queries']}",
+    f"--output={tmp_path / 'retrieve'}",
+    f"--k={K}",
+    "--noprogress",
+  )
   retrieved = _csv(tmp_path / "retrieve" / "results.csv")
   # 2. evaluate against the index (labelled queries): its results.csv.
-  evaluation.evaluate([], str(tmp_path / "evaluate"), queries=setup["queries"],
-                      index_dir=setup["index"], ks=(1, K), grid_queries=0, progress=False)
+  evaluation.evaluate(
+    [],
+    str(tmp_path / "evaluate"),
+    queries=setup["queries"],
+    index_dir=setup["index"],
+    ks=(1, K),
+    grid_queries=0,
+    progress=False,
+  )
   evaluated = _csv(tmp_path / "evaluate" / "results.csv")
   # 3. facetriplet-search --json.
-  searched = {os.path.basename(r["query"]): [(m["name"], m["score"]) for m in r["matches"]]
-              for r in json.loads(_run(os.path.join(BIN, "facetriplet-search"),
-                                       f"--index={setup['index']}", f"--k={K}", "--json",
-                                       *files))}
+  searched = {
+    os.path.basename(r["query"]): [(m["name"], m["score"]) for m in r["matches"]]
+    for r in json.loads(
+      _run(
+        os.path.join(BIN, "facetriplet-search"),
+        f"--index={setup['index']}",
+        f"--k={K}",
+        "--json",
+        *files,
+      )
+    )
+  }
   # 4. The HTTP service.
   with ServerThread(make_app(Searcher.open(setup["index"]))) as server:
     client = Client(server.url)
     served = {}
     for path in files:
       with open(path, "rb") as f:
-        status, answer = client.post_image("/search", f.read(), {"k": K},
-                                           os.path.basename(path))
+        status, answer = client.post_image("/search", f.read(), {"k": K}, os.path.basename(path))
       assert status == 200, answer
       served[answer["query"]] = [(m["name"], m["score"]) for m in answer["matches"]]
 
@@ -98,13 +126,21 @@ def test_retrieve_evaluate_search_and_serve_rank_alike(setup, tmp_path):
     order = np.argsort(-scores, kind="stable")[:K]
     reference[name] = [(index.items[j].name, float(scores[j])) for j in order]
 
-  for how, got in (("retrieve", retrieved), ("evaluate", evaluated), ("search", searched),
-                   ("serve", served)):
+  for how, got in (
+    ("retrieve", retrieved),
+    ("evaluate", evaluated),
+    ("search", searched),
+    ("serve", served),
+  ):
     assert sorted(got) == sorted(names), how
     for name in names:
       assert [n for n, _ in got[name]] == [n for n, _ in reference[name]], (how, name)
-      np.testing.assert_allclose([s for _, s in got[name]], [s for _, s in reference[name]],
-                                 atol=1e-5, err_msg=f"{how} {name}")
+      np.testing.assert_allclose(
+        [s for _, s in got[name]],
+        [s for _, s in reference[name]],
+        atol=1e-5,
+        err_msg=f"{how} {name}",
+      )
 
 
 def test_results_are_typed(setup):

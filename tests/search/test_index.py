@@ -27,10 +27,12 @@ def clustered(n, dim, num_queries, seed=0):
   rng = np.random.default_rng(seed)
   groups = _unit(rng.standard_normal((16, dim)))
   num_ids = max(1, n // 5)
-  centres = _unit(groups[rng.integers(0, 16, num_ids)]
-                  + 1.5 / np.sqrt(dim) * rng.standard_normal((num_ids, dim)))
-  gallery = _unit(centres[np.arange(n) % len(centres)]
-                  + 0.7 / np.sqrt(dim) * rng.standard_normal((n, dim)))
+  centres = _unit(
+    groups[rng.integers(0, 16, num_ids)] + 1.5 / np.sqrt(dim) * rng.standard_normal((num_ids, dim))
+  )
+  gallery = _unit(
+    centres[np.arange(n) % len(centres)] + 0.7 / np.sqrt(dim) * rng.standard_normal((n, dim))
+  )
   who = rng.integers(0, len(centres), num_queries)
   queries = _unit(centres[who] + 0.7 / np.sqrt(dim) * rng.standard_normal((num_queries, dim)))
   return gallery, queries
@@ -43,16 +45,24 @@ def exact_topk(gallery, queries, k):
 
 
 def items_for(n, prefix=""):
-  return [Item(f"{prefix}{i}", path=f"img/{prefix}{i}.jpg", identity=f"id{i // 5}")
-          for i in range(n)]
+  return [
+    Item(f"{prefix}{i}", path=f"img/{prefix}{i}.jpg", identity=f"id{i // 5}") for i in range(n)
+  ]
 
 
 @pytest.fixture(scope="module")
 def ah_case():
   """A 20k x 64 gallery indexed with forced AH settings (the large-gallery code path)."""
   gallery, queries = clustered(20_000, 64, 200, seed=1)
-  index = GalleryIndex.build(gallery, items_for(len(gallery)), "model-A", num_leaves=100,
-                           num_leaves_to_search=15, training_sample_size=20_000, reorder_k=100)
+  index = GalleryIndex.build(
+    gallery,
+    items_for(len(gallery)),
+    "model-A",
+    num_leaves=100,
+    num_leaves_to_search=15,
+    training_sample_size=20_000,
+    reorder_k=100,
+  )
   return gallery, queries, index
 
 
@@ -101,8 +111,7 @@ def test_brute_force_is_exact(small_case):
   indices, scores = index.search(queries, 10)
   _, expected_scores = exact_topk(gallery, queries, 10)
   np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
-  np.testing.assert_allclose(
-      scores, np.einsum("qd,qkd->qk", queries, gallery[indices]), atol=1e-4)
+  np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, gallery[indices]), atol=1e-4)
   # Single query (1-d) works too.
   one_idx, one_scores = index.search(queries[0], 10)
   np.testing.assert_allclose(one_scores[0], scores[0], atol=1e-5)
@@ -143,15 +152,19 @@ def test_save_replaces_existing_index_atomically(small_case, tmp_path):
   index.save(target)
   index.save(target)  # a second save over an existing folder replaces it
   assert sorted(os.listdir(tmp_path)) == ["index"]
-  np.testing.assert_array_equal(GalleryIndex.load(target).search(queries, 3)[0],
-                                index.search(queries, 3)[0])
+  np.testing.assert_array_equal(
+    GalleryIndex.load(target).search(queries, 3)[0], index.search(queries, 3)[0]
+  )
 
 
 def test_fingerprint_and_dim_mismatch_are_refused(small_case, tmp_path):
   _, _, index = small_case
   target = index.save(str(tmp_path / "index"))
-  with pytest.raises(UserError, match=r"built with model model-A, queries come from model B.*"
-                     "facetriplet-build-index"):
+  with pytest.raises(
+    UserError,
+    match=r"built with model model-A, queries come from model B.*"
+    "facetriplet-build-index",
+  ):
     GalleryIndex.load(target, expected_fingerprint="B")
   with pytest.raises(UserError, match="32-d embeddings, queries are 64-d"):
     GalleryIndex.load(target, expected_dim=64)
@@ -194,7 +207,8 @@ def test_bad_inputs_are_user_errors():
     GalleryIndex.build(gallery, items_for(10), "m", leaves=3)
   # Unset (None) settings, as tools pass them, mean "automatic".
   assert GalleryIndex.build(gallery, items_for(10), "m", num_leaves=None).config["mode"] == (
-      "brute_force")
+    "brute_force"
+  )
   assert scann_backend.BRUTE_FORCE_BELOW == 20_000
 
 
@@ -204,10 +218,14 @@ def test_add_and_remove_without_rebuilding_match_a_fresh_build(mode, tmp_path):
   fresh build of the same set (recall@10 within tolerance for AH; exact for brute force), a
   removed item is never returned, and the result survives save + load (ids in docids.json)."""
   gallery, queries = clustered(6_000, 32, 100, seed=4)
-  items = [dataclasses.replace(item, id=f"photo-{i}")
-           for i, item in enumerate(items_for(len(gallery)))]
-  settings = {"mode": "brute_force"} if mode == "brute_force" else dict(
-      num_leaves=60, num_leaves_to_search=12, training_sample_size=6_000, reorder_k=100)
+  items = [
+    dataclasses.replace(item, id=f"photo-{i}") for i, item in enumerate(items_for(len(gallery)))
+  ]
+  settings = (
+    {"mode": "brute_force"}
+    if mode == "brute_force"
+    else dict(num_leaves=60, num_leaves_to_search=12, training_sample_size=6_000, reorder_k=100)
+  )
   first = int(0.7 * len(gallery))
   index = GalleryIndex.build(gallery[:first], items[:first], "model-A", **settings)
   junk = _unit(np.random.default_rng(9).standard_normal((30, 32)))
@@ -218,8 +236,9 @@ def test_add_and_remove_without_rebuilding_match_a_fresh_build(mode, tmp_path):
   victims = [f"photo-{i}" for i in range(0, len(gallery), 97)]
   index.remove(victims)
   keep = np.array([f"photo-{i}" not in set(victims) for i in range(len(gallery))])
-  fresh = GalleryIndex.build(gallery[keep], [it for it, k in zip(items, keep) if k], "model-A",
-                           **settings)
+  fresh = GalleryIndex.build(
+    gallery[keep], [it for it, k in zip(items, keep) if k], "model-A", **settings
+  )
   index.save(str(tmp_path / "grown"))
   assert not os.path.exists(tmp_path / "grown" / "scann" / "scann_docids.pkl")
   loaded = GalleryIndex.load(str(tmp_path / "grown"))
@@ -233,10 +252,10 @@ def test_add_and_remove_without_rebuilding_match_a_fresh_build(mode, tmp_path):
     assert not {i for row in got for i in row} & (set(victims) | {f"junk-{i}" for i in range(30)})
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth_ids)])
     # Upserted rows join partitions trained without them: measured 0.896 vs 0.936 fresh here.
-    assert recall >= (1.0 if mode == "brute_force" else fresh_recall - 0.05), (recall,
-                                                                             fresh_recall)
-    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, np.asarray(
-        idx.embeddings)[rows]), atol=1e-4)
+    assert recall >= (1.0 if mode == "brute_force" else fresh_recall - 0.05), (recall, fresh_recall)
+    np.testing.assert_allclose(
+      scores, np.einsum("qd,qkd->qk", queries, np.asarray(idx.embeddings)[rows]), atol=1e-4
+    )
   with pytest.raises(UserError, match="not in the index"):
     index.remove(["photo-1", "nope"])
   assert index.row_of("photo-1") is not None  # nothing removed by the refused call
@@ -246,17 +265,25 @@ def test_add_and_remove_without_rebuilding_match_a_fresh_build(mode, tmp_path):
 
 def test_growth_past_the_trained_partitions_is_reported_and_rebuild_fixes_it():
   gallery, queries = clustered(25_000, 64, 200, seed=5)
-  index = GalleryIndex.build(gallery[:10_000], items_for(10_000), "m", num_leaves=50,
-                           num_leaves_to_search=10, training_sample_size=10_000)
+  index = GalleryIndex.build(
+    gallery[:10_000],
+    items_for(10_000),
+    "m",
+    num_leaves=50,
+    num_leaves_to_search=10,
+    training_sample_size=10_000,
+  )
   index.add(gallery[10_000:], items_for(15_000, "new"))
   assert "partitions trained for 10000" in index.needs_rebuild
   index.rebuild()
   assert index.needs_rebuild == "" and index.config["trained_on"] == 25_000
   fresh = GalleryIndex.build(gallery, items_for(10_000) + items_for(15_000, "new"), "m")
-  assert {k: v for k, v in index.config.items()} == fresh.config  # the automatic settings
+  assert dict(index.config.items()) == fresh.config  # the automatic settings
   truth, _ = exact_topk(gallery, queries, 10)
-  recall = [np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i.search(queries, 10)[0], truth)])
-            for i in (index, fresh)]
+  recall = [
+    np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i.search(queries, 10)[0], truth)])
+    for i in (index, fresh)
+  ]
   assert abs(recall[0] - recall[1]) <= 0.05, recall  # k-means draws differ run to run
 
 
@@ -288,8 +315,9 @@ def test_faiss_backends_against_numpy_with_changes_and_reload(backend, tmp_path)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)])
     assert recall >= (1.0 if backend == "faiss-flat" else 0.95), recall
     assert not {i for row in got for i in row} & {"5", "77", "junk-0"}
-    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, np.asarray(
-        idx.embeddings)[rows]), atol=1e-4)
+    np.testing.assert_allclose(
+      scores, np.einsum("qd,qkd->qk", queries, np.asarray(idx.embeddings)[rows]), atol=1e-4
+    )
     if backend == "faiss-flat":
       np.testing.assert_allclose(scores, truth_scores, atol=1e-4)
   assert index.needs_rebuild == ""

@@ -61,10 +61,19 @@ def setup(tmp_path_factory):
     f.write(b"\xff\xd8garbage")
   extractor = features.make_extractor("embedding", export_dir)
   index_dir = os.path.join(root, "index")
-  summary = gallery.build_gallery_index(extractor, gallery_dir, index_dir, progress=False,
-                                        model_dir=export_dir)
-  return dict(root=root, export=export_dir, other_export=other_export, gallery=gallery_dir,
-              queries=queries, index=index_dir, extractor=extractor, summary=summary)
+  summary = gallery.build_gallery_index(
+    extractor, gallery_dir, index_dir, progress=False, model_dir=export_dir
+  )
+  return dict(
+    root=root,
+    export=export_dir,
+    other_export=other_export,
+    gallery=gallery_dir,
+    queries=queries,
+    index=index_dir,
+    extractor=extractor,
+    summary=summary,
+  )
 
 
 def test_gallery_index_skips_unreadable(setup):
@@ -80,8 +89,9 @@ def test_gallery_index_skips_unreadable(setup):
 
 def test_embed_entries_streams_in_input_order(setup):
   entries = layouts.list_inputs(setup["queries"])
-  emb, kept, problems = embedding.embed_entries(setup["extractor"], entries, batch_size=2,
-                                                workers=2, progress=False)
+  emb, kept, problems = embedding.embed_entries(
+    setup["extractor"], entries, batch_size=2, workers=2, progress=False
+  )
   assert [e.rel_path for e in kept] == [e.rel_path for e in entries if e.rel_path != "corrupt.jpg"]
   assert emb.shape == (3, 8)
   np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
@@ -148,8 +158,9 @@ def test_empty_gallery_is_an_error(setup, tmp_path):
   with open(os.path.join(empty, "x", "bad.png"), "wb") as f:
     f.write(b"nope")
   with pytest.raises(UserError, match="no usable image"):
-    gallery.build_gallery_index(setup["extractor"], empty, os.path.join(tmp_path, "idx"),
-                                progress=False)
+    gallery.build_gallery_index(
+      setup["extractor"], empty, os.path.join(tmp_path, "idx"), progress=False
+    )
   with pytest.raises(UserError, match="at least one"):
     GalleryIndex.load(setup["index"]).clamp_k(0)
 
@@ -172,11 +183,10 @@ class _Server:
     outer = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
-
       def do_POST(self):  # noqa: N802
         outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         ok = len(outer.bodies) > failures
-        body = (b'{"top1": 0.5, "message": "thanks"}' if ok else b"server exploded")
+        body = b'{"top1": 0.5, "message": "thanks"}' if ok else b"server exploded"
         self.send_response(200 if ok else 500)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -198,8 +208,14 @@ def test_post_retries_then_succeeds():
   server = _Server(failures=2)
   waits = []
   try:
-    answer = submission.post_submission(server.url, {"groupname": "g", "images": {}}, timeout=5,
-                                       retries=3, backoff=0.5, sleep=waits.append)
+    answer = submission.post_submission(
+      server.url,
+      {"groupname": "g", "images": {}},
+      timeout=5,
+      retries=3,
+      backoff=0.5,
+      sleep=waits.append,
+    )
   finally:
     server.close()
   assert answer.attempts == 3 and answer.status == 200 and "thanks" in answer.body
@@ -211,8 +227,9 @@ def test_post_gives_up():
   server = _Server(failures=100)
   try:
     with pytest.raises(UserError, match="after 3 attempts"):
-      submission.post_submission(server.url, {}, timeout=5, retries=2, backoff=0,
-                                sleep=lambda s: None)
+      submission.post_submission(
+        server.url, {}, timeout=5, retries=2, backoff=0, sleep=lambda s: None
+      )
   finally:
     server.close()
   assert len(server.bodies) == 3
@@ -220,10 +237,21 @@ def test_post_gives_up():
 
 def _retrieve_tool(setup, out, *extra):
   return subprocess.run(
-      [os.path.join(BIN, "facetriplet-retrieve"), f"--index={setup['index']}",
-       f"--queries={setup['queries']}", f"--output={out}", "--groupname=team", "--k=4",
-       "--backoff=0.01", "--noprogress", *extra],
-      capture_output=True, text=True, timeout=120)
+    [
+      os.path.join(BIN, "facetriplet-retrieve"),
+      f"--index={setup['index']}",
+      f"--queries={setup['queries']}",
+      f"--output={out}",
+      "--groupname=team",
+      "--k=4",
+      "--backoff=0.01",
+      "--noprogress",
+      *extra,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_retrieve_tool_posts_with_retries(setup, tmp_path):
@@ -264,22 +292,26 @@ def test_retrieve_tool_refuses_other_model(setup, tmp_path):
 
 def test_no_face_query_uses_fallback_and_is_reported(setup, tmp_path):
   from facetriplet.data import faces  # pylint: disable=g-import-not-at-top
+
   crop = faces.CropSettings(detector="haar", crop_size=32)
   pixels = features.make_extractor("pixels", crop=crop)
   index_dir = os.path.join(tmp_path, "index")
   summary = gallery.build_gallery_index(pixels, setup["gallery"], index_dir, progress=False)
   assert summary.items == 6 and len(summary.no_face) == 6  # noise has no face: fallback crop
   index = GalleryIndex.load(index_dir, expected_fingerprint=pixels.fingerprint)
-  result = retrieval.retrieve(pixels, index, layouts.list_inputs(setup["queries"]), k=2,
-                              progress=False)
+  result = retrieval.retrieve(
+    pixels, index, layouts.list_inputs(setup["queries"]), k=2, progress=False
+  )
   by_name = dict(zip(retrieval.query_names(result.results), result.results))
   assert by_name["q_bob_0.png"].problem == embedding.NO_FACE
   assert len(by_name["q_bob_0.png"].matches) == 2
   assert [p.kept for p in result.problems if p.rel_path == "q_bob_0.png"] == [True]
-  skip = features.make_extractor("pixels", crop=faces.CropSettings(detector="haar", crop_size=32,
-                                                                    on_no_face="skip"))
-  _, kept, problems = embedding.embed_entries(skip, layouts.list_inputs(setup["queries"]),
-                                              progress=False)
+  skip = features.make_extractor(
+    "pixels", crop=faces.CropSettings(detector="haar", crop_size=32, on_no_face="skip")
+  )
+  _, kept, problems = embedding.embed_entries(
+    skip, layouts.list_inputs(setup["queries"]), progress=False
+  )
   assert kept == [] and {p.reason for p in problems} == {embedding.NO_FACE, "not-an-image"}
 
 
@@ -287,13 +319,16 @@ def test_duplicate_gallery_file_names_use_relative_paths(setup):
   extractor = setup["extractor"]
   entries = layouts.list_inputs(setup["queries"])
   emb, kept, _ = embedding.embed_entries(extractor, entries, progress=False)
-  items = [Item(id=d, path=e.path, rel_path=f"{d}/same.png", name="same.png")
-           for e, d in zip(kept, ("a", "b", "c"))]
+  items = [
+    Item(id=d, path=e.path, rel_path=f"{d}/same.png", name="same.png")
+    for e, d in zip(kept, ("a", "b", "c"))
+  ]
   index = GalleryIndex.build(emb, items, extractor.fingerprint)
   # The query is itself gallery row "a" here; keep it, this test is about naming.
   result = retrieval.retrieve(extractor, index, kept[:1], k=3, progress=False, exclude_self=False)
   names = submission.make_submission(result.results, "g", result.shared_names)["images"][
-      retrieval.query_names(result.results)[0]]
+    retrieval.query_names(result.results)[0]
+  ]
   assert sorted(names) == ["a/same.png", "b/same.png", "c/same.png"]
 
 
@@ -317,16 +352,18 @@ def test_gallery_files_as_queries_never_retrieve_themselves(setup):
     sims = emb @ emb[own]
     sims[own] = -np.inf
     assert q.matches[0].score == pytest.approx(float(sims.max()), abs=1e-4)
-  plain = retrieval.retrieve(setup["extractor"], index, entries, k=10, progress=False,
-                             exclude_self=False)
+  plain = retrieval.retrieve(
+    setup["extractor"], index, entries, k=10, progress=False, exclude_self=False
+  )
   assert all(q.matches[0].path == q.entry.path for q in plain.results)
 
 
 def test_retrieve_tool_takes_one_image_and_min_score(setup, tmp_path):
   """--queries=<one photo> answers that photo; --min_score above every similarity leaves its list
   empty (no match) yet the query stays in the submission; a binary non-image file is one line."""
-  photo = os.path.join(setup["queries"], sorted(n for n in os.listdir(setup["queries"])
-                                                if n.startswith("q_"))[0])
+  photo = os.path.join(
+    setup["queries"], sorted(n for n in os.listdir(setup["queries"]) if n.startswith("q_"))[0]
+  )
   proc = _retrieve_tool(setup, tmp_path, f"--queries={photo}", "--min_score=1.01")
   assert proc.returncode == 0, proc.stderr
   with open(os.path.join(tmp_path, "submission.json"), encoding="utf-8") as f:

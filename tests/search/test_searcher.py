@@ -45,8 +45,17 @@ def setup(tmp_path_factory):
   gallery.build_gallery_index(extractor, full, fresh_dir, progress=False, model_dir=export_dir)
   queries = os.path.join(root, "queries")
   write_image_set(queries, rng, per_identity=1, folders=False, prefix="q_")
-  return dict(root=root, export=export_dir, full=full, first=first, later=later,
-              index=index_dir, fresh=fresh_dir, queries=queries, extractor=extractor)
+  return dict(
+    root=root,
+    export=export_dir,
+    full=full,
+    first=first,
+    later=later,
+    index=index_dir,
+    fresh=fresh_dir,
+    queries=queries,
+    extractor=extractor,
+  )
 
 
 def test_search_matches_a_brute_force_reference(setup):
@@ -131,7 +140,8 @@ def test_enrol_one_uploaded_image_then_remove_it(setup, tmp_path):
   with open(_photos(setup["queries"])[1], "rb") as f:
     data = f.read()
   assert searcher.add_image(data, "upload-1", name="visitor.png", identity="visitor") == [
-      "upload-1"]
+    "upload-1"
+  ]
   best = searcher.search(data, k=1).best
   assert (best.id, best.identity, best.name) == ("upload-1", "visitor", "visitor.png")
   assert best.score == pytest.approx(1.0, abs=1e-5)
@@ -190,8 +200,13 @@ def test_readme_notebook_example_runs(setup, tmp_path, monkeypatch, capsys):
 def test_search_tool_table_and_json(setup):
   query = _photos(setup["queries"])[0]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  run = lambda *a: subprocess.run([os.path.join(BIN, "facetriplet-search"), *a],  # noqa: E731
-                                  capture_output=True, text=True, timeout=120, env=env)
+  run = lambda *a: subprocess.run(
+    [os.path.join(BIN, "facetriplet-search"), *a],  # noqa: E731
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=env,
+  )
   table = run(f"--index={setup['fresh']}", "--k=3", query, "--min_score=1.01")
   assert table.returncode == 0, table.stderr
   assert "no match at or above 1.01" in table.stdout
@@ -211,10 +226,16 @@ def test_build_index_tool_adds_removes_and_rebuilds(setup, tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   index_dir = str(tmp_path / "index")
   tool = os.path.join(BIN, "facetriplet-build-index")
-  run = lambda *a: subprocess.run([tool, *a, "--noprogress"], capture_output=True,  # noqa: E731
-                                  text=True, timeout=180, env=env)
-  built = run(f"--model={setup['export']}", f"--gallery={setup['first']}",
-              f"--index_dir={index_dir}")
+  run = lambda *a: subprocess.run(
+    [tool, *a, "--noprogress"],
+    capture_output=True,  # noqa: E731
+    text=True,
+    timeout=180,
+    env=env,
+  )
+  built = run(
+    f"--model={setup['export']}", f"--gallery={setup['first']}", f"--index_dir={index_dir}"
+  )
   assert built.returncode == 0, built.stderr
   added = run(f"--index_dir={index_dir}", f"--add={setup['later']}")
   assert added.returncode == 0 and "added 4 item(s)" in added.stdout, added.stdout + added.stderr

@@ -27,7 +27,6 @@ class _Server:
     outer = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
-
       def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -61,17 +60,26 @@ class _Server:
 def _post(url, **kw):
   kw.setdefault("timeout", 5)
   kw.setdefault("retries", 0)
-  return submission.post_submission(url, {"groupname": "g", "images": {"q.jpg": ["a.jpg"]}},
-                                    sleep=lambda s: None, **kw)
+  return submission.post_submission(
+    url, {"groupname": "g", "images": {"q.jpg": ["a.jpg"]}}, sleep=lambda s: None, **kw
+  )
 
 
 @pytest.mark.parametrize("status", [301, 302, 303])
 def test_moved_post_is_an_error_naming_the_location(status):
-  server = _Server(lambda h: (status, {"Location": "https://elsewhere.example/in"}, b"")
-                   if h.path == "/submit" else (200, {}, b"ok"))
+  server = _Server(
+    lambda h: (
+      (status, {"Location": "https://elsewhere.example/in"}, b"")
+      if h.path == "/submit"
+      else (200, {}, b"ok")
+    )
+  )
   try:
-    with pytest.raises(UserError, match=f"HTTP {status} redirecting to "
-                                        r"https://elsewhere\.example/in; nothing was submitted"):
+    with pytest.raises(
+      UserError,
+      match=f"HTTP {status} redirecting to "
+      r"https://elsewhere\.example/in; nothing was submitted",
+    ):
       _post(server.url)
   finally:
     server.close()
@@ -85,14 +93,18 @@ def test_same_host_307_308_are_followed_with_the_body():
     if h.path == "/v2/submit":
       return 308, {"Location": f"http://127.0.0.1:{server.port}/final"}, b""
     return 200, {}, b'{"top1": 1.0}'
+
   server = _Server(route)
   try:
     answer = _post(server.url)
   finally:
     server.close()
   assert answer.status == 200 and "top1" in answer.body
-  assert [(m, p) for m, p, _ in server.requests] == [("POST", "/submit"), ("POST", "/v2/submit"),
-                                                      ("POST", "/final")]
+  assert [(m, p) for m, p, _ in server.requests] == [
+    ("POST", "/submit"),
+    ("POST", "/v2/submit"),
+    ("POST", "/final"),
+  ]
   assert json.loads(server.requests[-1][2])["images"] == {"q.jpg": ["a.jpg"]}
 
 
@@ -108,6 +120,7 @@ def test_307_to_another_host_is_refused():
 
 def test_timeout_bounds_the_whole_attempt():
   """A server that sends its answer one byte every 0.2 s never trips a per-read timeout."""
+
   def route(h):
     h.send_response(200)
     h.send_header("Content-Length", "1000")
@@ -120,6 +133,7 @@ def test_timeout_bounds_the_whole_attempt():
     except OSError:
       pass
     return None
+
   server = _Server(route)
   start = time.monotonic()
   try:
@@ -148,18 +162,30 @@ def test_connection_refused_is_retried_then_reported():
 def test_retrieve_tool_checks_the_url_before_any_work(tmp_path):
   start = time.monotonic()
   proc = subprocess.run(
-      [os.path.join(BIN, "facetriplet-retrieve"), f"--index={tmp_path / 'no_index'}",
-       f"--queries={tmp_path}", f"--output={tmp_path / 'out'}", "--groupname=g",
-       "--submit_url=htp://typo.example/submit"], capture_output=True, text=True, timeout=120)
+    [
+      os.path.join(BIN, "facetriplet-retrieve"),
+      f"--index={tmp_path / 'no_index'}",
+      f"--queries={tmp_path}",
+      f"--output={tmp_path / 'out'}",
+      "--groupname=g",
+      "--submit_url=htp://typo.example/submit",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith("facetriplet-retrieve: error: "
-                                                         "--submit_url='htp://typo.example")
+  assert (
+    proc.stderr.strip()
+    .splitlines()[-1]
+    .startswith("facetriplet-retrieve: error: --submit_url='htp://typo.example")
+  )
   assert not os.path.exists(tmp_path / "out")
   assert time.monotonic() - start < 60
 
 
 def test_csv_cells_never_start_like_a_formula():
-  for name in ("=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "\rx"):
+  for name in ('=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tx", "\rx"):
     assert submission.csv_text(name) == "'" + name
   for name in ("query.jpg", "a=b.jpg", "", "1-2.png"):
     assert submission.csv_text(name) == name
@@ -170,9 +196,12 @@ def test_results_csv_escapes_formula_names_and_json_keeps_them(tmp_path):
   from facetriplet.data.layouts import ImageEntry  # pylint: disable=g-import-not-at-top
   from facetriplet.search.engine import Match, SearchResult  # pylint: disable=g-import-not-at-top
   from facetriplet.search.items import Item  # pylint: disable=g-import-not-at-top
+
   query = ImageEntry(str(tmp_path / "=cmd.jpg"), "=cmd.jpg", "@person", None)
-  matches = [Match(1, 0.9, Item("a", name="+gallery.jpg", identity="-x")),
-             Match(2, 0.8, Item("b", name="plain.jpg", identity="y"))]
+  matches = [
+    Match(1, 0.9, Item("a", name="+gallery.jpg", identity="-x")),
+    Match(2, 0.8, Item("b", name="plain.jpg", identity="y")),
+  ]
   result = [SearchResult(query.path, matches, entry=query)]
   path = str(tmp_path / "results.csv")
   assert submission.write_results_csv(path, result) == 2
@@ -207,6 +236,7 @@ def test_hanging_and_resetting_servers_end_in_a_clear_error():
         if behaviour == "reset":  # RST instead of an answer
           conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
           conn.close()
+
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return sock, stop, accepted

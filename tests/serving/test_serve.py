@@ -61,18 +61,24 @@ class Client:
     boundary = uuid.uuid4().hex
     parts = []
     for key, value in (fields or {}).items():
-      parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'
-                   f'{value}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
-                 f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
-                 + data + b"\r\n")
+      parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+      )
+    parts.append(
+      f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+      f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+      + data
+      + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
-    return self.call("POST", path, b"".join(parts),
-                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return self.call(
+      "POST", path, b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
 
   def post_json(self, path, payload):
-    return self.call("POST", path, json.dumps(payload).encode(),
-                     {"Content-Type": "application/json"})
+    return self.call(
+      "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
 
 
 def _png(array):
@@ -97,8 +103,9 @@ def setup(tmp_path_factory):
   write_image_set(queries, rng, per_identity=2, folders=False, prefix="q_")
   extractor = features.make_extractor("embedding", export_dir)
   index_dir = os.path.join(root, "index")
-  gallery.build_gallery_index(extractor, gallery_dir, index_dir, progress=False,
-                              model_dir=export_dir)
+  gallery.build_gallery_index(
+    extractor, gallery_dir, index_dir, progress=False, model_dir=export_dir
+  )
   query_files = sorted(os.path.join(queries, f) for f in os.listdir(queries))
   return dict(root=root, index=index_dir, export=export_dir, queries=query_files)
 
@@ -123,8 +130,9 @@ def served(setup):
   """A read-only server (micro-batched, 50 ms window) and the Searcher it serves."""
   searcher = Searcher.open(setup["index"])
   calls = _counted(searcher)
-  app = make_app(searcher, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS,
-                 batch_window_ms=50, max_batch=64)
+  app = make_app(
+    searcher, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=50, max_batch=64
+  )
   with ServerThread(app) as server:
     yield dict(searcher=searcher, calls=calls, client=Client(server.url), url=server.url)
 
@@ -161,8 +169,9 @@ def test_search_equals_the_library(served, setup):
     assert answer["query"] == os.path.basename(path) and answer["k"] == 3
     _same(answer, searcher.search(data, k=3), 3)
     # The same photo as JSON base64 (k in the body) and as a raw body (k in the query).
-    status, as_json = client.post_json("/search", {"image_base64": base64.b64encode(data).decode(),
-                                                   "k": 3})
+    status, as_json = client.post_json(
+      "/search", {"image_base64": base64.b64encode(data).decode(), "k": 3}
+    )
     assert status == 200 and as_json["matches"] == answer["matches"]
     status, raw = client.call("POST", "/search?k=3", data, {"Content-Type": "image/png"})
     assert status == 200 and raw["matches"] == answer["matches"]
@@ -215,9 +224,13 @@ def test_healthz_and_docs(served, setup):
   assert status == 200
   assert {"/search", "/embed", "/items", "/items/{item_id}", "/healthz"} <= set(spec["paths"])
   # Every endpoint documents a typed answer (a pydantic model) and every upload its body.
-  answers = {("/search", "post"): {"SearchAnswer", "SearchAllAnswer"},
-             ("/embed", "post"): {"EmbedAnswer"}, ("/items", "post"): {"EnrolAnswer"},
-             ("/items/{item_id}", "delete"): {"RemoveAnswer"}, ("/healthz", "get"): {"Health"}}
+  answers = {
+    ("/search", "post"): {"SearchAnswer", "SearchAllAnswer"},
+    ("/embed", "post"): {"EmbedAnswer"},
+    ("/items", "post"): {"EnrolAnswer"},
+    ("/items/{item_id}", "delete"): {"RemoveAnswer"},
+    ("/healthz", "get"): {"Health"},
+  }
   for (path, method), models in answers.items():
     op = spec["paths"][path][method]
     ok = next(v for code, v in op["responses"].items() if code.startswith("2"))
@@ -228,8 +241,10 @@ def test_healthz_and_docs(served, setup):
       assert set(body) == {"multipart/form-data", "application/json", "image/jpeg"}
       assert "image" in body["multipart/form-data"]["schema"]["properties"]
   assert {"k", "min_score", "faces"} <= set(
-      spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"][
-          "properties"])
+    spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+      "properties"
+    ]
+  )
   schemas = spec["components"]["schemas"]
   assert {"rank", "score", "id", "identity", "box"} <= set(schemas["MatchOut"]["properties"])
 
@@ -256,7 +271,9 @@ def _raw_request(url, head: bytes, body_chunks=()):
     return data.split(b"\r\n", 1)[0].decode()
 
 
-@pytest.mark.parametrize("name,data,fields,status,words", [
+@pytest.mark.parametrize(
+  "name,data,fields,status,words",
+  [
     ("text", b"hello, this is not a photo\n" * 10, {}, 415, "not-an-image"),
     ("empty", b"", {}, 400, "empty"),
     ("truncated", None, {}, 400, "truncated"),
@@ -265,13 +282,13 @@ def _raw_request(url, head: bytes, body_chunks=()):
     ("kword", None, {"k": "ten"}, 422, "k must be"),
     ("faces", None, {"faces": "some"}, 422, "faces must be"),
     ("score", None, {"min_score": "high"}, 422, "min_score"),
-])
-def test_bad_uploads_get_4xx_and_the_server_lives(served, setup, name, data, fields, status,
-                                                   words):
+  ],
+)
+def test_bad_uploads_get_4xx_and_the_server_lives(served, setup, name, data, fields, status, words):
   client = served["client"]
   good = _read(setup["queries"][0])
   if name == "truncated":
-    data = good[:len(good) // 2]
+    data = good[: len(good) // 2]
   elif name == "pixels":
     data = _png(np.full((1000, 1001, 3), 90, np.uint8))  # 1,001,000 px > MAX_PIXELS, tiny file
   elif data is None:
@@ -294,13 +311,21 @@ def test_bad_requests(served):
   assert status == 400 and "no image" in answer["detail"]
   status, answer = client.post_json("/search", {"image_base64": "@@not base64@@"})
   assert status == 400 and "base64" in answer["detail"]
-  status, answer = client.call("POST", "/search", b"{not json",
-                               {"Content-Type": "application/json"})
+  status, answer = client.call(
+    "POST", "/search", b"{not json", {"Content-Type": "application/json"}
+  )
   assert status == 400 and "JSON" in answer["detail"]
   status, answer = client.call("POST", "/search?k=0", b"", {"Content-Type": "image/png"})
   assert status == 422 and answer["detail"].startswith("k: ")
-  status, answer = client.post_json("/search", {"image_base64": "\n".join(
-      base64.encodebytes(_png(np.zeros((8, 8, 3), np.uint8))).decode().split()), "k": 2})
+  status, answer = client.post_json(
+    "/search",
+    {
+      "image_base64": "\n".join(
+        base64.encodebytes(_png(np.zeros((8, 8, 3), np.uint8))).decode().split()
+      ),
+      "k": 2,
+    },
+  )
   assert status == 200 and len(answer["matches"]) == 2  # wrapped base64 is fine
   assert client.call("GET", "/healthz")[0] == 200
 
@@ -311,12 +336,16 @@ def test_oversized_uploads_get_413(served, setup):
   status, answer = client.call("POST", "/search", big, {"Content-Type": "image/jpeg"})
   assert status == 413 and "too large" in answer["detail"]
   # A Content-Length far over the limit is refused before the body is read.
-  head = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-          b"Content-Length: 900000000\r\n\r\n")
+  head = (
+    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    b"Content-Length: 900000000\r\n\r\n"
+  )
   assert " 413 " in _raw_request(url, head, [b"\xff" * 1000])
   # No Content-Length (chunked): refused once the bytes read pass the limit.
-  head = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-          b"Transfer-Encoding: chunked\r\n\r\n")
+  head = (
+    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+  )
   chunks = [b"%x\r\n" % 65536 + os.urandom(65536) + b"\r\n" for _ in range(8)] + [b"0\r\n\r\n"]
   assert " 413 " in _raw_request(url, head, chunks)
   assert client.call("GET", "/healthz")[0] == 200
@@ -382,8 +411,9 @@ def _new_face(seed):
 def test_enrol_search_remove_persisted(writable):
   client, index_dir = writable["client"], writable["index"]
   data = _new_face(7)
-  status, answer = client.post_image("/items", data, {"id": "dave/1", "identity": "dave",
-                                                      "name": "Dave"})
+  status, answer = client.post_image(
+    "/items", data, {"id": "dave/1", "identity": "dave", "name": "Dave"}
+  )
   assert status == 201, answer
   assert answer["ids"] == ["dave/1"] and not answer["replaced"] and answer["items"] == 10
   status, found = client.post_image("/search", data, {"k": 3})
@@ -439,6 +469,7 @@ def test_enrol_refuses_bad_images(writable):
 def test_a_failed_save_is_reported(writable, monkeypatch):
   def full(*_):
     raise OSError(28, "No space left on device")
+
   monkeypatch.setattr(writable["searcher"], "save", full)
   status, answer = writable["client"].post_image("/items", _new_face(3), {"id": "lost"})
   assert status == 500 and "No space left on device" in answer["detail"]
@@ -482,8 +513,9 @@ def test_concurrent_enrol_and_search(writable, setup):
 
   def enrolling(worker):
     for n in range(4):
-      status, answer = client.post_image("/items", _new_face(100 * worker + n),
-                                         {"id": f"w{worker}-{n}"})
+      status, answer = client.post_image(
+        "/items", _new_face(100 * worker + n), {"id": f"w{worker}-{n}"}
+      )
       if status != 201:
         errors.append((status, answer))
     status, answer = client.call("DELETE", f"/items/w{worker}-0")
@@ -508,9 +540,13 @@ def test_concurrent_enrol_and_search(writable, setup):
 
 @pytest.mark.slow
 def test_tool_prints_the_url_and_stops_on_ctrl_c(setup):
-  proc = subprocess.Popen([os.path.join(BIN, "facetriplet-serve"), f"--index={setup['index']}",
-                           "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  proc = subprocess.Popen(
+    [os.path.join(BIN, "facetriplet-serve"), f"--index={setup['index']}", "--port=0"],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
   try:
     line = proc.stdout.readline()
     assert "http://127.0.0.1:" in line and "9 items" in line, (line, proc.stderr.read())
@@ -527,16 +563,25 @@ def test_tool_prints_the_url_and_stops_on_ctrl_c(setup):
 
 
 def test_tool_reports_a_missing_index(tmp_path):
-  proc = subprocess.run([os.path.join(BIN, "facetriplet-serve"),
-                         f"--index={tmp_path / 'nothing'}"], capture_output=True, text=True,
-                        timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  proc = subprocess.run(
+    [os.path.join(BIN, "facetriplet-serve"), f"--index={tmp_path / 'nothing'}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "facetriplet-serve: error:" in proc.stderr
 
 
 def test_tool_help_shows_its_docstring_and_flags():
-  proc = subprocess.run([os.path.join(BIN, "facetriplet-serve"), "--help"], capture_output=True,
-                        text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  proc = subprocess.run(
+    [os.path.join(BIN, "facetriplet-serve"), "--help"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
   text = proc.stdout + proc.stderr
   assert proc.returncode in (0, 1) and "Traceback" not in text, text
   assert "facetriplet-serve --index=" in text.split("flags:")[0]

@@ -48,19 +48,28 @@ class Evidence(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     done = epoch + 1
     stem = os.path.join(self.out, f"{{}}.task{self.task_id}.epoch{done}")
-    groups = {"trainable": self.model.trainable_weights,
-              "non_trainable": self.model.non_trainable_weights,
-              "optimizer": self.model.optimizer.variables}
-    arrays = {f"{group}/{i:04d}/{v.path}": np.asarray(v.numpy())
-              for group, variables in groups.items() for i, v in enumerate(variables)}
+    groups = {
+      "trainable": self.model.trainable_weights,
+      "non_trainable": self.model.non_trainable_weights,
+      "optimizer": self.model.optimizer.variables,
+    }
+    arrays = {
+      f"{group}/{i:04d}/{v.path}": np.asarray(v.numpy())
+      for group, variables in groups.items()
+      for i, v in enumerate(variables)
+    }
     np.savez(stem.format("weights") + ".npz", **arrays)
-    files = sorted(os.path.relpath(os.path.join(d, f), self.own_dir)
-                   for d, _, names in os.walk(self.own_dir) for f in names)
+    files = sorted(
+      os.path.relpath(os.path.join(d, f), self.own_dir)
+      for d, _, names in os.walk(self.own_dir)
+      for f in names
+    )
     with open(stem.format("files") + ".json", "w", encoding="utf-8") as f:
       json.dump(files, f)
     if done == self.pause_after:
-      with open(os.path.join(self.out, f"epoch{done}.task{self.task_id}"), "w",
-                encoding="utf-8") as f:
+      with open(
+        os.path.join(self.out, f"epoch{done}.task{self.task_id}"), "w", encoding="utf-8"
+      ) as f:
         f.write(str(os.getpid()))
       while self.pause:
         time.sleep(1)
@@ -87,8 +96,10 @@ def main():
   assert chief == (task_id == 0)
 
   if args.check_batches:
+
     def pipeline():
       return input_pipeline.train_dataset(args.data, "train", p=2, k=2, num_replicas=2, seed=3)
+
     found = {}
     chunks = iter(strategy.experimental_distribute_dataset(pipeline()))
     for step in range(args.check_batches):

@@ -6,11 +6,31 @@ import tensorflow as tf
 
 from facetriplet.training import augment
 
-FULL = dict(flip=True, translate=0.1, zoom=0.1, rotation=0.03, brightness=0.2, contrast=0.2,
-            saturation=0.2, hue=0.05, grayscale=0.3, erasing=0.5, erasing_scale=(0.02, 0.2))
-ALL_LAYERS = ["RandomFlip", "RandomTranslation", "RandomZoom", "RandomRotation",
-              "RandomBrightness", "RandomContrast", "RandomSaturation", "RandomHue",
-              "RandomGrayscale", "RandomErasing"]
+FULL = dict(
+  flip=True,
+  translate=0.1,
+  zoom=0.1,
+  rotation=0.03,
+  brightness=0.2,
+  contrast=0.2,
+  saturation=0.2,
+  hue=0.05,
+  grayscale=0.3,
+  erasing=0.5,
+  erasing_scale=(0.02, 0.2),
+)
+ALL_LAYERS = [
+  "RandomFlip",
+  "RandomTranslation",
+  "RandomZoom",
+  "RandomRotation",
+  "RandomBrightness",
+  "RandomContrast",
+  "RandomSaturation",
+  "RandomHue",
+  "RandomGrayscale",
+  "RandomErasing",
+]
 
 
 def _images(n=4, size=24):
@@ -23,8 +43,10 @@ def test_every_layer_present_and_zero_strength_omits_it():
   off["flip"] = False
   assert augment.layer_names(augment.build_augmentation(off)) == []
   partial = dict(off, rotation=0.05, grayscale=0.1)
-  assert augment.layer_names(augment.build_augmentation(partial)) == ["RandomRotation",
-                                                                       "RandomGrayscale"]
+  assert augment.layer_names(augment.build_augmentation(partial)) == [
+    "RandomRotation",
+    "RandomGrayscale",
+  ]
 
 
 def test_eager_training_changes_images_and_inference_is_identity():

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facetriplet import metrics
+from facetriplet import verification
 from facetriplet.data import input_pipeline
 from facetriplet.training import model as model_lib
 from facetriplet.training import train
 from facetriplet.training.checkpoints import Checkpoints
 from facetriplet.training.validation import RetrievalEvaluation
-from facetriplet.training.workdir import (Workdir, load_checkpoint, read_metrics,
-                                          weights_digest)
+from facetriplet.training.workdir import Workdir, load_checkpoint, read_metrics, weights_digest
 from tests.test_metrics import reference_verification
 from tests.training.test_train import SIZE, data_dir, smoke_config  # noqa: F401  (fixture)
 
@@ -30,16 +29,18 @@ def _val_reference(model, directory):
   n = len(labels)
   pos = [x[i] @ x[j] for i in range(n) for j in range(i + 1, n) if labels[i] == labels[j]]
   neg = [x[i] @ x[j] for i in range(n) for j in range(i + 1, n) if labels[i] != labels[j]]
-  return len(pos), len(neg), reference_verification(pos, neg, metrics.FARS)
+  return len(pos), len(neg), reference_verification(pos, neg, verification.FARS)
 
 
 def test_evaluation_scalars_and_checkpoint_calibrations(data_dir, tmp_path):  # noqa: F811
   import keras  # pylint: disable=g-import-not-at-top
+
   keras.utils.set_random_seed(0)
   model = model_lib.build_embedding_model(smoke_config(data_dir), SIZE)
   workdir = Workdir(str(tmp_path / "run"))
-  evaluation = RetrievalEvaluation(workdir, input_pipeline.eval_dataset(data_dir, "val", 4),
-                                   embedding_model=model)
+  evaluation = RetrievalEvaluation(
+    workdir, input_pipeline.eval_dataset(data_dir, "val", 4), embedding_model=model
+  )
   checkpoints = Checkpoints(workdir, evaluation)
   result = evaluation.evaluate()
   num_pos, num_neg, (want, eer, eer_threshold, auc, _) = _val_reference(model, data_dir)
@@ -75,8 +76,11 @@ def test_evaluation_scalars_and_checkpoint_calibrations(data_dir, tmp_path):  # 
   # Evaluated again but not better: last is recalibrated for its new weights, best stays.
   evaluation.last_result = dict(result, **{"map@r": -0.5})
   checkpoints.on_epoch_end(2)
-  assert workdir.read_calibration("last")["weights_sha256_16"] == weights_digest(model) != \
-      best["weights_sha256_16"]
+  assert (
+    workdir.read_calibration("last")["weights_sha256_16"]
+    == weights_digest(model)
+    != best["weights_sha256_16"]
+  )
   assert workdir.read_calibration("best") == best
 
 

@@ -48,14 +48,17 @@ def build_smoke_model(size: int = SIZE):
   import keras  # pylint: disable=g-import-not-at-top
   from facetriplet import config_files  # pylint: disable=g-import-not-at-top
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "default.py")
+
+  path = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "default.py"
+  )
   keras.utils.set_random_seed(0)
-  return model_lib.build_embedding_model(config_files.load_config(path, "smoke"),
-                                         crop_size=size)
+  return model_lib.build_embedding_model(config_files.load_config(path, "smoke"), crop_size=size)
 
 
-def make_workdir(root: str, size: int = SIZE, dim: int = DIM, seed: int = 0,
-                 which=("best",), kind: str = "tiny") -> str:
+def make_workdir(
+  root: str, size: int = SIZE, dim: int = DIM, seed: int = 0, which=("best",), kind: str = "tiny"
+) -> str:
   """A training workdir with config.json, manifest.json and checkpoints/<which>.keras."""
   workdir = os.path.join(root, f"workdir{seed}")
   os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
@@ -120,22 +123,35 @@ def exported(request, tmp_path_factory):
 
 def test_reloaded_savedmodel_matches_keras_without_facetriplet(exported, tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   workdir, export_dir, _, _ = exported
   model = export.load_checkpoint(os.path.join(workdir, "checkpoints", "best.keras"))
   rng = np.random.default_rng(0)
   same = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
   other = rng.integers(0, 256, (2, 45, 51, 3), dtype=np.uint8)
-  png_arrays = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
-                rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)]
+  png_arrays = [
+    rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+    rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
+  ]
   jpeg_bytes = [_encode(a, "JPEG") for a in (png_arrays[0], png_arrays[0][::-1])]
   inputs = os.path.join(tmp_path, "inputs.npz")
-  np.savez(inputs, same=same, other=other,
-           png=np.array([_encode(a, "PNG") for a in png_arrays], dtype=object),
-           jpeg=np.array(jpeg_bytes, dtype=object))
+  np.savez(
+    inputs,
+    same=same,
+    other=other,
+    png=np.array([_encode(a, "PNG") for a in png_arrays], dtype=object),
+    jpeg=np.array(jpeg_bytes, dtype=object),
+  )
   outputs = os.path.join(tmp_path, "outputs.npz")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-c", _BARE_SCRIPT, export_dir, inputs, outputs],
-                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", _BARE_SCRIPT, export_dir, inputs, outputs],
+    cwd=str(tmp_path),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = np.load(outputs)
 
@@ -206,17 +222,32 @@ def test_export_tool(exported, tmp_path):
   if kind == "tiny" and importlib.util.find_spec("facetriplet.training.model") is not None:
     pytest.skip("the tool is run once, on the real model (its custom layers must load)")
   out = os.path.join(tmp_path, "exp")
-  proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "facetriplet-export"),
-                         f"--workdir={workdir}", f"--export_dir={out}", "--which=last"],
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      os.path.join(os.path.dirname(sys.executable), "facetriplet-export"),
+      f"--workdir={workdir}",
+      f"--export_dir={out}",
+      "--which=last",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   meta = export_format.read_metadata(out)
   assert meta["checkpoint"].endswith("last.keras")
   assert meta["fingerprint"] == summary.fingerprint  # best and last hold the same weights here
   assert "fingerprint" in proc.stdout
-  bad = subprocess.run([os.path.join(os.path.dirname(sys.executable), "facetriplet-export"),
-                        f"--workdir={tmp_path}/missing", f"--export_dir={out}"],
-                       capture_output=True, text=True, timeout=120)
+  bad = subprocess.run(
+    [
+      os.path.join(os.path.dirname(sys.executable), "facetriplet-export"),
+      f"--workdir={tmp_path}/missing",
+      f"--export_dir={out}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert bad.returncode == 2 and "error" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -226,14 +257,24 @@ def test_calibration_travels_with_its_weights_only(tmp_path, caplog):
   fingerprint is the same with or without it."""
   import logging  # pylint: disable=g-import-not-at-top
   from facetriplet.training.workdir import Workdir  # pylint: disable=g-import-not-at-top
+
   workdir = make_workdir(str(tmp_path), which=("best", "last"))
   weights = export.model_fingerprint(
-      export.load_checkpoint(os.path.join(workdir, "checkpoints", "best.keras")))
-  calibration = {"version": 1, "epoch": 3, "weights_sha256_16": weights, "test_time_flip": False,
-                 "thresholds": {"0.1": 0.31, "0.01": 0.52, "0.001": None},
-                 "tar": {"0.1": 0.9, "0.01": 0.7, "0.001": None}, "eer": 0.08,
-                 "eer_threshold": 0.35, "num_positive_pairs": 40, "num_negative_pairs": 500,
-                 "pairs": "val photos, leave-one-out"}
+    export.load_checkpoint(os.path.join(workdir, "checkpoints", "best.keras"))
+  )
+  calibration = {
+    "version": 1,
+    "epoch": 3,
+    "weights_sha256_16": weights,
+    "test_time_flip": False,
+    "thresholds": {"0.1": 0.31, "0.01": 0.52, "0.001": None},
+    "tar": {"0.1": 0.9, "0.01": 0.7, "0.001": None},
+    "eer": 0.08,
+    "eer_threshold": 0.35,
+    "num_positive_pairs": 40,
+    "num_negative_pairs": 500,
+    "pairs": "val photos, leave-one-out",
+  }
   Workdir(workdir).write_calibration("best", calibration)
   summary = export.export_model(workdir, str(tmp_path / "calibrated"))
   meta = export_format.read_metadata(str(tmp_path / "calibrated"))

@@ -91,8 +91,9 @@ def ref_random_expectation(labels, x, margin, distance):
     pos = [p for p in range(n) if p != a and labels[p] == labels[a]]
     neg = [k for k in range(n) if labels[k] != labels[a]]
     if pos and neg:
-      values.append(np.mean([max(d[a, p] - d[a, k] + margin, 0.0)
-                             for p, k in itertools.product(pos, neg)]))
+      values.append(
+        np.mean([max(d[a, p] - d[a, k] + margin, 0.0) for p, k in itertools.product(pos, neg)])
+      )
   return float(np.mean(values)) if values else 0.0
 
 
@@ -136,19 +137,19 @@ def test_losses_match_brute_force(distance, seed):
   labels, x = random_batch(seed)
   margin = 0.2 if distance == "angular" else 1.0
   cases = [
-      (losses.semi_hard_triplet_loss, ref_semi_hard, {}),
-      (losses.batch_hard_triplet_loss, ref_batch_hard, {}),
-      (losses.batch_all_triplet_loss, ref_batch_all, {}),
-      (losses.active_triplet_fraction,
-       lambda *a: ref_semi_hard(*a, active_fraction=True), {}),
+    (losses.semi_hard_triplet_loss, ref_semi_hard, {}),
+    (losses.batch_hard_triplet_loss, ref_batch_hard, {}),
+    (losses.batch_all_triplet_loss, ref_batch_all, {}),
+    (losses.active_triplet_fraction, lambda *a: ref_semi_hard(*a, active_fraction=True), {}),
   ]
   for fn, ref, _ in cases:
     got = tf_loss(fn, labels, x, margin=margin, distance=distance)
     want = ref(labels, x, margin, distance)
     assert got == pytest.approx(want, rel=1e-5, abs=1e-5), fn.__name__
   got = tf_loss(losses.batch_hard_triplet_loss, labels, x, distance=distance, soft=True)
-  assert got == pytest.approx(ref_batch_hard(labels, x, 0.0, distance, soft=True),
-                              rel=1e-5, abs=1e-5)
+  assert got == pytest.approx(
+    ref_batch_hard(labels, x, 0.0, distance, soft=True), rel=1e-5, abs=1e-5
+  )
 
 
 def test_semi_hard_exercises_both_negative_rules():
@@ -216,9 +217,16 @@ def test_four_points_on_a_line():
   assert tf_loss(losses.active_triplet_fraction, labels, x, **kw) == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize("fn", [losses.semi_hard_triplet_loss, losses.batch_hard_triplet_loss,
-                                losses.batch_all_triplet_loss, losses.random_triplet_loss,
-                                losses.active_triplet_fraction])
+@pytest.mark.parametrize(
+  "fn",
+  [
+    losses.semi_hard_triplet_loss,
+    losses.batch_hard_triplet_loss,
+    losses.batch_all_triplet_loss,
+    losses.random_triplet_loss,
+    losses.active_triplet_fraction,
+  ],
+)
 def test_no_positive_or_no_negative_gives_zero(fn):
   x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
   for labels in (np.arange(5), np.zeros(5, np.int64)):  # no positives / no negatives
@@ -250,26 +258,38 @@ def test_float16_and_bfloat16_give_float32():
 def test_graph_mode_matches_eager():
   labels, x = random_batch(6)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
-                                tf.TensorSpec([None, None], tf.float32)])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, None], tf.float32)]
+  )
   def all_losses(lab, emb):
-    return tf.stack([losses.semi_hard_triplet_loss(lab, emb),
-                     losses.batch_hard_triplet_loss(lab, emb),
-                     losses.batch_all_triplet_loss(lab, emb, distance="angular"),
-                     losses.random_triplet_loss(lab, emb, seed=1)])
+    return tf.stack(
+      [
+        losses.semi_hard_triplet_loss(lab, emb),
+        losses.batch_hard_triplet_loss(lab, emb),
+        losses.batch_all_triplet_loss(lab, emb, distance="angular"),
+        losses.random_triplet_loss(lab, emb, seed=1),
+      ]
+    )
 
   got = all_losses(tf.constant(labels), tf.constant(x)).numpy()
-  eager = [tf_loss(losses.semi_hard_triplet_loss, labels, x),
-           tf_loss(losses.batch_hard_triplet_loss, labels, x),
-           tf_loss(losses.batch_all_triplet_loss, labels, x, distance="angular"),
-           tf_loss(losses.random_triplet_loss, labels, x, seed=1)]
+  eager = [
+    tf_loss(losses.semi_hard_triplet_loss, labels, x),
+    tf_loss(losses.batch_hard_triplet_loss, labels, x),
+    tf_loss(losses.batch_all_triplet_loss, labels, x, distance="angular"),
+    tf_loss(losses.random_triplet_loss, labels, x, seed=1),
+  ]
   np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- Keras wrapper
-@pytest.mark.parametrize("kind,fn", [("semi_hard", losses.semi_hard_triplet_loss),
-                                     ("batch_hard", losses.batch_hard_triplet_loss),
-                                     ("batch_all", losses.batch_all_triplet_loss)])
+@pytest.mark.parametrize(
+  "kind,fn",
+  [
+    ("semi_hard", losses.semi_hard_triplet_loss),
+    ("batch_hard", losses.batch_hard_triplet_loss),
+    ("batch_all", losses.batch_all_triplet_loss),
+  ],
+)
 def test_keras_wrapper_equals_function_and_round_trips(kind, fn):
   labels, x = random_batch(7)
   loss_obj = losses.TripletLoss(kind=kind, margin=0.3, distance="squared_l2")
@@ -302,10 +322,20 @@ def test_keras_wrapper_under_mirrored_strategy(two_replica_strategy):
     def replica_fn():
       index = tf.distribute.get_replica_context().replica_id_in_sync_group
       return loss_obj(tf.gather(all_labels, index), tf.gather(all_x, index))
+
     return strategy.reduce("SUM", strategy.run(replica_fn), axis=None)
 
-  want = np.mean([tf_loss(losses.batch_hard_triplet_loss, labels[i * 8:(i + 1) * 8],
-                          x[i * 8:(i + 1) * 8], margin=0.5) for i in range(2)])
+  want = np.mean(
+    [
+      tf_loss(
+        losses.batch_hard_triplet_loss,
+        labels[i * 8 : (i + 1) * 8],
+        x[i * 8 : (i + 1) * 8],
+        margin=0.5,
+      )
+      for i in range(2)
+    ]
+  )
   assert float(step()) == pytest.approx(want, rel=1e-5)
 
 
@@ -324,7 +354,8 @@ def _naive_tf_losses(labels, emb, margin):
   farthest = tf.reduce_max(tf.where(neg, d, -big), axis=1)[:, None]
   semi = tf.where(tf.reduce_any(outside, axis=2), closest_outside, farthest + 0 * d)
   semi_loss = tf.reduce_sum(tf.where(pos, tf.nn.relu(d - semi + margin), 0.0)) / tf.reduce_sum(
-      tf.cast(pos, tf.float32))
+    tf.cast(pos, tf.float32)
+  )
   trip = d_ap - d_an + margin
   valid = tf.logical_and(pos[:, :, None], neg3)
   active = tf.logical_and(valid, trip > 0)
@@ -342,8 +373,9 @@ def test_gradients_match_naive_triplet_tensor():
     naive_semi, naive_all = _naive_tf_losses(labels, emb, 1.0)
   for ours, naive in ((semi, naive_semi), (all_, naive_all)):
     assert float(ours) == pytest.approx(float(naive), rel=1e-5)
-    np.testing.assert_allclose(tape.gradient(ours, emb).numpy(), tape.gradient(naive, emb).numpy(),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+      tape.gradient(ours, emb).numpy(), tape.gradient(naive, emb).numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_keras_fit_and_evaluate_under_mirrored_strategy(tmp_path, two_replica_strategy):
@@ -354,14 +386,19 @@ def test_keras_fit_and_evaluate_under_mirrored_strategy(tmp_path, two_replica_st
   labels, x = random_batch(10, batch=64, identities=4, dim=6)
   strategy = two_replica_strategy
   with strategy.scope():
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4),
-                              keras.layers.UnitNormalization()])
+    model = keras.Sequential(
+      [keras.Input((6,)), keras.layers.Dense(4), keras.layers.UnitNormalization()]
+    )
     model.compile(optimizer="sgd", loss=losses.TripletLoss("batch_hard", 0.5))
   data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(32)
   model.fit(data, epochs=1, verbose=0)
   emb = model.predict(x, verbose=0)
-  want = np.mean([tf_loss(losses.batch_hard_triplet_loss, labels[i:i + 16], emb[i:i + 16],
-                          margin=0.5) for i in range(0, 64, 16)])
+  want = np.mean(
+    [
+      tf_loss(losses.batch_hard_triplet_loss, labels[i : i + 16], emb[i : i + 16], margin=0.5)
+      for i in range(0, 64, 16)
+    ]
+  )
   assert model.evaluate(data, verbose=0) == pytest.approx(want, rel=1e-5)
   model.save(tmp_path / "m.keras")
   restored = keras.models.load_model(tmp_path / "m.keras")

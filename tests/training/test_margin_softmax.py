@@ -7,8 +7,9 @@ import tensorflow as tf
 
 try:  # before any TensorFlow op: split the CPU into two logical devices for MirroredStrategy
   tf.config.set_logical_device_configuration(
-      tf.config.list_physical_devices("CPU")[0],
-      [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+  )
 except RuntimeError:
   pass
 
@@ -22,8 +23,13 @@ from facetriplet import export_format  # noqa: E402
 from facetriplet.training import margin_softmax  # noqa: E402
 from facetriplet.training import train  # noqa: E402
 from facetriplet.training.workdir import read_metrics  # noqa: E402
-from tests.training.test_train import (SIZE, _Interrupt, data_dir, needs_two_cpus,  # noqa: E402,F401
-                               smoke_config)
+from tests.training.test_train import (  # noqa: E402
+  SIZE,
+  _Interrupt,
+  data_dir,  # noqa: F401  (a fixture)
+  needs_two_cpus,
+  smoke_config,
+)
 
 
 def ref_loss(labels, cosine, kind, s, m):
@@ -51,12 +57,16 @@ def test_loss_matches_numpy_reference(kind, m):
   labels = rng.integers(0, 7, 40)
   cosine = rng.uniform(-1, 1, (40, 7)).astype(np.float32)
   cosine[:5, labels[:5]] = -0.98  # some targets past pi - m (the arcface fallback branch)
-  got = margin_softmax.margin_softmax_loss(tf.constant(labels), tf.constant(cosine), kind,
-                                           30.0, m).numpy()
+  got = margin_softmax.margin_softmax_loss(
+    tf.constant(labels), tf.constant(cosine), kind, 30.0, m
+  ).numpy()
   np.testing.assert_allclose(got, ref_loss(labels, cosine, kind, 30.0, m), rtol=1e-4, atol=1e-4)
   keras_loss = margin_softmax.MarginSoftmaxLoss(kind, 30.0, m)
-  np.testing.assert_allclose(float(keras_loss(labels[:, None].astype(np.float32), cosine)),
-                             ref_loss(labels, cosine, kind, 30.0, m).mean(), rtol=1e-4)
+  np.testing.assert_allclose(
+    float(keras_loss(labels[:, None].astype(np.float32), cosine)),
+    ref_loss(labels, cosine, kind, 30.0, m).mean(),
+    rtol=1e-4,
+  )
 
 
 def test_margin_makes_the_loss_larger_and_unknown_kind_fails():
@@ -64,8 +74,9 @@ def test_margin_makes_the_loss_larger_and_unknown_kind_fails():
   cosine = tf.constant([[0.9, 0.1], [0.2, 0.8]])
   plain = margin_softmax.margin_softmax_loss(labels, cosine, "cosface", 4.0, 0.0).numpy()
   for kind in margin_softmax.KINDS:
-    assert (margin_softmax.margin_softmax_loss(labels, cosine, kind, 4.0, 0.3).numpy()
-            > plain).all()
+    assert (
+      margin_softmax.margin_softmax_loss(labels, cosine, kind, 4.0, 0.3).numpy() > plain
+    ).all()
   with pytest.raises(ValueError, match="sphereface"):
     margin_softmax.MarginSoftmaxLoss("sphereface")
 
@@ -129,12 +140,15 @@ def test_head_is_mirrored_and_labels_are_global(data_dir):
   config = smoke_config(data_dir)
   strategy = train.make_strategy(config.train)
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
+
   with strategy.scope():
     model = model_lib.build_embedding_model(config, SIZE)
     head = margin_softmax.CosineClassifier(9, name="class_head")
     with_head = keras.Model(model.inputs, head(model.outputs[0]))
-    with_head.compile(optimizer=keras.optimizers.SGD(0.5),
-                      loss=margin_softmax.MarginSoftmaxLoss("cosface", 16.0, 0.2))
+    with_head.compile(
+      optimizer=keras.optimizers.SGD(0.5),
+      loss=margin_softmax.MarginSoftmaxLoss("cosface", 16.0, 0.2),
+    )
   value = getattr(head.kernel, "value", head.kernel)
   assert isinstance(value, tf.distribute.DistributedValues)
   rng = np.random.default_rng(0)

@@ -16,13 +16,33 @@ from facetriplet.errors import UserError
 def _config(**model_overrides):
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.model = ml_collections.ConfigDict(dict(
-      backbone="resnet18", weights="none", width=0.125, image_size=32, crop_size=40,
-      embedding_dim=16, mixed_precision=""))
+  config.model = ml_collections.ConfigDict(
+    dict(
+      backbone="resnet18",
+      weights="none",
+      width=0.125,
+      image_size=32,
+      crop_size=40,
+      embedding_dim=16,
+      mixed_precision="",
+    )
+  )
   config.model.update(model_overrides)
-  config.augment = ml_collections.ConfigDict(dict(
-      flip=True, translate=0.1, zoom=0.1, rotation=0.03, brightness=0.2, contrast=0.2,
-      saturation=0.2, hue=0.02, grayscale=0.2, erasing=0.5, erasing_scale=(0.02, 0.2)))
+  config.augment = ml_collections.ConfigDict(
+    dict(
+      flip=True,
+      translate=0.1,
+      zoom=0.1,
+      rotation=0.03,
+      brightness=0.2,
+      contrast=0.2,
+      saturation=0.2,
+      hue=0.02,
+      grayscale=0.2,
+      erasing=0.5,
+      erasing_scale=(0.02, 0.2),
+    )
+  )
   return config
 
 
@@ -31,7 +51,6 @@ def _uint8(n=3, size=40):
 
 
 class ModelTest(tf.test.TestCase):
-
   def test_unit_float32_embeddings_of_stored_size_input(self):
     model = model_lib.build_embedding_model(_config())
     self.assertEqual(model.input.shape, (None, 40, 40, 3))
@@ -58,8 +77,10 @@ class ModelTest(tf.test.TestCase):
     loaded = keras.saving.load_model(path)
     x = _uint8(4)
     self.assertAllClose(loaded(x, training=False), model(x, training=False), atol=1e-6)
-    self.assertEqual(loaded.get_layer("augmentation").augment_config,
-                     model.get_layer("augmentation").augment_config)
+    self.assertEqual(
+      loaded.get_layer("augmentation").augment_config,
+      model.get_layer("augmentation").augment_config,
+    )
 
   def test_mixed_precision_keeps_float32_output(self):
     model = model_lib.build_embedding_model(_config(mixed_precision="mixed_bfloat16"))
@@ -72,8 +93,9 @@ class ModelTest(tf.test.TestCase):
   def test_freeze_backbone(self):
     model = model_lib.build_embedding_model(_config())
     model_lib.set_backbone_trainable(model, False)
-    self.assertEqual([v.path.split("/")[0] for v in model.trainable_variables],
-                     ["projection", "projection"])
+    self.assertEqual(
+      [v.path.split("/")[0] for v in model.trainable_variables], ["projection", "projection"]
+    )
     model_lib.set_backbone_trainable(model, True)
     self.assertGreater(len(model.trainable_variables), 2)
 
@@ -120,10 +142,12 @@ def test_resnet18_stem_pool_quarters_the_feature_map():
   def stage1_side(stem_pool):
     backbone = networks.build("resnet18", 64, None, 0.125, stem_pool=stem_pool)
     return backbone.get_layer("stage1_block1_out").output.shape[1]
+
   assert stage1_side(None) == 32 and stage1_side(False) == 32  # auto: no pool below 96 px
   assert stage1_side(True) == 16
-  assert networks.build("resnet18", 96, None, 0.125).get_layer(
-      "stage1_block1_out").output.shape[1] == 24
+  assert (
+    networks.build("resnet18", 96, None, 0.125).get_layer("stage1_block1_out").output.shape[1] == 24
+  )
   with pytest.raises(UserError, match="stem_pool"):
     config = _config(backbone="resnet18", image_size=32)
     config.model.stem_pool = "maybe"

@@ -29,8 +29,9 @@ TIMEOUT = 360  # seconds for one run of both workers (about 30 s on two free cor
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("mw_shards"))
-  shard_helpers.write_dataset(directory, {"train": [4, 3, 2, 5, 1, 3, 4, 2, 3, 2],
-                                          "val": [3, 2, 2, 1, 3]}, size=32, shards=2)
+  shard_helpers.write_dataset(
+    directory, {"train": [4, 3, 2, 5, 1, 3, 4, 2, 3, 2], "val": [3, 2, 2, 1, 3]}, size=32, shards=2
+  )
   return directory
 
 
@@ -54,18 +55,26 @@ class Cluster:
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     self.procs, self.logs = [], []
     for index in range(2):
-      env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-                 TF_CONFIG=json.dumps({"cluster": {"worker": workers},
-                                       "task": {"type": "worker", "index": index}}))
+      env = dict(
+        os.environ,
+        PYTHONPATH=REPO,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        TF_CONFIG=json.dumps(
+          {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        ),
+      )
       log = open(os.path.join(out, f"log.task{index}.txt"), "w", encoding="utf-8")
       self.logs.append(log)
       command = [sys.executable, MAIN, f"--out={out}", *args, *((extra or {}).get(index, []))]
-      self.procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=REPO))
+      self.procs.append(
+        subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+      )
 
   def tail(self, index, chars=4000):
-    with open(os.path.join(self.out, f"log.task{index}.txt"), encoding="utf-8",
-              errors="replace") as f:
+    with open(
+      os.path.join(self.out, f"log.task{index}.txt"), encoding="utf-8", errors="replace"
+    ) as f:
       return f.read()[-chars:]
 
   def wait(self, timeout=TIMEOUT):
@@ -75,8 +84,10 @@ class Cluster:
       try:
         codes.append(proc.wait(timeout=max(1, deadline - time.time())))
       except subprocess.TimeoutExpired:
-        pytest.fail(f"worker {index} still running after {timeout} s (a hung collective?):\n"
-                    + self.tail(index))
+        pytest.fail(
+          f"worker {index} still running after {timeout} s (a hung collective?):\n"
+          + self.tail(index)
+        )
     return codes
 
   def wait_for(self, paths, timeout=TIMEOUT):
@@ -129,23 +140,38 @@ def _assert_same_weights(out, epochs):
 
 
 def _files(root):
-  return sorted(os.path.relpath(os.path.join(d, f), root)
-                for d, _, names in os.walk(root) for f in names)
+  return sorted(
+    os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names
+  )
 
 
 def _assert_only_the_chief_wrote(workdir, out, chief_pids, worker_pid, epochs):
   files = _files(workdir)
   assert not [f for f in files if f.startswith("workertemp_")], files  # removed at the end
-  for name in ("config.json", "manifest.json", "metrics.jsonl", "checkpoints/last.keras",
-               "checkpoints/best.keras", "checkpoints/last.calibration.json",
-               "logs/projector/sprite.png"):
+  for name in (
+    "config.json",
+    "manifest.json",
+    "metrics.jsonl",
+    "checkpoints/last.keras",
+    "checkpoints/best.keras",
+    "checkpoints/last.calibration.json",
+    "logs/projector/sprite.png",
+  ):
     assert name in files, (name, files)
-  assert {f.split("/")[0] for f in files} == {"config.json", "manifest.json", "metrics.jsonl",
-                                              "checkpoints", "backup", "logs"}, files
+  assert {f.split("/")[0] for f in files} == {
+    "config.json",
+    "manifest.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "backup",
+    "logs",
+  }, files
   # TensorBoard names every events file after the process that wrote it.
   events = [f for f in files if "tfevents" in f]
   assert events and all(any(f".{pid}." in f for pid in chief_pids) for f in events), (
-      events, chief_pids)
+    events,
+    chief_pids,
+  )
   # The other worker wrote the same kinds of files, into its own temporary folder.
   for epoch in epochs:
     with open(os.path.join(out, f"files.task1.epoch{epoch}.json"), encoding="utf-8") as f:
@@ -158,8 +184,9 @@ def _assert_only_the_chief_wrote(workdir, out, chief_pids, worker_pid, epochs):
 @pytest.mark.slow
 def test_two_workers_train_in_step_and_only_the_chief_writes(data_dir, tmp_path):
   workdir, out = str(tmp_path / "run"), str(tmp_path / "out")
-  cluster = Cluster(out, f"--data={data_dir}", f"--workdir={workdir}", "--epochs=2",
-                    "--check_batches=3")
+  cluster = Cluster(
+    out, f"--data={data_dir}", f"--workdir={workdir}", "--epochs=2", "--check_batches=3"
+  )
   try:
     codes = cluster.wait()
     assert codes == [0, 0], cluster.tail(0) + cluster.tail(1)
@@ -168,8 +195,10 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(data_dir, tmp_path)
 
   # Identical global batches: each worker's replica gets its contiguous P*K chunk of the
   # batch one machine would train on, P whole identities of K photos each.
-  with np.load(os.path.join(out, "batches.task0.npz")) as f0, np.load(
-      os.path.join(out, "batches.task1.npz")) as f1:
+  with (
+    np.load(os.path.join(out, "batches.task0.npz")) as f0,
+    np.load(os.path.join(out, "batches.task1.npz")) as f1,
+  ):
     for step in range(3):
       expected = f0[f"global{step}"]
       assert expected.shape == (8,) and len(set(expected.tolist())) == 4
@@ -189,8 +218,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(data_dir, tmp_path)
   # The loss is all-reduced: every worker reports the mean over all replicas.
   assert results[0]["loss"] == results[1]["loss"] == records[-1]["loss"]
   assert results[0]["map@r"] == records[-1]["map@r"]
-  _assert_only_the_chief_wrote(workdir, out, [cluster.procs[0].pid], cluster.procs[1].pid,
-                               [1, 2])
+  _assert_only_the_chief_wrote(workdir, out, [cluster.procs[0].pid], cluster.procs[1].pid, [1, 2])
 
 
 @pytest.mark.slow
@@ -218,22 +246,28 @@ def test_killed_worker_resumes_from_the_chiefs_backup(data_dir, tmp_path):
   first_chief = cluster.procs[0].pid
   _assert_same_weights(first, [1])
   assert [r["epoch"] for r in read_metrics(workdir)] == [0, 1]
-  with open(os.path.join(workdir, "backup", "phase2", "training_metadata.json"),
-            encoding="utf-8") as f:
+  with open(
+    os.path.join(workdir, "backup", "phase2", "training_metadata.json"), encoding="utf-8"
+  ) as f:
     assert json.load(f)["epoch"] == 1
 
   # A worker that cannot see the chief's backup (here: another workdir, as on a machine whose
   # disk the chief never wrote) would start from scratch while the chief resumes at epoch 2, and
   # the two would wait on each other forever: every worker stops with the same error instead.
   apart = str(tmp_path / "out_apart")
-  cluster = Cluster(apart, f"--data={data_dir}", "--epochs=2", extra={
-      0: [f"--workdir={workdir}"], 1: [f"--workdir={tmp_path / 'elsewhere'}"]})
+  cluster = Cluster(
+    apart,
+    f"--data={data_dir}",
+    "--epochs=2",
+    extra={0: [f"--workdir={workdir}"], 1: [f"--workdir={tmp_path / 'elsewhere'}"]},
+  )
   try:
     codes = cluster.wait()
     assert codes[0] != 0 and codes[1] != 0, codes
     for index in (0, 1):
       assert "the workers disagree on the epoch restored" in cluster.tail(index, 20000), (
-          cluster.tail(index))
+        cluster.tail(index)
+      )
   finally:
     cluster.kill()
   assert [r["epoch"] for r in read_metrics(workdir)] == [0, 1]
@@ -255,5 +289,6 @@ def test_killed_worker_resumes_from_the_chiefs_backup(data_dir, tmp_path):
     with open(os.path.join(second, f"result.task{task}.json"), encoding="utf-8") as f:
       result = json.load(f)
     assert result["steps"] == 4 and result["epoch"] == 2
-  _assert_only_the_chief_wrote(workdir, second, [first_chief, cluster.procs[0].pid],
-                               cluster.procs[1].pid, [2])
+  _assert_only_the_chief_wrote(
+    workdir, second, [first_chief, cluster.procs[0].pid], cluster.procs[1].pid, [2]
+  )

@@ -28,11 +28,13 @@ def _val_records(directory):
 @pytest.mark.parametrize("flip", [False, True])
 def test_projector_files_rows_and_embeddings(data_dir, tmp_path, flip):  # noqa: F811
   import keras  # pylint: disable=g-import-not-at-top
+
   keras.utils.set_random_seed(0)
   model = model_lib.build_embedding_model(smoke_config(data_dir), SIZE)
   workdir = Workdir(str(tmp_path / "run"))
-  summary = projector.write_projector(workdir, model, data_dir, "val", max_points=7, seed=1,
-                                      flip=flip, batch_size=4)
+  summary = projector.write_projector(
+    workdir, model, data_dir, "val", max_points=7, seed=1, flip=flip, batch_size=4
+  )
   folder = workdir.projector_dir
   assert summary.points == 7 and summary.total == 11 and summary.directory == folder
   names = set(os.listdir(folder))
@@ -69,11 +71,12 @@ def test_projector_files_rows_and_embeddings(data_dir, tmp_path, flip):  # noqa:
   sprite = tf.io.decode_png(tf.io.read_file(os.path.join(folder, "sprite.png"))).numpy()
   side = math.ceil(math.sqrt(7))
   assert sprite.shape == (side * 32, side * 32, 3)
-  thumbs = tf.cast(tf.round(tf.image.resize(tf.cast(images, tf.float32), (32, 32),
-                                            antialias=True)), tf.uint8).numpy()
+  thumbs = tf.cast(
+    tf.round(tf.image.resize(tf.cast(images, tf.float32), (32, 32), antialias=True)), tf.uint8
+  ).numpy()
   for k in range(7):
     y, x = divmod(k, side)
-    tile = sprite[y * 32:(y + 1) * 32, x * 32:(x + 1) * 32].astype(int)
+    tile = sprite[y * 32 : (y + 1) * 32, x * 32 : (x + 1) * 32].astype(int)
     assert np.abs(tile - thumbs[k]).max() <= 1, k
   assert sprite[-32:, -32:].max() == 0  # the unused last tile stays blank
 

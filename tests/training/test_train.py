@@ -9,8 +9,9 @@ import tensorflow as tf
 
 try:  # before any TensorFlow op: split the CPU into two logical devices for MirroredStrategy
   tf.config.set_logical_device_configuration(
-      tf.config.list_physical_devices("CPU")[0],
-      [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+  )
 except RuntimeError:
   pass
 
@@ -29,8 +30,9 @@ from tests import shard_helpers  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 32
 needs_two_cpus = pytest.mark.skipif(
-    len(tf.config.list_logical_devices("CPU")) < 2,
-    reason="TensorFlow started before the CPU could be split into two logical devices")
+  len(tf.config.list_logical_devices("CPU")) < 2,
+  reason="TensorFlow started before the CPU could be split into two logical devices",
+)
 
 
 def load_config(name, arg=None):
@@ -40,8 +42,12 @@ def load_config(name, arg=None):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("train_shards"))
-  shard_helpers.write_dataset(directory, {"train": [4, 3, 2, 5, 1, 3, 4, 2, 3, 2],
-                                          "val": [3, 2, 2, 1, 3]}, size=SIZE, shards=2)
+  shard_helpers.write_dataset(
+    directory,
+    {"train": [4, 3, 2, 5, 1, 3, 4, 2, 3, 2], "val": [3, 2, 2, 1, 3]},
+    size=SIZE,
+    shards=2,
+  )
   return directory
 
 
@@ -64,8 +70,13 @@ def test_configs_load_and_derive_the_learning_rate():
       t = config.train
       assert t.learning_rate == pytest.approx(t.base_lr * t.p * t.k * t.num_replicas / 256)
   config = load_config("default")
-  assert (config.model.backbone, config.model.image_size, config.train.p, config.train.k,
-          config.model.embedding_dim) == ("resnet50", 112, 32, 4, 128)
+  assert (
+    config.model.backbone,
+    config.model.image_size,
+    config.train.p,
+    config.train.k,
+    config.model.embedding_dim,
+  ) == ("resnet50", 112, 32, 4, 128)
   config.train.p = 64  # an override carries through to the derived value
   assert config.train.learning_rate == pytest.approx(1e-3 * 64 * 4 / 256)
   assert load_config("lfw").train.k == 4
@@ -85,8 +96,9 @@ def test_each_replica_gets_p_whole_identities(data_dir):
       chunk = chunk.numpy()
       assert chunk.shape == (4,)
       assert chunk[0] == chunk[1] and chunk[2] == chunk[3] and chunk[0] != chunk[2]
-    assert len({int(c.numpy()[0]) for c in per_replica} | {int(c.numpy()[2])
-                                                             for c in per_replica}) == 4
+    assert (
+      len({int(c.numpy()[0]) for c in per_replica} | {int(c.numpy()[2]) for c in per_replica}) == 4
+    )
     assert strategy.experimental_local_results(images)[0].shape == (4, SIZE, SIZE, 3)
 
 
@@ -120,7 +132,10 @@ def test_loss_and_gradient_are_the_mean_over_replicas(data_dir):
   history = model.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0)
   reported = history.history["loss"][0]
   assert reported == pytest.approx(expected_loss, rel=1e-4, abs=1e-6), (
-      reported, replica_losses, whole_batch_loss)
+    reported,
+    replica_losses,
+    whole_batch_loss,
+  )
   for v0, v1, g in zip(before, model.trainable_variables, grads):
     np.testing.assert_allclose(v1.numpy(), v0 - lr * g.numpy() / 2, rtol=1e-3, atol=1e-5)
 
@@ -143,18 +158,24 @@ def test_loss_goes_down_under_two_replicas(data_dir):
     train._compile(model, config.loss, keras.optimizers.Adam(3e-3), jit_compile=False)
   per_step = []
   log = keras.callbacks.LambdaCallback(
-      on_train_batch_end=lambda batch, logs: per_step.append(float(logs["loss"])))
-  model.fit(tf.data.Dataset.from_tensors(fixed).repeat(), steps_per_epoch=10, epochs=1,
-            verbose=0, callbacks=[log])
+    on_train_batch_end=lambda batch, logs: per_step.append(float(logs["loss"]))
+  )
+  model.fit(
+    tf.data.Dataset.from_tensors(fixed).repeat(),
+    steps_per_epoch=10,
+    epochs=1,
+    verbose=0,
+    callbacks=[log],
+  )
   # Keras logs the running mean over the epoch: step i's own loss is recovered from it.
-  losses_by_step = [per_step[0]] + [(i + 1) * per_step[i] - i * per_step[i - 1]
-                                    for i in range(1, len(per_step))]
+  losses_by_step = [per_step[0]] + [
+    (i + 1) * per_step[i] - i * per_step[i - 1] for i in range(1, len(per_step))
+  ]
   assert losses_by_step[0] > 0
   assert np.mean(losses_by_step[-3:]) < losses_by_step[0], losses_by_step
 
 
 class _Interrupt(keras.callbacks.Callback):
-
   def __init__(self, at_epoch):
     super().__init__()
     self.at_epoch = at_epoch
@@ -182,13 +203,19 @@ def test_killed_run_resumes_with_the_same_steps(data_dir, tmp_path):
   assert [r["step"] for r in records] == [0, 2, 4, 6]
   assert result["steps"] == 6 and result["epoch"] == 3
   assert 0.0 <= result["map@r"] <= 1.0 and "top1" in records[0]
-  for name in ("config.json", "manifest.json", "checkpoints/last.keras",
-               "checkpoints/best.keras", "backup/phase1", "backup/phase2", "logs"):
+  for name in (
+    "config.json",
+    "manifest.json",
+    "checkpoints/last.keras",
+    "checkpoints/best.keras",
+    "backup/phase1",
+    "backup/phase2",
+    "logs",
+  ):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["train"]["epochs"] == 3
-  best = keras.saving.load_model(os.path.join(workdir, "checkpoints", "best.keras"),
-                                 compile=False)
+  best = keras.saving.load_model(os.path.join(workdir, "checkpoints", "best.keras"), compile=False)
   x = np.zeros((2, SIZE, SIZE, 3), np.uint8)
   out = best(x, training=False).numpy()
   assert out.shape == (2, 16) and out.dtype == np.float32
@@ -201,15 +228,30 @@ def test_tool_trains_and_reports_user_errors(data_dir, tmp_path):
   tool = os.path.join(REPO, "tools", "train.py")
   config = os.path.join(REPO, "configs", "default.py")
   ok = subprocess.run(
-      [sys.executable, tool, f"--config={config}:smoke", f"--workdir={tmp_path / 'run'}",
-       f"--config.data.tfrecord_dir={data_dir}", "--config.train.epochs=1",
-       "--config.train.p=2"], env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      tool,
+      f"--config={config}:smoke",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data.tfrecord_dir={data_dir}",
+      "--config.train.epochs=1",
+      "--config.train.p=2",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert "trained 2 steps" in ok.stdout
   assert [r["epoch"] for r in read_metrics(str(tmp_path / "run"))] == [0, 1]
   bad = subprocess.run(
-      [sys.executable, tool, f"--config={config}:smoke", f"--workdir={tmp_path / 'bad'}"],
-      env=env, capture_output=True, text=True, timeout=300)
+    [sys.executable, tool, f"--config={config}:smoke", f"--workdir={tmp_path / 'bad'}"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 2
   assert "config.data.tfrecord_dir" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -217,6 +259,7 @@ def test_tool_trains_and_reports_user_errors(data_dir, tmp_path):
 def test_unusable_splits_are_user_errors(tmp_path):
   """One usable identity, or no val split: a one-line UserError before any training starts."""
   from facetriplet.errors import UserError  # pylint: disable=g-import-not-at-top
+
   one = str(tmp_path / "one")
   shard_helpers.write_dataset(one, {"train": [3, 1], "val": [2]}, size=SIZE, shards=1)
   with pytest.raises(UserError, match="1 identities with 2\\+ photos"):

@@ -23,6 +23,7 @@ def _config(seed, dim=16):
 
 def _trained_workdir(tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
+
   keras.utils.set_random_seed(1)
   source = model_lib.build_embedding_model(_config(1), SIZE)
   workdir = tmp_path / "run"
@@ -33,6 +34,7 @@ def _trained_workdir(tmp_path):
 
 def test_init_from_workdir_keras_file_and_export(tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
+
   source, workdir = _trained_workdir(tmp_path)
   export_dir = str(tmp_path / "export")
   export.export_model(workdir, export_dir, crop={"crop_size": SIZE, "detector": "none"})

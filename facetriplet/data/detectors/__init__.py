@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
-from facetriplet.data.detectors.base import (DETECT_MAX_SIDE, MIN_FACE_FRACTION,  # noqa: F401
-                                             Detector, Face)
+from facetriplet.data.detectors.base import DETECT_MAX_SIDE as DETECT_MAX_SIDE
+from facetriplet.data.detectors.base import MIN_FACE_FRACTION as MIN_FACE_FRACTION
+from facetriplet.data.detectors.base import Detector as Detector
+from facetriplet.data.detectors.base import Face as Face
 from facetriplet.errors import UserError
 
 
@@ -23,13 +25,18 @@ class Entry(NamedTuple):
 
 
 REGISTRY: dict[str, Entry] = {
-    "mtcnn": Entry("facetriplet.data.detectors.mtcnn",
-                   "MTCNN face box + five landmarks, crop aligned onto the template (Haar, then "
-                   "the centred square, when it finds no face)"),
-    "haar": Entry("facetriplet.data.detectors.haar",
-                  "OpenCV frontal-face Haar cascade, box crop with margin"),
-    "none": Entry("facetriplet.data.detectors.none",
-                  "no detection: centred square of the whole image (already-cropped sets)"),
+  "mtcnn": Entry(
+    "facetriplet.data.detectors.mtcnn",
+    "MTCNN face box + five landmarks, crop aligned onto the template (Haar, then "
+    "the centred square, when it finds no face)",
+  ),
+  "haar": Entry(
+    "facetriplet.data.detectors.haar", "OpenCV frontal-face Haar cascade, box crop with margin"
+  ),
+  "none": Entry(
+    "facetriplet.data.detectors.none",
+    "no detection: centred square of the whole image (already-cropped sets)",
+  ),
 }
 NAMES = tuple(REGISTRY)
 DEFAULT = "mtcnn"  # for photos; drawn or pre-cropped faces use "none"
@@ -68,6 +75,7 @@ def limit_threads(name: str) -> None:
     chain.append(detector_class(chain[-1].fallback))
   if any(c.uses_tensorflow for c in chain):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     try:
       tf.config.threading.set_intra_op_parallelism_threads(1)
       tf.config.threading.set_inter_op_parallelism_threads(1)

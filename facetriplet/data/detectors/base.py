@@ -35,6 +35,7 @@ class Face:
       detectors that find boxes only (the crop is then a margin square around the box).
     score: the detector's confidence (1.0 where it gives none).
   """
+
   box: tuple[float, float, float, float]
   landmarks: Optional[np.ndarray] = None
   score: float = 1.0
@@ -53,6 +54,7 @@ class Detector(abc.ABC):
     whole_image: finds nothing by design: the centred square of the photo is the intended crop
       (pre-cropped sets), not a fallback.
   """
+
   name: ClassVar[str] = ""
   batch_size: ClassVar[int] = 1
   uses_tensorflow: ClassVar[bool] = False
@@ -60,8 +62,9 @@ class Detector(abc.ABC):
   whole_image: ClassVar[bool] = False
 
   @abc.abstractmethod
-  def detect(self, images: Sequence[np.ndarray],
-             min_face: float = MIN_FACE_FRACTION) -> list[list[Face]]:
+  def detect(
+    self, images: Sequence[np.ndarray], min_face: float = MIN_FACE_FRACTION
+  ) -> list[list[Face]]:
     """Every face of each RGB uint8 image [H, W, 3], in the image's pixels.
 
     Args:
@@ -79,6 +82,7 @@ def downscale(image: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> tuple[np.nd
   h, w = image.shape[:2]
   scale = min(1.0, max_side / max(h, w))
   if scale < 1.0:
-    image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA)
+    image = cv2.resize(
+      image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
   return image, scale

@@ -27,12 +27,15 @@ class HaarDetector(base.Detector):
     path = cv2.data.haarcascades + CASCADE_FILE
     self._cascade = cv2.CascadeClassifier(path)
     if self._cascade.empty():
-      raise UserError(f"cannot load the Haar cascade {path}: reinstall opencv-python-headless<5 "
-                      "or pass --detector=none")
+      raise UserError(
+        f"cannot load the Haar cascade {path}: reinstall opencv-python-headless<5 "
+        "or pass --detector=none"
+      )
     self._lock = threading.Lock()
 
-  def detect(self, images: Sequence[np.ndarray],
-             min_face: float = base.MIN_FACE_FRACTION) -> list[list[base.Face]]:
+  def detect(
+    self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
+  ) -> list[list[base.Face]]:
     return [self._detect_one(rgb, min_face) for rgb in images]
 
   def _detect_one(self, rgb: np.ndarray, min_face: float) -> list[base.Face]:
@@ -40,8 +43,9 @@ class HaarDetector(base.Detector):
     gray = cv2.equalizeHist(gray)
     min_side = max(24, int(min_face * min(gray.shape)))
     with self._lock:
-      found = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                             minSize=(min_side, min_side))
+      found = self._cascade.detectMultiScale(
+        gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+      )
     return [base.Face(tuple(int(v) / scale for v in f)) for f in found]
 
 

@@ -30,9 +30,12 @@ def _model():
       try:
         from mtcnn import MTCNN  # pylint: disable=g-import-not-at-top
       except ImportError as e:
-        raise UserError(f"--detector=mtcnn needs the mtcnn package ({e}): pip install "
-                        "'mtcnn==1.0.0' lz4 joblib, or pass --detector=haar") from None
+        raise UserError(
+          f"--detector=mtcnn needs the mtcnn package ({e}): pip install "
+          "'mtcnn==1.0.0' lz4 joblib, or pass --detector=haar"
+        ) from None
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
       _MODEL.append(MTCNN(device="GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"))
     return _MODEL[0]
 
@@ -48,8 +51,9 @@ class MtcnnDetector(base.Detector):
   def __init__(self):
     self._mtcnn = _model()
 
-  def detect(self, images: Sequence[np.ndarray],
-             min_face: float = base.MIN_FACE_FRACTION) -> list[list[base.Face]]:
+  def detect(
+    self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
+  ) -> list[list[base.Face]]:
     del min_face  # MTCNN's own 20-px smallest face: mtcnn 1.0.0 fails inside P-Net ("empty
     # output" of a Conv2D) with a larger `min_face_size` on 250-px photos.
     if not images:
@@ -60,9 +64,16 @@ class MtcnnDetector(base.Detector):
     rows = np.asarray(rows, np.float64).reshape(-1, 16)  # image, x, y, w, h, score, 5 x, 5 y
     out: list[list[base.Face]] = []
     for i, scale in enumerate(scales):
-      out.append([base.Face(tuple(float(v) / scale for v in r[1:5]),
-                            np.stack([r[6:11], r[11:16]], axis=1) / scale, float(r[5]))
-                  for r in rows[rows[:, 0] == i]])
+      out.append(
+        [
+          base.Face(
+            tuple(float(v) / scale for v in r[1:5]),
+            np.stack([r[6:11], r[11:16]], axis=1) / scale,
+            float(r[5]),
+          )
+          for r in rows[rows[:, 0] == i]
+        ]
+      )
     return out
 
 

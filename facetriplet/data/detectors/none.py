@@ -16,8 +16,9 @@ class WholeImage(base.Detector):
   name = "none"
   whole_image = True
 
-  def detect(self, images: Sequence[np.ndarray],
-             min_face: float = base.MIN_FACE_FRACTION) -> list[list[base.Face]]:
+  def detect(
+    self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
+  ) -> list[list[base.Face]]:
     return [[] for _ in images]
 
 

@@ -25,12 +25,17 @@ class Entry(NamedTuple):
 
 
 REGISTRY: dict[str, Entry] = {
-    "scann": Entry("facetriplet.search.backends.scann",
-                   "ScaNN: exact below 20k items, partitions + AH + exact re-ranking above"),
-    "faiss-flat": Entry("facetriplet.search.backends.faiss",
-                        "faiss IndexFlatIP: exact (GPU with faiss-gpu; extra 'faiss')"),
-    "faiss-hnsw": Entry("facetriplet.search.backends.faiss",
-                        "faiss HNSW graph, approximate (extra 'faiss')"),
+  "scann": Entry(
+    "facetriplet.search.backends.scann",
+    "ScaNN: exact below 20k items, partitions + AH + exact re-ranking above",
+  ),
+  "faiss-flat": Entry(
+    "facetriplet.search.backends.faiss",
+    "faiss IndexFlatIP: exact (GPU with faiss-gpu; extra 'faiss')",
+  ),
+  "faiss-hnsw": Entry(
+    "facetriplet.search.backends.faiss", "faiss HNSW graph, approximate (extra 'faiss')"
+  ),
 }
 NAMES = tuple(REGISTRY)
 DEFAULT = "scann"

@@ -28,6 +28,7 @@ class IndexBackend(abc.ABC):
     config: its settings, as `settings` returned them (recorded in index.json); `trained_on`
       is the gallery size the structure was built for.
   """
+
   name: ClassVar[str] = ""
   folder: ClassVar[str] = ""
   search_options: ClassVar[tuple[str, ...]] = ()  # keyword options `search` accepts
@@ -37,19 +38,22 @@ class IndexBackend(abc.ABC):
 
   @classmethod
   @abc.abstractmethod
-  def settings(cls, n: int, dim: int, target_recall: float = 0.95,
-               **overrides: Any) -> dict[str, Any]:
+  def settings(
+    cls, n: int, dim: int, target_recall: float = 0.95, **overrides: Any
+  ) -> dict[str, Any]:
     """The validated settings for `n` vectors of dimension `dim` (UserError for bad ones)."""
 
   @classmethod
   @abc.abstractmethod
-  def build(cls, embeddings: np.ndarray, ids: Sequence[str],
-            config: dict[str, Any]) -> "IndexBackend":
+  def build(
+    cls, embeddings: np.ndarray, ids: Sequence[str], config: dict[str, Any]
+  ) -> "IndexBackend":
     """A new structure over `embeddings` (float32 [n, d] unit rows) under `ids`."""
 
   @abc.abstractmethod
-  def search(self, queries: np.ndarray, k: int,
-             **options: Any) -> tuple[list[list[str]], np.ndarray]:
+  def search(
+    self, queries: np.ndarray, k: int, **options: Any
+  ) -> tuple[list[list[str]], np.ndarray]:
     """The ids and inner products of the (up to) k best vectors per query, best first.
 
     Returns:
@@ -70,8 +74,9 @@ class IndexBackend(abc.ABC):
 
   @classmethod
   @abc.abstractmethod
-  def load(cls, directory: str, config: dict[str, Any], embeddings: np.ndarray,
-           ids: Sequence[str]) -> "IndexBackend":
+  def load(
+    cls, directory: str, config: dict[str, Any], embeddings: np.ndarray, ids: Sequence[str]
+  ) -> "IndexBackend":
     """Reads what `save` wrote; `embeddings` and `ids` are the gallery's (row order), for
     backends that rebuild what they did not store."""
 
@@ -81,8 +86,9 @@ class IndexBackend(abc.ABC):
     return ""
 
 
-def pad_results(ids: list[list[str]], scores: list[np.ndarray],
-                k: int) -> tuple[list[list[str]], np.ndarray]:
+def pad_results(
+  ids: list[list[str]], scores: list[np.ndarray], k: int
+) -> tuple[list[list[str]], np.ndarray]:
   """Per-query id lists and score rows as (ids, float32 [Q, width]) padded with -inf."""
   width = max((len(row) for row in ids), default=k)
   out = np.full((len(ids), width), -np.inf, np.float32)
@@ -98,7 +104,8 @@ def check_options(backend: type[IndexBackend], options: dict[str, Any]) -> dict[
   given = {k: v for k, v in options.items() if v is not None}
   unknown = sorted(set(given) - set(backend.search_options))
   if unknown:
-    raise UserError(f"the {backend.name} backend has no search option(s) {unknown}: valid are "
-                    f"{list(backend.search_options) or 'none'}")
+    raise UserError(
+      f"the {backend.name} backend has no search option(s) {unknown}: valid are "
+      f"{list(backend.search_options) or 'none'}"
+    )
   return given
-

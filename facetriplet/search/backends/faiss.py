@@ -32,8 +32,10 @@ def _faiss():
   try:
     import faiss  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise UserError(f"the faiss backends need faiss ({e}): pip install 'facetriplet[faiss]' "
-                    "(faiss-cpu; or faiss-gpu for GPU search), or use --backend=scann") from None
+    raise UserError(
+      f"the faiss backends need faiss ({e}): pip install 'facetriplet[faiss]' "
+      "(faiss-cpu; or faiss-gpu for GPU search), or use --backend=scann"
+    ) from None
   return faiss
 
 
@@ -60,8 +62,7 @@ class _Labels:
 
   def to_ids(self, labels: np.ndarray, scores: np.ndarray):
     rows = [[self.ids[n] for n in row if n >= 0] for row in labels]
-    return base.pad_results(rows, [s[row >= 0] for s, row in zip(scores, labels)],
-                            labels.shape[1])
+    return base.pad_results(rows, [s[row >= 0] for s, row in zip(scores, labels)], labels.shape[1])
 
 
 class FaissFlat(base.IndexBackend):
@@ -77,19 +78,21 @@ class FaissFlat(base.IndexBackend):
     self._gpu = None
 
   @classmethod
-  def settings(cls, n: int, dim: int, target_recall: float = 0.95,
-               **overrides: Any) -> dict[str, Any]:
+  def settings(
+    cls, n: int, dim: int, target_recall: float = 0.95, **overrides: Any
+  ) -> dict[str, Any]:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides.get("mode") == "exact":
       overrides.pop("mode")  # settings of its own, passed back (a build from a sample)
     if overrides:
-      raise UserError(f"the {cls.name} backend has no settings ({sorted(overrides)}): it is "
-                      "exact; see --backend=faiss-hnsw or scann for tunable search")
+      raise UserError(
+        f"the {cls.name} backend has no settings ({sorted(overrides)}): it is "
+        "exact; see --backend=faiss-hnsw or scann for tunable search"
+      )
     return {"mode": "exact", "target_recall": target_recall, "trained_on": n}
 
   @classmethod
-  def build(cls, embeddings: np.ndarray, ids: Sequence[str],
-            config: dict[str, Any]) -> "FaissFlat":
+  def build(cls, embeddings: np.ndarray, ids: Sequence[str], config: dict[str, Any]) -> "FaissFlat":
     faiss = _faiss()
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(int(embeddings.shape[1])))
     labels = _Labels()
@@ -106,8 +109,9 @@ class FaissFlat(base.IndexBackend):
         logging.info("faiss-flat: searching on %d GPU(s)", faiss.get_num_gpus())
     return self._gpu
 
-  def search(self, queries: np.ndarray, k: int,
-             **options: Any) -> tuple[list[list[str]], np.ndarray]:
+  def search(
+    self, queries: np.ndarray, k: int, **options: Any
+  ) -> tuple[list[list[str]], np.ndarray]:
     base.check_options(type(self), options)
     scores, labels = self._searched().search(np.ascontiguousarray(queries, np.float32), k)
     return self._labels.to_ids(labels, scores)
@@ -116,8 +120,7 @@ class FaissFlat(base.IndexBackend):
     old = self._labels.drop(ids)
     if len(old):
       self._index.remove_ids(old)
-    self._index.add_with_ids(np.ascontiguousarray(embeddings, np.float32),
-                             self._labels.assign(ids))
+    self._index.add_with_ids(np.ascontiguousarray(embeddings, np.float32), self._labels.assign(ids))
     self._gpu = None
 
   def delete(self, ids: Sequence[str]) -> None:
@@ -128,8 +131,9 @@ class FaissFlat(base.IndexBackend):
     _write(directory, self._index, self._labels)
 
   @classmethod
-  def load(cls, directory: str, config: dict[str, Any], embeddings: np.ndarray,
-           ids: Sequence[str]) -> "FaissFlat":
+  def load(
+    cls, directory: str, config: dict[str, Any], embeddings: np.ndarray, ids: Sequence[str]
+  ) -> "FaissFlat":
     return cls(*_read(directory), config)
 
 
@@ -146,8 +150,9 @@ class FaissHnsw(base.IndexBackend):
     self._index, self._labels = index, labels
 
   @classmethod
-  def settings(cls, n: int, dim: int, target_recall: float = 0.95,
-               **overrides: Any) -> dict[str, Any]:
+  def settings(
+    cls, n: int, dim: int, target_recall: float = 0.95, **overrides: Any
+  ) -> dict[str, Any]:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides.get("mode") == "hnsw":
       overrides.pop("mode")  # settings of its own, passed back (a build from a sample)
@@ -156,27 +161,34 @@ class FaissHnsw(base.IndexBackend):
       raise UserError(f"unknown {cls.name} setting(s) {unknown}: valid are {list(cls._SETTINGS)}")
     # efSearch grows with the wanted recall (measured at 1M, M=32: 128 -> recall@10 >= 0.95).
     ef = 64 if target_recall <= 0.9 else 128 if target_recall <= 0.95 else 256
-    config = {"mode": "hnsw", "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION,
-              "ef_search": ef, "target_recall": target_recall, "trained_on": n}
+    config = {
+      "mode": "hnsw",
+      "m": HNSW_M,
+      "ef_construction": HNSW_EF_CONSTRUCTION,
+      "ef_search": ef,
+      "target_recall": target_recall,
+      "trained_on": n,
+    }
     config.update({k: int(v) for k, v in overrides.items()})
     if min(config["m"], config["ef_construction"], config["ef_search"]) < 1:
       raise UserError(f"{cls.name} settings must be at least 1: {config}")
     return config
 
   @classmethod
-  def build(cls, embeddings: np.ndarray, ids: Sequence[str],
-            config: dict[str, Any]) -> "FaissHnsw":
+  def build(cls, embeddings: np.ndarray, ids: Sequence[str], config: dict[str, Any]) -> "FaissHnsw":
     faiss = _faiss()
-    index = faiss.IndexHNSWFlat(int(embeddings.shape[1]), int(config["m"]),
-                                faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexHNSWFlat(
+      int(embeddings.shape[1]), int(config["m"]), faiss.METRIC_INNER_PRODUCT
+    )
     index.hnsw.efConstruction = int(config["ef_construction"])
     labels = _Labels()
     labels.assign(ids)
     index.add(np.ascontiguousarray(embeddings, np.float32))
     return cls(index, labels, config)
 
-  def search(self, queries: np.ndarray, k: int,
-             **options: Any) -> tuple[list[list[str]], np.ndarray]:
+  def search(
+    self, queries: np.ndarray, k: int, **options: Any
+  ) -> tuple[list[list[str]], np.ndarray]:
     faiss = _faiss()
     options = base.check_options(type(self), options)
     ef = int(options.get("ef_search") or self.config["ef_search"])
@@ -185,8 +197,7 @@ class FaissHnsw(base.IndexBackend):
     if keep:
       keep.append(faiss.IDSelectorNot(keep[0]))  # both kept alive during the search
     params = faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=keep[-1] if keep else None)
-    scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k,
-                                        params=params)
+    scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k, params=params)
     return self._labels.to_ids(labels, scores)
 
   def upsert(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
@@ -207,8 +218,9 @@ class FaissHnsw(base.IndexBackend):
     _write(directory, self._index, self._labels)
 
   @classmethod
-  def load(cls, directory: str, config: dict[str, Any], embeddings: np.ndarray,
-           ids: Sequence[str]) -> "FaissHnsw":
+  def load(
+    cls, directory: str, config: dict[str, Any], embeddings: np.ndarray, ids: Sequence[str]
+  ) -> "FaissHnsw":
     return cls(*_read(directory), config)
 
 

@@ -34,16 +34,23 @@ BRUTE_FORCE_BELOW = 20_000  # exact below this: < 1 ms per query at 128-d, no re
 # uses the first row whose recall is >= the target, with a margin; the 1M run confirmed it (1.5 %
 # -> 0.966, 2 % -> 0.982, 2.5 % -> 0.986 at ~300x exact search). Above 0.99: exact brute force.
 _RECALL_TABLE: tuple[tuple[float, float, int], ...] = (
-    # (target recall@10, fraction of leaves searched, reorder_k); measured 100k / 300k:
-    (0.80, 0.01, 50),    # 0.856 / 0.846
-    (0.90, 0.015, 100),  # 0.960 / 0.951
-    (0.95, 0.025, 100),  # 0.975 / 0.976 at 2%; 0.988 / 0.985 at 3%
-    (0.98, 0.04, 200),   # 0.989 / 0.988 at 3%; 0.993 / 0.991 at 5%
-    (0.99, 0.08, 200),   # 0.995 / 0.995
+  # (target recall@10, fraction of leaves searched, reorder_k); measured 100k / 300k:
+  (0.80, 0.01, 50),  # 0.856 / 0.846
+  (0.90, 0.015, 100),  # 0.960 / 0.951
+  (0.95, 0.025, 100),  # 0.975 / 0.976 at 2%; 0.988 / 0.985 at 3%
+  (0.98, 0.04, 200),  # 0.989 / 0.988 at 3%; 0.993 / 0.991 at 5%
+  (0.99, 0.08, 200),  # 0.995 / 0.995
 )
 _TRAINING_SAMPLE_CAP = 250_000
-SETTINGS = ("num_leaves", "num_leaves_to_search", "training_sample_size",
-                "dimensions_per_block", "anisotropic_quantization_threshold", "reorder_k")
+SETTINGS = (
+  "num_leaves",
+  "num_leaves_to_search",
+  "training_sample_size",
+  "dimensions_per_block",
+  "anisotropic_quantization_threshold",
+  "reorder_k",
+)
+
 
 def auto_config(n: int, dim: int, target_recall: float = 0.95) -> dict[str, Any]:
   """Chooses ScaNN settings for a gallery of `n` unit vectors of dimension `dim`.
@@ -70,8 +77,10 @@ def auto_config(n: int, dim: int, target_recall: float = 0.95) -> dict[str, Any]
     UserError: For an empty gallery or a target recall outside (0, 1].
   """
   if n <= 0:
-    raise UserError("the gallery is empty: build the index from at least one embedding "
-                    "(check the gallery folder and that its images were embedded)")
+    raise UserError(
+      "the gallery is empty: build the index from at least one embedding "
+      "(check the gallery folder and that its images were embedded)"
+    )
   if dim <= 0:
     raise UserError(f"embedding dimension {dim} is not positive: pass float32 [N, D] embeddings")
   if not 0.0 < target_recall <= 1.0:
@@ -79,17 +88,18 @@ def auto_config(n: int, dim: int, target_recall: float = 0.95) -> dict[str, Any]
   if n < BRUTE_FORCE_BELOW or target_recall > _RECALL_TABLE[-1][0]:
     return {"mode": "brute_force", "target_recall": target_recall}
   num_leaves = max(2, int(round(math.sqrt(n))))
-  fraction, reorder_k = next((frac, reorder) for recall, frac, reorder in _RECALL_TABLE
-                             if recall >= target_recall)
+  fraction, reorder_k = next(
+    (frac, reorder) for recall, frac, reorder in _RECALL_TABLE if recall >= target_recall
+  )
   return {
-      "mode": "ah",
-      "target_recall": target_recall,
-      "num_leaves": num_leaves,
-      "num_leaves_to_search": max(1, min(num_leaves, int(math.ceil(fraction * num_leaves)))),
-      "training_sample_size": min(n, _TRAINING_SAMPLE_CAP),
-      "dimensions_per_block": 2,
-      "anisotropic_quantization_threshold": 0.2,
-      "reorder_k": reorder_k,
+    "mode": "ah",
+    "target_recall": target_recall,
+    "num_leaves": num_leaves,
+    "num_leaves_to_search": max(1, min(num_leaves, int(math.ceil(fraction * num_leaves)))),
+    "training_sample_size": min(n, _TRAINING_SAMPLE_CAP),
+    "dimensions_per_block": 2,
+    "anisotropic_quantization_threshold": 0.2,
+    "reorder_k": reorder_k,
   }
 
 
@@ -98,8 +108,11 @@ def _force_ah(n: int, dim: int, target_recall: float) -> dict[str, Any]:
   config = auto_config(BRUTE_FORCE_BELOW, dim, min(target_recall, _RECALL_TABLE[-1][0]))
   leaves = max(2, min(int(round(math.sqrt(n))), n))
   fraction = config["num_leaves_to_search"] / config["num_leaves"]
-  config.update(num_leaves=leaves, training_sample_size=n,
-                num_leaves_to_search=max(1, int(math.ceil(leaves * fraction))))
+  config.update(
+    num_leaves=leaves,
+    training_sample_size=n,
+    num_leaves_to_search=max(1, int(math.ceil(leaves * fraction))),
+  )
   return config
 
 
@@ -114,11 +127,12 @@ def _validated(config: dict[str, Any], n: int) -> dict[str, Any]:
       config[key] = int(config[key])
       if config[key] < 1:
         raise UserError(f"{key}={config[key]}: must be at least 1")
-  config["anisotropic_quantization_threshold"] = float(
-      config["anisotropic_quantization_threshold"])
+  config["anisotropic_quantization_threshold"] = float(config["anisotropic_quantization_threshold"])
   if config["num_leaves"] > n:
-    raise UserError(f"num_leaves={config['num_leaves']} exceeds the {n} gallery items: "
-                    "use at most one leaf per item (about sqrt(n) is usual)")
+    raise UserError(
+      f"num_leaves={config['num_leaves']} exceeds the {n} gallery items: "
+      "use at most one leaf per item (about sqrt(n) is usual)"
+    )
   config["num_leaves_to_search"] = min(config["num_leaves_to_search"], config["num_leaves"])
   config["training_sample_size"] = min(config["training_sample_size"], n)
   return config
@@ -130,14 +144,19 @@ def _build_searcher(embeddings: np.ndarray, config: dict[str, Any], docids: list
   builder = scann_ops_pybind.builder(embeddings, 10, "dot_product")
   if config["mode"] == "brute_force":
     return builder.score_brute_force().build(docids=list(docids))
-  return (builder
-          .tree(num_leaves=config["num_leaves"],
-                num_leaves_to_search=config["num_leaves_to_search"],
-                training_sample_size=config["training_sample_size"])
-          .score_ah(config["dimensions_per_block"],
-                    anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"])
-          .reorder(config["reorder_k"])
-          .build(docids=list(docids)))
+  return (
+    builder.tree(
+      num_leaves=config["num_leaves"],
+      num_leaves_to_search=config["num_leaves_to_search"],
+      training_sample_size=config["training_sample_size"],
+    )
+    .score_ah(
+      config["dimensions_per_block"],
+      anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"],
+    )
+    .reorder(config["reorder_k"])
+    .build(docids=list(docids))
+  )
 
 
 def _make_assets_relative(scann_dir: str) -> None:
@@ -158,13 +177,15 @@ def _load_searcher(scann_dir: str) -> Any:
   with open(os.path.join(scann_dir, "scann_assets.pbtxt"), encoding="utf-8") as f:
     text = f.read()
   text = _ASSET_PATH.sub(
-      lambda m: 'asset_path: "%s"' % os.path.join(scann_dir, os.path.basename(m.group(1))), text)
+    lambda m: 'asset_path: "%s"' % os.path.join(scann_dir, os.path.basename(m.group(1))), text
+  )
   docids = None
   if os.path.isfile(os.path.join(scann_dir, "docids.json")):
     with open(os.path.join(scann_dir, "docids.json"), encoding="utf-8") as f:
       docids = [str(d) for d in json.load(f)]
-  return scann_ops_pybind.ScannSearcher(scann_ops_pybind.scann_pybind.ScannNumpy(scann_dir, text),
-                                        docids)
+  return scann_ops_pybind.ScannSearcher(
+    scann_ops_pybind.scann_pybind.ScannNumpy(scann_dir, text), docids
+  )
 
 
 class ScannBackend(base.IndexBackend):
@@ -179,8 +200,9 @@ class ScannBackend(base.IndexBackend):
     self._searcher = searcher
 
   @classmethod
-  def settings(cls, n: int, dim: int, target_recall: float = 0.95,
-               **overrides: Any) -> dict[str, Any]:
+  def settings(
+    cls, n: int, dim: int, target_recall: float = 0.95, **overrides: Any
+  ) -> dict[str, Any]:
     """`auto_config(n, dim, target_recall)` plus `overrides` (any of `SETTINGS`, which force the
     partitioned AH path, or mode='brute_force'/'ah'; None values are ignored).
 
@@ -190,8 +212,7 @@ class ScannBackend(base.IndexBackend):
     overrides = {key: value for key, value in overrides.items() if value is not None}
     unknown = sorted(set(overrides) - set(SETTINGS) - {"mode"})
     if unknown:
-      raise UserError(f"unknown index setting(s) {unknown}: valid are {list(SETTINGS)} "
-                      "and mode")
+      raise UserError(f"unknown index setting(s) {unknown}: valid are {list(SETTINGS)} and mode")
     config = auto_config(n, dim, target_recall)
     if overrides:
       if overrides.get("mode", "ah") == "ah" and config["mode"] == "brute_force":
@@ -202,21 +223,26 @@ class ScannBackend(base.IndexBackend):
     return dict(_validated(config, n), trained_on=n)
 
   @classmethod
-  def build(cls, embeddings: np.ndarray, ids: Sequence[str],
-            config: dict[str, Any]) -> "ScannBackend":
-    logging.info("Building ScaNN searcher over %d x %d embeddings with %s", *embeddings.shape,
-                 config)
+  def build(
+    cls, embeddings: np.ndarray, ids: Sequence[str], config: dict[str, Any]
+  ) -> "ScannBackend":
+    logging.info(
+      "Building ScaNN searcher over %d x %d embeddings with %s", *embeddings.shape, config
+    )
     return cls(_build_searcher(embeddings, config, ids), config)
 
-  def search(self, queries: np.ndarray, k: int,
-             **options: Any) -> tuple[list[list[str]], np.ndarray]:
+  def search(
+    self, queries: np.ndarray, k: int, **options: Any
+  ) -> tuple[list[list[str]], np.ndarray]:
     options = base.check_options(type(self), options)
     kwargs: dict[str, Any] = {"final_num_neighbors": k}
     if self.config["mode"] == "ah":
-      kwargs["pre_reorder_num_neighbors"] = max(k, options.get("reorder_k")
-                                                or self.config["reorder_k"])
-      kwargs["leaves_to_search"] = (options.get("leaves_to_search")
-                                    or self.config["num_leaves_to_search"])
+      kwargs["pre_reorder_num_neighbors"] = max(
+        k, options.get("reorder_k") or self.config["reorder_k"]
+      )
+      kwargs["leaves_to_search"] = (
+        options.get("leaves_to_search") or self.config["num_leaves_to_search"]
+      )
     if len(queries) >= 64:
       ids, scores = self._searcher.search_batched_parallel(queries, **kwargs)
     else:
@@ -233,8 +259,10 @@ class ScannBackend(base.IndexBackend):
     trained = int(self.config.get("trained_on") or n)
     wanted = auto_config(n, dim, self.config.get("target_recall", 0.95))["mode"]
     if wanted != self.config["mode"]:
-      return (f"{n} items would now be searched with {wanted}, the index uses "
-              f"{self.config['mode']} (built for {trained})")
+      return (
+        f"{n} items would now be searched with {wanted}, the index uses "
+        f"{self.config['mode']} (built for {trained})"
+      )
     if self.config["mode"] == "ah" and not trained / 2 <= n <= 2 * trained:
       return f"{n} items, partitions trained for {trained}"
     return ""
@@ -249,8 +277,9 @@ class ScannBackend(base.IndexBackend):
       json.dump(list(self._searcher.docids), f)
 
   @classmethod
-  def load(cls, directory: str, config: dict[str, Any], embeddings: np.ndarray,
-           ids: Sequence[str]) -> "ScannBackend":
+  def load(
+    cls, directory: str, config: dict[str, Any], embeddings: np.ndarray, ids: Sequence[str]
+  ) -> "ScannBackend":
     searcher = _load_searcher(directory)
     if getattr(searcher, "docids", None) is None:
       # Saved before items had ids: rebuild once, with the row numbers as ids.

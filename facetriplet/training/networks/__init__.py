@@ -40,6 +40,7 @@ class Network:
     crop: CropSettings fields of the crops its weights were trained on (pretrained face
       networks), or None.
   """
+
   name: str
   build: Callable[..., Any]
   preprocess: str = "none"
@@ -54,16 +55,26 @@ class Entry(NamedTuple):
 
 
 REGISTRY: dict[str, Entry] = {
-    "resnet50": Entry("facetriplet.training.networks.keras_applications",
-                      "Keras ResNet50 (ImageNet weights downloadable)"),
-    "efficientnetb0": Entry("facetriplet.training.networks.keras_applications",
-                            "Keras EfficientNet-B0 (ImageNet weights downloadable)"),
-    "vgg16": Entry("facetriplet.training.networks.keras_applications",
-                   "Keras VGG16 (ImageNet weights downloadable)"),
-    "mobilenetv3small": Entry("facetriplet.training.networks.keras_applications",
-                              "Keras MobileNetV3-Small (ImageNet weights downloadable)"),
-    "resnet18": Entry("facetriplet.training.networks.resnet18",
-                      "ResNet-18-style net defined here, width-scalable, trains from scratch"),
+  "resnet50": Entry(
+    "facetriplet.training.networks.keras_applications",
+    "Keras ResNet50 (ImageNet weights downloadable)",
+  ),
+  "efficientnetb0": Entry(
+    "facetriplet.training.networks.keras_applications",
+    "Keras EfficientNet-B0 (ImageNet weights downloadable)",
+  ),
+  "vgg16": Entry(
+    "facetriplet.training.networks.keras_applications",
+    "Keras VGG16 (ImageNet weights downloadable)",
+  ),
+  "mobilenetv3small": Entry(
+    "facetriplet.training.networks.keras_applications",
+    "Keras MobileNetV3-Small (ImageNet weights downloadable)",
+  ),
+  "resnet18": Entry(
+    "facetriplet.training.networks.resnet18",
+    "ResNet-18-style net defined here, width-scalable, trains from scratch",
+  ),
 }
 NAMES = tuple(REGISTRY)
 
@@ -71,8 +82,9 @@ NAMES = tuple(REGISTRY)
 def check(name: str) -> str:
   """`name` if it is a registered network; UserError naming the choices otherwise."""
   if name not in REGISTRY:
-    raise UserError(f"unknown backbone {name!r}; valid: {', '.join(NAMES)} "
-                    "(set --config.model.backbone)")
+    raise UserError(
+      f"unknown backbone {name!r}; valid: {', '.join(NAMES)} (set --config.model.backbone)"
+    )
   return name
 
 
@@ -81,8 +93,13 @@ def get(name: str) -> Network:
   return importlib.import_module(REGISTRY[check(name)].module).NETWORKS[name]
 
 
-def build(name: str, image_size: int, weights: Optional[str] = None, width: float = 1.0,
-          stem_pool: Optional[bool] = None):
+def build(
+  name: str,
+  image_size: int,
+  weights: Optional[str] = None,
+  width: float = 1.0,
+  stem_pool: Optional[bool] = None,
+):
   """The network `name` as a keras.Model named `LAYER`, its weights checked and loaded.
 
   Args:
@@ -103,14 +120,20 @@ def build(name: str, image_size: int, weights: Optional[str] = None, width: floa
   if weights is not None and weights not in network.weights and not os.path.exists(weights):
     known = "".join(f", '{w}'" for w in network.weights)
     if os.sep in weights or "." in weights:
-      raise UserError(f"weights file {weights} not found: set --config.model.weights to an "
-                      f"existing file{known} or none")
-    raise UserError(f"{name} has no {weights!r} weights (it has {list(network.weights) or 'none'})"
-                    f": set --config.model.weights=none, a local weights file, or pick another "
-                    "backbone")
+      raise UserError(
+        f"weights file {weights} not found: set --config.model.weights to an "
+        f"existing file{known} or none"
+      )
+    raise UserError(
+      f"{name} has no {weights!r} weights (it has {list(network.weights) or 'none'})"
+      f": set --config.model.weights=none, a local weights file, or pick another "
+      "backbone"
+    )
   if network.image_size is not None and int(image_size) != network.image_size:
-    raise UserError(f"{name} takes {network.image_size}-px input, not {image_size}: set "
-                    f"--config.model.image_size={network.image_size}")
+    raise UserError(
+      f"{name} takes {network.image_size}-px input, not {image_size}: set "
+      f"--config.model.image_size={network.image_size}"
+    )
   model = network.build(int(image_size), weights, float(width), stem_pool)
   model.name = LAYER
   return model
