@@ -21,7 +21,7 @@ help:
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -c constraints.txt -e '.[test,bench,serve,beam,faiss]'
+	$(PY) -m pip install -c constraints.txt -e '.[test,bench,serve,beam,faiss,pretrained,reference]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -119,7 +119,7 @@ def build_index(scratch: str, detector: str, args: argparse.Namespace) -> str:
   config = config_files.load_config(args.config)
   config.model.weights = "none"
   keras.utils.set_random_seed(args.seed)
-  size = args.crop_size or faces.CropSettings().size
+  size = args.crop_size or faces.CropSettings().crop_size
   model = model_lib.build_embedding_model(config, crop_size=size)
   checkpoint = os.path.join(scratch, "model.keras")
   model.save(checkpoint)

@@ -40,6 +40,11 @@ def lfw_2to4() -> str:
   return shared_dataset("lfw_2to4")
 
 
+@pytest.fixture
+def celeba_199() -> str:
+  return shared_dataset("celeba_199")
+
+
 @pytest.fixture(scope="session")
 def two_replica_strategy():
   """The process's one MirroredStrategy over two logical CPUs.

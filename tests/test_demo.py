@@ -78,16 +78,20 @@ def test_quick_demo_runs_every_step_then_resumes(tmp_path):
 
 
 def test_plan_for_data_follows_the_data_size():
-  lfw_like = plan.plan_for_data({f"p{i}": 2 + i % 3 for i in range(600)})
+  lfw_like = plan.plan_for_data({f"p{i}": 2 + i % 3 for i in range(600)}, pretrained=False)
   assert (lfw_like["k"], lfw_like["p"], lfw_like["config"]) == (2, 48, "lfw")
   assert 3 <= lfw_like["epochs"] <= 60 and lfw_like["val_fraction"] == 0.2
-  orl_like = plan.plan_for_data({f"p{i}": 10 for i in range(40)})
+  orl_like = plan.plan_for_data({f"p{i}": 10 for i in range(40)}, pretrained=False)
   assert (orl_like["k"], orl_like["p"], orl_like["config"]) == (4, 8, "orl")
   assert orl_like["epochs"] > lfw_like["epochs"]  # fewer photos: more epochs in the same time
   assert all(os.path.isfile(config_files.resolve(c)) for c in ("lfw", "orl"))  # shipped names
-  tiny = plan.plan_for_data({"a": 3, "b": 3, "c": 3, "d": 3, "e": 1})
+  tiny = plan.plan_for_data({"a": 3, "b": 3, "c": 3, "d": 3, "e": 1}, pretrained=False)
   assert tiny["val_fraction"] == 0.5 and tiny["p"] == 2
   assert plan.plan_for_data({f"p{i}": 10 for i in range(40)}, epochs=7)["epochs"] == 7
+  # With the pretrained network installed: fine-tune it on dlib chips, a few short passes.
+  tuned = plan.plan_for_data({f"p{i}": 10 for i in range(40)}, pretrained=True)
+  assert (tuned["config"], tuned["crop_preset"], tuned["crop_size"]) == ("celeba", "dlib150", 150)
+  assert 2 <= tuned["epochs"] <= 10 and tuned["p"] == 16
   with pytest.raises(UserError, match="at least 4"):
     plan.plan_for_data({"a": 5, "b": 5, "c": 5, "d": 1})
 

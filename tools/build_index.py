@@ -40,7 +40,12 @@ _GALLERY = flags.DEFINE_string(
   "gallery", None, "Gallery: a folder of images or a facetriplet TFRecord folder."
 )
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "Output index folder (replaced whole).")
-_MODEL = flags.DEFINE_string("model", None, "Export folder written by facetriplet-export.")
+_MODEL = flags.DEFINE_string(
+  "model",
+  None,
+  "Export folder written by facetriplet-export, or a pretrained network (dlib_resnet: dlib's "
+  "face ResNet, exported once into the cache; extra 'pretrained').",
+)
 _FEATURES = flags.DEFINE_enum(
   "features",
   "embedding",
@@ -122,6 +127,13 @@ _TRAIN_SAMPLE = flags.DEFINE_integer(
 )
 
 
+def _model():
+  """--model: an export folder, or a pretrained network's name (its cached export)."""
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+
+  return export.resolve_model(_MODEL.value)
+
+
 def update(workers: int) -> None:
   """--add / --remove / --rebuild on an existing index, saved atomically once at the end."""
   if _GALLERY.value:
@@ -129,7 +141,7 @@ def update(workers: int) -> None:
       "--gallery builds a new index; with --add/--remove/--rebuild pass only "
       "--index_dir=<existing index>"
     )
-  searcher = Searcher.open(_INDEX_DIR.value, _MODEL.value)
+  searcher = Searcher.open(_INDEX_DIR.value, _model())
   before = len(searcher)
   if _REMOVE.value:
     keys = [
@@ -182,7 +194,7 @@ def main(argv: Sequence[str]) -> None:
     return
   if not _GALLERY.value or not _INDEX_DIR.value:
     raise UserError("--gallery=<folder> and --index_dir=<output folder> are required")
-  extractor = features.make_extractor(_FEATURES.value, _MODEL.value, source=_GALLERY.value)
+  extractor = features.make_extractor(_FEATURES.value, _model(), source=_GALLERY.value)
   logging.info(
     "build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "
     "index_dir=%s batch_size=%d workers=%d target_recall=%s backend=%s runner=%s "
@@ -190,7 +202,7 @@ def main(argv: Sequence[str]) -> None:
     _GALLERY.value,
     _LAYOUT.value,
     _FEATURES.value,
-    _MODEL.value,
+    _model(),
     extractor.fingerprint,
     extractor.crop_settings.to_dict(),
     _INDEX_DIR.value,
@@ -208,7 +220,7 @@ def main(argv: Sequence[str]) -> None:
     splits=_SPLITS.value,
     batch_size=_BATCH_SIZE.value,
     target_recall=_TARGET_RECALL.value,
-    model_dir=_MODEL.value,
+    model_dir=_model(),
     faces_mode=_FACES.value,
     min_face=_MIN_FACE.value,
     backend=_BACKEND.value,

@@ -77,6 +77,13 @@ _ALIGN_MARGIN = flags.DEFINE_float(
   "Detectors with landmarks: zoom-out of the aligned crop (0 = the template as is, 0.1 = "
   "face shrunk by 1/1.2 around the centre).",
 )
+_CROP_PRESET = flags.DEFINE_enum(
+  "crop_preset",
+  None,
+  list(faces.PRESETS),
+  "Named crop settings (template, crop size, margin, fit): 'dlib150' = the 150-px chip of dlib's "
+  "face ResNet (--model=dlib_resnet, configs/celeba.py); flags given beside it override it.",
+)
 _CROP_SIZE = flags.DEFINE_integer(
   "crop_size",
   128,
@@ -142,15 +149,20 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("--output is required: an empty folder for the shards")
   if not os.path.isdir(_INPUT.value):  # Checked here too so the error is the only stderr line.
     raise UserError(f"input folder {_INPUT.value} does not exist: pass --input=<folder of images>")
-  crop = faces.CropSettings(
-    detector=_DETECTOR.value,
-    margin=_MARGIN.value,
-    crop_size=_CROP_SIZE.value,
-    on_no_face=_ON_NO_FACE.value,
-    pick=_PICK.value,
-    template=_TEMPLATE.value,
-    align_margin=_ALIGN_MARGIN.value,
-  )
+  chosen = {
+    "detector": _DETECTOR,
+    "margin": _MARGIN,
+    "crop_size": _CROP_SIZE,
+    "on_no_face": _ON_NO_FACE,
+    "pick": _PICK,
+    "template": _TEMPLATE,
+    "align_margin": _ALIGN_MARGIN,
+  }
+  if _CROP_PRESET.value:  # the preset's fields, then the flags given on the command line
+    given = {k: f.value for k, f in chosen.items() if flags.FLAGS[f.name].present}
+    crop = faces.CropSettings.preset(_CROP_PRESET.value, **given)
+  else:
+    crop = faces.CropSettings(**{k: f.value for k, f in chosen.items()})
   logging.info(
     "layout=%s input=%s output=%s crop=%s val_fraction=%s seed=%d num_shards=%d "
     "workers=%d overwrite=%s max_megapixels=%s runner=%s pipeline_args=%s",

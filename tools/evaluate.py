@@ -29,7 +29,12 @@ from facetriplet.data import layouts
 from facetriplet.search import features as features_lib
 from facetriplet.errors import UserError, run_tool
 
-_MODEL = flags.DEFINE_string("model", None, "Export folder written by facetriplet-export.")
+_MODEL = flags.DEFINE_string(
+  "model",
+  None,
+  "Export folder written by facetriplet-export, or a pretrained network (dlib_resnet: dlib's "
+  "face ResNet, exported once into the cache; extra 'pretrained').",
+)
 _FEATURES = flags.DEFINE_list(
   "features",
   None,
@@ -68,6 +73,13 @@ _FAR = flags.DEFINE_float(
 )
 
 
+def _model():
+  """--model: an export folder, or a pretrained network's name (its cached export)."""
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+
+  return export.resolve_model(_MODEL.value)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -87,7 +99,7 @@ def main(argv: Sequence[str]) -> None:
     "evaluate: features=%s model=%s queries=%s gallery=%s index=%s leave_one_out=%s "
     "data=%s labels=%s layout=%s ks=%s output=%s grid_queries=%d far=%g",
     features,
-    _MODEL.value,
+    _model(),
     _QUERIES.value,
     _GALLERY.value,
     _INDEX.value,
@@ -103,7 +115,7 @@ def main(argv: Sequence[str]) -> None:
   report = evaluation.evaluate(
     features,
     _OUTPUT.value,
-    model_dir=_MODEL.value,
+    model_dir=_model(),
     queries=_QUERIES.value,
     gallery_dir=_GALLERY.value,
     index_dir=_INDEX.value,

@@ -1,8 +1,13 @@
-"""Exports a trained embedding model as a SavedModel with its metadata.
+"""Exports a trained embedding model, or a pretrained one, as a SavedModel with its metadata.
 
   facetriplet-export --workdir=runs/demo --export_dir=runs/demo/export        # best.keras
   facetriplet-export --workdir=runs/demo --which=last --export_dir=...
   facetriplet-export --checkpoint=runs/demo/checkpoints/best.keras --export_dir=...
+  facetriplet-export --pretrained=dlib_resnet --export_dir=runs/dlib          # no training
+
+--pretrained exports a network that comes with face weights of its own (dlib_resnet: dlib's face
+ResNet, extra 'pretrained') with the crop it expects (its preset, e.g. dlib150); build-index,
+retrieve, evaluate, search and serve then work on real photos at once.
 
 The logic lives in `facetriplet.training.export.export_model`; signatures and metadata are
 described there.
@@ -19,6 +24,14 @@ from facetriplet.errors import UserError, run_tool
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A .keras checkpoint (instead of --workdir).")
+_PRETRAINED = flags.DEFINE_string(
+  "pretrained",
+  None,
+  "A pretrained face network to export as it is (instead of --workdir): dlib_resnet.",
+)
+_DETECTOR = flags.DEFINE_string(
+  "detector", None, "With --pretrained: the face detector of its crop (default: the preset's)."
+)
 _WHICH = flags.DEFINE_enum(
   "which",
   "best",
@@ -38,14 +51,22 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output SavedModel folder 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
-    raise UserError("pass exactly one of --workdir=<training workdir> or --checkpoint=<file.keras>")
+  if sum(bool(v) for v in (_WORKDIR.value, _CHECKPOINT.value, _PRETRAINED.value)) != 1:
+    raise UserError(
+      "pass exactly one of --workdir=<training workdir>, --checkpoint=<file.keras> or "
+      "--pretrained=<network> (dlib_resnet)"
+    )
   if not _EXPORT_DIR.value:
     raise UserError("--export_dir is required: the folder to write the SavedModel to")
-  source = _CHECKPOINT.value or _WORKDIR.value
+  source = _CHECKPOINT.value or _WORKDIR.value or _PRETRAINED.value
   logging.info("export: source=%s which=%s export_dir=%s", source, _WHICH.value, _EXPORT_DIR.value)
   flip = {"config": None, "on": True, "off": False}[_FLIP.value]
-  s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value, flip=flip)
+  if _PRETRAINED.value:
+    s = export.export_pretrained(
+      _PRETRAINED.value, _EXPORT_DIR.value, flip=bool(flip), detector=_DETECTOR.value
+    )
+  else:
+    s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value, flip=flip)
   print(
     f"exported {s.checkpoint} -> {s.export_dir}\n"
     f"  fingerprint {s.fingerprint}, embedding dim {s.embedding_dim}, input "

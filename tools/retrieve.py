@@ -28,7 +28,9 @@ _QUERIES = flags.DEFINE_string(
 )
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
 _MODEL = flags.DEFINE_string(
-  "model", None, "Export folder (default: the one the index was built with)."
+  "model",
+  None,
+  "Export folder, or a pretrained network's name (default: the one the index was built with).",
 )
 _FEATURES = flags.DEFINE_enum(
   "features",
@@ -62,6 +64,13 @@ _WORKERS = flags.DEFINE_integer("workers", 0, "Loading threads; 0 = CPU count.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
+def _model():
+  """--model: an export folder, or a pretrained network's name (its cached export)."""
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+
+  return export.resolve_model(_MODEL.value)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -72,7 +81,7 @@ def main(argv: Sequence[str]) -> None:
   if _SUBMIT_URL.value:  # before any work: a typo must not cost the whole run
     submission.check_submit_url(_SUBMIT_URL.value)
   workers = _WORKERS.value or os.cpu_count() or 1
-  extractor, index, info = gallery.open_index(_INDEX.value, _MODEL.value, _FEATURES.value)
+  extractor, index, info = gallery.open_index(_INDEX.value, _model(), _FEATURES.value)
   features, model = info["features"], info["model"]
   entries = layouts.list_inputs(_QUERIES.value, _LAYOUT.value)
   logging.info(

@@ -21,7 +21,9 @@ from facetriplet.search.searcher import Searcher
 
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
 _MODEL = flags.DEFINE_string(
-  "model", None, "Export folder (default: the one the index was built with)."
+  "model",
+  None,
+  "Export folder, or a pretrained network's name (default: the one the index was built with).",
 )
 _K = flags.DEFINE_integer("k", 10, "Matches per photo (per face with --faces=all).")
 _MIN_SCORE = flags.DEFINE_float(
@@ -41,13 +43,20 @@ _MIN_FACE = flags.DEFINE_float(
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 
 
+def _model():
+  """--model: an export folder, or a pretrained network's name (its cached export)."""
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+
+  return export.resolve_model(_MODEL.value)
+
+
 def main(argv: Sequence[str]) -> None:
   photos = list(argv[1:])
   if not _INDEX.value or not photos:
     raise UserError("usage: facetriplet-search --index=<index folder> photo.jpg [photo ...]")
   if _K.value < 1:
     raise UserError(f"--k={_K.value}: ask for at least one match")
-  searcher = Searcher.open(_INDEX.value, _MODEL.value)
+  searcher = Searcher.open(_INDEX.value, _model())
   results = searcher.search(
     photos,
     k=_K.value,

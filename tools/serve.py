@@ -33,7 +33,10 @@ _HOST = flags.DEFINE_string(
 )
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
 _MODEL = flags.DEFINE_string(
-  "model", None, "Export folder (default: the one the index was built with, from its gallery.json)."
+  "model",
+  None,
+  "Export folder, or a pretrained network's name (default: the one the index was built with, "
+  "from its gallery.json).",
 )
 _FEATURES = flags.DEFINE_enum(
   "features", None, list(features.FEATURES), "Features (default: the index's)."
@@ -54,6 +57,13 @@ _MICRO_BATCH = flags.DEFINE_bool(
 _ACCESS_LOG = flags.DEFINE_bool("access_log", False, "Log every request.")
 
 
+def _model():
+  """--model: an export folder, or a pretrained network's name (its cached export)."""
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+
+  return export.resolve_model(_MODEL.value)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -71,7 +81,7 @@ def main(argv: Sequence[str]) -> None:
     _INDEX.value,
     _HOST.value,
     _PORT.value,
-    _MODEL.value,
+    _model(),
     _FEATURES.value,
     _MAX_UPLOAD_MB.value,
     _MAX_PIXELS.value,
@@ -92,7 +102,7 @@ def main(argv: Sequence[str]) -> None:
       _INDEX.value,
       _HOST.value,
       _PORT.value,
-      _MODEL.value,
+      _model(),
       _FEATURES.value,
       on_ready=ready,
       access_log=_ACCESS_LOG.value,

@@ -28,3 +28,24 @@ def from_scratch_cpu(config: ml_collections.ConfigDict) -> None:
   config.train.base_lr = 4e-3
   config.train.freeze_backbone_epochs = 0
   config.data.cache = True
+
+
+def pretrained_dlib(config: ml_collections.ConfigDict) -> None:
+  """dlib's pretrained face ResNet as the start (150-px dlib150 chips, its own 128-d embedding,
+  no projection), light augmentation that keeps a chip a chip (flip, a small shift, brightness
+  and contrast), nothing frozen first (no new head to warm up)."""
+  config.model.backbone = "dlib_resnet"
+  config.model.weights = "dlib_resnet"
+  config.model.image_size = 150
+  config.model.embedding_dim = 128
+  config.augment.flip = True
+  config.augment.translate = 0.03
+  config.augment.zoom = 0.0
+  config.augment.rotation = 0.0
+  config.augment.brightness = 0.1
+  config.augment.contrast = 0.1
+  config.augment.saturation = 0.0
+  config.augment.hue = 0.0
+  config.augment.grayscale = 0.0
+  config.augment.erasing = 0.0
+  config.train.freeze_backbone_epochs = 0

@@ -39,8 +39,8 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.data.min_photos = 2  # identities with fewer photos never enter a batch
 
   config.model = ml_collections.ConfigDict()
-  config.model.backbone = "resnet50"  # resnet50 | efficientnetb0 | vgg16 | mobilenetv3small
-  #                                         | resnet18
+  config.model.backbone = "resnet50"  # a training.networks name: resnet50 | efficientnetb0 |
+  #                                   vgg16 | mobilenetv3small | resnet18 | dlib_resnet
   config.model.weights = "imagenet"  # 'imagenet', 'none' or a local weights file
   config.model.width = 1.0  # channel multiplier (resnet18 only)
   config.model.stem_pool = "auto"  # resnet18: max-pool after the stem: auto (>= 96 px)|on|off
@@ -49,6 +49,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.model.embedding_dim = 128
   config.model.mixed_precision = ""  # '' | 'mixed_bfloat16' | 'mixed_float16' (GPUs)
   config.model.test_time_flip = False  # embed image + mirror, average (eval and export)
+  config.model.frozen_until = ""  # backbone layers before this one never train ('' = none)
 
   config.augment = ml_collections.ConfigDict()
   config.augment.flip = True
@@ -81,6 +82,11 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.finetune.soft = False
   config.finetune.lr_multiplier = 0.1  # peak lr of the stage = train.learning_rate x this
   config.finetune.warmup_epochs = 0.5
+
+  # Knowledge distillation: the student also learns the teacher's embedding of each photo.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher = ""  # '' = none; a pretrained network (dlib_resnet), workdir or export
+  config.distill.weight = 1.0  # weight of the cosine distance to the teacher's embeddings
 
   config.train = ml_collections.ConfigDict()
   p = ml_collections.FieldReference(32)

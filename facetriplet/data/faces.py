@@ -33,7 +33,8 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import cv2
 import numpy as np
 
-from facetriplet.data import detectors
+from facetriplet.data import alignment, detectors
+from facetriplet.data.alignment import FITS, TEMPLATES
 from facetriplet.data.detectors import DETECT_MAX_SIDE, MIN_FACE_FRACTION, Detector, Face
 from facetriplet.data.detectors.haar import CASCADE_FILE
 
@@ -50,21 +51,15 @@ ON_NO_FACE = ("center", "skip")
 PICKS = ("largest", "center")
 # Faces used per photo: the chosen one (`pick`), or every face found (collections, group photos).
 FACE_MODES = ("largest", "all")
-# Five-point templates (left eye, right eye, nose tip, left and right mouth corner) in the pixel
-# frame of a `side` x `side` face crop. `arcface112` is the template of the ArcFace/InsightFace
-# 112 x 112 crops, the usual target of 5-point alignment.
-TEMPLATES = {
-  "arcface112": {
-    "side": 112.0,
-    "points": (
-      (38.2946, 51.6963),
-      (73.5318, 51.5014),
-      (56.0252, 71.7366),
-      (41.5493, 92.3655),
-      (70.7299, 92.2041),
-    ),
-  },
+# Named crop settings: what a pretrained network's weights expect (`networks.Network.crop_preset`)
+# or a common recipe. `CropSettings.preset(name, **overrides)`.
+PRESETS: dict[str, dict[str, Any]] = {
+  "arcface112": {"template": "arcface112", "align_margin": 0.0, "fit": "lmeds"},
+  "dlib150": {"template": "dlib5", "crop_size": 150, "align_margin": 0.25, "fit": "lstsq"},
 }
+# Fields added after the first release, with the value that reproduces older crops: written into
+# the crop settings (manifests, exports) only when they differ, so older folders stay the same run.
+_LATER_FIELDS = {"fit": "lmeds"}
 # Ways a crop was made (`CropResult.method`, record `face/method`, manifest counts): the detector
 # that found the face, or 'center' when none did.
 METHODS = detectors.NAMES + ("center",)
@@ -87,6 +82,7 @@ class CropSettings:
     template: the 5-point alignment template (`TEMPLATES`), used for faces with landmarks.
     align_margin: zoom-out of the aligned crop: 0 puts the template's points where they are in a
       112-px ArcFace crop scaled to `crop_size`; 0.1 shrinks the face by 1/1.2 around the centre.
+    fit: how the alignment is fitted (`FITS`).
   """
 
   detector: str = detectors.DEFAULT
@@ -96,6 +92,7 @@ class CropSettings:
   pick: str = "largest"
   template: str = "arcface112"
   align_margin: float = 0.0
+  fit: str = "lmeds"
 
   def __post_init__(self):
     detectors.check(self.detector)
@@ -111,12 +108,17 @@ class CropSettings:
       raise UserError(f"template={self.template!r} is not one of {', '.join(TEMPLATES)}")
     if not 0 <= float(self.align_margin) <= 1:
       raise UserError(f"align_margin={self.align_margin} must be between 0 and 1")
+    if self.fit not in FITS:
+      raise UserError(f"fit={self.fit!r} is not one of {', '.join(FITS)}")
     object.__setattr__(self, "align_margin", float(self.align_margin))
     object.__setattr__(self, "margin", float(self.margin))
     object.__setattr__(self, "crop_size", int(self.crop_size))
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
+    for key, old in _LATER_FIELDS.items():
+      if d[key] == old:
+        del d[key]
     d.update(
       pad=PAD,
       detect_max_side=DETECT_MAX_SIDE,
@@ -138,12 +140,16 @@ class CropSettings:
       d["crop_size"] = d.pop("size")
     return cls(**{k: v for k, v in d.items() if k in names})
 
+  @classmethod
+  def preset(cls, name: str, **overrides: Any) -> "CropSettings":
+    """The settings of preset `name` (`PRESETS`), with `overrides` (detector, pick, ...)."""
+    if name not in PRESETS:
+      raise UserError(f"crop preset {name!r} is not one of {', '.join(PRESETS)}")
+    return cls(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
   def template_points(self) -> np.ndarray:
     """The alignment template in the pixel frame of the crop, float32 [5, 2]."""
-    t = TEMPLATES[self.template]
-    points = np.asarray(t["points"], np.float64) / t["side"] * self.crop_size
-    centre = self.crop_size / 2.0
-    return ((points - centre) / (1.0 + 2.0 * self.align_margin) + centre).astype(np.float32)
+    return alignment.template_points(self.template, self.crop_size, self.align_margin)
 
 
 NO_LANDMARKS = (0.0,) * 10
@@ -294,60 +300,9 @@ class FaceCropper:
     )
 
 
-def similarity_transform(points: np.ndarray, settings: CropSettings) -> np.ndarray:
-  """The 2 x 3 similarity matrix mapping five source landmarks [5, 2] onto the template."""
-  src = np.asarray(points, np.float32).reshape(5, 2)
-  dst = settings.template_points()
-  matrix, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
-  if matrix is None:  # LMEDS found no consensus: least squares on all five points
-    matrix = least_squares_similarity(src, dst)
-  if matrix is None:
-    raise ValueError("landmarks do not define a similarity transform")
-  return matrix
-
-
-def least_squares_similarity(src: np.ndarray, dst: np.ndarray) -> Optional[np.ndarray]:
-  """The 2 x 3 similarity (rotation, uniform scale, shift; no reflection) minimising the squared
-  distances from the mapped `src` points to `dst` (Umeyama 1991), or None when the `src` points
-  coincide. (OpenCV 4.14's estimateAffinePartial2D has no least-squares method: method=0
-  raises.)"""
-  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-  mu_s, mu_d = src.mean(0), dst.mean(0)
-  a, b = src - mu_s, dst - mu_d
-  var = (a**2).sum() / len(src)
-  if var < 1e-12:
-    return None
-  u, d, vt = np.linalg.svd(b.T @ a / len(src))
-  flip = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
-  rotation = u @ flip @ vt
-  scale = float(np.trace(np.diag(d) @ flip)) / var
-  shift = mu_d - scale * rotation @ mu_s
-  return np.hstack([scale * rotation, shift[:, None]]).astype(np.float64)
-
-
 def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.ndarray:
   """The aligned square crop of `rgb` for five landmarks [5, 2] (x, y) in its pixels."""
-  matrix = similarity_transform(points, settings)
-  scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
-  if scale < 0.5:  # Shrinking a lot: area-downscale first so the warp does not alias.
-    factor = min(1.0, 2.0 * scale)
-    h, w = rgb.shape[:2]
-    rgb = cv2.resize(
-      rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA
-    )
-    matrix = similarity_transform(
-      np.asarray(points, np.float64) * [rgb.shape[1] / w, rgb.shape[0] / h], settings
-    )
-  side = settings.crop_size
-  out = cv2.warpAffine(
-    rgb,
-    matrix,
-    (side, side),
-    flags=cv2.INTER_LINEAR,
-    borderMode=cv2.BORDER_CONSTANT,
-    borderValue=(0, 0, 0),
-  )
-  return np.ascontiguousarray(out)
+  return alignment.warp(rgb, points, settings.template_points(), settings.crop_size, settings.fit)
 
 
 def _cut_square(

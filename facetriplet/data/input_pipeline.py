@@ -41,6 +41,7 @@ Evaluation (`eval_dataset`): every record once, in shard and record order, with 
 
 from __future__ import annotations
 
+from typing import Any, Sequence
 
 import tensorflow as tf
 
@@ -58,29 +59,64 @@ def _decode(payload: tf.Tensor, size: int, decoded: bool) -> tf.Tensor:
   return tfrecords.decode_image(payload, size)
 
 
-def _payload_and_label(size: int, decode: bool):
-  spec = {
-    k: v
-    for k, v in tfrecords.feature_spec().items()
-    if k in (tfrecords.KEY_IMAGE, tfrecords.KEY_LABEL)
-  }
+class _Targets:
+  """Per-photo distillation targets riding in front of each payload: the record's `path` looks
+  up its row of `matrix`, whose serialized bytes (a fixed length for a fixed D) are prepended to
+  the payload, so the grouping and sampling below move them with their photo untouched."""
+
+  def __init__(self, paths, matrix):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    matrix = np.asarray(matrix, np.float32)
+    self.dim = int(matrix.shape[1])
+    self.matrix = tf.constant(matrix)
+    self.table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(paths)), tf.range(len(paths), dtype=tf.int64)
+      ),
+      default_value=-1,
+    )
+    self.width = len(tf.io.serialize_tensor(tf.zeros([self.dim], tf.float32)).numpy())
+
+  def prepend(self, path: tf.Tensor, payload: tf.Tensor) -> tf.Tensor:
+    row = self.table.lookup(path)
+    tf.debugging.assert_non_negative(row, message="a record has no distillation target")
+    return tf.strings.join([tf.io.serialize_tensor(tf.gather(self.matrix, row)), payload])
+
+  def split(self, payload: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    target = tf.io.parse_tensor(tf.strings.substr(payload, 0, self.width), tf.float32)
+    return tf.ensure_shape(target, [self.dim]), tf.strings.substr(payload, self.width, -1)
+
+
+def _payload_and_label(size: int, decode: bool, targets: "_Targets | None" = None):
+  keys = (tfrecords.KEY_IMAGE, tfrecords.KEY_LABEL, tfrecords.KEY_PATH)
+  spec = {k: v for k, v in tfrecords.feature_spec().items() if k in keys}
 
   def fn(serialized):
     ex = tf.io.parse_single_example(serialized, spec)
     payload = ex[tfrecords.KEY_IMAGE]
     if decode:
       payload = tf.io.serialize_tensor(_decode(payload, size, decoded=False))
+    if targets is not None:
+      payload = targets.prepend(ex[tfrecords.KEY_PATH], payload)
     return payload, ex[tfrecords.KEY_LABEL]
 
   return fn
 
 
 def _shard_groups(
-  path: tf.Tensor, shard_index: tf.Tensor, *, size: int, kmax: int, seed: int, decode: bool
+  path: tf.Tensor,
+  shard_index: tf.Tensor,
+  *,
+  size: int,
+  kmax: int,
+  seed: int,
+  decode: bool,
+  targets: "_Targets | None" = None,
 ) -> tf.data.Dataset:
   """The identity groups of one shard, in order: (payloads [kmax], count, label)."""
   records = tf.data.TFRecordDataset(path).map(
-    _payload_and_label(size, decode), num_parallel_calls=AUTOTUNE, deterministic=True
+    _payload_and_label(size, decode, targets), num_parallel_calls=AUTOTUNE, deterministic=True
   )
   sentinel = tf.data.Dataset.from_tensors(
     (tf.constant(b""), tf.constant(_SENTINEL_LABEL, tf.int64))
@@ -129,6 +165,7 @@ def train_dataset(
   shuffle_groups: int = 1024,
   cache: bool = False,
   repeat: bool = True,
+  targets: "tuple[Sequence[str], Any] | None" = None,
 ) -> tf.data.Dataset:
   """P x K (per replica) training batches; see the module docstring.
 
@@ -145,10 +182,13 @@ def train_dataset(
     shuffle_groups: shuffle buffer, in groups.
     cache: keep the decoded groups in memory after the first pass (small sets).
     repeat: repeat forever (training); False gives one pass.
+    targets: (record paths, float32 [N, D]) for knowledge distillation: each photo's target
+      (the teacher's embedding) travels with it.
 
   Returns:
     A dataset of (images uint8 [R*P*K, S, S, 3], labels int64 [R*P*K]); the labels of each
-    replica chunk are P runs of K equal labels, P distinct identities.
+    replica chunk are P runs of K equal labels, P distinct identities. With `targets`, the
+    second element is float32 [R*P*K, 1 + D]: the label, then the photo's target.
 
   Raises:
     UserError: missing shards or manifest, or fewer usable identities than R*P.
@@ -171,8 +211,11 @@ def train_dataset(
 
   shards = tf.data.Dataset.from_tensor_slices((paths, tf.range(len(paths), dtype=tf.int64)))
   shards = shards.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+  riders = _Targets(*targets) if targets is not None else None
   groups = shards.interleave(
-    lambda path, index: _shard_groups(path, index, size=size, kmax=kmax, seed=seed, decode=cache),
+    lambda path, index: _shard_groups(
+      path, index, size=size, kmax=kmax, seed=seed, decode=cache, targets=riders
+    ),
     cycle_length=min(len(paths), 8),
     block_length=1,
     num_parallel_calls=AUTOTUNE,
@@ -199,11 +242,14 @@ def train_dataset(
     return payloads, tf.repeat(label, k)
 
   records = batches.enumerate().map(pick, num_parallel_calls=AUTOTUNE, deterministic=True)
-  images = records.unbatch().map(
-    lambda payload, label: (_decode(payload, size, cache), label),
-    num_parallel_calls=AUTOTUNE,
-    deterministic=True,
-  )
+
+  def unpack(payload, label):
+    if riders is None:
+      return _decode(payload, size, cache), label
+    target, payload = riders.split(payload)
+    return _decode(payload, size, cache), tf.concat([tf.cast(label, tf.float32)[None], target], 0)
+
+  images = records.unbatch().map(unpack, num_parallel_calls=AUTOTUNE, deterministic=True)
   out = images.batch(groups_per_batch * k, drop_remainder=True).prefetch(AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True

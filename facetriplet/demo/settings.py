@@ -8,6 +8,7 @@ turns the tool's options into the run's settings (recorded in demo.json).
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import collections
 import os
@@ -33,6 +34,7 @@ DATA_KEYS = (
 # drawn faces) for 25 epochs at 2.5x its learning rate (measured on 2 busy cores: ~9 s an epoch;
 # val mAP@R 0.03 untrained -> ~0.44, raw pixels 0.11). Quick: the smoke variant on a tiny set.
 GENERATED = {
+  "crop_preset": None,
   "identities": 60,
   "photos": 12,
   "photo_size": 128,
@@ -45,6 +47,7 @@ GENERATED = {
   "base_lr": 0.01,
 }
 QUICK = {
+  "crop_preset": None,
   "identities": 8,
   "photos": 4,
   "photo_size": 64,
@@ -58,12 +61,22 @@ QUICK = {
 }
 
 TRAIN_IMAGES_BUDGET = 12000  # images seen in training for --data (~3 min on 2 busy CPU cores)
+FINETUNE_IMAGES_BUDGET = 3000  # images seen fine-tuning dlib's ResNet (~15 images/s on 2 cores)
 
 
-def plan_for_data(counts: dict[str, int], epochs: Optional[int] = None) -> dict[str, Any]:
+def pretrained_installed() -> bool:
+  """Whether the 'pretrained' extra (dlib's face ResNet weights) is installed."""
+  return importlib.util.find_spec("face_recognition_models") is not None
+
+
+def plan_for_data(
+  counts: dict[str, int], epochs: Optional[int] = None, pretrained: Optional[bool] = None
+) -> dict[str, Any]:
   """Settings for identity folders with these photo counts: K and the config follow the median
   photo count, at least 2 identities are held out, and training sees about TRAIN_IMAGES_BUDGET
-  images (a few minutes on a 2-core CPU).
+  images (a few minutes on a 2-core CPU). With the pretrained network (`pretrained`, default:
+  whether its extra is installed) the run fine-tunes it (configs/celeba.py, dlib150 chips) for
+  about FINETUNE_IMAGES_BUDGET images instead of training from scratch.
 
   Raises:
     UserError: fewer than 4 identities with 2+ photos.
@@ -78,6 +91,24 @@ def plan_for_data(counts: dict[str, int], epochs: Optional[int] = None) -> dict[
   train_ids = max(2, int(len(usable) * (1 - val_fraction)))
   k = min(4, max(2, int(statistics.median(usable)) // 2))
   train_images = max(1, int(sum(usable) * (1 - val_fraction)))
+  if pretrained is None:
+    pretrained = pretrained_installed()
+  if pretrained:
+    # Fine-tuning a network that already knows faces: a few passes at a low learning rate.
+    if not epochs:
+      epochs = min(10, max(2, round(FINETUNE_IMAGES_BUDGET / train_images)))
+    return {
+      "identities": len(counts),
+      "photos": int(statistics.median(usable)),
+      "crop_size": 150,
+      "crop_preset": "dlib150",
+      "epochs": int(epochs),
+      "val_fraction": round(val_fraction, 3),
+      "config": "celeba",
+      "p": min(train_ids, 16),
+      "k": k,
+      "base_lr": None,
+    }
   if not epochs:
     epochs = min(60, max(3, round(TRAIN_IMAGES_BUDGET / train_images)))
   # 2-4 photos a person: the LFW config (P=48 x K=2); more: the ORL one (P=8 x K=4).
@@ -86,6 +117,7 @@ def plan_for_data(counts: dict[str, int], epochs: Optional[int] = None) -> dict[
     "identities": len(counts),
     "photos": int(statistics.median(usable)),
     "crop_size": 64,
+    "crop_preset": None,
     "epochs": int(epochs),
     "val_fraction": round(val_fraction, 3),
     "config": config,

@@ -75,6 +75,7 @@ def run_demo(args: Any) -> None:
           "--output=tfrecords",
           f"--detector={settings['detector']}",
           f"--crop_size={settings['crop_size']}",
+          *([f"--crop_preset={settings['crop_preset']}"] if settings.get("crop_preset") else []),
           f"--val_fraction={settings['val_fraction']}",
           f"--seed={settings['seed']}",
           "--noprogress",

@@ -51,6 +51,7 @@ from facetriplet.export_format import (
   SIGNATURE_BYTES,
   SIGNATURE_IMAGES,
 )
+from facetriplet.training import networks
 from facetriplet.training.workdir import (
   WHICH,
   Workdir,
@@ -191,7 +192,6 @@ def export_model(
   Raises:
     UserError: no checkpoint, unloadable checkpoint, unusable model shape.
   """
-  tf = _tf()
   start = time.time()
   checkpoint = resolve_checkpoint(workdir_or_checkpoint, which)
   workdir = Workdir.of_checkpoint(checkpoint)
@@ -206,16 +206,37 @@ def export_model(
     logging.warning(
       "no manifest.json beside %s: recording the default crop settings %s", checkpoint, crop
     )
+  if flip is None:
+    flip = bool(((config or {}).get("model") or {}).get("test_time_flip", False))
+  verification = _calibration(workdir, checkpoint, model_fingerprint(model), flip)
+  return write_export(
+    model, export_dir, crop, flip, config, os.path.abspath(checkpoint), verification, start
+  )
+
+
+def write_export(
+  model,
+  export_dir: str,
+  crop: dict[str, Any],
+  flip: bool,
+  config: Optional[dict[str, Any]],
+  source: str,
+  verification: Optional[dict[str, Any]] = None,
+  start: Optional[float] = None,
+) -> ExportSummary:
+  """Writes `model` (uint8 crops in, unit embeddings out) as a SavedModel with both signatures
+  and its metadata, atomically. `source` says where the weights came from (a checkpoint path or
+  a pretrained network's name)."""
+  tf = _tf()
+  start = time.time() if start is None else start
+  crop_size = model_crop_size(model)
   if faces.crop_size_of(crop) != crop_size:
     logging.warning(
       "crop size %s differs from the model's %d; the export resizes",
       faces.crop_size_of(crop),
       crop_size,
     )
-  if flip is None:
-    flip = bool(((config or {}).get("model") or {}).get("test_time_flip", False))
   weights = model_fingerprint(model)
-  verification = _calibration(workdir, checkpoint, weights, flip)
   dim = int(model.outputs[0].shape[-1])
   module = _make_module(model, crop_size, flip)
   # Flip on or off, crop settings and weights all change what an index built from it means.
@@ -233,7 +254,7 @@ def export_model(
     "weights_sha256_16": weights,
     "verification": verification,
     "test_time_flip": bool(flip),
-    "checkpoint": os.path.abspath(checkpoint),
+    "checkpoint": source,
     "signatures": {
       SIGNATURE_IMAGES: {
         "input": INPUT_IMAGES,
@@ -263,13 +284,78 @@ def export_model(
       raise RuntimeError(f"the SavedModel in {tmp} lacks assets/{METADATA_FILE}")
   logging.info(
     "exported %s (fingerprint %s, dim %d, crop %d) to %s",
-    checkpoint,
+    source,
     fingerprint,
     dim,
     crop_size,
     export_dir,
   )
-  return ExportSummary(export_dir, checkpoint, fingerprint, dim, crop_size, time.time() - start)
+  return ExportSummary(export_dir, source, fingerprint, dim, crop_size, time.time() - start)
+
+
+def pretrained_config(name: str):
+  """The config of a pretrained network used as it is: the default config with the network, its
+  weights, input size and embedding size, and no augmentation."""
+  from facetriplet import config_files  # pylint: disable=g-import-not-at-top
+
+  if name not in networks.pretrained_names():
+    raise UserError(
+      f"{name!r} is not a pretrained face network: pass one of "
+      f"{', '.join(networks.pretrained_names())}"
+    )
+  network = networks.get(name)
+  config = config_files.load_config("default")
+  config.model.backbone = name
+  config.model.weights = name
+  config.model.image_size = network.image_size
+  config.model.crop_size = faces.CropSettings.preset(network.crop_preset).crop_size
+  config.model.embedding_dim = network.embedding_dim
+  for key in list(config.augment.keys()):
+    if isinstance(config.augment[key], float):
+      config.augment[key] = 0.0
+  config.augment.flip = False
+  return config
+
+
+def export_pretrained(
+  name: str, export_dir: str, flip: bool = False, detector: Optional[str] = None
+) -> ExportSummary:
+  """Exports pretrained network `name` (e.g. 'dlib_resnet') as it is, no training: a normal,
+  fingerprinted export whose crop settings are the network's preset (`detector` overriding the
+  preset's default detector), so build-index, retrieve, evaluate, search and serve take it.
+
+  Raises:
+    UserError: not a pretrained network, or its weights are not installed (one line naming the
+      extra).
+  """
+  from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  config = pretrained_config(name)
+  network = networks.get(name)
+  crop = faces.CropSettings.preset(network.crop_preset, detector=detector).to_dict()
+  model = model_lib.build_embedding_model(config)
+  return write_export(
+    model, export_dir, crop, flip, config.to_dict(), f"pretrained:{name}", None, start
+  )
+
+
+def resolve_model(value: Optional[str]) -> Optional[str]:
+  """A tool's --model: an export folder as given, or the name of a pretrained network (e.g.
+  'dlib_resnet', when no such folder exists) as its cached export."""
+  if value and not os.path.exists(value) and value in networks.pretrained_names():
+    return pretrained_export(value)
+  return value
+
+
+def pretrained_export(name: str) -> str:
+  """The export folder of pretrained network `name` in the cache, written on first use (the
+  network's preset crop, no flip): what `--model=<pretrained name>` of the tools means."""
+  path = os.path.join(networks.cache_dir(), "exports", name)
+  if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+    logging.info("exporting the pretrained %s into %s (once)", name, path)
+    export_pretrained(name, path)
+  return path
 
 
 def _calibration(

@@ -232,11 +232,15 @@ class TripletLoss(keras.losses.Loss):
   per-replica losses. The loss computes in float32 by default, so integer labels (which Keras
   converts to the loss dtype) stay exact up to 2**24 identities even under mixed precision.
 
+  With `distill_weight` > 0 (knowledge distillation) y_true also carries the teacher's embedding
+  of each photo ([B, 1 + D], `split_targets`) and `distill_weight * distillation_loss` is added.
+
   Args:
     kind: `semi_hard`, `batch_hard`, `batch_all` or `random`.
     margin: hinge margin.
     distance: one of `DISTANCES`.
     soft: soft margin (only for `batch_hard`).
+    distill_weight: weight of the cosine distance to the teacher's embeddings (0 = none).
     name: loss name.
     reduction: Keras reduction (keep the default).
     dtype: loss dtype; keep float32.
@@ -251,11 +255,13 @@ class TripletLoss(keras.losses.Loss):
     margin: float = 0.2,
     distance: str = "l2",
     soft: bool = False,
+    distill_weight: float = 0.0,
     name: str = "triplet_loss",
     reduction: str = "sum_over_batch_size",
     dtype: Any = "float32",
   ):
     super().__init__(name=name, reduction=reduction, dtype=dtype)
+    self.distill_weight = float(distill_weight)
     if kind not in KINDS:
       raise ValueError(f"unknown triplet loss kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     _check_distance(distance)
@@ -276,12 +282,21 @@ class TripletLoss(keras.losses.Loss):
       loss = batch_all_triplet_loss(labels, y_pred, self.margin, self.distance)
     else:
       loss = random_triplet_loss(labels, y_pred, self.margin, self.distance)
+    if self.distill_weight:
+      _, targets = split_targets(y_true)
+      loss = loss + self.distill_weight * distillation_loss(targets, y_pred)
     return tf.fill(tf.shape(labels), loss)
 
   def get_config(self) -> dict:
     config = super().get_config()
     config.update(
-      {"kind": self.kind, "margin": self.margin, "distance": self.distance, "soft": self.soft}
+      {
+        "kind": self.kind,
+        "margin": self.margin,
+        "distance": self.distance,
+        "soft": self.soft,
+        "distill_weight": self.distill_weight,
+      }
     )
     return config
 
@@ -291,9 +306,25 @@ def _check_distance(distance: str) -> None:
     raise ValueError(f"unknown distance {distance!r}; valid distances: {', '.join(DISTANCES)}")
 
 
+def split_targets(y_true: TensorLike) -> tuple[tf.Tensor, Optional[tf.Tensor]]:
+  """(labels, teacher embeddings or None) of a batch's y_true: [B] / [B, 1] labels, or the
+  distillation batches' [B, 1 + D] (label, then the teacher's embedding of the same photo)."""
+  y_true = tf.convert_to_tensor(y_true)
+  if y_true.shape.rank == 2 and y_true.shape[-1] is not None and y_true.shape[-1] > 1:
+    return y_true[:, 0], tf.cast(y_true[:, 1:], tf.float32)
+  return y_true, None
+
+
+def distillation_loss(targets: TensorLike, embeddings: TensorLike) -> tf.Tensor:
+  """Mean cosine distance (1 - cos) between the student's and the teacher's embeddings."""
+  a = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
+  b = tf.math.l2_normalize(tf.cast(targets, tf.float32), axis=1)
+  return tf.reduce_mean(1.0 - tf.reduce_sum(a * b, axis=1))
+
+
 def _flat_labels(labels: TensorLike) -> tf.Tensor:
   """[B] or [B, 1] labels of any numeric dtype -> [B] int64 (floats are rounded)."""
-  labels = tf.reshape(tf.convert_to_tensor(labels), [-1])
+  labels = tf.reshape(split_targets(labels)[0], [-1])
   if labels.dtype.is_floating:
     labels = tf.round(labels)
   return tf.cast(labels, tf.int64)
@@ -369,3 +400,14 @@ class ActiveTripletFraction(keras.metrics.Mean):
     config = super().get_config()
     config.update({"margin": self.margin, "distance": self.distance})
     return config
+
+
+class TeacherCosine(keras.metrics.Mean):
+  """Mean cosine similarity of the student's embeddings to the teacher's (distillation)."""
+
+  def __init__(self, name: str = "teacher_cosine", **kwargs):
+    super().__init__(name=name, **kwargs)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    _, targets = split_targets(y_true)
+    return super().update_state(1.0 - distillation_loss(targets, y_pred))

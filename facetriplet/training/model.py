@@ -6,7 +6,8 @@
       -> Resize(image_size)            only when image_size != S (bilinear, antialiased)
       -> BackbonePreprocess(mode)      what the backbone's ImageNet weights expect
       -> backbone (layer "backbone")   a `training.networks` name (resnet18, resnet50, ...)
-      -> Dense(embedding_dim)          layer "projection"
+      -> Dense(embedding_dim)          layer "projection" (none for a network that ends in its
+                                       own embedding, e.g. dlib_resnet's 128-d)
       -> L2Normalize                   layer "embedding", float32 even under mixed precision
 
 Everything a caller needs to embed a photo lives in the model, so a saved `.keras` file (custom
@@ -220,11 +221,38 @@ def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras
       None if stem_pool == "auto" else stem_pool == "on",
     )
     x = backbone(x)
-    x = keras.layers.Dense(int(m.embedding_dim), name="projection")(x)
+    if network.embedding_dim is None:
+      x = keras.layers.Dense(int(m.embedding_dim), name="projection")(x)
+    elif int(m.embedding_dim) != network.embedding_dim:
+      raise UserError(
+        f"{m.backbone} ends in its own {network.embedding_dim}-d embedding: set "
+        f"--config.model.embedding_dim={network.embedding_dim}"
+      )
   outputs = L2Normalize(name="embedding")(x)
   return keras.Model(inputs, outputs, name=f"facetriplet_{m.backbone}")
 
 
-def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
-  """Freezes or unfreezes the backbone (frozen BatchNorm layers also run in inference mode)."""
-  model.get_layer(networks.LAYER).trainable = trainable
+def set_backbone_trainable(model: keras.Model, trainable: bool, frozen_until: str = "") -> None:
+  """Freezes or unfreezes the backbone (frozen BatchNorm layers also run in inference mode).
+
+  Args:
+    model: an embedding model.
+    trainable: whether the backbone trains at all.
+    frozen_until: with `trainable`, the backbone's layers before the one of this name stay
+      frozen (fine-tuning a pretrained network's later blocks only); '' = none.
+
+  Raises:
+    UserError: `frozen_until` names no layer of the backbone.
+  """
+  backbone = model.get_layer(networks.LAYER)
+  backbone.trainable = trainable
+  if not trainable or not frozen_until:
+    return
+  names = [layer.name for layer in backbone.layers]
+  if frozen_until not in names:
+    raise UserError(
+      f"model.frozen_until={frozen_until!r} is not a layer of {backbone.name}: "
+      f"pick one of its layers (e.g. {names[len(names) // 2]})"
+    )
+  for layer in backbone.layers[: names.index(frozen_until)]:
+    layer.trainable = False

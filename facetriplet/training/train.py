@@ -53,7 +53,15 @@ from absl import logging
 from facetriplet import atomic
 from facetriplet.data import input_pipeline, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.training import losses, margin_softmax, multi_worker, optim, projector, warm_start
+from facetriplet.training import (
+  distill,
+  losses,
+  margin_softmax,
+  multi_worker,
+  optim,
+  projector,
+  warm_start,
+)
 from facetriplet.training import model as model_lib
 from facetriplet.training.checkpoints import Checkpoints
 from facetriplet.training.validation import RetrievalEvaluation
@@ -162,10 +170,19 @@ def make_strategy(train_config: Any) -> tf.distribute.Strategy:
   return _STRATEGIES[key]
 
 
+def _distilling(config: Any) -> bool:
+  return bool(config.get("distill", {}) and config.distill.get("teacher", ""))
+
+
 def _compile(
-  model: keras.Model, loss_config: Any, optimizer: keras.optimizers.Optimizer, jit_compile: bool
+  model: keras.Model,
+  loss_config: Any,
+  optimizer: keras.optimizers.Optimizer,
+  jit_compile: bool,
+  distill_weight: float = 0.0,
 ) -> None:
-  """Compiles `model` for `loss_config` (config.loss or config.finetune)."""
+  """Compiles `model` for `loss_config` (config.loss or config.finetune), plus the distillation
+  term when `distill_weight`."""
   kind = loss_config.kind
   if kind in margin_softmax.KINDS:
     loss = margin_softmax.MarginSoftmaxLoss(
@@ -174,9 +191,15 @@ def _compile(
     metrics = [margin_softmax.HeadAccuracy()]
   else:
     loss = losses.TripletLoss(
-      kind, loss_config.margin, loss_config.distance, soft=bool(loss_config.get("soft", False))
+      kind,
+      loss_config.margin,
+      loss_config.distance,
+      soft=bool(loss_config.get("soft", False)),
+      distill_weight=distill_weight,
     )
     metrics = [losses.ActiveTripletFraction(loss_config.margin, loss_config.distance)]
+    if distill_weight:
+      metrics.append(losses.TeacherCosine())
   model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile, metrics=metrics)
 
 
@@ -277,6 +300,9 @@ def _train(
     config.model.image_size,
   )
 
+  teacher_targets = None
+  if _distilling(config):
+    teacher_targets = distill.targets(config, shard_set, out)
   dataset = input_pipeline.train_dataset(
     data_dir,
     config.data.train_split,
@@ -288,6 +314,7 @@ def _train(
     min_photos=int(config.data.min_photos),
     shuffle_groups=int(config.data.shuffle_groups),
     cache=bool(config.data.cache),
+    targets=teacher_targets,
   )
   head_model = None
   if config.loss.kind in margin_softmax.KINDS:
@@ -333,11 +360,19 @@ def _train(
     )
     fitted = head_model if phase.loss.kind in margin_softmax.KINDS else model
     with strategy.scope():
-      model_lib.set_backbone_trainable(model, phase.trainable)
+      model_lib.set_backbone_trainable(
+        model, phase.trainable, str(config.model.get("frozen_until", "") or "")
+      )
       optimizer = optim.make_optimizer(
         train, peak_lr, steps, phase, config.model.get("mixed_precision", "")
       )
-      _compile(fitted, phase.loss, optimizer, jit)
+      _compile(
+        fitted,
+        phase.loss,
+        optimizer,
+        jit,
+        float(config.distill.weight) if _distilling(config) else 0.0,
+      )
       optimizer.build(fitted.trainable_variables)
       # The schedules run on the global step: each phase starts where the last one stopped.
       optimizer.iterations.assign(phase.first * steps)

@@ -11,6 +11,8 @@
   backup/<phase>/        keras.callbacks.BackupAndRestore state (weights + epoch)
   logs/                  TensorBoard: train/ (Keras), retrieval/ (val metrics), projector/ (val
                          embeddings of best.keras with face thumbnails, written at the end)
+  teacher_targets.npz    knowledge distillation: the teacher's embedding of every training photo
+                         (`training.distill`), kept so a resumed run does not recompute them
   workertemp_<id>/       multi-worker training: a non-chief worker's copy of the files above,
                          removed when its run ends (`training.multi_worker`)
 
@@ -85,6 +87,11 @@ class Workdir:
   def projector_dir(self) -> str:
     """logs/projector: the TensorBoard embedding projector view (`training.projector`)."""
     return os.path.join(self.logs_dir, "projector")
+
+  @property
+  def teacher_targets_path(self) -> str:
+    """teacher_targets.npz: the teacher's embeddings of the training photos (distillation)."""
+    return os.path.join(self.path, "teacher_targets.npz")
 
   def worker_temp(self, task_id: int) -> "Workdir":
     """<path>/workertemp_<task_id>: where a non-chief worker of a multi-worker run writes
@@ -215,8 +222,13 @@ def save_model_atomically(model, path: str) -> None:
 def weights_digest(model) -> str:
   """First 16 hex digits of sha256 over every weight's shape, dtype and bytes, in model order:
   names the weights a checkpoint holds (the export records it as `weights_sha256_16`)."""
+  return arrays_digest(model.weights)
+
+
+def arrays_digest(arrays) -> str:
+  """First 16 hex digits of sha256 over the arrays' shapes, dtypes and bytes, in order."""
   h = hashlib.sha256()
-  for w in model.weights:
+  for w in arrays:
     a = np.ascontiguousarray(np.asarray(w))
     h.update(f"{a.dtype.str}{a.shape};".encode())
     h.update(a.tobytes())

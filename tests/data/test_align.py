@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facetriplet.data import faces, ingest, tfrecords
+from facetriplet.data import alignment, faces, ingest, tfrecords
 from facetriplet.errors import UserError
 
 MTCNN = faces.CropSettings(detector="mtcnn", crop_size=112)
@@ -33,7 +33,7 @@ def test_align_maps_landmarks_onto_the_template():
   a, scale = math.radians(20), 2.5
   rot = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
   points = template @ rot.T + [150.0, 80.0]
-  matrix = faces.similarity_transform(points, settings)
+  matrix = alignment.similarity_transform(points, settings.template_points(), settings.fit)
   mapped = np.c_[points, np.ones(5)] @ matrix.T
   np.testing.assert_allclose(mapped, template, atol=1e-3)
   # And the warp moves pixel content accordingly: a white dot at the left eye lands on the
@@ -166,8 +166,8 @@ def test_least_squares_similarity_recovers_a_known_transform():
   angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
   rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
   dst = scale * src @ rot.T + shift
-  matrix = faces.least_squares_similarity(src, dst)
+  matrix = alignment.least_squares_similarity(src, dst)
   np.testing.assert_allclose(matrix, np.hstack([scale * rot, shift[:, None]]), atol=1e-9)
-  mirrored = faces.least_squares_similarity(src, dst * [-1, 1])
+  mirrored = alignment.least_squares_similarity(src, dst * [-1, 1])
   assert np.linalg.det(mirrored[:, :2]) > 0  # the best proper similarity, not the mirror
-  assert faces.least_squares_similarity(np.ones((5, 2)), dst) is None
+  assert alignment.least_squares_similarity(np.ones((5, 2)), dst) is None

@@ -164,3 +164,22 @@ def test_gallery_from_records_sees_the_pixels_training_sees(data_dir):
     for e in encoded
   ]
   assert any(not np.array_equal(o, g) for o, (_, g) in zip(opencv, gallery))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_distillation_targets_travel_with_their_photo(data_dir, cache):
+  """Each photo's target (here a function of its pixels) arrives beside that very photo, after
+  the grouping, reservoir sampling, shuffling and K-cycling; batches are otherwise unchanged."""
+  paths, targets = [], []
+  for batch in input_pipeline.eval_dataset(data_dir, "train", 8):
+    for image, path in zip(batch["image"].numpy(), batch["path"].numpy()):
+      paths.append(path.decode())
+      targets.append(image.reshape(-1, 3).mean(axis=0).astype(np.float32))  # 3-d "embedding"
+  plain = _batches(data_dir, 4, cache=cache)
+  with_targets = _batches(data_dir, 4, cache=cache, targets=(paths, np.stack(targets)))
+  for (images, labels), (images_t, packed) in zip(plain, with_targets):
+    np.testing.assert_array_equal(images_t, images)
+    assert packed.shape == (len(labels), 4) and packed.dtype == np.float32
+    np.testing.assert_array_equal(packed[:, 0], labels)
+    expected = images.reshape(len(images), -1, 3).mean(axis=1)
+    np.testing.assert_allclose(packed[:, 1:], expected, atol=1e-4)

@@ -403,3 +403,23 @@ def test_keras_fit_and_evaluate_under_mirrored_strategy(tmp_path, two_replica_st
   model.save(tmp_path / "m.keras")
   restored = keras.models.load_model(tmp_path / "m.keras")
   assert isinstance(restored.loss, losses.TripletLoss) and restored.loss.margin == 0.5
+
+
+def test_distillation_term_adds_the_cosine_distance_to_the_teacher():
+  """y_true packs (label, teacher embedding); the loss is the triplet loss over the labels plus
+  weight x mean(1 - cos(student, teacher)), checked against NumPy."""
+  rng = np.random.default_rng(5)
+  labels = np.repeat(np.arange(4), 3).astype(np.float32)
+  emb = rng.normal(size=(12, 8)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  teacher = rng.normal(size=(12, 8)).astype(np.float32)
+  packed = np.concatenate([labels[:, None], teacher], axis=1)
+  plain = float(losses.TripletLoss("semi_hard")(labels, emb))
+  mixed = float(losses.TripletLoss("semi_hard", distill_weight=0.5)(packed, emb))
+  unit = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
+  cos = np.sum(emb * unit, axis=1)
+  assert mixed == pytest.approx(plain + 0.5 * np.mean(1 - cos), abs=1e-5)
+  assert float(losses.TripletLoss("semi_hard")(packed, emb)) == pytest.approx(plain, abs=1e-6)
+  metric = losses.TeacherCosine()
+  metric.update_state(packed, emb)
+  assert float(metric.result()) == pytest.approx(np.mean(cos), abs=1e-5)

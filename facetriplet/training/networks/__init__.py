@@ -37,8 +37,11 @@ class Network:
       'tf' ([-1, 1]) or 'none' (normalised inside the network).
     weights: named weight sets it can load (e.g. 'imagenet').
     image_size: the input side it needs, or None for any.
-    crop: CropSettings fields of the crops its weights were trained on (pretrained face
+    crop_preset: the crop its weights were trained on (a `faces.PRESETS` name; pretrained face
       networks), or None.
+    embedding_dim: the network ends in its own embedding of this size (a pretrained face
+      network): the model adds no projection. None: pooled features, projected to
+      `config.model.embedding_dim`.
   """
 
   name: str
@@ -46,12 +49,14 @@ class Network:
   preprocess: str = "none"
   weights: tuple[str, ...] = ()
   image_size: Optional[int] = None
-  crop: Optional[dict[str, Any]] = None
+  crop_preset: Optional[str] = None
+  embedding_dim: Optional[int] = None
 
 
 class Entry(NamedTuple):
   module: str
   summary: str
+  pretrained: bool = False  # comes with face weights of its own: usable with no training
 
 
 REGISTRY: dict[str, Entry] = {
@@ -74,6 +79,12 @@ REGISTRY: dict[str, Entry] = {
   "resnet18": Entry(
     "facetriplet.training.networks.resnet18",
     "ResNet-18-style net defined here, width-scalable, trains from scratch",
+  ),
+  "dlib_resnet": Entry(
+    "facetriplet.training.networks.dlib_resnet",
+    "dlib's face ResNet (150-px dlib150 chips, 128-d), pretrained on ~3M faces: weights "
+    "'dlib_resnet' (extra 'pretrained')",
+    pretrained=True,
   ),
 }
 NAMES = tuple(REGISTRY)
@@ -137,6 +148,19 @@ def build(
   model = network.build(int(image_size), weights, float(width), stem_pool)
   model.name = LAYER
   return model
+
+
+def cache_dir() -> str:
+  """Where converted weights and pretrained exports are kept: $FACETRIPLET_CACHE, else
+  ~/.cache/facetriplet."""
+  return os.environ.get("FACETRIPLET_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "facetriplet"
+  )
+
+
+def pretrained_names() -> list[str]:
+  """The networks that come with pretrained face weights (usable as exports with no training)."""
+  return [n for n in NAMES if REGISTRY[n].pretrained]
 
 
 def load_weights_file(model, path: str, name: str) -> None:
