@@ -61,9 +61,9 @@ def main(argv: Sequence[str]) -> None:
   source = _CHECKPOINT.value or _WORKDIR.value or _PRETRAINED.value
   logging.info("export: source=%s which=%s export_dir=%s", source, _WHICH.value, _EXPORT_DIR.value)
   flip = {"config": None, "on": True, "off": False}[_FLIP.value]
-  if _PRETRAINED.value:
+  if _PRETRAINED.value:  # 'config' = on: the pretrained network's own default
     s = export.export_pretrained(
-      _PRETRAINED.value, _EXPORT_DIR.value, flip=bool(flip), detector=_DETECTOR.value
+      _PRETRAINED.value, _EXPORT_DIR.value, flip=flip is not False, detector=_DETECTOR.value
     )
   else:
     s = export.export_model(source, _EXPORT_DIR.value, which=_WHICH.value, flip=flip)

@@ -38,6 +38,7 @@ def pretrained_dlib(config: ml_collections.ConfigDict) -> None:
   config.model.weights = "dlib_resnet"
   config.model.image_size = 150
   config.model.embedding_dim = 128
+  config.model.test_time_flip = True
   config.augment.flip = True
   config.augment.translate = 0.03
   config.augment.zoom = 0.0
