@@ -21,6 +21,8 @@ OUTPUT = os.path.join(os.path.dirname(HERE), "BENCHMARKS.md")
 
 # Sections in reading order; results not listed here come after them, by name.
 ORDER = [
+  "pretrained_quality",
+  "pretrained_speed",
   "ablation_lfw",
   "ablation_orl",
   "ablation_curve",

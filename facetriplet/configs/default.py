@@ -65,10 +65,11 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.augment.erasing_scale = (0.02, 0.15)
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.kind = "semi_hard"  # semi_hard | batch_hard | batch_all | random
+  config.loss.kind = "semi_hard"  # semi_hard | batch_hard | batch_all | random | metric_pairs
   #                                         | cosface | arcface (margin softmax, class head)
   config.loss.margin = 0.2  # triplet margin
   config.loss.distance = "l2"  # l2 | squared_l2 | angular
+  config.loss.threshold = 0.45  # metric_pairs: the same/other-person distance threshold
   config.loss.soft = False  # batch_hard only: softplus instead of the hinge
   config.loss.scale = 30.0  # margin softmax: s
   config.loss.class_margin = 0.35  # margin softmax: m (cosface 0.35, arcface 0.5 rad)

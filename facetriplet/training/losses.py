@@ -24,8 +24,10 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import keras
 import tensorflow as tf
 
+from facetriplet.training import pair_loss
+
 DISTANCES = ("l2", "squared_l2", "angular")
-KINDS = ("semi_hard", "batch_hard", "batch_all", "random")
+KINDS = ("semi_hard", "batch_hard", "batch_all", "random", "metric_pairs")
 
 TensorLike = Union[tf.Tensor, Any]
 
@@ -256,6 +258,7 @@ class TripletLoss(keras.losses.Loss):
     distance: str = "l2",
     soft: bool = False,
     distill_weight: float = 0.0,
+    threshold: float = 0.45,
     name: str = "triplet_loss",
     reduction: str = "sum_over_batch_size",
     dtype: Any = "float32",
@@ -271,6 +274,7 @@ class TripletLoss(keras.losses.Loss):
     self.margin = float(margin)
     self.distance = distance
     self.soft = bool(soft)
+    self.threshold = float(threshold)
 
   def call(self, y_true: TensorLike, y_pred: TensorLike) -> tf.Tensor:
     labels = _flat_labels(y_true)
@@ -280,6 +284,8 @@ class TripletLoss(keras.losses.Loss):
       loss = batch_hard_triplet_loss(labels, y_pred, self.margin, self.distance, soft=self.soft)
     elif self.kind == "batch_all":
       loss = batch_all_triplet_loss(labels, y_pred, self.margin, self.distance)
+    elif self.kind == "metric_pairs":
+      loss = pair_loss.metric_pair_loss(labels, y_pred, self.threshold, self.margin, self.distance)
     else:
       loss = random_triplet_loss(labels, y_pred, self.margin, self.distance)
     if self.distill_weight:
@@ -296,6 +302,7 @@ class TripletLoss(keras.losses.Loss):
         "distance": self.distance,
         "soft": self.soft,
         "distill_weight": self.distill_weight,
+        "threshold": self.threshold,
       }
     )
     return config

@@ -196,6 +196,7 @@ def _compile(
       loss_config.distance,
       soft=bool(loss_config.get("soft", False)),
       distill_weight=distill_weight,
+      threshold=float(loss_config.get("threshold", 0.45)),
     )
     metrics = [losses.ActiveTripletFraction(loss_config.margin, loss_config.distance)]
     if distill_weight:

@@ -199,8 +199,9 @@ def load_checkpoint(path: str):
   # Keras and the modules registering facetriplet's layers are imported here, not at the top:
   # they import TensorFlow, which readers of a workdir's files do not need.
   import keras  # pylint: disable=g-import-not-at-top
-  from facetriplet.training import augment, losses, margin_softmax, model  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from facetriplet.training import augment, losses, margin_softmax, model, networks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
+  networks.register_layers()
   try:
     return keras.saving.load_model(path, compile=False)
   except (OSError, ValueError) as e:

@@ -423,3 +423,32 @@ def test_distillation_term_adds_the_cosine_distance_to_the_teacher():
   metric = losses.TeacherCosine()
   metric.update_state(packed, emb)
   assert float(metric.result()) == pytest.approx(np.mean(cos), abs=1e-5)
+
+
+def ref_metric_pairs(labels, x, threshold, margin, distance):
+  """dlib's loss_metric_ by hand: every same-person pair, the hardest other-person pairs."""
+  d = ref_distance(x, distance)
+  pos, neg = [], []
+  for i, j in itertools.combinations(range(len(labels)), 2):
+    if labels[i] == labels[j]:
+      pos.append(max(0.0, d[i, j] - (threshold - margin)))
+    else:
+      neg.append(max(0.0, threshold + margin - d[i, j]))
+  if not pos:
+    return 0.0
+  return (sum(pos) + sum(sorted(neg, reverse=True)[: len(pos)])) / (2 * len(pos))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metric_pairs_matches_dlib_rule(seed):
+  labels, x = random_batch(seed)
+  x = 0.5 * x / np.linalg.norm(x, axis=1, keepdims=True)  # distances around the threshold
+  want = ref_metric_pairs(labels, x, 0.45, 0.05, "l2")
+  got = float(losses.TripletLoss("metric_pairs", 0.05, threshold=0.45)(labels, x))
+  assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+  assert want > 0
+
+
+def test_metric_pairs_without_a_pair_is_zero():
+  x = np.eye(4, dtype=np.float32)
+  assert float(losses.TripletLoss("metric_pairs", 0.05)(np.arange(4), x)) == 0.0

@@ -160,3 +160,43 @@ def test_every_registered_network_has_a_spec():
     assert spec.name == name and spec.preprocess in networks.PREPROCESS_MODES
   with pytest.raises(UserError, match="unknown backbone"):
     networks.check("resnet1000")
+
+
+def test_a_checkpoint_of_any_network_loads_in_a_fresh_process(tmp_path):
+  """A .keras checkpoint holds the network's own layers (dlib_resnet's affine, ...); loading it
+  in a process that never built that network must still find them (networks.register_layers)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  from facetriplet.training import workdir  # pylint: disable=g-import-not-at-top
+
+  config = ml_collections.ConfigDict(
+    {
+      "model": {
+        "backbone": "dlib_resnet",
+        "weights": "none",
+        "image_size": 150,
+        "crop_size": 150,
+        "embedding_dim": 128,
+        "width": 1.0,
+      },
+      "augment": {},
+      "seed": 0,
+    }
+  )
+  net = model_lib.build_embedding_model(config)
+  path = str(tmp_path / "net.keras")
+  workdir.save_model_atomically(net, path)
+  x = np.random.default_rng(0).integers(0, 256, (2, 150, 150, 3)).astype(np.uint8)
+  np.save(tmp_path / "x.npy", x)
+  code = (
+    "import sys, numpy as np\n"
+    "from facetriplet.training import workdir\n"
+    "m = workdir.load_checkpoint(sys.argv[1])\n"
+    "np.save(sys.argv[3], m.predict_on_batch(np.load(sys.argv[2])))\n"
+  )
+  out = tmp_path / "out.npy"
+  subprocess.run(
+    [sys.executable, "-c", code, path, str(tmp_path / "x.npy"), str(out)], check=True, timeout=300
+  )
+  np.testing.assert_allclose(np.load(out), net.predict_on_batch(x), atol=1e-5)

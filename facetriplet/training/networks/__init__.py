@@ -90,6 +90,13 @@ REGISTRY: dict[str, Entry] = {
 NAMES = tuple(REGISTRY)
 
 
+def register_layers() -> None:
+  """Imports every network module, so that the custom Keras layers of each are registered
+  before a checkpoint that holds them is loaded."""
+  for module in sorted({entry.module for entry in REGISTRY.values()}):
+    importlib.import_module(module)
+
+
 def check(name: str) -> str:
   """`name` if it is a registered network; UserError naming the choices otherwise."""
   if name not in REGISTRY:
