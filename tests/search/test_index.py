@@ -251,8 +251,10 @@ def test_add_and_remove_without_rebuilding_match_a_fresh_build(mode, tmp_path):
     got = [[idx.items[j].id for j in row] for row in rows]
     assert not {i for row in got for i in row} & (set(victims) | {f"junk-{i}" for i in range(30)})
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth_ids)])
-    # Upserted rows join partitions trained without them: measured 0.896 vs 0.936 fresh here.
-    assert recall >= (1.0 if mode == "brute_force" else fresh_recall - 0.05), (recall, fresh_recall)
+    # Upserted rows join partitions trained without them, and ScaNN's partition training is not
+    # repeatable across runs: measured 0.896 vs 0.936 fresh, and 0.873 vs 0.939. Were the 30%
+    # upserted rows not searchable, recall would fall to about 0.7 x fresh (~0.66).
+    assert recall >= (1.0 if mode == "brute_force" else fresh_recall - 0.1), (recall, fresh_recall)
     np.testing.assert_allclose(
       scores, np.einsum("qd,qkd->qk", queries, np.asarray(idx.embeddings)[rows]), atol=1e-4
     )
