@@ -4,9 +4,8 @@ Every loss is a pure TensorFlow function `(labels [B] int, embeddings [B, D]) ->
 They run eagerly, inside `tf.function` and in a `tf.distribute` replica context; embeddings in
 float16/bfloat16 (mixed precision) are cast to float32 first, so the loss is always float32.
 
-Memory is O(B^2): instead of tiling a [B, B, B] triplet tensor (as TF-Addons does), each anchor's
-negative distances are sorted once and every anchor-positive pair finds its negative with
-`tf.searchsorted` in that sorted row.
+Memory is O(B^2): no [B, B, B] triplet tensor (as in TF-Addons); each anchor's negative distances
+are sorted once and every anchor-positive pair finds its negative there with `tf.searchsorted`.
 
 Conventions shared by all losses:
   * A triplet (a, p, n) needs a != p, label[a] == label[p] and label[n] != label[a].
@@ -238,7 +237,7 @@ class TripletLoss(keras.losses.Loss):
   of each photo ([B, 1 + D], `split_targets`) and `distill_weight * distillation_loss` is added.
 
   Args:
-    kind: `semi_hard`, `batch_hard`, `batch_all` or `random`.
+    kind: one of `KINDS` (`metric_pairs`: dlib's pair loss around `threshold`; `pair_loss`).
     margin: hinge margin.
     distance: one of `DISTANCES`.
     soft: soft margin (only for `batch_hard`).
@@ -258,7 +257,7 @@ class TripletLoss(keras.losses.Loss):
     distance: str = "l2",
     soft: bool = False,
     distill_weight: float = 0.0,
-    threshold: float = 0.45,
+    threshold: float = pair_loss.THRESHOLD,
     name: str = "triplet_loss",
     reduction: str = "sum_over_batch_size",
     dtype: Any = "float32",
@@ -285,7 +284,8 @@ class TripletLoss(keras.losses.Loss):
     elif self.kind == "batch_all":
       loss = batch_all_triplet_loss(labels, y_pred, self.margin, self.distance)
     elif self.kind == "metric_pairs":
-      loss = pair_loss.metric_pair_loss(labels, y_pred, self.threshold, self.margin, self.distance)
+      dist, positive, negative = _distances_and_masks(labels, y_pred, self.distance)
+      loss = pair_loss.metric_pair_loss(dist, positive, negative, self.threshold, self.margin)
     else:
       loss = random_triplet_loss(labels, y_pred, self.margin, self.distance)
     if self.distill_weight:

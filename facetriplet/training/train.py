@@ -196,7 +196,7 @@ def _compile(
       loss_config.distance,
       soft=bool(loss_config.get("soft", False)),
       distill_weight=distill_weight,
-      threshold=float(loss_config.get("threshold", 0.45)),
+      threshold=float(loss_config.get("threshold", losses.pair_loss.THRESHOLD)),
     )
     metrics = [losses.ActiveTripletFraction(loss_config.margin, loss_config.distance)]
     if distill_weight:

@@ -204,7 +204,7 @@ def load_checkpoint(path: str):
   networks.register_layers()
   try:
     return keras.saving.load_model(path, compile=False)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, TypeError) as e:  # TypeError: a layer no module registers
     raise UserError(f"cannot load checkpoint {path}: {e}") from None
 
 

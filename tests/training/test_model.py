@@ -170,19 +170,8 @@ def test_a_checkpoint_of_any_network_loads_in_a_fresh_process(tmp_path):
 
   from facetriplet.training import workdir  # pylint: disable=g-import-not-at-top
 
-  config = ml_collections.ConfigDict(
-    {
-      "model": {
-        "backbone": "dlib_resnet",
-        "weights": "none",
-        "image_size": 150,
-        "crop_size": 150,
-        "embedding_dim": 128,
-        "width": 1.0,
-      },
-      "augment": {},
-      "seed": 0,
-    }
+  config = _config(
+    backbone="dlib_resnet", image_size=150, crop_size=150, embedding_dim=128, width=1.0
   )
   net = model_lib.build_embedding_model(config)
   path = str(tmp_path / "net.keras")
