@@ -98,6 +98,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.train.k = k  # photos per identity
   config.train.num_replicas = num_replicas  # replicas the lr is scaled for (checked at start)
   config.train.cpu_replicas = 1  # without GPUs: split the CPU into N logical devices
+  config.train.heartbeat_timeout_s = 60.0  # several machines: a worker silent this long is dead
   config.train.base_lr = base_lr  # learning rate for a global batch of 256
   config.train.learning_rate = base_lr * p * k * num_replicas / 256.0
   config.train.optimizer = "adamw"  # adamw | sgd

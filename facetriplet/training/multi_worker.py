@@ -26,6 +26,12 @@ it builds this strategy, and changing nothing under any other strategy):
 `model.predict` under this strategy shards its input across workers and gathers the results
 (collectives, and by-file sharding reorders the rows): the per-epoch evaluation calls the model
 directly on each worker instead (`validation.RetrievalEvaluation(local=True)`).
+
+Failure detection. TensorFlow's coordination service declares a worker dead when it misses its
+heartbeats for `heartbeat_timeout_in_ms` (10 s by default); a busy host (input pipeline and
+training saturating every core) can starve the heartbeat thread that long and abort a healthy
+run ("Task ... heartbeat timeout"). `configure_heartbeat` sets the timeout
+(`config.train.heartbeat_timeout_s`) before the strategy is made.
 """
 
 from __future__ import annotations
@@ -92,6 +98,32 @@ def check_agree(strategy: Any, value: float, what: str, fix: str) -> None:
       f"the workers disagree on {what}: {value:g} on this worker, "
       f"{total / count:g} on average over the workers; {fix}"
     )
+
+
+def configure_heartbeat(timeout_s: float) -> None:
+  """Sets the coordination service's heartbeat timeout for the multi-worker strategy about to
+  be made (the service and jobs the strategy itself would configure, with this timeout). A no-op
+  when the process already has a coordination service or TF_CONFIG names no cluster."""
+  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.distribute import multi_worker_util
+  from tensorflow.python.eager import context
+  from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+
+  # pylint: enable=g-import-not-at-top
+  if context.context().coordination_service is not None or not configured():
+    return
+  cluster_spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+  jobs = [
+    coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+    for job in ("chief", "worker")
+    if job in cluster_spec.jobs
+  ]
+  context.context().configure_coordination_service(
+    service_type="standalone",
+    service_leader=multi_worker_util.coordination_leader(cluster_spec),
+    coordinated_jobs=jobs,
+    heartbeat_timeout_in_ms=int(timeout_s * 1000),
+  )
 
 
 _PATCHED = False

@@ -152,6 +152,7 @@ def make_strategy(train_config: Any) -> tf.distribute.Strategy:
   """
   if multi_worker.configured():
     multi_worker.patch_keras()
+    multi_worker.configure_heartbeat(float(train_config.get("heartbeat_timeout_s", 60)))
     key = ("multi_worker",)
     factory = tf.distribute.MultiWorkerMirroredStrategy
   elif tf.config.list_physical_devices("GPU"):

@@ -84,11 +84,13 @@ def main():
   parser.add_argument("--check_batches", type=int, default=0)
   parser.add_argument("--pause_after", type=int, default=0)
   parser.add_argument("--pause", action="store_true")
+  parser.add_argument("--heartbeat_timeout_s", type=float, default=60.0)
   args = parser.parse_args()
 
   config = config_files.load_config(os.path.join(REPO, "configs", "default.py"), "smoke")
   config.data.tfrecord_dir = args.data
   config.train.update(dict(num_replicas=2, p=2, k=2, epochs=args.epochs, projector_points=8))
+  config.train.heartbeat_timeout_s = args.heartbeat_timeout_s
   strategy = train.make_strategy(config.train)
   assert multi_worker.in_multi_worker_mode(strategy) and strategy.num_replicas_in_sync == 2
   task_id = multi_worker.task(strategy)[1]

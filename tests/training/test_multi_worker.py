@@ -227,20 +227,26 @@ def test_killed_worker_resumes_from_the_chiefs_backup(data_dir, tmp_path):
   common = [f"--data={data_dir}", f"--workdir={workdir}", "--epochs=2"]
   # Run 1: after epoch 1 (and its backup) worker 1 stops; the chief goes on into epoch 2 and
   # waits for it in the first all-reduce. Worker 1 is killed: the chief notices (TensorFlow's
-  # coordination service misses its heartbeats) and stops by itself.
+  # coordination service misses its heartbeats for --heartbeat_timeout_s) and stops by itself.
   first = str(tmp_path / "out1")
-  cluster = Cluster(first, *common, "--pause_after=1", extra={1: ["--pause"]})
+  cluster = Cluster(
+    first, *common, "--pause_after=1", "--heartbeat_timeout_s=30", extra={1: ["--pause"]}
+  )
   try:
     cluster.wait_for([os.path.join(first, f"epoch1.task{t}") for t in (0, 1)])
     time.sleep(2)  # the chief is now blocked in epoch 2's first step
     assert cluster.procs[0].poll() is None, cluster.tail(0)
     os.kill(cluster.procs[1].pid, signal.SIGKILL)
+    killed = time.time()
     cluster.procs[1].wait(timeout=30)
     try:
       code = cluster.procs[0].wait(timeout=120)
+      waited = time.time() - killed
     except subprocess.TimeoutExpired:
       pytest.fail("the chief still waits 120 s after its peer died:\n" + cluster.tail(0))
     assert code != 0 and "UnavailableError" in cluster.tail(0, 20000), cluster.tail(0)
+    # train.heartbeat_timeout_s took effect (TensorFlow's default, 10 s, stops it in ~15 s).
+    assert waited > 22, f"the chief stopped {waited:.1f} s after the kill, before its 30 s timeout"
   finally:
     cluster.kill()
   first_chief = cluster.procs[0].pid
