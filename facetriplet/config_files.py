@@ -50,13 +50,18 @@ def resolve_argv(argv: list[str]) -> list[str]:
   return out
 
 
-def load_module(path: str) -> ModuleType:
-  """Imports the config file at `path` as a fresh module."""
+def check_file(path: str) -> None:
+  """UserError naming the choices when there is no config file at `path` (no `:arg`)."""
   if not os.path.isfile(path):
     raise UserError(
       f"config file {path} not found: pass --config=<name> (shipped: "
       f"{', '.join(shipped())}) or --config=<path of a config .py file>"
     )
+
+
+def load_module(path: str) -> ModuleType:
+  """Imports the config file at `path` as a fresh module."""
+  check_file(path)
   name = "facetriplet_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)

@@ -3,11 +3,14 @@
 Library code raises `UserError` (or a subclass) for anything a person can fix: a missing folder, a
 bad flag, an index built by another model. The message names the thing and the fix. Tools wrap
 their main with `run_tool`, which turns such an error into one line on stderr and exit status 2,
-never a traceback.
+never a traceback. `run_tool` also gives every tool `--verbose` and, without it, keeps
+TensorFlow's C++ start-up lines (CUDA probing, CPU features, oneDNN) off the terminal
+(`quiet_tensorflow`); the tools import TensorFlow only after their flags and paths are checked.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -26,10 +29,36 @@ class ImageError(UserError):
     super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+def quiet_tensorflow(verbose: bool = False, environ=os.environ) -> None:
+  """Sets TF_CPP_MIN_LOG_LEVEL for a tool, before TensorFlow loads (later it has no effect).
+
+  With --verbose "0": every line. Otherwise a level the user set is kept; else "2" (info and
+  warning lines hidden: "Could not find cuda drivers", cpu_feature_guard, oneDNN, tf.data's
+  end-of-sequence warnings; C++ errors still shown), or "3" on a machine without an NVIDIA
+  driver, where XLA logs "failed call to cuInit" as an error although a CPU-only run is fine.
+  Python exceptions, `UserError` lines and the project's own logging are not affected.
+  """
+  if verbose:
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+  elif "TF_CPP_MIN_LOG_LEVEL" not in environ:
+    no_gpu_driver = sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia")
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if no_gpu_driver else "2"
+
+
 def run_tool(main: Callable[[Sequence[str]], None]) -> None:
-  """Runs an absl main; a `UserError` becomes one line on stderr and exit status 2."""
+  """Runs an absl main; a `UserError` becomes one line on stderr and exit status 2.
+
+  Every tool gets `--verbose` (TensorFlow's start-up lines shown, see `quiet_tensorflow`).
+  """
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool(
+      "verbose",
+      False,
+      "Show TensorFlow's and CUDA's start-up log lines (hidden by default on the terminal).",
+    )
 
   # As a console script the main module is setuptools' wrapper, so --help would show neither the
   # tool's docstring nor its flags: lend it both.
@@ -37,11 +66,13 @@ def run_tool(main: Callable[[Sequence[str]], None]) -> None:
   if module is not None:
     for flag in flags.FLAGS.get_flags_for_module(module.__name__):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["verbose"])
     entry = sys.modules.get("__main__")
     if entry is not None and entry is not module and not entry.__doc__:
       entry.__doc__ = module.__doc__
 
   def guarded(argv: Sequence[str]) -> None:
+    quiet_tensorflow(flags.FLAGS.verbose)
     try:
       main(argv)
     except UserError as e:

@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
+from tests.test_tools_fast_errors import imported
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+SLOW = {"tensorflow", "keras", "scann", "fastapi", "uvicorn", "apache_beam"}
 # Flags each tool's help must mention (beyond its docstring).
 FLAGS = {
   "facetriplet-build-tfrecords": ["--layout", "--on_no_face", "--val_fraction", "--runner"],
@@ -54,11 +57,14 @@ def test_help_shows_the_docstring_line_by_line_and_the_flags(tool, module):
     capture_output=True,
     text=True,
     timeout=120,
-    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPROFILEIMPORTTIME": "1"},
   )
-  text = proc.stdout + proc.stderr
+  # --help stays well under a second: none of the slow libraries is imported for it.
+  assert not imported(proc.stderr) & SLOW, f"{tool} --help imports {imported(proc.stderr) & SLOW}"
+  stderr = "".join(x for x in proc.stderr.splitlines(True) if not x.startswith("import time:"))
+  text = proc.stdout + stderr
   assert proc.returncode in (0, 1) and "Traceback" not in text, text  # absl exits 1 after --help
-  for flag in FLAGS.get(tool, []):
+  for flag in FLAGS.get(tool, []) + ["--[no]verbose"]:  # --verbose: every tool's, from run_tool
     assert flag in text, f"{tool} --help does not mention {flag}:\n{text}"
   shown = {line.strip() for line in text.splitlines()}
   source = os.path.join(REPO, "tools", module.split(".")[-1] + ".py")  # not imported: absl

@@ -141,8 +141,9 @@ def update(workers: int) -> None:
       "--gallery builds a new index; with --add/--remove/--rebuild pass only "
       "--index_dir=<existing index>"
     )
-  searcher = Searcher.open(_INDEX_DIR.value, _model())
-  before = len(searcher)
+  # The inputs are read before the index and its model load (TensorFlow): a wrong path is
+  # reported at once. --add is listed again by `Searcher.add`, a trifle beside embedding it.
+  keys = []
   if _REMOVE.value:
     keys = [
       fields[0]
@@ -150,6 +151,11 @@ def update(workers: int) -> None:
         _REMOVE.value, 1, "<item id or photo path>", "list one item id or photo path a line"
       )
     ]
+  if _ADD.value:
+    layouts.list_inputs(_ADD.value, _LAYOUT.value)
+  searcher = Searcher.open(_INDEX_DIR.value, _model())
+  before = len(searcher)
+  if _REMOVE.value:
     print(f"removed {searcher.remove(keys)} item(s) listed in {_REMOVE.value}")
   if _ADD.value:
     s = searcher.add(
@@ -194,6 +200,7 @@ def main(argv: Sequence[str]) -> None:
     return
   if not _GALLERY.value or not _INDEX_DIR.value:
     raise UserError("--gallery=<folder> and --index_dir=<output folder> are required")
+  gallery.check_source(_GALLERY.value)  # before the model loads (TensorFlow)
   extractor = features.make_extractor(_FEATURES.value, _model(), source=_GALLERY.value)
   logging.info(
     "build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "

@@ -81,9 +81,10 @@ def main(argv: Sequence[str]) -> None:
   if _SUBMIT_URL.value:  # before any work: a typo must not cost the whole run
     submission.check_submit_url(_SUBMIT_URL.value)
   workers = _WORKERS.value or os.cpu_count() or 1
+  gallery.check_index(_INDEX.value)  # the index, then the queries, before the model loads
+  entries = layouts.list_inputs(_QUERIES.value, _LAYOUT.value)
   extractor, index, info = gallery.open_index(_INDEX.value, _model(), _FEATURES.value)
   features, model = info["features"], info["model"]
-  entries = layouts.list_inputs(_QUERIES.value, _LAYOUT.value)
   logging.info(
     "retrieve: queries=%s (%d) index=%s (%d items) features=%s model=%s k=%d "
     "output=%s groupname=%s submit_url=%s",

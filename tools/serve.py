@@ -21,9 +21,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from facetriplet.data import images
 from facetriplet.errors import UserError, run_tool
-from facetriplet.search import features
-from facetriplet.serving import inputs, server
+from facetriplet.search import features, gallery
+
+# facetriplet.serving (FastAPI, uvicorn) is imported in main, after the flags are checked: it
+# takes longer to import than the rest of the tool.
 
 _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet-build-index.")
 _HOST = flags.DEFINE_string(
@@ -42,10 +45,13 @@ _FEATURES = flags.DEFINE_enum(
   "features", None, list(features.FEATURES), "Features (default: the index's)."
 )
 _MAX_UPLOAD_MB = flags.DEFINE_float(
-  "max_upload_mb", inputs.MAX_UPLOAD_BYTES / 2**20, "Largest image upload in MiB (413 above it)."
+  "max_upload_mb",
+  None,
+  "Largest image upload in MiB (413 above it); default: the service's, "
+  "facetriplet.serving.inputs.MAX_UPLOAD_BYTES (10 MiB).",
 )
 _MAX_PIXELS = flags.DEFINE_integer(
-  "max_pixels", inputs.MAX_PIXELS, "Largest image in pixels (413 above it)."
+  "max_pixels", images.MAX_PIXELS, "Largest image in pixels (413 above it)."
 )
 _BATCH_WINDOW_MS = flags.DEFINE_float(
   "batch_window_ms", 5.0, "How long a search waits for concurrent ones to share its model call."
@@ -69,12 +75,16 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _INDEX.value:
     raise UserError("--index=<index folder> is required (see facetriplet-build-index)")
-  if _MAX_UPLOAD_MB.value <= 0 or _MAX_PIXELS.value <= 0:
+  if (_MAX_UPLOAD_MB.value is not None and _MAX_UPLOAD_MB.value <= 0) or _MAX_PIXELS.value <= 0:
     raise UserError("--max_upload_mb and --max_pixels must be positive")
   if _MAX_BATCH.value < 1 or _BATCH_WINDOW_MS.value < 0:
     raise UserError("--max_batch must be at least 1 and --batch_window_ms at least 0")
   if not 0 <= _PORT.value <= 65535:
     raise UserError(f"--port={_PORT.value}: use 0..65535")
+  gallery.check_index(_INDEX.value)  # before the slow imports (the server checks it again)
+  from facetriplet.serving import inputs, server  # pylint: disable=g-import-not-at-top
+
+  upload_mb = _MAX_UPLOAD_MB.value or inputs.MAX_UPLOAD_BYTES / 2**20
   logging.info(
     "serve: index=%s host=%s port=%d model=%s features=%s max_upload_mb=%g "
     "max_pixels=%d micro_batch=%s batch_window_ms=%g max_batch=%d",
@@ -83,7 +93,7 @@ def main(argv: Sequence[str]) -> None:
     _PORT.value,
     _model(),
     _FEATURES.value,
-    _MAX_UPLOAD_MB.value,
+    upload_mb,
     _MAX_PIXELS.value,
     _MICRO_BATCH.value,
     _BATCH_WINDOW_MS.value,
@@ -106,7 +116,7 @@ def main(argv: Sequence[str]) -> None:
       _FEATURES.value,
       on_ready=ready,
       access_log=_ACCESS_LOG.value,
-      max_upload_bytes=int(_MAX_UPLOAD_MB.value * 2**20),
+      max_upload_bytes=int(upload_mb * 2**20),
       max_pixels=_MAX_PIXELS.value,
       batch_window_ms=_BATCH_WINDOW_MS.value,
       max_batch=_MAX_BATCH.value,

@@ -18,7 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from facetriplet import config_files
-from facetriplet.errors import run_tool
+from facetriplet.errors import UserError, run_tool
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -37,9 +37,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  try:
+    config.data  # noqa: B018  (ml_collections reports an unreadable file on first use)
+  except OSError as e:
+    config_files.check_file(config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0])
+    raise UserError(f"--config: {e}") from None
+  from facetriplet.training import preflight  # pylint: disable=g-import-not-at-top
+
+  preflight.training_data(config)  # a wrong data path is reported before TensorFlow loads
   from facetriplet.training import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
-  config = _CONFIG.value
   logging.info("workdir: %s", _WORKDIR.value)
   result = train.train_and_evaluate(config, _WORKDIR.value)
   shown = ", ".join(

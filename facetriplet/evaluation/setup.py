@@ -10,11 +10,13 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 from facetriplet.data import layouts
 from facetriplet.errors import UserError
 from facetriplet.search import features as features_lib
+from facetriplet.search import gallery
 
 MODES = ("gallery", "index", "leave_one_out")
 
@@ -95,6 +97,10 @@ class EvalSetup:
     if not ks or min(int(k) for k in ks) < 1:
       raise UserError(f"--ks={list(ks)} must be positive integers, e.g. --ks=1,5,10")
     labels = layouts.read_labels(labels_file) if labels_file else None
+    named = (("data" if mode == "leave_one_out" else "queries", queries), ("gallery", gallery_dir))
+    for what, path in named:  # a wrong path is reported before any model loads
+      if path and not os.path.isfile(path):  # a list file, else a folder
+        gallery.check_source(path, what)
     return cls(
       mode,
       features,

@@ -102,11 +102,7 @@ def build_gallery_index_beam(
   """
   start = time.time()
   pipelines.pipeline_options(runner, pipeline_args)
-  if not os.path.isdir(gallery_dir):
-    raise UserError(
-      f"gallery {gallery_dir} does not exist: pass a folder of images or a "
-      "TFRecord folder written by facetriplet-build-tfrecords"
-    )
+  gallery.check_source(gallery_dir)
   if shard_rows < 1 or train_sample < 1:
     raise UserError(f"shard_rows={shard_rows} and train_sample={train_sample} must be >= 1")
   faces_mode = gallery.resolve_faces(faces_mode, gallery_dir, layout)

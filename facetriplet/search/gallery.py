@@ -23,7 +23,7 @@ from absl import logging
 
 from facetriplet.data import faces, layouts, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.search import backends, embedding, features
+from facetriplet.search import backends, embedding, features, index_folder
 from facetriplet.search.embedding import NO_FACE, Problem
 from facetriplet.search.index import GalleryIndex
 from facetriplet.search.items import Item
@@ -70,6 +70,16 @@ def open_records(
   return shard_set, list(splits or shard_set.split_names)
 
 
+def check_source(path: str, what: str = "gallery") -> None:
+  """A gallery (or another set embedded as one) is a folder of images or of TFRecords; checked
+  before any model loads, so a wrong path costs no wait."""
+  if not os.path.isdir(path):
+    raise UserError(
+      f"{what} {path} does not exist: pass a folder of images or a TFRecord "
+      "folder written by facetriplet-build-tfrecords"
+    )
+
+
 def embed_gallery(
   extractor,
   gallery: str,
@@ -83,11 +93,7 @@ def embed_gallery(
 ):
   """Embeds a gallery folder or TFRecord folder; returns `embed_entries`'s triple, the kept rows
   as `embedding.FaceEntry`s (one per face with faces_mode='all')."""
-  if not os.path.isdir(gallery):
-    raise UserError(
-      f"gallery {gallery} does not exist: pass a folder of images or a TFRecord "
-      "folder written by facetriplet-build-tfrecords"
-    )
+  check_source(gallery)
   if tfrecords.is_shard_folder(gallery):
     shard_set, splits = open_records(gallery, extractor, splits)
     batches = embedding.record_batches(
@@ -238,6 +244,19 @@ def read_gallery_info(index_dir: str) -> dict[str, Any]:
   return info
 
 
+def check_index(index_dir: str) -> dict[str, Any]:
+  """The gallery.json of an index folder checked, with the folder's other parts, without loading
+  any model or search library: what `open_index` checks first, so a missing or damaged index is
+  reported at once (tools call it before their slow imports too).
+
+  Raises:
+    UserError: a missing folder, an unreadable gallery.json or index.json, a missing part.
+  """
+  info = read_gallery_info(index_dir)
+  index_folder.check(index_dir)
+  return info
+
+
 def open_index(
   index_dir: str,
   model: Optional[str] = None,
@@ -254,7 +273,7 @@ def open_index(
   Raises:
     UserError: missing index, missing model, or an extractor other than the index's.
   """
-  info = read_gallery_info(index_dir)
+  info = check_index(index_dir)
   name = features_name or info.get("features") or "embedding"
   model = model or (info.get("model") if name == "embedding" or not info.get("crop") else None)
   extractor = features.make_extractor(name, model, info.get("crop"))

@@ -73,7 +73,6 @@ def read(
     UserError: a missing, inconsistent or corrupt part (one line: rebuild it).
   """
   backend_cls = backends.get(meta["backend"])
-  dim = int(meta["dim"])
   try:
     embeddings = np.load(os.path.join(directory, "embeddings.npy"), mmap_mode="r")
     with open(os.path.join(directory, "items.jsonl"), encoding="utf-8") as f:
@@ -81,12 +80,7 @@ def read(
         Item.from_json(json.loads(line), row)
         for row, line in enumerate(line for line in f if line.strip())
       ]
-    if embeddings.shape != (meta["count"], dim) or len(items) != meta["count"]:
-      raise UserError(
-        f"index at {directory} is inconsistent (index.json says {meta['count']} x {dim}, "
-        f"found embeddings {embeddings.shape} and {len(items)} items): rebuild it with "
-        "facetriplet-build-index"
-      )
+    _check_counts(directory, meta, embeddings.shape, len(items))
     backend = backend_cls.load(
       os.path.join(directory, backend_cls.folder),
       meta["settings"],
@@ -94,11 +88,49 @@ def read(
       [item.id for item in items],
     )
   except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-    raise UserError(
-      f"index at {directory} is incomplete or corrupt ({type(e).__name__}: {e})"
-      ": rebuild it with facetriplet-build-index"
-    ) from e
+    raise _corrupt(directory, f"{type(e).__name__}: {e}") from e
   return backend, embeddings, items
+
+
+def check(directory: str) -> dict[str, Any]:
+  """index.json of an index folder whose parts are all there and whose embeddings have the
+  recorded shape, checked without loading the backend (ScaNN loads TensorFlow) or the items: a
+  missing or damaged folder is reported at once, before a tool loads any model. `read` checks
+  the rest.
+
+  Raises:
+    UserError: as `read_metadata`; a missing part or embeddings of another shape.
+  """
+  meta = read_metadata(directory)
+  for part in ("items.jsonl", "embeddings.npy", backends.get(meta["backend"]).folder):
+    if not os.path.exists(os.path.join(directory, part)):
+      raise _corrupt(directory, f"no {part}")
+  try:
+    shape = np.load(os.path.join(directory, "embeddings.npy"), mmap_mode="r").shape
+  except (OSError, ValueError) as e:
+    raise _corrupt(directory, f"embeddings.npy: {type(e).__name__}: {e}") from e
+  _check_counts(directory, meta, shape)
+  return meta
+
+
+def _check_counts(
+  directory: str, meta: dict[str, Any], shape: tuple[int, ...], items: Optional[int] = None
+) -> None:
+  """The embeddings' shape (and the number of items, when counted) must be index.json's."""
+  count, dim = meta["count"], int(meta["dim"])
+  if tuple(shape) != (count, dim) or items not in (None, count):
+    found = f"embeddings {tuple(shape)}" + (f" and {items} items" if items is not None else "")
+    raise UserError(
+      f"index at {directory} is inconsistent (index.json says {count} x {dim}, found "
+      f"{found}): rebuild it with facetriplet-build-index"
+    )
+
+
+def _corrupt(directory: str, detail: str) -> UserError:
+  return UserError(
+    f"index at {directory} is incomplete or corrupt ({detail}): rebuild it with "
+    "facetriplet-build-index"
+  )
 
 
 def read_metadata(directory: str) -> dict[str, Any]:

@@ -330,12 +330,12 @@ def export_pretrained(
     UserError: not a pretrained network, or its weights are not installed (one line naming the
       extra).
   """
-  from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
-
   start = time.time()
-  config = pretrained_config(name)
+  config = pretrained_config(name)  # a wrong name or detector is reported before TensorFlow loads
   network = networks.get(name)
   crop = faces.CropSettings.preset(network.crop_preset, detector=detector).to_dict()
+  from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
+
   model = model_lib.build_embedding_model(config)
   return write_export(
     model, export_dir, crop, flip, config.to_dict(), f"pretrained:{name}", None, start

@@ -59,6 +59,7 @@ from facetriplet.training import (
   margin_softmax,
   multi_worker,
   optim,
+  preflight,
   projector,
   warm_start,
 )
@@ -230,17 +231,8 @@ def train_and_evaluate(
   Raises:
     UserError: missing data, bad settings, weights that cannot be loaded.
   """
-  if not config.data.tfrecord_dir:
-    raise UserError(
-      "no training data: set --config.data.tfrecord_dir=<folder written by "
-      "facetriplet-build-tfrecords>"
-    )
   logging.info("config:\n%s", config)
-  data_dir = config.data.tfrecord_dir
-  shard_set = tfrecords.ShardSet.open(data_dir)
-  shard_set.check_trainable(
-    config.data.train_split, config.data.val_split, int(config.data.min_photos)
-  )
+  shard_set = preflight.training_data(config)
   _check_loss(config)
   phases = optim.phases(config)
   strategy = make_strategy(config.train)
