@@ -136,11 +136,13 @@ class CropChunkFn(beam.DoFn):
     self._max_pixels = max_pixels
     self._cropper = None
     self._gate = None
-    self._driver = os.getpid()
 
   def setup(self):
-    if os.getpid() != self._driver:  # an SDK worker process, one of several: as the pool's
-      detectors.limit_threads(self._crop["detector"])
+    # One thread for OpenCV and TensorFlow, as in the local pool's workers, in an SDK worker
+    # process and in the driver (DirectRunner runs setup there): MTCNN's numbers depend on
+    # TensorFlow's thread count, and a crop must not depend on its engine. (In a driver that
+    # already ran TensorFlow its threads cannot change any more; limit_threads keeps them.)
+    detectors.limit_threads(self._crop["detector"])
     self._cropper = faces.FaceCropper(faces.CropSettings.from_dict(self._crop))
     self._gate = _LARGE_GATE
 

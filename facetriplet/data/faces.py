@@ -229,9 +229,7 @@ class FaceCropper:
       was used. With a `whole_image` detector ('none') the centred square is the intended crop
       and `found` is True.
     """
-    for rgb in images:
-      if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected RGB uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    _check_rgb(images)
     found = self.detector.detect(list(images)) if images else []
     results = []
     for rgb, faces_found in zip(images, found):
@@ -244,22 +242,35 @@ class FaceCropper:
     return results
 
   def crop_faces(self, rgb: np.ndarray, min_face: float = MIN_FACE_FRACTION) -> list[CropResult]:
-    """Every face of one photo, each cropped exactly as `crop` crops its chosen face, largest
-    first; faces whose box is narrower than `min_face` x the photo's short side are left out.
-    No face (from the detector, then its fallback): [the fallback crop] (`found` False)."""
-    smallest = min_face * min(rgb.shape[:2])
+    """Every face of one photo; see `crop_faces_batch`."""
+    return self.crop_faces_batch([rgb], min_face)[0]
+
+  def crop_faces_batch(
+    self, images: Sequence[np.ndarray], min_face: float = MIN_FACE_FRACTION
+  ) -> list[list[CropResult]]:
+    """Every face of each photo (one detector call for the batch), each cropped exactly as
+    `crop` crops its chosen face, largest first; faces whose box is narrower than `min_face` x
+    the photo's short side are left out. No face (from the detector, then its fallback on that
+    photo alone): [the fallback crop] (`found` False)."""
+    _check_rgb(images)
     hint = min(min_face, MIN_FACE_FRACTION)
-    for detector in (self.detector, self.fallback):
-      if detector is None:
-        continue
-      results = [
-        self.crop_face(rgb, face, detector.name)
-        for face in detector.detect([rgb], hint)[0]
-        if face.box[2] >= smallest
-      ]
-      if results:
-        return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
-    return [self._centre_crop(rgb)]
+    found = self.detector.detect(list(images), hint) if images else []
+    out = []
+    for rgb, faces_found in zip(images, found):
+      results = self._all_faces(rgb, faces_found, min_face, self.detector.name)
+      if not results and self.fallback is not None:
+        results = self._all_faces(
+          rgb, self.fallback.detect([rgb], hint)[0], min_face, self.fallback.name
+        )
+      out.append(results or [self._centre_crop(rgb)])
+    return out
+
+  def _all_faces(
+    self, rgb: np.ndarray, found: Sequence[Face], min_face: float, method: str
+  ) -> list[CropResult]:
+    smallest = min_face * min(rgb.shape[:2])
+    results = [self.crop_face(rgb, face, method) for face in found if face.box[2] >= smallest]
+    return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
 
   def crop_face(self, rgb: np.ndarray, face: Face, method: str) -> CropResult:
     """The crop of one found face: aligned on its landmarks, else the margin square of its
@@ -298,6 +309,12 @@ class FaceCropper:
       NO_LANDMARKS,
       self.detector.name if whole else "center",
     )
+
+
+def _check_rgb(images: Sequence[np.ndarray]) -> None:
+  for rgb in images:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+      raise ValueError(f"expected RGB uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
 
 
 def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.ndarray:

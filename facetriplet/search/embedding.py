@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facetriplet.batches import chunks
-from facetriplet.data import faces, tfrecords
+from facetriplet.data import detectors, faces, tfrecords
 from facetriplet.data.layouts import ImageEntry
 from facetriplet.errors import ImageError
 
@@ -73,11 +73,31 @@ def crop_entry(
 ) -> Any:
   """One photo loaded and cropped: its CropResult, the list of every face's with
   faces_mode='all', or the ImageError that made it unusable."""
-  try:
-    rgb = faces.load_rgb(entry.path)
-    return cropper.crop_faces(rgb, min_face) if faces_mode == "all" else cropper.crop(rgb)
-  except ImageError as e:
-    return e
+  return crop_entries(cropper, [entry], faces_mode, min_face)[0]
+
+
+def crop_entries(
+  cropper: faces.FaceCropper,
+  entries: Sequence[Any],
+  faces_mode: str = "largest",
+  min_face: float = faces.MIN_FACE_FRACTION,
+) -> list[Any]:
+  """`crop_entry` of each entry, the readable photos sent to the detector in one batch."""
+  out: list[Any] = []
+  for entry in entries:
+    try:
+      out.append(faces.load_rgb(entry.path))
+    except ImageError as e:
+      out.append(e)
+  readable = [i for i, v in enumerate(out) if not isinstance(v, ImageError)]
+  rgbs = [out[i] for i in readable]
+  if faces_mode == "all":
+    found: list[Any] = cropper.crop_faces_batch(rgbs, min_face)
+  else:
+    found = cropper.crop_batch(rgbs)
+  for i, result in zip(readable, found):
+    out[i] = result
+  return out
 
 
 def iter_crops(
@@ -92,26 +112,28 @@ def iter_crops(
   faces_mode='all' each CropResult is a list of every face's crop (`FaceCropper.crop_faces`,
   faces of at least `min_face` x the short side).
 
-  Loading and cropping run in a thread pool (decoding and OpenCV release the GIL); at most two
-  batches are in flight, so memory does not grow with the number of entries. Each thread owns its
-  FaceCropper: an OpenCV cascade must not be shared by concurrent detections.
+  Loading and cropping run in a thread pool (decoding and OpenCV release the GIL), each task a
+  run of photos sent to the detector together (its `batch_size`, as ingest does); at most two
+  batches are in flight, so memory does not grow with the number of entries. Each thread owns
+  its FaceCropper: an OpenCV cascade must not be shared by concurrent detections.
   """
   local = threading.local()
+  step = max(1, detectors.detector_class(settings.detector).batch_size)
 
-  def load(entry):
+  def load(run):
     cropper = getattr(local, "cropper", None)
     if cropper is None:
       cropper = local.cropper = faces.FaceCropper(settings)
-    return entry, crop_entry(cropper, entry, faces_mode, min_face)
+    return list(zip(run, crop_entries(cropper, run, faces_mode, min_face)))
 
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
     pending: list[list[concurrent.futures.Future]] = []
     for batch in chunks(entries, batch_size):
-      pending.append([pool.submit(load, e) for e in batch])
+      pending.append([pool.submit(load, run) for run in chunks(batch, step)])
       if len(pending) == 2:
-        yield [f.result() for f in pending.pop(0)]
+        yield [pair for f in pending.pop(0) for pair in f.result()]
     while pending:
-      yield [f.result() for f in pending.pop(0)]
+      yield [pair for f in pending.pop(0) for pair in f.result()]
 
 
 def record_batches(

@@ -253,13 +253,13 @@ class QueryEngine:
     """
     faces.check_face_mode(faces_mode)
     rows: list[tuple[str, int, Optional[faces.CropResult], Optional[str]]] = []
-    for i, image in enumerate(images_):
-      name = query_name(image, i)
-      try:
-        for n, crop in enumerate(self.crops(image, name, faces_mode, min_face)):
-          rows.append((name, n, crop, None if crop.found else NO_FACE))
-      except ImageError as e:
-        rows.append((name, 0, None, e.reason))
+    names = [query_name(image, i) for i, image in enumerate(images_)]
+    for name, found in zip(names, self.crops_batch(images_, names, faces_mode, min_face)):
+      if isinstance(found, ImageError):
+        rows.append((name, 0, None, found.reason))
+        continue
+      for n, crop in enumerate(found):
+        rows.append((name, n, crop, None if crop.found else NO_FACE))
     ranked = iter(
       self.rank(self.embed([crop.image for _, _, crop, _ in rows if crop]), k, min_score)
     )
@@ -286,7 +286,35 @@ class QueryEngine:
     Raises:
       ImageError: the image cannot be read.
     """
-    rgb = images.to_rgb(image, name)
-    if faces_mode == "all":
-      return self.cropper.crop_faces(rgb, min_face)
-    return [self.cropper.crop(rgb)]
+    found = self.crops_batch([image], [name], faces_mode, min_face)[0]
+    if isinstance(found, ImageError):
+      raise found
+    return found
+
+  def crops_batch(
+    self,
+    images_: Sequence[ImageLike],
+    names: Sequence[str],
+    faces_mode: str = "largest",
+    min_face: float = faces.MIN_FACE_FRACTION,
+  ) -> list[Union[list[faces.CropResult], ImageError]]:
+    """`crops` of each image, the readable ones sent to the detector in batches of its
+    `batch_size`; an image that cannot be read gets its ImageError in its place."""
+    out: list[Any] = []
+    for name, image in zip(names, images_):
+      try:
+        out.append(images.to_rgb(image, name))
+      except ImageError as e:
+        out.append(e)
+    readable = [i for i, v in enumerate(out) if not isinstance(v, ImageError)]
+    step = max(1, self.cropper.detector.batch_size)
+    for start in range(0, len(readable), step):
+      chunk = readable[start : start + step]
+      rgbs = [out[i] for i in chunk]
+      if faces_mode == "all":
+        found = self.cropper.crop_faces_batch(rgbs, min_face)
+      else:
+        found = [[c] for c in self.cropper.crop_batch(rgbs)]
+      for i, crops in zip(chunk, found):
+        out[i] = crops
+    return out

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from facetriplet.data import faces, layouts
-from facetriplet.errors import UserError
+from facetriplet.errors import ImageError, UserError
 from facetriplet.search import embedding, gallery
 from facetriplet.search.engine import ImageLike, Match, QueryEngine, SearchResult, query_name
 from facetriplet.search.index import GalleryIndex
@@ -138,7 +138,12 @@ class Searcher:
     """
     many = _is_many(images_)
     batch = list(images_) if many else [images_]
-    crops = [self.engine.crops(img, query_name(img, i))[0].image for i, img in enumerate(batch)]
+    names = [query_name(img, i) for i, img in enumerate(batch)]
+    crops = []
+    for found in self.engine.crops_batch(batch, names):
+      if isinstance(found, ImageError):
+        raise found
+      crops.append(found[0].image)
     vectors = self.engine.embed(crops)
     return vectors if many else vectors[0]
 

@@ -154,20 +154,63 @@ def test_tool_runner_and_pipeline_options(tmp_path):
   assert proc.returncode == 2 and len(lines) == 1 and "--name=value" in lines[0], proc.stderr
 
 
-@pytest.mark.slow
-def test_lfw_identities_with_mtcnn(tmp_path, lfw_2to4):
-  """MTCNN boxes depend on which photos share a detector call: both paths batch alike."""
-  root = tmp_path / "lfw"
-  for name in sorted(os.listdir(lfw_2to4))[:5]:
+def _linked(tmp_path, source, people, ext):
+  """The first `people` identity folders of `source`, linked photo by photo."""
+  root = tmp_path / "in"
+  folders = [n for n in sorted(os.listdir(source)) if os.path.isdir(os.path.join(source, n))]
+  for name in folders[:people]:
     os.makedirs(root / name)
-    for f in sorted(os.listdir(os.path.join(lfw_2to4, name))):
-      os.symlink(os.path.join(lfw_2to4, name, f), root / name / f)
-  crop = faces.CropSettings(detector="mtcnn", pick="center", crop_size=64)
-  local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-  a = ingest.build_tfrecords(
-    str(root), local, crop=crop, val_fraction=0.2, workers=1, progress=False
+    for f in sorted(os.listdir(os.path.join(source, name))):
+      if f.endswith(ext):
+        os.symlink(os.path.join(source, name, f), root / name / f)
+  return str(root)
+
+
+def _build(*args):
+  """facetriplet-build-tfrecords in its own process, as a user runs it; it must succeed."""
+  proc = subprocess.run(
+    [sys.executable, "-m", "tools.build_tfrecords", "--noprogress", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
-  beam_ingest.build_tfrecords_beam(str(root), beam, "DirectRunner", crop=crop, val_fraction=0.2)
-  assert a.written >= 10
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "detector,dataset", [("yunet", "orl_faces"), ("yunet", "lfw_2to4"), ("mtcnn", "orl_faces")]
+)
+def test_a_crop_does_not_depend_on_its_engine_batch_or_threads(
+  tmp_path, request, detector, dataset
+):
+  """On orl_faces and lfw_2to4 photos, the local process pool (one thread per worker) and Beam's
+  DirectRunner (in the tool's own process) write the same shards byte for byte. Each photo
+  cropped alone, at another OpenCV thread count, gives the very bytes the shards hold (YuNet;
+  MTCNN's numbers also depend on TensorFlow's thread count, which this test process has already
+  fixed)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  if dataset == "orl_faces":
+    root, photos = _linked(tmp_path, request.getfixturevalue(dataset), 4, ".pgm"), 40
+  else:
+    root = _linked(tmp_path, request.getfixturevalue(dataset), 12, ".jpg")
+    photos = len(glob.glob(os.path.join(root, "*", "*.jpg")))
+  local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
+  common = [f"--input={root}", f"--detector={detector}", "--val_fraction=0.25"]
+  _build(*common, f"--output={local}", "--workers=2")
+  _build(*common, f"--output={beam}", "--runner=DirectRunner")
   assert_same_output(local, beam)
-  assert tfrecords.read_manifest(beam)["crop_methods"].get("mtcnn", 0) > 0
+  records = [r for path in _shards(local).values() for r in tfrecords.read_records([path])]
+  assert len(records) == photos and sum(r["method"] == detector for r in records) >= 0.9 * photos
+  settings = faces.CropSettings.from_dict(tfrecords.read_manifest(local)["crop"])
+  cropper = faces.FaceCropper(settings)
+  threads = cv2.getNumThreads()
+  try:
+    cv2.setNumThreads(2)
+    for r in records[:12] if detector == "yunet" else []:
+      alone = cropper.crop(faces.load_rgb(os.path.join(root, r["path"])))
+      assert faces.encode_jpeg(alone.image) == r["image"], r["path"]
+  finally:
+    cv2.setNumThreads(threads)

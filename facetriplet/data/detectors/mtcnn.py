@@ -1,9 +1,14 @@
 """MTCNN (the `mtcnn` package, MIT; its P/R/O-Net weights ship inside the wheel): a box, a score
 and five landmarks per face, for a whole batch of photos in one call.
 
-The photos are downscaled to `base.DETECT_MAX_SIDE` first. MTCNN pads a batch to its largest
-photo, so a face's box may move slightly with the other photos of its call: every engine (the
-local pool, Beam) cuts the work into the same batches of `batch_size`. The process holds one
+The photos are downscaled to `base.DETECT_MAX_SIDE` first, and each is detected alone: MTCNN
+runs its R-Net and O-Net on the proposals of every photo of a call as one tensor, and TensorFlow's
+kernels give slightly different numbers at different batch sizes (1-2 float32 ulps on a landmark,
+up to 5 grey levels once the crop is warped, and now and then another proposal wins: 77 levels),
+so batched detection made a photo's crop depend on its company. Its O-Net also answers 1-2 ulps
+apart at different TensorFlow thread counts: the ingest engines run it on one thread
+(`detectors.limit_threads`); a query process keeps its threads, so its MTCNN crops may differ from
+the gallery's by a grey level (YuNet, the default, has neither problem). The process holds one
 MTCNN (it loads TensorFlow), called by one thread at a time: TensorFlow already spreads one call
 over the cores.
 """
@@ -44,7 +49,7 @@ class MtcnnDetector(base.Detector):
   """MTCNN boxes and landmarks; the Haar cascade is tried where it finds nothing."""
 
   name = "mtcnn"
-  batch_size = 16  # photos per call: its stages run on the whole batch
+  batch_size = 1  # photos are detected one at a time (see the module docstring)
   uses_tensorflow = True
   fallback = "haar"
 
@@ -59,11 +64,11 @@ class MtcnnDetector(base.Detector):
     if not images:
       return []
     small, scales = zip(*[base.downscale(rgb) for rgb in images])
-    with _CALL_LOCK:
-      rows = self._mtcnn.detect_faces(list(small), output_type="numpy")
-    rows = np.asarray(rows, np.float64).reshape(-1, 16)  # image, x, y, w, h, score, 5 x, 5 y
     out: list[list[base.Face]] = []
-    for i, scale in enumerate(scales):
+    for image, scale in zip(small, scales):
+      with _CALL_LOCK:
+        rows = self._mtcnn.detect_faces([image], output_type="numpy")
+      rows = np.asarray(rows, np.float64).reshape(-1, 16)  # image, x, y, w, h, score, 5 x, 5 y
       out.append(
         [
           base.Face(
@@ -71,7 +76,7 @@ class MtcnnDetector(base.Detector):
             np.stack([r[6:11], r[11:16]], axis=1) / scale,
             float(r[5]),
           )
-          for r in rows[rows[:, 0] == i]
+          for r in rows
         ]
       )
     return out

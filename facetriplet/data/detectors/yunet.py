@@ -1,0 +1,128 @@
+"""YuNet (OpenCV's `cv2.FaceDetectorYN`, the 2023mar model shipped in this package, MIT) finds
+the faces; MTCNN's R-Net and O-Net (`landmarks`, in NumPy) place each face's five points. About
+10 ms a photo on one CPU core, against ~150 ms for MTCNN, at MTCNN's ranking quality.
+
+YuNet's own five points scatter about 4 px around MTCNN's (at the 112-px template): kept, they
+cost dlib_resnet 0.02 mAP@R on celeba_199 (averaging YuNet over scales and mirror images won back
+half of it); placed by O-Net on YuNet's box they rank as MTCNN's do (BENCHMARKS.md, "Face
+detectors"). YuNet's own points remain where O-Net cannot sample a box (under 2 px).
+
+The model file `models/face_detection_yunet_2023mar.onnx` is checked against its sha256 when it
+is first loaded (a damaged install is a one-line error, not a silently worse detector); its
+licence and provenance are in `models/LICENSE.yunet`.
+
+Each photo is detected alone, at its own size (downscaled to `base.DETECT_MAX_SIDE`), and each
+face's points from its own box: unlike MTCNN there is no padded batch, so a photo's faces never
+depend on the other photos of a call, and the detector gives the same numbers at any OpenCV or
+BLAS thread count (tests/data/test_yunet.py). YuNet finds faces of about 10 to 300 pixels: a
+photo in which it finds none is tried once more at `_RETRY_SIDE` (a close-up whose face fills a
+640-px copy), then the Haar fallback applies. `cv2.FaceDetectorYN` holds per-input-size state,
+so every thread keeps its own nets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from facetriplet.data.detectors import base, landmarks
+from facetriplet.errors import UserError
+
+MODEL_FILE = os.path.join(os.path.dirname(__file__), "models", "face_detection_yunet_2023mar.onnx")
+MODEL_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+SCORE_THRESHOLD = 0.6  # opencv_zoo's default; the Haar fallback catches what it misses
+NMS_THRESHOLD = 0.3
+_RETRY_SIDE = 320
+_NETS_PER_THREAD = 8
+_VERIFIED: list[bytes] = []
+_VERIFY_LOCK = threading.Lock()
+
+
+def model_bytes() -> bytes:
+  """The ONNX model, read and checked against `MODEL_SHA256` once per process."""
+  with _VERIFY_LOCK:
+    if not _VERIFIED:
+      try:
+        with open(MODEL_FILE, "rb") as f:
+          data = f.read()
+      except OSError as e:
+        raise UserError(
+          f"cannot read the YuNet model {MODEL_FILE} ({e.strerror}): reinstall facetriplet, "
+          "or pass --detector=mtcnn"
+        ) from None
+      digest = hashlib.sha256(data).hexdigest()
+      if digest != MODEL_SHA256:
+        raise UserError(
+          f"the YuNet model {MODEL_FILE} is damaged (sha256 {digest[:12]}..., expected "
+          f"{MODEL_SHA256[:12]}...): reinstall facetriplet, or pass --detector=mtcnn"
+        )
+      _VERIFIED.append(data)
+    return _VERIFIED[0]
+
+
+class YunetDetector(base.Detector):
+  """YuNet boxes and landmarks; the Haar cascade is tried where it finds nothing."""
+
+  name = "yunet"
+  batch_size = 16  # photos are detected one by one; batches only save the callers' overhead
+  fallback = "haar"
+
+  def __init__(self):
+    self._model = np.frombuffer(model_bytes(), np.uint8)
+    self._local = threading.local()
+
+  def _net(self, w: int, h: int):
+    """This thread's `cv2.FaceDetectorYN` for input size w x h (re-planning a net for another
+    size costs several ms, so each thread keeps one per recent size)."""
+    nets = getattr(self._local, "nets", None)
+    if nets is None or len(nets) > _NETS_PER_THREAD:
+      nets = self._local.nets = {}
+    net = nets.get((w, h))
+    if net is None:
+      net = nets[(w, h)] = cv2.FaceDetectorYN.create(
+        "onnx", self._model, np.array([], np.uint8), (w, h), SCORE_THRESHOLD, NMS_THRESHOLD, 5000
+      )
+    return net
+
+  def detect(
+    self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
+  ) -> list[list[base.Face]]:
+    del min_face  # YuNet's cost does not grow with small faces; the cropper filters
+    return [self._detect_one(rgb) for rgb in images]
+
+  def _detect_one(self, rgb: np.ndarray) -> list[base.Face]:
+    faces = self._at_side(rgb, base.DETECT_MAX_SIDE)
+    if not faces and max(rgb.shape[:2]) > _RETRY_SIDE:
+      faces = self._at_side(rgb, _RETRY_SIDE)
+    if not faces:
+      return []
+    small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
+    image = landmarks.normalise(small)
+    out = []
+    for face in faces:
+      points = landmarks.five_points(image, tuple(v * scale for v in face.box))
+      out.append(face if points is None else base.Face(face.box, points / scale, face.score))
+    return out
+
+  def _at_side(self, rgb: np.ndarray, side: int) -> list[base.Face]:
+    small, scale = base.downscale(rgb, side)
+    h, w = small.shape[:2]
+    _, rows = self._net(w, h).detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    # x, y, w, h, then (x, y) of the eyes, nose tip and mouth corners in the photo's left-to-
+    # right order (the templates' order), then the score.
+    return [
+      base.Face(
+        tuple(float(v) / scale for v in r[0:4]),
+        np.asarray(r[4:14], np.float64).reshape(5, 2) / scale,
+        float(r[14]),
+      )
+      for r in ([] if rows is None else rows)
+    ]
+
+
+DETECTOR = YunetDetector
