@@ -96,7 +96,8 @@ def test_numpy_rnet_and_onet_compute_what_the_mtcnn_packages_keras_models_comput
         np.testing.assert_allclose(got[1], theirs[1][i], atol=1e-5)  # landmarks
       assert abs(got[-1] - theirs[-1][i][1]) < 1e-5  # face probability
   # Patches are tf.image.crop_and_resize's, inside, across and beyond the photo's edges.
-  image = landmarks.normalise(_photos(lfw_2to4, 1)[0])
+  rgb = _photos(lfw_2to4, 1)[0]
+  image = landmarks.normalise(rgb)
   h, w = image.shape[:2]
   for box in (
     [60.3, 70.2, 180.7, 190.6],
@@ -105,7 +106,7 @@ def test_numpy_rnet_and_onet_compute_what_the_mtcnn_packages_keras_models_comput
   ):
     x1, y1, x2, y2 = box
     want = tf.image.crop_and_resize(image[None], [[y1 / h, x1 / w, y2 / h, x2 / w]], [0], (48, 48))
-    np.testing.assert_allclose(landmarks.patch(image, np.array(box), 48), want[0], atol=1e-4)
+    np.testing.assert_allclose(landmarks.patch(rgb, np.array(box), 48), want[0], atol=1e-4)
 
 
 _POINTS = """

@@ -73,10 +73,12 @@ def help_text() -> str:
 
 
 def limit_threads(name: str) -> None:
-  """One thread for OpenCV and, for a detector (or fallback) that runs TensorFlow, for
-  TensorFlow: for a worker process among one per core (the ingest pool's, or a Beam runner's
-  SDK worker)."""
+  """One thread for OpenCV, for the BLAS behind NumPy (YuNet's landmark networks) and, for a
+  detector (or fallback) that runs TensorFlow, for TensorFlow: for a worker process among one
+  per core (the ingest pool's, or a Beam runner's SDK worker), where more threads only compete
+  for the same cores."""
   import cv2  # pylint: disable=g-import-not-at-top
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
 
   chain = [detector_class(name)]
   while chain[-1].fallback:
@@ -90,3 +92,4 @@ def limit_threads(name: str) -> None:
     except RuntimeError:  # TensorFlow already ran in this process: keep its threads
       pass
   cv2.setNumThreads(1)
+  threadpoolctl.threadpool_limits(1, user_api="blas")

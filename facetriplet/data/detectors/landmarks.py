@@ -107,19 +107,20 @@ def _softmax(z: np.ndarray) -> np.ndarray:
   return e / e.sum()
 
 
-def normalise(rgb: np.ndarray) -> np.ndarray:
-  """An RGB uint8 photo as the networks read it: (v - 127.5) / 128, float32 (exact)."""
-  return (rgb.astype(np.float32) - np.float32(127.5)) / np.float32(128.0)
+def normalise(values: np.ndarray) -> np.ndarray:
+  """Pixel values as the networks read them: (v - 127.5) / 128, float32."""
+  return (values.astype(np.float32) - np.float32(127.5)) / np.float32(128.0)
 
 
-def patch(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-  """`tf.image.crop_and_resize` (bilinear, 0 outside the image) of box (x1, y1, x2, y2) of a
-  normalised image, with the `mtcnn` package's normalisation of the box (by W and H)."""
-  h, w = image.shape[:2]
+def patch(rgb: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+  """`tf.image.crop_and_resize` (bilinear, 0 outside the image) of box (x1, y1, x2, y2) of the
+  `normalise`d photo, with the `mtcnn` package's normalisation of the box (by W and H). Samples
+  the uint8 photo and normalises the samples (the same values: both steps are affine)."""
+  h, w = rgb.shape[:2]
   x1, y1, x2, y2 = box
   ys = (y1 / h) * (h - 1) + np.arange(size) * ((y2 - y1) / h) * (h - 1) / (size - 1)
   xs = (x1 / w) * (w - 1) + np.arange(size) * ((x2 - x1) / w) * (w - 1) / (size - 1)
-  out = np.zeros((size, size, image.shape[2]), np.float32)
+  out = np.zeros((size, size, rgb.shape[2]), np.float32)
   vy, vx = (ys >= 0) & (ys <= h - 1), (xs >= 0) & (xs <= w - 1)
   if not vy.any() or not vx.any():
     return out
@@ -127,9 +128,10 @@ def patch(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
   y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
   y1i, x1i = np.ceil(y).astype(int), np.ceil(x).astype(int)
   dy, dx = (y - y0)[:, None, None], (x - x0)[None, :, None]
-  top = image[y0][:, x0] + (image[y0][:, x1i] - image[y0][:, x0]) * dx
-  bottom = image[y1i][:, x0] + (image[y1i][:, x1i] - image[y1i][:, x0]) * dx
-  out[np.ix_(vy, vx)] = top + (bottom - top) * dy
+  rows0, rows1 = rgb[y0].astype(np.float64), rgb[y1i].astype(np.float64)
+  top = rows0[:, x0] + (rows0[:, x1i] - rows0[:, x0]) * dx
+  bottom = rows1[:, x0] + (rows1[:, x1i] - rows1[:, x0]) * dx
+  out[np.ix_(vy, vx)] = normalise(top + (bottom - top) * dy)
   return out
 
 
@@ -146,16 +148,16 @@ def _adjust(box: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   return box + offsets * np.array([w, h, w, h])
 
 
-def five_points(image: np.ndarray, box: tuple[float, float, float, float]) -> Optional[np.ndarray]:
-  """The five points [5, 2] (x, y) of the face in box (x, y, w, h) of a `normalise`d image, in
-  its pixels, or None for a box too small to sample."""
+def five_points(rgb: np.ndarray, box: tuple[float, float, float, float]) -> Optional[np.ndarray]:
+  """The five points [5, 2] (x, y) of the face in box (x, y, w, h) of an RGB uint8 photo, in its
+  pixels, or None for a box too small to sample."""
   x, y, w, h = box
   if w < 2 or h < 2:
     return None
   square = _square(np.array([x, y, x + w, y + h], np.float64))
-  offsets, _ = rnet(patch(image, square, 24))
+  offsets, _ = rnet(patch(rgb, square, 24))
   square = _square(_adjust(square, offsets))
-  _, marks, _ = onet(patch(image, square, 48))
+  _, marks, _ = onet(patch(rgb, square, 48))
   bw, bh = square[2] - square[0] + 1, square[3] - square[1] + 1
   xs = bw * marks[0:5] + square[0] - 1
   ys = bh * marks[5:10] + square[1] - 1

@@ -5,7 +5,9 @@ the faces; MTCNN's R-Net and O-Net (`landmarks`, in NumPy) place each face's fiv
 YuNet's own five points scatter about 4 px around MTCNN's (at the 112-px template): kept, they
 cost dlib_resnet 0.02 mAP@R on celeba_199 (averaging YuNet over scales and mirror images won back
 half of it); placed by O-Net on YuNet's box they rank as MTCNN's do (BENCHMARKS.md, "Face
-detectors"). YuNet's own points remain where O-Net cannot sample a box (under 2 px).
+detectors"). YuNet's own points remain on small background faces the cropper never uses (under
+a quarter of the largest face's area and narrower than the `min_face` hint) and where O-Net
+cannot sample a box.
 
 The model file `models/face_detection_yunet_2023mar.onnx` is checked against its sha256 when it
 is first loaded (a damaged install is a one-line error, not a silently worse detector); its
@@ -92,20 +94,26 @@ class YunetDetector(base.Detector):
   def detect(
     self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
   ) -> list[list[base.Face]]:
-    del min_face  # YuNet's cost does not grow with small faces; the cropper filters
-    return [self._detect_one(rgb) for rgb in images]
+    return [self._detect_one(rgb, min_face) for rgb in images]
 
-  def _detect_one(self, rgb: np.ndarray) -> list[base.Face]:
+  def _detect_one(self, rgb: np.ndarray, min_face: float) -> list[base.Face]:
     faces = self._at_side(rgb, base.DETECT_MAX_SIDE)
     if not faces and max(rgb.shape[:2]) > _RETRY_SIDE:
       faces = self._at_side(rgb, _RETRY_SIDE)
     if not faces:
       return []
     small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
-    image = landmarks.normalise(small)
+    # O-Net costs ~5 ms a face: it places the points of every face the cropper may use (at
+    # least a quarter of the largest face's area, the most `pick` looks at, or `min_face` wide,
+    # where the cropper takes every face); smaller faces in the background keep YuNet's own.
+    smallest = min_face * min(rgb.shape[:2])
+    largest = max(f.box[2] * f.box[3] for f in faces)
     out = []
     for face in faces:
-      points = landmarks.five_points(image, tuple(v * scale for v in face.box))
+      if face.box[2] * face.box[3] < 0.25 * largest and face.box[2] < smallest:
+        out.append(face)
+        continue
+      points = landmarks.five_points(small, tuple(v * scale for v in face.box))
       out.append(face if points is None else base.Face(face.box, points / scale, face.score))
     return out
 
