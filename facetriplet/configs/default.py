@@ -115,7 +115,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.train.eval_every_epochs = 1
   config.train.jit_compile = False  # XLA; never used with several CPU replicas
   config.train.init_from = ""  # warm start: training workdir, .keras file or export
-  config.train.verbose = 2  # Keras fit verbosity (1 = progress bar)
+  config.train.verbose = -1  # -1: progress bar in a terminal, a line per epoch in a log; 0/1/2
 
   if arg:
     apply_variant(config, arg)

@@ -60,6 +60,7 @@ from facetriplet.training import (
   multi_worker,
   optim,
   preflight,
+  progress,
   projector,
   warm_start,
 )
@@ -390,8 +391,15 @@ def _train(
       # Evaluation first: an epoch is recorded before its backup, so a kill between
       # the two repeats the epoch (and its record) instead of losing the record; the
       # checkpoints read the evaluation's result.
-      callbacks=[evaluation, checkpoints, backup, tensorboard, *(extra_callbacks or [])],
-      verbose=int(train.get("verbose", 2)),
+      callbacks=[
+        progress.Throughput(global_batch),
+        evaluation,
+        checkpoints,
+        backup,
+        tensorboard,
+        *(extra_callbacks or []),
+      ],
+      verbose=progress.verbosity(train.get("verbose", -1)),
     )
   if out is run_dir:  # logs/projector: val embeddings of best.keras (the chief's only)
     projector.write_for_run(config, run_dir, model)

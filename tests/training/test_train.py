@@ -244,7 +244,12 @@ def test_tool_trains_and_reports_user_errors(data_dir, tmp_path):
   )
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert "trained 2 steps" in ok.stdout
-  assert [r["epoch"] for r in read_metrics(str(tmp_path / "run"))] == [0, 1]
+  records = read_metrics(str(tmp_path / "run"))
+  assert [r["epoch"] for r in records] == [0, 1]
+  # Not a terminal: one line per epoch (no progress bar), with the training throughput.
+  assert records[1]["images_per_s"] > 0
+  shown = ok.stdout + ok.stderr
+  assert "images_per_s" in shown and "\u2501" not in shown
   bad = subprocess.run(
     [sys.executable, tool, f"--config={config}:smoke", f"--workdir={tmp_path / 'bad'}"],
     env=env,
@@ -254,6 +259,15 @@ def test_tool_trains_and_reports_user_errors(data_dir, tmp_path):
   )
   assert bad.returncode == 2
   assert "config.data.tfrecord_dir" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_progress_is_a_bar_in_a_terminal_and_a_line_per_epoch_in_a_log(monkeypatch):
+  from facetriplet.training import progress  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+  assert progress.verbosity(-1) == 1 and progress.verbosity(0) == 0
+  monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+  assert progress.verbosity(-1) == 2 and progress.verbosity(1) == 1
 
 
 def test_unusable_splits_are_user_errors(tmp_path):
