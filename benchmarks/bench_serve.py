@@ -3,7 +3,7 @@ without micro-batching.
 
 Setup (unless --index is given): the network of `--config` (default `lfw`: the half-width
 ResNet-18 at 64 px that configs/lfw.py trains) with random weights, saved and exported with
-`facetriplet.training.export.export_model` with each --detectors crop (`mtcnn` is what users get;
+`facetriplet.training.export.export_model` with each --detectors crop (`yunet` is what users get;
 `none` leaves only the model's cost); a gallery of drawn faces (`facetriplet.synthetic`,
 --identities x --photos JPEGs of --photo_size px, the size of an LFW photo) indexed with
 `build_gallery_index`. Queries are new photos of gallery identities (same generator, unseen
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument(
     "--detectors",
     type=_names,
-    default=["none", "mtcnn"],
+    default=["none", "yunet"],
     help="crop of each built index (one server pair per detector)",
   )
   parser.add_argument("--identities", type=int, default=200)
@@ -371,8 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"multipart upload, k={args.k}; {args.requests} timed requests per row after "
     f"{args.warmup} per client. Latency is what the client sees; `per call` = search "
     "requests answered per model call (1.0 unbatched). `none` crops the centred square "
-    "(model cost only); `mtcnn` detects and aligns each query face first (one photo per "
-    "MTCNN call, see DEVELOPERS.md)."
+    "(model cost only); a detector (`yunet`, the default, or `mtcnn`) finds and aligns each "
+    "query face first, the photos of a micro-batch sent to it together."
   )
   path = common.write_result(
     args.name,

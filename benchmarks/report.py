@@ -23,6 +23,7 @@ OUTPUT = os.path.join(os.path.dirname(HERE), "BENCHMARKS.md")
 ORDER = [
   "pretrained_quality",
   "pretrained_speed",
+  "detectors",
   "ablation_lfw",
   "ablation_orl",
   "ablation_curve",
@@ -30,6 +31,7 @@ ORDER = [
   "quality_lfw",
   "quality_orl",
   "ingest",
+  "ingest_before",
   "ingest_beam",
   "input_pipeline",
   "train_resnet18",
@@ -43,6 +45,9 @@ ORDER = [
   "scale_100k",
   "scale_1m_quantised",
   "serve",
+  "serve_photos",
+  "serve_photos_before",
+  "startup",
 ]
 
 HEADER = """# facetriplet benchmarks
