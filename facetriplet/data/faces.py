@@ -265,6 +265,30 @@ class FaceCropper:
       out.append(results or [self._centre_crop(rgb)])
     return out
 
+  def crop_each(
+    self,
+    decoded: Sequence[Any],
+    faces_mode: str = "largest",
+    min_face: float = MIN_FACE_FRACTION,
+  ) -> list[Any]:
+    """For each decoded photo (an RGB array, or the exception that made it unreadable, passed
+    through in its place), its crops: [the chosen face's] ('largest') or every face's ('all',
+    see `crop_faces_batch`). The photos go to the detector in batches of its `batch_size`."""
+    check_face_mode(faces_mode)
+    out = list(decoded)
+    readable = [i for i, v in enumerate(out) if not isinstance(v, BaseException)]
+    step = max(1, self.detector.batch_size)
+    for start in range(0, len(readable), step):
+      chunk = readable[start : start + step]
+      rgbs = [out[i] for i in chunk]
+      if faces_mode == "all":
+        found = self.crop_faces_batch(rgbs, min_face)
+      else:
+        found = [[c] for c in self.crop_batch(rgbs)]
+      for i, crops in zip(chunk, found):
+        out[i] = crops
+    return out
+
   def _all_faces(
     self, rgb: np.ndarray, found: Sequence[Face], min_face: float, method: str
   ) -> list[CropResult]:

@@ -82,22 +82,15 @@ def crop_entries(
   faces_mode: str = "largest",
   min_face: float = faces.MIN_FACE_FRACTION,
 ) -> list[Any]:
-  """`crop_entry` of each entry, the readable photos sent to the detector in one batch."""
-  out: list[Any] = []
+  """`crop_entry` of each entry, the readable photos sent to the detector together."""
+  decoded: list[Any] = []
   for entry in entries:
     try:
-      out.append(faces.load_rgb(entry.path))
+      decoded.append(faces.load_rgb(entry.path))
     except ImageError as e:
-      out.append(e)
-  readable = [i for i, v in enumerate(out) if not isinstance(v, ImageError)]
-  rgbs = [out[i] for i in readable]
-  if faces_mode == "all":
-    found: list[Any] = cropper.crop_faces_batch(rgbs, min_face)
-  else:
-    found = cropper.crop_batch(rgbs)
-  for i, result in zip(readable, found):
-    out[i] = result
-  return out
+      decoded.append(e)
+  found = cropper.crop_each(decoded, faces_mode, min_face)
+  return [f if isinstance(f, ImageError) or faces_mode == "all" else f[0] for f in found]
 
 
 def iter_crops(

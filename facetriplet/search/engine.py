@@ -300,21 +300,10 @@ class QueryEngine:
   ) -> list[Union[list[faces.CropResult], ImageError]]:
     """`crops` of each image, the readable ones sent to the detector in batches of its
     `batch_size`; an image that cannot be read gets its ImageError in its place."""
-    out: list[Any] = []
+    decoded: list[Any] = []
     for name, image in zip(names, images_):
       try:
-        out.append(images.to_rgb(image, name))
+        decoded.append(images.to_rgb(image, name))
       except ImageError as e:
-        out.append(e)
-    readable = [i for i, v in enumerate(out) if not isinstance(v, ImageError)]
-    step = max(1, self.cropper.detector.batch_size)
-    for start in range(0, len(readable), step):
-      chunk = readable[start : start + step]
-      rgbs = [out[i] for i in chunk]
-      if faces_mode == "all":
-        found = self.cropper.crop_faces_batch(rgbs, min_face)
-      else:
-        found = [[c] for c in self.cropper.crop_batch(rgbs)]
-      for i, crops in zip(chunk, found):
-        out[i] = crops
-    return out
+        decoded.append(e)
+    return self.cropper.crop_each(decoded, faces_mode, min_face)

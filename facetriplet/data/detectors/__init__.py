@@ -33,7 +33,7 @@ REGISTRY: dict[str, Entry] = {
   "yunet": Entry(
     "facetriplet.data.detectors.yunet",
     "YuNet (OpenCV, shipped in the package) finds the faces, MTCNN's R-Net and O-Net place "
-    "the five landmarks, crop aligned onto the template; ~10 ms a photo (Haar, then the "
+    "the five landmarks, crop aligned onto the template; ~15-25 ms a photo (Haar, then the "
     "centred square, when it finds no face)",
   ),
   "haar": Entry(
@@ -45,7 +45,7 @@ REGISTRY: dict[str, Entry] = {
   ),
 }
 NAMES = tuple(REGISTRY)
-# For photos (drawn or pre-cropped faces use "none"): yunet ranks as well as mtcnn with 10-40x
+# For photos (drawn or pre-cropped faces use "none"): yunet ranks as well as mtcnn at 8-13x
 # its speed (BENCHMARKS.md, "Face detectors").
 DEFAULT = "yunet"
 

@@ -1,6 +1,6 @@
 """YuNet (OpenCV's `cv2.FaceDetectorYN`, the 2023mar model shipped in this package, MIT) finds
 the faces; MTCNN's R-Net and O-Net (`landmarks`, in NumPy) place each face's five points. About
-10 ms a photo on one CPU core, against ~150 ms for MTCNN, at MTCNN's ranking quality.
+15-25 ms a photo on one CPU core, against ~150-200 ms for MTCNN, at MTCNN's ranking quality.
 
 YuNet's own five points scatter about 4 px around MTCNN's (at the 112-px template): kept, they
 cost dlib_resnet 0.02 mAP@R on celeba_199 (averaging YuNet over scales and mirror images won back
@@ -97,12 +97,12 @@ class YunetDetector(base.Detector):
     return [self._detect_one(rgb, min_face) for rgb in images]
 
   def _detect_one(self, rgb: np.ndarray, min_face: float) -> list[base.Face]:
-    faces = self._at_side(rgb, base.DETECT_MAX_SIDE)
-    if not faces and max(rgb.shape[:2]) > _RETRY_SIDE:
-      faces = self._at_side(rgb, _RETRY_SIDE)
+    small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
+    faces = self._found(small, scale)
+    if not faces and max(small.shape[:2]) > _RETRY_SIDE:
+      faces = self._found(*base.downscale(rgb, _RETRY_SIDE))
     if not faces:
       return []
-    small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
     # O-Net costs ~5 ms a face: it places the points of every face the cropper may use (at
     # least a quarter of the largest face's area, the most `pick` looks at, or `min_face` wide,
     # where the cropper takes every face); smaller faces in the background keep YuNet's own.
@@ -117,8 +117,8 @@ class YunetDetector(base.Detector):
       out.append(face if points is None else base.Face(face.box, points / scale, face.score))
     return out
 
-  def _at_side(self, rgb: np.ndarray, side: int) -> list[base.Face]:
-    small, scale = base.downscale(rgb, side)
+  def _found(self, small: np.ndarray, scale: float) -> list[base.Face]:
+    """YuNet's faces in `small`, a copy of the photo scaled by `scale`, in the photo's pixels."""
     h, w = small.shape[:2]
     _, rows = self._net(w, h).detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     # x, y, w, h, then (x, y) of the eyes, nose tip and mouth corners in the photo's left-to-
