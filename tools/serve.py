@@ -1,13 +1,26 @@
 r"""Serves an index over HTTP: search, embed, enrol and remove faces (FastAPI + uvicorn).
 
   facetriplet-serve --index=runs/index                        # http://127.0.0.1:8000, docs at /docs
-  facetriplet-serve --index=runs/index --host=0.0.0.0 --port=8080 --max_upload_mb=5
+  facetriplet-serve --index=runs/index --token_file=tokens.txt --host=10.0.0.5 --port=8080
+  facetriplet-serve --index=runs/index --token_file=tokens.txt --host=0.0.0.0 \
+      --allowed_hosts=faces.example.org --rate_limit=20
   facetriplet-serve --index=runs/index --nomicro_batch        # one model call per request
 
   curl -F image=@face.jpg 'http://127.0.0.1:8000/search?k=5'
   curl -F image=@new.jpg -F id=alice-01 -F identity=alice http://127.0.0.1:8000/items
   curl -X DELETE http://127.0.0.1:8000/items/alice-01
   curl http://127.0.0.1:8000/healthz
+
+  curl -H "Authorization: Bearer $TOKEN" -F image=@face.jpg http://10.0.0.5:8080/search
+
+Tokens (--token_file, or the variable FACETRIPLET_TOKENS): lines `name read|write secret`; read
+tokens may search and embed, write tokens also enrol and remove. Without tokens the service
+listens only on this machine (loopback); another --host needs tokens, or --insecure. Requests
+for a Host name not in --allowed_hosts are refused (DNS rebinding), and so are enrolments and
+removals sent by a web page of another site; no CORS unless --cors_origin. TLS: put a reverse
+proxy in front (see the README). A request's headers must arrive within --header_timeout_s and
+its upload within --body_timeout_s; beyond --max_connections, or --max_queued searches, the
+answer is 503 with Retry-After; beyond --rate_limit requests a second per token, 429.
 
 Endpoints: POST /search, POST /embed, POST /items, DELETE /items/{id}, GET /healthz, GET /docs.
 Enrolments and removals are written to --index (atomically) before they are answered. Concurrent
@@ -32,7 +45,40 @@ _INDEX = flags.DEFINE_string("index", None, "Index folder written by facetriplet
 _HOST = flags.DEFINE_string(
   "host",
   "127.0.0.1",
-  "Address to listen on (0.0.0.0: every interface; the service has no authentication).",
+  "Address to listen on (0.0.0.0: every interface, with --allowed_hosts). Other than "
+  "loopback it needs --token_file (or --insecure).",
+)
+_TOKEN_FILE = flags.DEFINE_string(
+  "token_file",
+  None,
+  "File of tokens, one 'name read|write secret' per line (default: $FACETRIPLET_TOKENS; "
+  "none: no token asked, loopback only).",
+)
+_INSECURE = flags.DEFINE_bool(
+  "insecure", False, "Serve a non-loopback --host without tokens (anyone who can connect)."
+)
+_ALLOWED_HOSTS = flags.DEFINE_list(
+  "allowed_hosts",
+  None,
+  "Host names the service answers to ('*': any); default: loopback names and --host.",
+)
+_CORS_ORIGIN = flags.DEFINE_string(
+  "cors_origin", None, "The one web origin (https://app.example.org) browsers may call from."
+)
+_RATE_LIMIT = flags.DEFINE_float(
+  "rate_limit", 0.0, "Requests a second per token (per client address without tokens); 0: none."
+)
+_HEADER_TIMEOUT_S = flags.DEFINE_float(
+  "header_timeout_s", 10.0, "A request's headers must arrive within this (408, closed)."
+)
+_BODY_TIMEOUT_S = flags.DEFINE_float(
+  "body_timeout_s", 60.0, "An upload must arrive within this after its headers (408, closed)."
+)
+_MAX_CONNECTIONS = flags.DEFINE_integer(
+  "max_connections", 1000, "Open connections; more are answered 503 with Retry-After."
+)
+_MAX_QUEUED = flags.DEFINE_integer(
+  "max_queued", 256, "Searches in progress; more are answered 503 with Retry-After."
 )
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
 _MODEL = flags.DEFINE_string(
@@ -81,8 +127,15 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("--max_batch must be at least 1 and --batch_window_ms at least 0")
   if not 0 <= _PORT.value <= 65535:
     raise UserError(f"--port={_PORT.value}: use 0..65535")
+  if min(_HEADER_TIMEOUT_S.value, _BODY_TIMEOUT_S.value) <= 0 or _RATE_LIMIT.value < 0:
+    raise UserError("--header_timeout_s and --body_timeout_s must be positive, --rate_limit >= 0")
+  if min(_MAX_CONNECTIONS.value, _MAX_QUEUED.value) < 1:
+    raise UserError("--max_connections and --max_queued must be at least 1")
   gallery.check_index(_INDEX.value)  # before the slow imports (the server checks it again)
-  from facetriplet.serving import inputs, server  # pylint: disable=g-import-not-at-top
+  from facetriplet.serving import inputs, security, server  # pylint: disable=g-import-not-at-top
+
+  tokens = security.Tokens.load(_TOKEN_FILE.value)
+  hosts = server.check_exposure(_HOST.value, tokens, _ALLOWED_HOSTS.value, _INSECURE.value)
 
   upload_mb = _MAX_UPLOAD_MB.value or inputs.MAX_UPLOAD_BYTES / 2**20
   logging.info(
@@ -106,6 +159,16 @@ def main(argv: Sequence[str]) -> None:
       "Ctrl-C stops",
       flush=True,
     )
+    if tokens:
+      print(f"{len(tokens)} token(s); answering Host {', '.join(hosts)}", flush=True)
+    elif security.is_loopback(_HOST.value):
+      print(
+        "no tokens: anyone on this machine can search and change the index; listening on "
+        "loopback only (--token_file to serve other machines)",
+        flush=True,
+      )
+    else:
+      print("no tokens and --insecure: anyone who can connect can change the index", flush=True)
 
   try:
     server.serve(
@@ -121,6 +184,15 @@ def main(argv: Sequence[str]) -> None:
       batch_window_ms=_BATCH_WINDOW_MS.value,
       max_batch=_MAX_BATCH.value,
       micro_batch=_MICRO_BATCH.value,
+      tokens=tokens,
+      allowed_hosts=hosts,
+      insecure=_INSECURE.value,
+      cors_origin=_CORS_ORIGIN.value,
+      rate_limit=_RATE_LIMIT.value,
+      header_timeout_s=_HEADER_TIMEOUT_S.value,
+      body_timeout_s=_BODY_TIMEOUT_S.value,
+      max_connections=_MAX_CONNECTIONS.value,
+      max_queued=_MAX_QUEUED.value,
     )
   except KeyboardInterrupt:
     pass  # uvicorn re-raises the Ctrl-C it handled, after the graceful shutdown

@@ -32,14 +32,16 @@ are `inputs`; listening and serving is `server`.
 from __future__ import annotations
 
 import contextlib
+from typing import Optional, Sequence
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from facetriplet.search.searcher import Searcher
-from facetriplet.serving import batching, inputs, routes
+from facetriplet.serving import batching, inputs, routes, security
 
 
 def make_app(
@@ -50,6 +52,12 @@ def make_app(
   max_batch: int = 32,
   micro_batch: bool = True,
   max_k: int = inputs.MAX_K,
+  tokens: Optional[security.Tokens] = None,
+  allowed_hosts: Sequence[str] = security.LOOPBACK_HOSTS,
+  cors_origin: Optional[str] = None,
+  rate_limit: float = 0.0,
+  body_timeout_s: float = inputs.BODY_TIMEOUT_S,
+  max_queued: int = 256,
 ) -> FastAPI:
   """The FastAPI application serving `searcher` (see the module docstring for the endpoints).
 
@@ -61,6 +69,12 @@ def make_app(
     max_batch: most searches answered by one model call.
     micro_batch: False calls the searcher once per request (for comparison).
     max_k: largest k a request may ask for.
+    tokens: who may read and write (`security.Tokens`); none: anyone who can connect.
+    allowed_hosts: Host names answered ('*': any); others get 400 (DNS rebinding).
+    cors_origin: the one web origin allowed to call from a browser (CORS); none by default.
+    rate_limit: requests a second per token (per client address without tokens); 0: no limit.
+    body_timeout_s: an upload must have arrived this long after its headers (408).
+    max_queued: searches in progress at once; more get 503 with Retry-After.
   """
   batcher = (
     batching.MicroBatcher(searcher, batch_window_ms / 1000, max_batch) if micro_batch else None
@@ -68,7 +82,14 @@ def make_app(
   # Looked up at each save (not bound now), so a wrapped or replaced `save` is the one called.
   save = lambda: searcher.save()  # pylint: disable=unnecessary-lambda
   service = routes.Service(
-    searcher, batcher, batching.GroupCommit(save), max_upload_bytes, max_pixels, max_k
+    searcher,
+    batcher,
+    batching.GroupCommit(save),
+    max_upload_bytes,
+    max_pixels,
+    max_k,
+    body_timeout_s,
+    max_queued,
   )
 
   @contextlib.asynccontextmanager
@@ -88,7 +109,18 @@ def make_app(
     ),
   )
   app.state.service = service
+  app.state.guard = security.Guard(
+    tokens or security.Tokens(), cors_origin, security.RateLimiter(rate_limit)
+  )
   app.include_router(routes.router)
+  if cors_origin:
+    app.add_middleware(
+      CORSMiddleware,
+      allow_origins=[cors_origin],
+      allow_methods=["GET", "POST", "DELETE"],
+      allow_headers=["Authorization", "Content-Type"],
+    )
+  app.add_middleware(security.HostCheck, allowed=list(allowed_hosts))  # outermost: first
 
   @app.exception_handler(RequestValidationError)
   async def invalid(_, exc: RequestValidationError) -> JSONResponse:

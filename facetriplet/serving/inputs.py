@@ -9,11 +9,13 @@ unsupported Content-Type, 400 for a broken body or image, 422 for a bad paramete
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
 import json
 import math
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -27,6 +29,7 @@ from facetriplet.errors import ImageError
 from facetriplet.serving.schemas import ItemParams, SearchParams
 
 MAX_UPLOAD_BYTES = 10 * 2**20
+BODY_TIMEOUT_S = 60.0  # an upload must have arrived this long after its headers (408 if not)
 MAX_K = 1000
 FIELD_BYTES = 64 * 1024  # form fields other than the image
 _STATUS = {"not-an-image": 415, "too-large": 413}  # other image problems: 400
@@ -35,6 +38,7 @@ _HINT = {
   "empty-file": "the image was empty",
   "truncated": "the upload was cut short",
   "unreadable": "the image data is damaged",
+  "blank": "there is nothing to search in it (too small, or one flat colour)",
 }
 
 
@@ -47,13 +51,14 @@ class Upload:
   fields: dict[str, Any]
 
 
-def error(status: int, message: str) -> HTTPException:
+def error(status: int, message: str, headers: Optional[dict[str, str]] = None) -> HTTPException:
   """An HTTP error whose detail is the message on one line."""
-  return HTTPException(status_code=status, detail=" ".join(message.split()))
+  return HTTPException(status_code=status, detail=" ".join(message.split()), headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-  """The body, refused (413) when its Content-Length or the bytes actually sent pass `limit`."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+  """The body, refused (413) when its Content-Length or the bytes actually sent pass `limit`,
+  and (408, the connection closed) when it has not all arrived `timeout_s` after the headers."""
   declared = request.headers.get("content-length")
   if declared is not None:
     if not declared.strip().isdigit():
@@ -61,18 +66,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if int(declared) > limit:
       raise error(413, f"upload too large: Content-Length {int(declared)} bytes, at most {limit}")
   chunks, size = [], 0
-  async for chunk in request.stream():
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      message = await asyncio.wait_for(request.receive(), max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+      raise HTTPException(
+        408,
+        f"the upload did not arrive within {timeout_s:g} s ({size} bytes received)",
+        headers={"Connection": "close"},
+      ) from None
+    if message["type"] == "http.disconnect":
+      raise error(400, "the client disconnected during the upload")
+    chunk = message.get("body", b"")
     size += len(chunk)
     if size > limit:
       raise error(413, f"upload too large: more than {limit} bytes sent")
     chunks.append(chunk)
-  return b"".join(chunks)
+    if not message.get("more_body", False):
+      return b"".join(chunks)
 
 
-async def read_upload(request: Request, max_upload_bytes: int) -> Upload:
+async def read_upload(
+  request: Request, max_upload_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S
+) -> Upload:
   """The photo and fields of a multipart, JSON or raw-image request (4xx with one line if not)."""
   body_limit = max_upload_bytes * 4 // 3 + FIELD_BYTES  # base64 and form overhead
-  body = await _read_body(request, body_limit)
+  body = await _read_body(request, body_limit, body_timeout_s)
   kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
   fields: dict[str, Any] = {}
   data, filename = None, ""
@@ -99,8 +119,9 @@ async def read_upload(request: Request, max_upload_bytes: int) -> Upload:
   elif kind == "application/json":
     try:
       fields = json.loads(body)
-    except ValueError as e:
-      raise error(400, f"bad JSON body: {e}") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep to parse
+      reason = str(e) if isinstance(e, ValueError) else "nested too deep"
+      raise error(400, f"bad JSON body: {reason}") from None
     if not isinstance(fields, dict):
       raise error(400, "the JSON body must be an object with an 'image_base64' key")
   elif kind.startswith("image/") or kind == "application/octet-stream":

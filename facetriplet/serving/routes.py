@@ -6,6 +6,10 @@ helpers (`Service`) injected with `Depends`, answers as `schemas` models.
   POST   /items        enrol a photo under an id (saved to the index folder before answering)
   DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
   GET    /healthz      items, dim, model fingerprint, batching counters
+
+Searches and embeddings need a read token, enrolments and removals a write token, when the
+service has tokens (`security`); writes from a cross-site page are refused either way. Ids are
+shown without filesystem paths (`public_ids`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import os
 from typing import Any, Optional, Union
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -21,7 +26,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from facetriplet.errors import UserError
 from facetriplet.search.searcher import Searcher
-from facetriplet.serving import batching, inputs, schemas
+from facetriplet.serving import batching, inputs, public_ids, schemas
+from facetriplet.serving.security import Caller, require
 
 
 @dataclasses.dataclass
@@ -34,7 +40,42 @@ class Service:
   max_upload_bytes: int = inputs.MAX_UPLOAD_BYTES
   max_pixels: int = inputs.MAX_PIXELS
   max_k: int = inputs.MAX_K
+  body_timeout_s: float = inputs.BODY_TIMEOUT_S
+  max_queued: int = 256  # searches being read, decoded or waiting for the model (503 above)
   unbatched: dict = dataclasses.field(default_factory=lambda: {"requests": 0, "calls": 0})
+  searching: int = 0
+  ids: public_ids.PublicIds = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    self.ids = public_ids.PublicIds(self.searcher.index)
+
+  @contextlib.contextmanager
+  def search_slot(self):
+    """A place among the searches in progress; 503 with Retry-After when they are full."""
+    if self.searching >= self.max_queued:
+      raise inputs.error(
+        503, f"{self.searching} searches are waiting: try again shortly", {"Retry-After": "1"}
+      )
+    self.searching += 1
+    try:
+      yield
+    finally:
+      self.searching -= 1
+
+  async def upload(self, request: Request) -> inputs.Upload:
+    return await inputs.read_upload(request, self.max_upload_bytes, self.body_timeout_s)
+
+  def face(self, result: Any) -> dict[str, Any]:
+    """A SearchResult as the service shows it: ids and names, no paths."""
+    out = result.to_dict()
+    out.pop("query")
+    out["matches"] = [self.match(m) for m in result.matches]
+    return out
+
+  def match(self, match: Any) -> dict[str, Any]:
+    out = dict(match.to_dict(), id=self.ids.shown(match.item))
+    out.pop("path")
+    return out
 
   def start_search(self, request: batching.SearchRequest) -> Any:
     """Queues the search (micro-batched) or starts it alone; returns what to await."""
@@ -63,6 +104,11 @@ class Service:
       ) from None
 
 
+def _name(path: Optional[str]) -> Optional[str]:
+  """A folder's name, never its path."""
+  return os.path.basename(os.path.normpath(path)) if path else None
+
+
 def get_service(request: Request) -> Service:
   return request.app.state.service
 
@@ -72,12 +118,6 @@ def get_searcher(service: Service = Depends(get_service)) -> Searcher:
 
 
 router = APIRouter(responses=schemas.ERRORS)
-
-
-def _face(result: Any) -> dict[str, Any]:
-  out = result.to_dict()
-  out.pop("query")
-  return out
 
 
 @router.post(
@@ -91,11 +131,17 @@ async def search(
   min_score: Optional[float] = Query(None),
   faces: Optional[str] = Query(None, description="largest or all"),
   service: Service = Depends(get_service),
+  _: Caller = Depends(require("read")),
 ) -> Any:
   """The k gallery photos most similar to the photo's face (its best face per photo)."""
+  with service.search_slot():
+    return await _search(request, k, min_score, faces, service)
+
+
+async def _search(request, k, min_score, faces, service: Service) -> Any:
   arriving = service.batcher.arriving() if service.batcher else contextlib.nullcontext()
   with arriving:
-    upload = await inputs.read_upload(request, service.max_upload_bytes)
+    upload = await service.upload(request)
     params = inputs.search_params(upload, k, min_score, faces, service.max_k)
     rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
     # Queued before this request stops arriving, so the batcher waits for it.
@@ -105,8 +151,9 @@ async def search(
   answer = await service.finish_search(pending)
   query = upload.filename or "upload"
   if params.faces == "all":
-    return schemas.SearchAllAnswer(query=query, k=params.k, faces=[_face(r) for r in answer])
-  return schemas.SearchAnswer(query=query, k=params.k, **_face(answer))
+    faces_ = [service.face(r) for r in answer]
+    return schemas.SearchAllAnswer(query=query, k=params.k, faces=faces_)
+  return schemas.SearchAnswer(query=query, k=params.k, **service.face(answer))
 
 
 @router.post("/embed", response_model=schemas.EmbedAnswer, openapi_extra=schemas.image_body(None))
@@ -114,9 +161,10 @@ async def embed(
   request: Request,
   service: Service = Depends(get_service),
   searcher: Searcher = Depends(get_searcher),
+  _: Caller = Depends(require("read")),
 ) -> schemas.EmbedAnswer:
   """The unit embedding of the photo's chosen face, from the index's model."""
-  upload = await inputs.read_upload(request, service.max_upload_bytes)
+  upload = await service.upload(request)
   rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
   vector = await run_in_threadpool(searcher.embed, rgb)
   return schemas.EmbedAnswer(
@@ -140,11 +188,16 @@ async def add_item(
   faces: Optional[str] = Query(None, description="largest or all"),
   service: Service = Depends(get_service),
   searcher: Searcher = Depends(get_searcher),
+  caller: Caller = Depends(require("write")),
 ) -> schemas.EnrolAnswer:
   """Enrols the photo (replacing an item with the same id) and saves the index."""
-  upload = await inputs.read_upload(request, service.max_upload_bytes)
+  upload = await service.upload(request)
   params = inputs.item_params(upload, item_id, name, identity, faces)
   new_id = params.id or hashlib.sha256(upload.data).hexdigest()[:16]
+  if service.ids.is_photo(new_id):
+    raise inputs.error(
+      409, f"id {new_id!r} names a gallery photo: DELETE /items/{new_id} first, or pick another id"
+    )
   rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
   replaced = searcher.contains(new_id if params.faces == "largest" else f"{new_id}#0")
   try:
@@ -158,13 +211,17 @@ async def add_item(
     )
   except UserError as e:
     raise inputs.error(422, str(e)) from None
+  service.ids.refresh()
   await service.save(f"enrolled {ids}")
   return schemas.EnrolAnswer(ids=ids, replaced=replaced, items=len(searcher))
 
 
 @router.delete("/items/{item_id:path}", response_model=schemas.RemoveAnswer)
 async def remove_item(
-  item_id: str, service: Service = Depends(get_service), searcher: Searcher = Depends(get_searcher)
+  item_id: str,
+  service: Service = Depends(get_service),
+  searcher: Searcher = Depends(get_searcher),
+  caller: Caller = Depends(require("write")),
 ) -> schemas.RemoveAnswer:
   """Removes one item by id and saves the index (404 when no item has this id)."""
   unknown = inputs.error(
@@ -172,14 +229,16 @@ async def remove_item(
     f"no item with id {item_id!r} in the index (ids are what POST "
     "/items returned, or the 'id' of a match)",
   )
-  if not searcher.contains(item_id):
+  internal = service.ids.item_id(item_id)
+  if internal is None or not searcher.contains(internal):
     raise unknown
   try:
-    removed = await run_in_threadpool(searcher.remove, [item_id])
+    removed = await run_in_threadpool(searcher.remove, [internal])
   except UserError as e:
-    if searcher.contains(item_id):  # e.g. the last item: an index is never empty
+    if searcher.contains(internal):  # e.g. the last item: an index is never empty
       raise inputs.error(409, str(e)) from None
     raise unknown from None  # removed meanwhile by another request
+  service.ids.refresh()
   await service.save(f"removed {item_id!r}")
   return schemas.RemoveAnswer(removed=removed, id=item_id, items=len(searcher))
 
@@ -200,9 +259,9 @@ async def healthz(
     items=len(searcher),
     dim=searcher.dim,
     fingerprint=searcher.extractor.fingerprint,
-    model=searcher.info.get("model"),
+    model=_name(searcher.info.get("model")),
     features=searcher.info.get("features"),
-    index=searcher.index_dir,
+    index=_name(searcher.index_dir),
     micro_batch=batcher is not None,
     search_requests=stats["requests"],
     search_calls=stats["calls"],

@@ -44,8 +44,10 @@ class MatchOut(BaseModel):
 
   rank: int
   score: float = Field(description="cosine similarity, -1..1")
-  id: str = Field(description="the item id (what DELETE /items/{id} takes)")
-  path: str
+  id: str = Field(
+    description="the item id (what DELETE /items/{id} takes): an enrolment's id, or the "
+    "photo's path within its gallery folder"
+  )
   name: str
   identity: Optional[str]
   box: Optional[list[float]] = Field(description="the matched face's x, y, w, h")
@@ -101,9 +103,9 @@ class Health(BaseModel):
   items: int
   dim: int
   fingerprint: str
-  model: Optional[str]
+  model: Optional[str] = Field(description="the model's name (its folder's name)")
   features: Optional[str]
-  index: str
+  index: str = Field(description="the index folder's name")
   micro_batch: bool
   search_requests: int
   search_calls: int
@@ -147,4 +149,5 @@ def image_body(params: Optional[type[BaseModel]]) -> dict[str, Any]:
   }
 
 
-ERRORS = {code: {"model": ErrorAnswer} for code in (400, 404, 409, 413, 415, 422, 500)}
+_CODES = (400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 500, 503)
+ERRORS = {code: {"model": ErrorAnswer} for code in _CODES}

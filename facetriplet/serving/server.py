@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import uvicorn
 from absl import logging
@@ -14,7 +14,11 @@ from fastapi import FastAPI
 
 from facetriplet.errors import UserError
 from facetriplet.search.searcher import Searcher
+from facetriplet.serving import connections, security
 from facetriplet.serving.app import make_app
+
+HEADER_TIMEOUT_S = 10.0  # a request's head must arrive within this (408 and closed if not)
+MAX_CONNECTIONS = 1000  # open connections; more are answered 503 at once
 
 
 def bind(host: str, port: int) -> tuple[socket.socket, str]:
@@ -38,12 +42,48 @@ def bind(host: str, port: int) -> tuple[socket.socket, str]:
   return sock, f"http://{shown}:{actual}"
 
 
-def _server(app: FastAPI, log_level: str, access_log: bool) -> uvicorn.Server:
+def _server(
+  app: FastAPI,
+  log_level: str,
+  access_log: bool,
+  header_timeout_s: float = HEADER_TIMEOUT_S,
+  max_connections: int = MAX_CONNECTIONS,
+) -> uvicorn.Server:
   return uvicorn.Server(
     uvicorn.Config(
-      app, log_level=log_level, access_log=access_log, lifespan="on", timeout_graceful_shutdown=10
+      app,
+      http=connections.protocol(header_timeout_s, max_connections),
+      log_level=log_level,
+      access_log=access_log,
+      lifespan="on",
+      timeout_graceful_shutdown=10,
     )
   )
+
+
+def check_exposure(
+  host: str, tokens: Optional[security.Tokens], allowed_hosts: Optional[Sequence[str]], insecure
+) -> list[str]:
+  """The Host names to answer, after refusing an exposed service without tokens.
+
+  Raises:
+    UserError: a non-loopback address without tokens (unless `insecure`), or an address of
+      every interface without --allowed_hosts.
+  """
+  if not security.is_loopback(host) and not tokens and not insecure:
+    raise UserError(
+      f"--host={host} lets other machines connect, and the service has no tokens: pass "
+      "--token_file (see facetriplet-serve --help), or --insecure to serve without them"
+    )
+  if allowed_hosts:
+    return list(allowed_hosts)
+  if host in ("0.0.0.0", "::", ""):
+    raise UserError(
+      f"--host={host} listens on every interface: pass --allowed_hosts=<the names clients "
+      "use, comma-separated> (or '*' to answer any Host header)"
+    )
+  names = list(security.LOOPBACK_HOSTS)
+  return names if security.is_loopback(host) else names + [host]
 
 
 def serve(
@@ -55,6 +95,11 @@ def serve(
   on_ready: Optional[Callable[[str, Searcher], None]] = None,
   log_level: str = "warning",
   access_log: bool = False,
+  tokens: Optional[security.Tokens] = None,
+  allowed_hosts: Optional[Sequence[str]] = None,
+  insecure: bool = False,
+  header_timeout_s: float = HEADER_TIMEOUT_S,
+  max_connections: int = MAX_CONNECTIONS,
   **app_options: Any,
 ) -> None:
   """Opens the index and serves it until interrupted (Ctrl-C / SIGTERM stop it gracefully).
@@ -63,19 +108,23 @@ def serve(
     index_dir, model, features: as `Searcher.open`.
     host, port: where to listen (port 0: any free port).
     on_ready: called with the URL and the searcher once the socket is bound, before serving.
+    tokens, allowed_hosts, insecure: see `check_exposure` and `make_app`.
+    header_timeout_s, max_connections: see `connections`.
     app_options: `make_app` options (max_upload_bytes, max_pixels, batch_window_ms, ...).
 
   Raises:
-    UserError: a missing index or model, or an address that cannot be bound.
+    UserError: a missing index or model, an address that cannot be bound, or one exposed
+      without tokens.
   """
+  hosts = check_exposure(host, tokens, allowed_hosts, insecure)
   searcher = Searcher.open(index_dir, model, features)
-  app = make_app(searcher, **app_options)
+  app = make_app(searcher, tokens=tokens, allowed_hosts=hosts, **app_options)
   sock, url = bind(host, port)
   logging.info("serving %s (%d items) at %s", index_dir, len(searcher), url)
   if on_ready is not None:
     on_ready(url, searcher)
   with sock:
-    _server(app, log_level, access_log).run(sockets=[sock])
+    _server(app, log_level, access_log, header_timeout_s, max_connections).run(sockets=[sock])
 
 
 class ServerThread:
@@ -86,11 +135,17 @@ class ServerThread:
   """
 
   def __init__(
-    self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    self,
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
   ):
     self.app = app
     self._sock, self.url = bind(host, port)
-    self._server = _server(app, log_level, access_log=False)
+    self._server = _server(app, log_level, False, header_timeout_s, max_connections)
     self._thread = threading.Thread(
       target=self._server.run,
       kwargs={"sockets": [self._sock]},

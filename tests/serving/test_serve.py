@@ -57,7 +57,7 @@ class Client:
     finally:
       conn.close()
 
-  def post_image(self, path, data, fields=None, filename="face.png"):
+  def post_image(self, path, data, fields=None, filename="face.png", headers=None):
     boundary = uuid.uuid4().hex
     parts = []
     for key, value in (fields or {}).items():
@@ -71,9 +71,8 @@ class Client:
       + b"\r\n"
     )
     parts.append(f"--{boundary}--\r\n".encode())
-    return self.call(
-      "POST", path, b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
+    kind = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return self.call("POST", path, b"".join(parts), {**kind, **(headers or {})})
 
   def post_json(self, path, payload):
     return self.call(
@@ -152,7 +151,10 @@ def _same(answer, result, k):
   assert answer["box"] == (list(result.box) if result.box else None)
   assert answer["problem"] == result.problem
   got, want = answer["matches"], result.matches
-  assert [m["id"] for m in got] == [m.id for m in want]
+  # Ids are shown without filesystem paths: a gallery photo by its path within the gallery.
+  assert [m["id"] for m in got] == [m.item.rel_path or m.id for m in want]
+  assert not any(os.sep in m["id"] and os.path.isabs(m["id"]) for m in got)
+  assert all("path" not in m for m in got)
   assert len(got) == min(k, len(want))
   for g, w in zip(got, want):
     assert g["rank"] == w.rank and g["identity"] == w.identity and g["name"] == w.name
@@ -217,7 +219,8 @@ def test_healthz_and_docs(served, setup):
   assert status == 200
   assert health["items"] == len(searcher) == 9
   assert health["dim"] == searcher.dim and health["fingerprint"] == searcher.extractor.fingerprint
-  assert health["model"] == os.path.abspath(setup["export"])
+  assert health["model"] == os.path.basename(setup["export"])  # a name, never a path
+  assert health["index"] == "index"
   status, page = client.call("GET", "/docs")
   assert status == 200 and "swagger" in page.lower()
   status, spec = client.call("GET", "/openapi.json")
@@ -302,7 +305,7 @@ def test_bad_uploads_get_4xx_and_the_server_lives(served, setup, name, data, fie
   assert client.call("GET", "/healthz")[0] == 200
 
 
-def test_bad_requests(served):
+def test_bad_requests(served, setup):
   client = served["client"]
   assert client.call("GET", "/search")[0] == 405
   status, answer = client.call("POST", "/search", b"x", {"Content-Type": "text/plain"})
@@ -321,7 +324,7 @@ def test_bad_requests(served):
     "/search",
     {
       "image_base64": "\n".join(
-        base64.encodebytes(_png(np.zeros((8, 8, 3), np.uint8))).decode().split()
+        base64.encodebytes(_read(setup["queries"][0])).decode().split()
       ),
       "k": 2,
     },
@@ -337,13 +340,13 @@ def test_oversized_uploads_get_413(served, setup):
   assert status == 413 and "too large" in answer["detail"]
   # A Content-Length far over the limit is refused before the body is read.
   head = (
-    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
     b"Content-Length: 900000000\r\n\r\n"
   )
   assert " 413 " in _raw_request(url, head, [b"\xff" * 1000])
   # No Content-Length (chunked): refused once the bytes read pass the limit.
   head = (
-    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
   )
   chunks = [b"%x\r\n" % 65536 + os.urandom(65536) + b"\r\n" for _ in range(8)] + [b"0\r\n\r\n"]
@@ -439,22 +442,27 @@ def test_enrol_search_remove_persisted(writable):
   status, answer = client.call("DELETE", "/items/dave/1")
   assert status == 404 and "no item with id 'dave/1'" in answer["detail"]
   assert client.call("DELETE", "/items/nobody")[0] == 404
-  # A gallery photo's id is its absolute path.
-  gallery_id = next(m["id"] for m in found["matches"] if m["identity"] == "alice")
-  assert client.call("DELETE", "/items/" + gallery_id)[0] == 200
-  assert not Searcher.open(index_dir).contains(gallery_id)
+  # A gallery photo is shown (and deleted) by its path within the gallery; its item id inside
+  # the index, an absolute path, is not an id the service knows.
+  match = next(m for m in found["matches"] if m["identity"] == "alice")
+  internal = next(i.id for i in reopened.index.items if i.rel_path == match["id"])
+  assert client.call("DELETE", "/items/" + internal)[0] == 404
+  status, answer = client.post_image("/items", data, {"id": match["id"]})
+  assert status == 409 and "gallery photo" in answer["detail"]  # not replaced by an upload
+  assert client.call("DELETE", "/items/" + match["id"])[0] == 200
+  assert not Searcher.open(index_dir).contains(internal)
 
 
 def test_the_last_item_cannot_be_removed(writable, setup):
   client, searcher = writable["client"], writable["searcher"]
-  *others, last = [item.id for item in searcher.index.items]
-  for item_id in others:
-    assert client.call("DELETE", "/items/" + item_id)[0] == 200
-  status, answer = client.call("DELETE", "/items/" + last)
+  *others, last = list(searcher.index.items)
+  for item in others:
+    assert client.call("DELETE", "/items/" + item.rel_path)[0] == 200
+  status, answer = client.call("DELETE", "/items/" + last.rel_path)
   assert status == 409 and "empty index" in answer["detail"]
   status, answer = client.post_image("/search", _read(setup["queries"][0]))
-  assert status == 200 and [m["id"] for m in answer["matches"]] == [last]
-  assert [item.id for item in Searcher.open(writable["index"]).index.items] == [last]
+  assert status == 200 and [m["id"] for m in answer["matches"]] == [last.rel_path]
+  assert [item.id for item in Searcher.open(writable["index"]).index.items] == [last.id]
 
 
 def test_enrol_refuses_bad_images(writable):
