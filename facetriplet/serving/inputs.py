@@ -36,9 +36,9 @@ _STATUS = {"not-an-image": 415, "too-large": 413}  # other image problems: 400
 _HINT = {
   "not-an-image": "send a JPEG, PNG, WebP, BMP, TIFF or GIF photo",
   "empty-file": "the image was empty",
-  "truncated": "the upload was cut short",
+  "truncated": "the upload was cut short, or its header claims more than its data holds",
   "unreadable": "the image data is damaged",
-  "blank": "there is nothing to search in it (too small, or one flat colour)",
+  "blank": "the image is tiny or one flat colour: send a photo with a face",
 }
 
 
@@ -157,7 +157,9 @@ def decode(upload: Upload, max_pixels: int) -> np.ndarray:
   try:
     return images.decode_rgb(upload.data, upload.filename or "upload", max_pixels)
   except ImageError as e:
-    hint = _HINT.get(e.reason) or f"at most {max_pixels} pixels"
+    hint = _HINT.get(e.reason) or (
+      f"at most {max_pixels} pixels" if e.reason == "too-large" else "send another photo"
+    )
     raise error(
       _STATUS.get(e.reason, 400),
       f"image {e.reason}: {hint}"

@@ -63,24 +63,25 @@ def test_jpeg_grayscale_pgm_become_rgb(tmp_path):
 
 
 def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
-  values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+  # 8 x 8 (smaller images are refused as blank), rows of the four levels.
+  values = np.tile(np.array([[0, 257, 32896, 65535]], dtype=np.uint16), (8, 2))
   Image.fromarray(values).save(tmp_path / "g16.png")
   out = faces.load_rgb(str(tmp_path / "g16.png"))
-  np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
+  np.testing.assert_array_equal(out[0, :4, 0], [0, 1, 128, 255])
   with open(tmp_path / "g16.pgm", "wb") as f:
-    f.write(b"P5\n4 1\n65535\n" + values.astype(">u2").tobytes())
+    f.write(b"P5\n8 8\n65535\n" + values.astype(">u2").tobytes())
   np.testing.assert_array_equal(
-    faces.load_rgb(str(tmp_path / "g16.pgm"))[0, :, 1], [0, 1, 128, 255]
+    faces.load_rgb(str(tmp_path / "g16.pgm"))[0, :4, 1], [0, 1, 128, 255]
   )
 
 
 def test_rgba_over_black_and_palette(tmp_path):
-  rgba = np.zeros((4, 4, 4), np.uint8)
+  rgba = np.zeros((8, 8, 4), np.uint8)
   rgba[..., 0] = 200
-  rgba[:2, :, 3] = 255
+  rgba[:4, :, 3] = 255
   Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
   out = faces.load_rgb(str(tmp_path / "a.png"))
-  assert out[0, 0].tolist() == [200, 0, 0] and out[3, 3].tolist() == [0, 0, 0]
+  assert out[0, 0].tolist() == [200, 0, 0] and out[7, 7].tolist() == [0, 0, 0]
   pal = Image.fromarray(_rng_image()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
   pal.save(tmp_path / "p.png")
   pal.save(tmp_path / "p.gif")

@@ -397,8 +397,9 @@ def test_large_photos_are_decoded_one_at_a_time_across_workers(tmp_path, monkeyp
     def __exit__(self, *exc):
       return False
 
-  small = np.zeros((20, 20, 3), np.uint8)
-  large = np.zeros((60, 60, 3), np.uint8)
+  rng = np.random.default_rng(0)  # noise: a flat image would be refused as blank
+  small = rng.integers(0, 256, (20, 20, 3), np.uint8)
+  large = rng.integers(0, 256, (60, 60, 3), np.uint8)
   for name, arr in (("a.png", small), ("b.png", large), ("c.png", small)):
     Image.fromarray(arr).save(tmp_path / name)
   monkeypatch.setattr(crop_workers, "LARGE_PIXELS", 1000)

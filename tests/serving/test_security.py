@@ -356,3 +356,37 @@ def test_rate_limit_per_token(setup):  # noqa: F811
     assert client.post_image("/search", photo, headers=_bearer(WRITE))[0] == 200
     time.sleep(1.2)
     assert client.post_image("/search", photo, headers=_bearer(READ))[0] == 200
+
+
+def _lying_jpeg(photo: bytes) -> bytes:
+  """A real JPEG whose header claims 6000 x 6000 pixels (its data holds its own size)."""
+  import io
+  import struct
+
+  from PIL import Image
+
+  buf = io.BytesIO()
+  Image.open(io.BytesIO(photo)).convert("RGB").resize((250, 250)).save(buf, "JPEG", quality=90)
+  data = buf.getvalue()
+  sof = data.find(b"\xff\xc0")
+  return data[: sof + 5] + struct.pack(">HH", 6000, 6000) + data[sof + 9 :]
+
+
+def test_images_that_lie_get_a_problem_not_matches(setup):  # noqa: F811
+  import io
+
+  import numpy as np
+  from PIL import Image
+
+  searcher = Searcher.open(setup["index"])
+  with ServerThread(make_app(searcher)) as server:
+    client = Client(server.url)
+    photo = _read(setup["queries"][0])
+    status, answer = client.post_image("/search", _lying_jpeg(photo), filename="short.jpg")
+    assert status == 400 and "truncated" in answer["detail"], answer
+    for array in (np.full((1, 1, 3), 120, np.uint8), np.full((300, 300, 3), 255, np.uint8)):
+      buf = io.BytesIO()
+      Image.fromarray(array).save(buf, "PNG")
+      status, answer = client.post_image("/search", buf.getvalue())
+      assert status == 400 and "blank" in answer["detail"], answer
+    assert client.post_image("/search", photo)[0] == 200
