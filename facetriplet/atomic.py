@@ -106,6 +106,39 @@ def atomic_path(path: str) -> Iterator[str]:
     remove(tmp)
 
 
+def fsync_dir(path: str) -> None:
+  """Flushes a folder's entries (names created, renamed or removed in it) to the disk."""
+  fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+  try:
+    os.fsync(fd)
+  except OSError as e:  # a filesystem that cannot sync folders has nothing more to flush
+    if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+      raise
+  finally:
+    os.close(fd)
+
+
+def fsync_tree(path: str) -> None:
+  """Flushes every file and folder under `path` (a file or a folder) to the disk.
+
+  Called on a temporary before `atomic_path` renames it into place, and `fsync_dir` on the
+  parent after, what was written survives a power loss as a whole: a rename is durable only
+  once the data it names is.
+  """
+  if not os.path.isdir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    return
+  for root, _, names in os.walk(path, topdown=False):  # files, then their folder
+    for name in names:
+      if not os.path.islink(os.path.join(root, name)):
+        fsync_tree(os.path.join(root, name))
+    fsync_dir(root)
+
+
 def write_bytes(path: str, data: bytes) -> None:
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:

@@ -9,13 +9,16 @@ rebuilding it.
       --backend=faiss-flat                                             # exact search with faiss
   facetriplet-build-index --index_dir=runs/index --add=new_photos/     # enrol: only new photos
   facetriplet-build-index --index_dir=runs/index --remove=gone.txt     # ids or paths, one a line
+  facetriplet-build-index --index_dir=runs/index --forget="Jane Doe"   # erase a person
   facetriplet-build-index --index_dir=runs/index --rebuild             # retrain the partitions
   facetriplet-build-index --model=runs/demo/export --gallery=data/gallery --index_dir=runs/index \
       --runner=DirectRunner -- --direct_num_workers=2 --direct_running_mode=multi_processing
 
 The face crop is the one the model was trained with (the export's metadata). --faces=all (the
 default for a flat folder of photos) indexes every face of each photo with its box; identity
-folders and TFRecords index each photo's chosen face. The logic lives in
+folders and TFRecords index each photo's chosen face. --forget erases every item of an identity
+and their name and ids from every file of the index, its audit trail (audit.jsonl, which records
+every --add, --remove and --forget) included. The logic lives in
 `facetriplet.search.gallery.build_gallery_index` and `facetriplet.search.searcher.Searcher`.
 
 With --runner the gallery is cropped and embedded by an Apache Beam pipeline (RunInference; extra
@@ -99,6 +102,12 @@ _REMOVE = flags.DEFINE_string(
   "Remove the items listed in this file (item ids or "
   "photo paths, one a line) from the existing --index_dir.",
 )
+_FORGET = flags.DEFINE_multi_string(
+  "forget",
+  None,
+  "Erase every item of this identity from the existing --index_dir, and the name and its "
+  "ids from the index's files and audit trail (repeat for several people).",
+)
 _REBUILD = flags.DEFINE_bool(
   "rebuild",
   False,
@@ -135,10 +144,11 @@ def _model():
 
 
 def update(workers: int) -> None:
-  """--add / --remove / --rebuild on an existing index, saved atomically once at the end."""
+  """--add / --remove / --forget / --rebuild on an existing index, saved atomically once at the
+  end."""
   if _GALLERY.value:
     raise UserError(
-      "--gallery builds a new index; with --add/--remove/--rebuild pass only "
+      "--gallery builds a new index; with --add/--remove/--forget/--rebuild pass only "
       "--index_dir=<existing index>"
     )
   # The inputs are read before the index and its model load (TensorFlow): a wrong path is
@@ -157,6 +167,8 @@ def update(workers: int) -> None:
   before = len(searcher)
   if _REMOVE.value:
     print(f"removed {searcher.remove(keys)} item(s) listed in {_REMOVE.value}")
+  for identity in _FORGET.value or []:
+    print(f"forgot {identity!r}: {searcher.forget(identity)} item(s) erased")
   if _ADD.value:
     s = searcher.add(
       _ADD.value,
@@ -188,12 +200,12 @@ def main(argv: Sequence[str]) -> None:
       f"unexpected arguments: {' '.join(argv[1:])} (Beam pipeline options need --runner)"
     )
   workers = _WORKERS.value or os.cpu_count() or 1
-  if _ADD.value or _REMOVE.value or _REBUILD.value:
+  if _ADD.value or _REMOVE.value or _FORGET.value or _REBUILD.value:
     if not _INDEX_DIR.value:
-      raise UserError("--add/--remove/--rebuild need --index_dir=<existing index folder>")
+      raise UserError("--add/--remove/--forget/--rebuild need --index_dir=<existing index folder>")
     if _RUNNER.value:
       raise UserError(
-        "--runner builds a new index from --gallery; --add/--remove/--rebuild "
+        "--runner builds a new index from --gallery; --add/--remove/--forget/--rebuild "
         "change an existing one in this process: leave --runner out"
       )
     update(workers)

@@ -23,7 +23,7 @@ from absl import logging
 
 from facetriplet.data import faces, layouts, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.search import backends, embedding, features, index_folder
+from facetriplet.search import audit, backends, embedding, features, index_folder
 from facetriplet.search.embedding import NO_FACE, Problem
 from facetriplet.search.index import GalleryIndex
 from facetriplet.search.items import Item
@@ -174,7 +174,8 @@ def build_gallery_index(
     embeddings, items, extractor.fingerprint, backend, target_recall, **settings
   )
   info = gallery_info(extractor, gallery, layout, faces_mode, min_face, model_dir, items, problems)
-  index.save(index_dir, extra_json={GALLERY_FILE: info})
+  trail = audit.for_build(index_dir, len(items))  # an index rebuilt in place keeps its trail
+  index.save(index_dir, extra_json={GALLERY_FILE: info}, extra_files=trail)
   return GallerySummary(
     index_dir,
     len(kept),
@@ -220,7 +221,8 @@ def read_gallery_info(index_dir: str) -> dict[str, Any]:
   """gallery.json of an index folder ({} for an index written some other way).
 
   Raises:
-    UserError: the index folder does not exist (reported as such, not as a model problem).
+    UserError: the index folder does not exist (reported as such, not as a model problem), or
+      its gallery.json is unreadable (one line naming it: restore or rebuild the folder).
   """
   if not os.path.isdir(index_dir):
     raise UserError(
@@ -234,27 +236,26 @@ def read_gallery_info(index_dir: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
       info = json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(
-      f"{path} is unreadable ({e}): rebuild the index with facetriplet-build-index"
-    ) from None
+    what = f"is unreadable ({' '.join(str(e).split())[:200]})"
+    raise index_folder.damaged(index_dir, GALLERY_FILE, what) from None
   if not isinstance(info, dict):
-    raise UserError(
-      f"{path} is not a gallery description: rebuild the index with facetriplet-build-index"
-    )
+    raise index_folder.damaged(index_dir, GALLERY_FILE, "is not a gallery description")
   return info
 
 
 def check_index(index_dir: str) -> dict[str, Any]:
   """The gallery.json of an index folder checked, with the folder's other parts, without loading
   any model or search library: what `open_index` checks first, so a missing or damaged index is
-  reported at once (tools call it before their slow imports too).
+  reported at once (tools call it before their slow imports too). Every file is verified against
+  the checksums saved with it (`index_folder.check`) before gallery.json is read.
 
   Raises:
-    UserError: a missing folder, an unreadable gallery.json or index.json, a missing part.
+    UserError: a missing folder, a damaged file, an unreadable gallery.json or index.json, a
+      missing part.
   """
-  info = read_gallery_info(index_dir)
-  index_folder.check(index_dir)
-  return info
+  if os.path.isdir(index_dir):  # else read_gallery_info says the folder does not exist
+    index_folder.check(index_dir)
+  return read_gallery_info(index_dir)
 
 
 def open_index(

@@ -235,13 +235,19 @@ class GalleryIndex:
     scores[rows < 0] = -np.inf
     return rows, scores
 
-  def save(self, directory: str, extra_json: Optional[dict[str, Any]] = None) -> str:
+  def save(
+    self,
+    directory: str,
+    extra_json: Optional[dict[str, Any]] = None,
+    extra_files: Optional[dict[str, bytes]] = None,
+  ) -> str:
     """Writes the index as one folder, atomically (`index_folder.write`).
 
     Args:
       directory: destination folder; an existing index there is replaced.
       extra_json: {file name: JSON-serialisable object} written into the same folder before the
         swap (e.g. gallery.json), so the folder appears complete or not at all.
+      extra_files: {file name: bytes} written the same way (e.g. the audit trail).
 
     Returns:
       The folder written.
@@ -254,6 +260,7 @@ class GalleryIndex:
       self.fingerprint,
       self.created,
       extra_json,
+      extra_files,
     )
     logging.info("Saved index of %d items to %s", len(self), directory)
     return directory

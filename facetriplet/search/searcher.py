@@ -28,7 +28,7 @@ from absl import logging
 
 from facetriplet.data import faces, layouts
 from facetriplet.errors import ImageError, UserError
-from facetriplet.search import embedding, gallery
+from facetriplet.search import audit, embedding, gallery
 from facetriplet.search.engine import ImageLike, Match, QueryEngine, SearchResult, query_name
 from facetriplet.search.index import GalleryIndex
 from facetriplet.search.items import Item
@@ -97,6 +97,7 @@ class Searcher:
     self.index = index
     self.info = info
     self.engine = QueryEngine(extractor, index)
+    self.audit = audit.Trail(index_dir)
     self._lock = _ReadWriteLock()
 
   @classmethod
@@ -217,6 +218,7 @@ class Searcher:
     batch_size: int = 64,
     workers: int = 4,
     progress: bool = False,
+    actor: Optional[dict[str, Any]] = None,
   ) -> AddSummary:
     """Embeds photos not yet in the index and adds them (no partitions retrained).
 
@@ -227,6 +229,7 @@ class Searcher:
       min_face: with 'all', the smallest face indexed (fraction of the short side).
       layout: layout of a folder.
       identity: identity recorded for photos that have none (e.g. enrolling one person).
+      actor: who asks, for the audit trail ({"token": ..., "client": ...}; default the tools).
 
     Returns:
       AddSummary; `rebuild_advised` says when the gallery outgrew its partitions.
@@ -266,7 +269,11 @@ class Searcher:
         for item in items
       ]
     with self._lock.write():
+      known = {item.id for item in items if self.contains(item.id)}
       added, replaced = self.index.add(vectors, items)
+      for item in items:
+        action = "replace" if item.id in known else "enrol"
+        self.audit.record(action, actor, item.id, item.identity)
       self.engine.refresh()
       self.info["items"] = len(self.index)
       self.info.setdefault("history", []).append(
@@ -290,9 +297,11 @@ class Searcher:
     identity: Optional[str] = None,
     faces_mode: str = "largest",
     min_face: float = faces.MIN_FACE_FRACTION,
+    actor: Optional[dict[str, Any]] = None,
   ) -> list[str]:
     """Enrols one image held in memory (an upload) under `item_id` ('<item_id>#<n>' per face
-    with faces_mode='all'); an existing id is replaced. Returns the ids written.
+    with faces_mode='all'); an existing id is replaced. Returns the ids written. `actor`: who
+    asks, for the audit trail.
 
     Raises:
       ImageError: not a readable image; UserError: no face found with faces_mode='all'.
@@ -305,13 +314,18 @@ class Searcher:
       for n, crop in enumerate(crops)
     ]
     with self._lock.write():
+      known = {item.id for item in items if self.contains(item.id)}
       self.index.add(vectors, items)
+      for item in items:
+        action = "replace" if item.id in known else "enrol"
+        self.audit.record(action, actor, item.id, item.identity)
       self.engine.refresh()
       self.info["items"] = len(self.index)
     return [item.id for item in items]
 
-  def remove(self, ids_or_paths: Sequence[str]) -> int:
+  def remove(self, ids_or_paths: Sequence[str], actor: Optional[dict[str, Any]] = None) -> int:
     """Removes items by id, or every face of a photo by its path. Returns items removed.
+    `actor`: who asks, for the audit trail.
 
     Raises:
       UserError: an id or path that is not in the index (nothing is removed then).
@@ -334,11 +348,37 @@ class Searcher:
           f"{len(unknown)} of the ids/paths to remove are not in the index, e.g. "
           f"{unknown[:3]}: nothing removed (ids are in {self.index_dir}/items.jsonl)"
         )
+      identities = {item.id: item.identity for item in self.index.items}
       removed = self.index.remove(ids)
+      for item_id in dict.fromkeys(ids):
+        self.audit.record("remove", actor, item_id, identities.get(item_id))
       self.engine.refresh()
       self.info["items"] = len(self.index)
       self.info.setdefault("history", []).append({"remove": removed})
     return removed
+
+  def forget(self, identity: str, actor: Optional[dict[str, Any]] = None) -> int:
+    """Erases a person: every item of `identity` removed, the search structure rebuilt without
+    them, their name and ids scrubbed from gallery.json and the audit trail (`audit`). `save`
+    makes it permanent. Returns the items removed.
+
+    Raises:
+      UserError: no item of this identity, or only items of it (an index is never empty).
+    """
+    with self._lock.write():
+      items = [item for item in self.index.items if item.identity == identity]
+      if not items:
+        raise UserError(f"no item of identity {identity!r} in the index: nothing to forget")
+      ids = [item.id for item in items]
+      self.index.remove(ids)  # UserError when nobody else would be left
+      self.index.rebuild()  # the structure retrained without them: none of their data stays
+      self.engine.refresh()
+      self.info["items"] = len(self.index)
+      erased = {identity, *ids, *(item.photo for item in items), *(i.path for i in items)}
+      erased.discard("")
+      self.info = audit.scrub(self.info, erased, identity)
+      self.audit.forget(identity, erased - {identity}, actor)
+    return len(items)
 
   def contains(self, item_id: str) -> bool:
     return self.index.row_of(item_id) is not None
@@ -353,5 +393,7 @@ class Searcher:
     with self._lock.write():
       target = index_dir or self.index_dir
       info = dict(self.info.items())
-      self.index.save(target, extra_json={gallery.GALLERY_FILE: info})
+      trail = self.audit.contents()
+      self.index.save(target, extra_json={gallery.GALLERY_FILE: info}, extra_files=trail)
+      self.audit.saved()
     return target

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from facetriplet.errors import UserError
-from facetriplet.search import backends, embedding, gallery
+from facetriplet.search import audit, backends, embedding, gallery
 from facetriplet.search.embedding import Problem
 from facetriplet.search.index import GalleryIndex
 from facetriplet.search.items import Item
@@ -108,7 +108,8 @@ def index_from_shards(
   info = gallery.gallery_info(
     extractor, gallery_dir, layout, faces_mode, min_face, model_dir, items, problems
   )
-  index.save(index_dir, extra_json={gallery.GALLERY_FILE: info})
+  trail = audit.for_build(index_dir, len(index))
+  index.save(index_dir, extra_json={gallery.GALLERY_FILE: info}, extra_files=trail)
   return gallery.GallerySummary(
     index_dir,
     len(items),

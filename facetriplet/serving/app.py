@@ -4,6 +4,7 @@ r"""The HTTP search service: a `Searcher` behind FastAPI (`facetriplet-serve`): 
   POST   /embed        a photo -> its face's embedding
   POST   /items        enrol a photo under an id (saved to the index folder before answering)
   DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
+  DELETE /identities/{name}  forget a person (every item, and their name in the index's files)
   GET    /healthz      items, dim, model fingerprint, batching counters
   GET    /docs         the OpenAPI page (try every endpoint from the browser)
 

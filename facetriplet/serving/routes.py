@@ -5,6 +5,7 @@ helpers (`Service`) injected with `Depends`, answers as `schemas` models.
   POST   /embed        a photo -> its face's embedding
   POST   /items        enrol a photo under an id (saved to the index folder before answering)
   DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
+  DELETE /identities/{name}  forget a person: all their items, their name in every file
   GET    /healthz      items, dim, model fingerprint, batching counters
 
 Searches and embeddings need a read token, enrolments and removals a write token, when the
@@ -109,6 +110,11 @@ def _name(path: Optional[str]) -> Optional[str]:
   return os.path.basename(os.path.normpath(path)) if path else None
 
 
+def _actor(caller: Caller) -> dict[str, Any]:
+  """Who made a change, as the audit trail records it."""
+  return {"token": caller.token, "client": caller.address}
+
+
 def get_service(request: Request) -> Service:
   return request.app.state.service
 
@@ -208,6 +214,7 @@ async def add_item(
       params.name or upload.filename or None,
       params.identity,
       params.faces,
+      actor=_actor(caller),
     )
   except UserError as e:
     raise inputs.error(422, str(e)) from None
@@ -233,7 +240,7 @@ async def remove_item(
   if internal is None or not searcher.contains(internal):
     raise unknown
   try:
-    removed = await run_in_threadpool(searcher.remove, [internal])
+    removed = await run_in_threadpool(searcher.remove, [internal], _actor(caller))
   except UserError as e:
     if searcher.contains(internal):  # e.g. the last item: an index is never empty
       raise inputs.error(409, str(e)) from None
@@ -241,6 +248,25 @@ async def remove_item(
   service.ids.refresh()
   await service.save(f"removed {item_id!r}")
   return schemas.RemoveAnswer(removed=removed, id=item_id, items=len(searcher))
+
+
+@router.delete("/identities/{identity:path}", response_model=schemas.ForgetAnswer)
+async def forget_identity(
+  identity: str,
+  service: Service = Depends(get_service),
+  searcher: Searcher = Depends(get_searcher),
+  caller: Caller = Depends(require("write")),
+) -> schemas.ForgetAnswer:
+  """Erases a person: every item of this identity, and their name and ids in the index's
+  files and audit trail (saved before answering); 404 when no item has this identity."""
+  try:
+    removed = await run_in_threadpool(searcher.forget, identity, _actor(caller))
+  except UserError as e:
+    status = 404 if "no item of identity" in str(e) else 409
+    raise inputs.error(status, str(e)) from None
+  service.ids.refresh()
+  await service.save(f"forgot {removed} items")
+  return schemas.ForgetAnswer(removed=removed, items=len(searcher))
 
 
 @router.get("/healthz", response_model=schemas.Health)

@@ -98,6 +98,11 @@ class RemoveAnswer(BaseModel):
   items: int
 
 
+class ForgetAnswer(BaseModel):
+  removed: int = Field(description="the person's items removed")
+  items: int = Field(description="items in the index now")
+
+
 class Health(BaseModel):
   status: Literal["ok"]
   items: int

@@ -130,7 +130,13 @@ def test_properties(small_case):
 def test_save_then_load_from_moved_folder(case, request, tmp_path):
   _, queries, index = request.getfixturevalue(case)
   saved = index.save(str(tmp_path / "built" / "index"))
-  assert sorted(os.listdir(saved)) == ["embeddings.npy", "index.json", "items.jsonl", "scann"]
+  assert sorted(os.listdir(saved)) == [
+    "checksums.json",
+    "embeddings.npy",
+    "index.json",
+    "items.jsonl",
+    "scann",
+  ]
   assets = (tmp_path / "built" / "index" / "scann" / "scann_assets.pbtxt").read_text()
   assert str(tmp_path) not in assets  # asset paths are relative: the folder can move
   moved = str(tmp_path / "elsewhere" / "renamed")
@@ -356,5 +362,6 @@ def test_an_index_of_the_previous_format_still_loads(small_case, tmp_path):
   meta.update(format="facetriplet-scann-index/1", scann=settings)
   with open(os.path.join(target, "index.json"), "w") as f:
     json.dump(meta, f)
+  os.remove(os.path.join(target, "checksums.json"))  # indexes of that format had none
   loaded = GalleryIndex.load(target)
   np.testing.assert_array_equal(loaded.search(queries, 5)[0], index.search(queries, 5)[0])

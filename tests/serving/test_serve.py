@@ -323,9 +323,7 @@ def test_bad_requests(served, setup):
   status, answer = client.post_json(
     "/search",
     {
-      "image_base64": "\n".join(
-        base64.encodebytes(_read(setup["queries"][0])).decode().split()
-      ),
+      "image_base64": "\n".join(base64.encodebytes(_read(setup["queries"][0])).decode().split()),
       "k": 2,
     },
   )
