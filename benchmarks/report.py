@@ -47,6 +47,7 @@ ORDER = [
   "serve",
   "serve_photos",
   "serve_photos_before",
+  "soak",
   "startup",
 ]
 

@@ -18,7 +18,9 @@ Erasure. Forgetting a person must not leave their name in the trail that records
 (`erased:<HMAC-SHA256 with the index's audit.key, 16 hex digits>`), and every earlier entry about
 that person (their identity, or one of the ids removed) is rewritten the same way. The key
 (`audit.key`, random, kept in the index folder) lets the index's operator confirm that a given
-name was erased (`hashed(key, name)`); without it the hashes tell nothing.
+name was erased (`hashed(key, name)`); without it the hashes tell nothing. This is
+pseudonymisation, not anonymity: whoever holds the folder, key included, can test a guessed
+name, so backups of an index folder need the same care as the folder.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class Trail:
   def __init__(self, index_dir: str):
     self.index_dir = index_dir
     self.pending: list[dict[str, Any]] = []
-    self._erase: set[str] = set()  # names and ids to rewrite as hashes
+    self._erase: set[str] = set()  # names, ids and paths to rewrite as hashes
+    self._identities: set[str] = set()  # people erased: every entry about them is rewritten
     self._key: Optional[bytes] = None
 
   def record(
@@ -82,11 +85,12 @@ class Trail:
     self.pending.append(dict(entry, **extra))
 
   def forget(self, identity: str, ids: Iterable[str], actor: Optional[dict[str, Any]]) -> None:
-    """Records an erasure: the name and ids hashed, and every entry naming them rewritten."""
-    ids = sorted(set(ids))
+    """Records an erasure: the name and ids hashed, and every entry before it naming them (or
+    about an item of that identity) rewritten."""
     self._erase.update([identity, *ids])
-    key = self.key()
-    self.record("forget", actor, None, hashed(key, identity), items=len(ids))
+    self._identities.add(identity)
+    self.pending = [self._scrub(e) for e in self.pending]  # later enrolments stay as they are
+    self.record("forget", actor, None, hashed(self.key(), identity), items=len(set(ids)))
 
   def key(self) -> bytes:
     if self._key is None:
@@ -125,19 +129,24 @@ class Trail:
     return entries
 
   def _scrub(self, entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry without an erased name, id or path: hashed where it names one, and its id hashed
+    too when the entry is about an erased person (an item removed before the erasure)."""
     if not self._erase:
       return entry
     key = self.key()
     out = dict(entry)
+    about = out.get("identity") in self._identities
     for field in ("id", "identity"):
       value = out.get(field)
-      if isinstance(value, str) and value in self._erase:
-        out[field] = hashed(key, value)
+      if isinstance(value, str) and not value.startswith("erased:"):
+        parts = value.replace("\\", "/").replace("#", "/").split("/")
+        if about or value in self._erase or self._identities & set(parts):
+          out[field] = hashed(key, value)
     return out
 
   def contents(self) -> dict[str, bytes]:
     """The files the next save writes: the trail (erasures applied), and the key once made."""
-    entries = [self._scrub(e) for e in self._on_disk() + self.pending]
+    entries = [self._scrub(e) for e in self._on_disk()] + self.pending
     files = {}
     if entries:
       text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
@@ -150,6 +159,7 @@ class Trail:
     """Call once a save that wrote `contents` has completed."""
     self.pending = []
     self._erase = set()
+    self._identities = set()
 
   def read(self) -> list[dict[str, Any]]:
     """The trail as saved (for tools and tests)."""
@@ -171,14 +181,22 @@ def for_build(index_dir: str, items: int) -> dict[str, bytes]:
   return trail.contents()
 
 
-def scrub(value: Any, erased: set, identity: str) -> Any:
-  """`value` (gallery.json's contents) without a string naming an erased person: one equal to
-  an erased name, id or path, containing an erased id or path, or with the name as a path
-  component, is replaced by the placeholder 'erased'."""
+SCRUBBED = ("skipped", "no_face", "history")  # gallery.json's lists of photos and changes
+
+
+def scrub(info: dict[str, Any], erased: set, identity: str) -> dict[str, Any]:
+  """gallery.json's contents without the photos and changes of an erased person: in its lists of
+  skipped and faceless photos and its history, any string equal to an erased name, id or path,
+  containing an erased id or path, or with the name as a path component, is replaced by
+  'erased'. The settings (model, crop, layout, ...) are left as they are."""
+  return {k: _scrub_value(v, erased, identity) if k in SCRUBBED else v for k, v in info.items()}
+
+
+def _scrub_value(value: Any, erased: set, identity: str) -> Any:
   if isinstance(value, dict):
-    return {k: scrub(v, erased, identity) for k, v in value.items()}
+    return {k: _scrub_value(v, erased, identity) for k, v in value.items()}
   if isinstance(value, list):
-    return [scrub(v, erased, identity) for v in value]
+    return [_scrub_value(v, erased, identity) for v in value]
   if isinstance(value, str):
     parts = value.replace("\\", "/").replace("#", "/").split("/")
     if value in erased or identity in parts or any(e in value for e in erased if len(e) > 3):

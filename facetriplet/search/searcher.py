@@ -371,13 +371,15 @@ class Searcher:
         raise UserError(f"no item of identity {identity!r} in the index: nothing to forget")
       ids = [item.id for item in items]
       self.index.remove(ids)  # UserError when nobody else would be left
-      self.index.rebuild()  # the structure retrained without them: none of their data stays
-      self.engine.refresh()
       self.info["items"] = len(self.index)
       erased = {identity, *ids, *(item.photo for item in items), *(i.path for i in items)}
       erased.discard("")
       self.info = audit.scrub(self.info, erased, identity)
       self.audit.forget(identity, erased - {identity}, actor)
+      try:
+        self.index.rebuild()  # the structure retrained without them: none of their data stays
+      finally:
+        self.engine.refresh()
     return len(items)
 
   def contains(self, item_id: str) -> bool:
@@ -395,5 +397,6 @@ class Searcher:
       info = dict(self.info.items())
       trail = self.audit.contents()
       self.index.save(target, extra_json={gallery.GALLERY_FILE: info}, extra_files=trail)
-      self.audit.saved()
+      if os.path.realpath(target) == os.path.realpath(self.index_dir):
+        self.audit.saved()  # else the index's own folder has yet to get them
     return target

@@ -22,6 +22,7 @@ import hashlib
 import os
 from typing import Any, Optional, Union
 
+from absl import logging
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
@@ -51,11 +52,12 @@ class Service:
     self.ids = public_ids.PublicIds(self.searcher.index)
 
   @contextlib.contextmanager
-  def search_slot(self):
-    """A place among the searches in progress; 503 with Retry-After when they are full."""
+  def slot(self):
+    """A place among the uploads in progress (searches, embeddings, enrolments); 503 with
+    Retry-After when they are full."""
     if self.searching >= self.max_queued:
       raise inputs.error(
-        503, f"{self.searching} searches are waiting: try again shortly", {"Retry-After": "1"}
+        503, f"{self.searching} requests are waiting: try again shortly", {"Retry-After": "1"}
       )
     self.searching += 1
     try:
@@ -98,10 +100,13 @@ class Service:
     try:
       await run_in_threadpool(self.commit.commit)
     except (OSError, UserError) as e:
+      # The full reason (with the folder's path) goes to the server's log, not to the client.
+      logging.error("saving the index after %s failed: %s", change, e)
+      reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
       raise inputs.error(
         500,
-        f"{change} in memory, but saving the index failed: {e}; the "
-        "change is lost at a restart unless a later save succeeds",
+        f"{change} in memory, but saving the index failed ({reason}; see the server's log): "
+        "the change is lost at a restart unless a later save succeeds",
       ) from None
 
 
@@ -140,7 +145,7 @@ async def search(
   _: Caller = Depends(require("read")),
 ) -> Any:
   """The k gallery photos most similar to the photo's face (its best face per photo)."""
-  with service.search_slot():
+  with service.slot():
     return await _search(request, k, min_score, faces, service)
 
 
@@ -170,9 +175,10 @@ async def embed(
   _: Caller = Depends(require("read")),
 ) -> schemas.EmbedAnswer:
   """The unit embedding of the photo's chosen face, from the index's model."""
-  upload = await service.upload(request)
-  rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
-  vector = await run_in_threadpool(searcher.embed, rgb)
+  with service.slot():
+    upload = await service.upload(request)
+    rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
+    vector = await run_in_threadpool(searcher.embed, rgb)
   return schemas.EmbedAnswer(
     embedding=[float(v) for v in vector],
     dim=searcher.dim,
@@ -197,30 +203,39 @@ async def add_item(
   caller: Caller = Depends(require("write")),
 ) -> schemas.EnrolAnswer:
   """Enrols the photo (replacing an item with the same id) and saves the index."""
-  upload = await service.upload(request)
-  params = inputs.item_params(upload, item_id, name, identity, faces)
-  new_id = params.id or hashlib.sha256(upload.data).hexdigest()[:16]
-  if service.ids.is_photo(new_id):
-    raise inputs.error(
-      409, f"id {new_id!r} names a gallery photo: DELETE /items/{new_id} first, or pick another id"
-    )
-  rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
-  replaced = searcher.contains(new_id if params.faces == "largest" else f"{new_id}#0")
-  try:
-    ids = await run_in_threadpool(
-      searcher.add_image,
-      rgb,
-      new_id,
-      params.name or upload.filename or None,
-      params.identity,
-      params.faces,
-      actor=_actor(caller),
-    )
-  except UserError as e:
-    raise inputs.error(422, str(e)) from None
+  with service.slot():
+    upload = await service.upload(request)
+    params = inputs.item_params(upload, item_id, name, identity, faces)
+    new_id = params.id or hashlib.sha256(upload.data).hexdigest()[:16]
+    _check_new_id(new_id, service, searcher)
+    rgb = await run_in_threadpool(inputs.decode, upload, service.max_pixels)
+    replaced = searcher.contains(new_id if params.faces == "largest" else f"{new_id}#0")
+    try:
+      ids = await run_in_threadpool(
+        searcher.add_image,
+        rgb,
+        new_id,
+        params.name or upload.filename or None,
+        params.identity,
+        params.faces,
+        actor=_actor(caller),
+      )
+    except UserError as e:
+      raise inputs.error(422, str(e)) from None
   service.ids.refresh()
   await service.save(f"enrolled {ids}")
   return schemas.EnrolAnswer(ids=ids, replaced=replaced, items=len(searcher))
+
+
+def _check_new_id(new_id: str, service: Service, searcher: Searcher) -> None:
+  """An enrolment's id names an enrolment: not a path, not a gallery photo (409)."""
+  if new_id.startswith("/") or "\\" in new_id:
+    raise inputs.error(422, f"id {new_id!r}: ids are names, not paths (no leading / or \\)")
+  row = searcher.index.row_of(new_id)
+  if service.ids.is_photo(new_id) or (row is not None and searcher.index.items[row].path):
+    raise inputs.error(
+      409, f"id {new_id!r} names a gallery photo: DELETE /items/{new_id} first, or pick another id"
+    )
 
 
 @router.delete("/items/{item_id:path}", response_model=schemas.RemoveAnswer)

@@ -71,7 +71,9 @@ class Tokens:
     """Tokens from `name scope secret` lines (UserError naming the line when one is bad)."""
     tokens, names, digests = [], set(), set()
     for number, line in enumerate(text.replace(";", "\n").splitlines(), 1):
-      words = line.split("#", 1)[0].split()
+      words = line.split()
+      comment = next((i for i, w in enumerate(words) if w.startswith("#")), len(words))
+      words = words[:comment]  # a '#' starts a comment only at the start of a word
       if not words:
         continue
       where = f"{source} line {number}"
@@ -205,6 +207,9 @@ class Guard:
         )
       found = self.tokens.find(secret.strip())
       if found is None:
+        wait = self.limiter.wait(f"bad token from {address}")  # guessing is rate limited too
+        if wait > 0:
+          raise refuse(429, "too many wrong tokens", {"Retry-After": str(max(1, round(wait)))})
         raise refuse(401, "unknown token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
       if SCOPES.index(found.scope) < SCOPES.index(scope):
         raise refuse(403, f"token {found.name!r} may only {found.scope}; this needs {scope}")
@@ -251,8 +256,8 @@ class HostCheck:
       if host not in self.allowed:
         body = json.dumps(
           {
-            "detail": f"Host {host or '(none)'!r} is not served here: ask for one of "
-            f"{', '.join(sorted(self.allowed))} (the server's --allowed_hosts)"
+            "detail": f"Host {host or '(none)'!r} is not served here (the server's "
+            "--allowed_hosts names the hosts it answers to)"
           }
         ).encode()
         await send(

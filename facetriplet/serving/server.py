@@ -75,6 +75,11 @@ def check_exposure(
       f"--host={host} lets other machines connect, and the service has no tokens: pass "
       "--token_file (see facetriplet-serve --help), or --insecure to serve without them"
     )
+  if allowed_hosts and "*" in allowed_hosts and not tokens and not insecure:
+    raise UserError(
+      "--allowed_hosts=* without tokens lets any web page reach the service through DNS "
+      "rebinding: name the hosts, pass --token_file, or --insecure"
+    )
   if allowed_hosts:
     return list(allowed_hosts)
   if host in ("0.0.0.0", "::", ""):

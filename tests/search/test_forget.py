@@ -91,8 +91,12 @@ def test_forget_leaves_no_byte_of_the_person(built, backend, tmp_path):
   face = _new_face(7)
   searcher.add_image(face, "carol-upload", identity="carol", actor={"token": "t", "client": "x"})
   searcher.add_image(_new_face(8), "bob-upload", identity="bob")
+  searcher.add_image(_new_face(9), "c-old-77", identity="carol")  # enrolled, then removed:
+  searcher.remove(["c-old-77"])  # its id is in the trail only, and must go too
   searcher.save()
   needles, vectors = _traces(searcher, "carol")
+  needles.add(b"c-old-77")
+  model = searcher.info["model"]
   assert any(b"carol" in data for data in _all_bytes(index_dir).values())
   queries = [np.asarray(v, np.float32) for v in searcher.index.embeddings[:]]
 
@@ -108,11 +112,13 @@ def test_forget_leaves_no_byte_of_the_person(built, backend, tmp_path):
   # bob's entries intact. The key confirms the erasure of a name to the index's operator.
   trail = audit.Trail(index_dir).read()
   key = audit.Trail(index_dir).key()
-  assert [e["action"] for e in trail] == ["build", "enrol", "enrol", "forget"]
+  assert [e["action"] for e in trail] == ["build", "enrol", "enrol", "enrol", "remove", "forget"]
   assert trail[1]["id"] == audit.hashed(key, "carol-upload")
-  assert trail[1]["identity"] == audit.hashed(key, "carol") == trail[3]["identity"]
+  assert trail[1]["identity"] == audit.hashed(key, "carol") == trail[5]["identity"]
   assert trail[2]["id"] == "bob-upload" and trail[2]["identity"] == "bob"
-  assert trail[3]["items"] == 4 and trail[3]["token"] is None and trail[3]["client"] == "cli"
+  assert trail[4]["id"] == audit.hashed(key, "c-old-77")
+  assert trail[5]["items"] == 4 and trail[5]["token"] is None and trail[5]["client"] == "cli"
+  assert reopened.info["model"] == model  # the settings in gallery.json are left alone
   assert trail[1]["token"] == "t" and trail[1]["client"] == "x"
 
 

@@ -94,6 +94,9 @@ def test_exposure_needs_tokens_or_insecure():
   with pytest.raises(UserError, match="--allowed_hosts"):
     check_exposure("0.0.0.0", TOKENS, None, False)
   assert check_exposure("0.0.0.0", TOKENS, ["faces.example.org"], False) == ["faces.example.org"]
+  with pytest.raises(UserError, match="DNS rebinding"):  # any Host and no token: refused
+    check_exposure("127.0.0.1", security.Tokens(), ["*"], False)
+  assert check_exposure("127.0.0.1", TOKENS, ["*"], False) == ["*"]
   assert set(check_exposure("127.0.0.1", security.Tokens(), None, False)) == {
     "127.0.0.1",
     "localhost",

@@ -447,6 +447,8 @@ def test_enrol_search_remove_persisted(writable):
   assert client.call("DELETE", "/items/" + internal)[0] == 404
   status, answer = client.post_image("/items", data, {"id": match["id"]})
   assert status == 409 and "gallery photo" in answer["detail"]  # not replaced by an upload
+  status, answer = client.post_image("/items", data, {"id": internal})  # nor by its path
+  assert status == 422 and "not paths" in answer["detail"]
   assert client.call("DELETE", "/items/" + match["id"])[0] == 200
   assert not Searcher.open(index_dir).contains(internal)
 
