@@ -230,3 +230,24 @@ def test_every_tool_reports_a_damaged_index_in_one_line(saved, tmp_path, tool, a
   assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
   assert lines[0].startswith(f"{tool}: error: index at ")
   assert "scann/dataset.npy" in lines[0] and "rebuild it with facetriplet-build-index" in lines[0]
+
+
+def test_the_probe_a_truncated_gallery_json_is_one_line_in_search(saved, tmp_path):
+  """The issue's probe: gallery.json cut short gave a JSONDecodeError traceback."""
+  folder = str(tmp_path / "index")
+  shutil.copytree(saved["scann"][0], folder)
+  path = os.path.join(folder, gallery.GALLERY_FILE)
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[: len(data) // 2])
+  (tmp_path / "q.jpg").write_bytes(b"")
+  proc = subprocess.run(
+    [os.path.join(BIN, "facetriplet-search"), f"--index={folder}", str(tmp_path / "q.jpg")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert "gallery.json" in lines[0] and "restore" in lines[0]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from facetriplet.data import faces
 from facetriplet.errors import UserError
-from facetriplet.search import features, gallery
+from facetriplet.search import audit, features, gallery
 from facetriplet.search.searcher import Searcher
 from tests.training.test_export import make_export
 from tests.search.test_retrieval import write_image_set
@@ -250,3 +250,7 @@ def test_build_index_tool_adds_removes_and_rebuilds(setup, tmp_path):
   assert all(os.path.abspath(m.path) != victim for m in searcher.search(victim, k=11))
   bad = run(f"--index_dir={index_dir}", f"--remove={tmp_path / 'missing.txt'}")
   assert bad.returncode == 2 and "missing.txt" in bad.stderr
+  # The audit trail records each change the tool made, as the command line's ('cli').
+  trail = audit.Trail(index_dir).read()
+  assert [e["action"] for e in trail] == ["build"] + ["enrol"] * 4 + ["remove"]
+  assert trail[-1]["id"].startswith(victim) and all(e["client"] == "cli" for e in trail)
