@@ -64,9 +64,9 @@ class ImageListing:
     ignored: [(rel_path, reason)] files not used: `not-an-image-file` (extension),
       `outside-identity-folder`, `no-identity` / `no-partition` (CelebA image missing from the
       identity / partition list), `hidden` (name starting with "."); and folders not entered
-      (rel_path ending in "/"): `hidden`, `link-outside-input` (a directory link leading out of
-      the input root), `folder-reached-twice` (the same device and inode met again: a link
-      loop or a second path to the same folder), `unreadable`.
+      (rel_path ending in "/"): `hidden`, `link-to-ancestor` (a directory link back to a folder
+      above it, or above the input root: a loop), `folder-reached-twice` (the same device and
+      inode met again: a second path to the same folder), `unreadable`.
     missing: [(rel_path, reason)] files named by a list file but absent (`missing-file`).
   """
 
@@ -225,14 +225,43 @@ def scan_images(
   if not listing.entries:
     raise UserError(
       f"no images found in {root} for layout={layout}: expected {hint} "
-      f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})"
+      f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})" + skipped_summary(listing)
     )
   return listing
 
 
+_SKIP_HINTS = {
+  "outside-identity-folder": "photos directly in the folder: --layout=flat reads them",
+  "not-an-image-file": "not an image by its extension",
+  "hidden": "names starting with '.'",
+  "link-to-ancestor": "links back to a folder above them",
+  "folder-reached-twice": "a second path to a folder already read",
+  "unreadable": "check the permissions",
+  "no-identity": "not in the identity list",
+  "no-partition": "not in the partition list",
+}
+
+
+def skipped_summary(listing: ImageListing) -> str:
+  """'; skipped: 3 outside-identity-folder (hint), ...' for what a listing left out, or ''."""
+  counts: dict[str, int] = {}
+  for _, reason in listing.ignored:
+    counts[reason] = counts.get(reason, 0) + 1
+  if listing.empty_identities:
+    counts["empty identity folder"] = len(listing.empty_identities)
+  if not counts:
+    return ""
+  parts = [
+    f"{n} {reason}" + (f" ({_SKIP_HINTS[reason]})" if reason in _SKIP_HINTS else "")
+    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])
+  ]
+  return "; skipped: " + ", ".join(parts)
+
+
 class _Walk:
-  """One listing's walk state: every folder is entered once (by device and inode), directory
-  links that lead outside the input root are not followed, hidden names are listed, not used."""
+  """One listing's walk state: every folder is entered once (by device and inode); directory
+  links are followed (a dataset assembled from links to identity folders elsewhere), except
+  links back to a folder above them (a loop); hidden names are listed, not used."""
 
   def __init__(self, root: str, listing: ImageListing):
     self.root = root
@@ -250,10 +279,13 @@ class _Walk:
     if os.path.basename(folder).startswith("."):
       self.listing.ignored.append((rel, "hidden"))
       return False
-    if os.path.islink(folder):
+    if os.path.islink(folder):  # followed wherever it leads, unless back up the tree
       real = os.path.realpath(folder)
-      if real != self.real_root and not real.startswith(self.real_root + os.sep):
-        self.listing.ignored.append((rel, "link-outside-input"))
+      above = os.path.realpath(os.path.dirname(folder))
+      if any(
+        p == real or p.startswith(real.rstrip(os.sep) + os.sep) for p in (above, self.real_root)
+      ):
+        self.listing.ignored.append((rel, "link-to-ancestor"))
         return False
     try:
       st = os.stat(folder)

@@ -415,3 +415,19 @@ def test_large_photos_are_decoded_one_at_a_time_across_workers(tmp_path, monkeyp
   assert [r[0] for r in results] == ["ok", "ok", "ok"]
   assert faces.image_pixels(str(tmp_path / "b.png")) == 3600
   assert faces.image_pixels(str(tmp_path / "missing.png")) == 0
+
+
+def test_a_folder_of_symlinked_identity_folders_ingests(tmp_path, orl_faces):
+  """Issue 19's probe: 60 symlinks to identity folders gave 'no images found'. Here: links to
+  ORL's people, read through the links, the same records as the folders themselves."""
+  people = sorted(p for p in os.listdir(orl_faces) if os.path.isdir(os.path.join(orl_faces, p)))[:6]
+  linked = tmp_path / "linked"
+  os.makedirs(linked)
+  for person in people:
+    os.symlink(os.path.join(orl_faces, person), linked / person)
+  crop = faces.CropSettings(detector="none", crop_size=32)
+  args = dict(crop=crop, val_fraction=0.0, num_shards=1, workers=1, progress=False)
+  summary = ingest.build_tfrecords(str(linked), str(tmp_path / "out"), **args)
+  assert summary.written == 60 and summary.rejected == 0
+  manifest = tfrecords.read_manifest(str(tmp_path / "out"))
+  assert manifest["identity_counts"] == {p: 10 for p in people}

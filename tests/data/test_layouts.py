@@ -137,17 +137,43 @@ def test_directory_links_loops_and_hidden_folders_are_listed_not_followed(tmp_pa
     ("ann/1.jpg", "ann"),
     ("bob/0.jpg", "bob"),
     ("bob/1.jpg", "bob"),
+    ("bob/away/z.jpg", "bob"),  # a link to a folder elsewhere is followed
   ]
   ignored = dict(listing.ignored)
-  assert ignored["ann/loop/"] == "folder-reached-twice"
-  assert ignored["ann/up/"] == "folder-reached-twice"
-  assert ignored["bob/away/"] == "link-outside-input"
+  assert ignored["ann/loop/"] == "link-to-ancestor"
+  assert ignored["ann/up/"] == "link-to-ancestor"
   assert ignored["bob_again/"] == "folder-reached-twice"
   assert ignored[".cache/"] == "hidden" and ignored["bob/.DS_Store"] == "hidden"
   # The same lister serves flat galleries and query folders.
   flat = layouts.scan_images(str(root / "ann"), "flat")
   assert [e.rel_path for e in flat.entries] == ["0.jpg", "1.jpg"]
-  assert dict(flat.ignored)["up/"] == "link-outside-input"  # outside the flat root `ann`
+  assert dict(flat.ignored)["up/"] == "link-to-ancestor"  # above the flat root `ann`
+
+
+def test_a_folder_of_links_to_identity_folders_is_read_and_an_empty_one_says_why(tmp_path):
+  """How many people assemble a dataset: a folder of symlinks to identity folders elsewhere."""
+  store = tmp_path / "store"
+  for person in ("ann", "bob", "cyd"):
+    os.makedirs(store / person)
+    for i in range(2):
+      (store / person / f"{i}.jpg").write_bytes(b"x")
+  linked = tmp_path / "linked"
+  os.makedirs(linked)
+  for person in ("ann", "bob", "cyd"):
+    os.symlink(store / person, linked / person)
+  os.symlink(tmp_path, linked / "everything")  # back above the root: refused, not walked
+  listing = layouts.scan_images(str(linked), "folders")
+  assert [(e.rel_path, e.identity) for e in listing.entries] == [
+    (f"{p}/{i}.jpg", p) for p in ("ann", "bob", "cyd") for i in range(2)
+  ]
+  assert dict(listing.ignored) == {"everything/": "link-to-ancestor"}
+  # Nothing found: the error says what was skipped, why, and the flag that changes it.
+  loose = tmp_path / "loose"
+  os.makedirs(loose)
+  for i in range(3):
+    (loose / f"{i}.jpg").write_bytes(b"x")
+  with pytest.raises(UserError, match=r"skipped: 3 outside-identity-folder .*--layout=flat"):
+    layouts.scan_images(str(loose), "folders")
 
 
 def test_inputs_are_one_image_a_folder_or_a_list_and_anything_else_one_clear_error(tmp_path):
