@@ -3,10 +3,12 @@ r"""Searches an index for the people in one or more photos and prints the ranked
   facetriplet-search --index=runs/index photo.jpg
   facetriplet-search --index=runs/index --k=5 --min_score=0.45 a.jpg b.png
   facetriplet-search --index=runs/index --faces=all --json group.jpg > matches.json
+  facetriplet-search --index=runs/index --verify a.jpg b.jpg        # the same person?
 
 Each photo is cropped as the gallery was and embedded by the index's model. With --min_score a
 query whose best match scores lower prints "no match" (see the threshold_at_far of
-facetriplet-evaluate); --faces=all answers for every face in the photo. The logic is
+facetriplet-evaluate); --faces=all answers for every face in the photo. --verify compares the
+faces of two photos against the model's calibrated threshold at --far (or --threshold). The logic is
 `facetriplet.search.searcher.Searcher`.
 """
 
@@ -41,6 +43,35 @@ _MIN_FACE = flags.DEFINE_float(
   "With --faces=all: smallest face, as a fraction of the short side.",
 )
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+_VERIFY = flags.DEFINE_bool(
+  "verify", False, "Two photos: are their faces the same person? (similarity vs a threshold)"
+)
+_THRESHOLD = flags.DEFINE_float(
+  "threshold",
+  None,
+  "With --verify: same person at or above this similarity (default: the "
+  "model's calibrated threshold at --far).",
+)
+_FAR = flags.DEFINE_float(
+  "far", 0.01, "With --verify: the false-accept rate of the calibrated threshold."
+)
+
+
+def verify(searcher, photos: Sequence[str]) -> None:
+  """--verify: one line saying whether two photos show the same person, and why."""
+  if len(photos) != 2:
+    raise UserError(f"--verify compares two photos, got {len(photos)}")
+  same, score = searcher.verify(photos[0], photos[1], _THRESHOLD.value, _FAR.value)
+  used = _THRESHOLD.value if _THRESHOLD.value is not None else searcher.threshold(_FAR.value)
+  basis = "given" if _THRESHOLD.value is not None else f"calibrated at FAR {_FAR.value:g}"
+  if _JSON.value:
+    answer = {"same": same, "score": score, "threshold": used, "far": _FAR.value}
+    print(json.dumps(dict(answer, a=photos[0], b=photos[1]), indent=2))
+    return
+  print(
+    f"{'same person' if same else 'different people'}: similarity {score:.4f} "
+    f"{'>=' if same else '<'} threshold {used:.4f} ({basis}); {photos[0]} vs {photos[1]}"
+  )
 
 
 def _model():
@@ -56,7 +87,14 @@ def main(argv: Sequence[str]) -> None:
     raise UserError("usage: facetriplet-search --index=<index folder> photo.jpg [photo ...]")
   if _K.value < 1:
     raise UserError(f"--k={_K.value}: ask for at least one match")
+  if _VERIFY.value and len(photos) != 2:
+    raise UserError(f"--verify compares two photos, got {len(photos)}")
+  if not 0 < _FAR.value < 1:
+    raise UserError(f"--far={_FAR.value}: a false-accept rate between 0 and 1")
   searcher = Searcher.open(_INDEX.value, _model())
+  if _VERIFY.value:
+    verify(searcher, photos)
+    return
   results = searcher.search(
     photos,
     k=_K.value,

@@ -2,6 +2,7 @@ r"""The HTTP search service: a `Searcher` behind FastAPI (`facetriplet-serve`): 
 
   POST   /search       a photo -> its face's box and the k most similar gallery photos
   POST   /embed        a photo -> its face's embedding
+  POST   /verify       two photos (`a`, `b`) -> same person?, similarity, threshold used
   POST   /items        enrol a photo under an id (saved to the index folder before answering)
   DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
   DELETE /identities/{name}  forget a person (every item, and their name in the index's files)

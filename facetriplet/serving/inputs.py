@@ -91,11 +91,23 @@ async def read_upload(
   request: Request, max_upload_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S
 ) -> Upload:
   """The photo and fields of a multipart, JSON or raw-image request (4xx with one line if not)."""
-  body_limit = max_upload_bytes * 4 // 3 + FIELD_BYTES  # base64 and form overhead
+  return (await read_uploads(request, max_upload_bytes, body_timeout_s, ("image",)))[0]
+
+
+async def read_uploads(
+  request: Request,
+  max_upload_bytes: int,
+  body_timeout_s: float = BODY_TIMEOUT_S,
+  names: tuple[str, ...] = ("image",),
+) -> list[Upload]:
+  """The photos `names` (multipart file fields, or JSON '<name>_base64' keys; one photo may be
+  the raw body) and the request's other fields, in every Upload (4xx with one line if not)."""
+  body_limit = len(names) * max_upload_bytes * 4 // 3 + FIELD_BYTES  # base64 and form overhead
   body = await _read_body(request, body_limit, body_timeout_s)
   kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
   fields: dict[str, Any] = {}
-  data, filename = None, ""
+  files: dict[str, tuple[bytes, str]] = {}
+  expected = " and ".join(repr(n) for n in names)
   if kind == "multipart/form-data":
 
     async def stream():
@@ -104,15 +116,19 @@ async def read_upload(
 
     try:
       form = await MultiPartParser(
-        request.headers, stream(), max_files=1, max_fields=32, max_part_size=FIELD_BYTES
+        request.headers,
+        stream(),
+        max_files=len(names),
+        max_fields=32,
+        max_part_size=FIELD_BYTES,
       ).parse()
     except MultiPartException as e:
       raise error(400, f"bad multipart body: {e.message}") from None
     for key, value in form.multi_items():
       if isinstance(value, UploadFile):
-        if key != "image":
-          raise error(400, f"unexpected file field {key!r}: send the photo as 'image'")
-        data, filename = await value.read(), value.filename or ""
+        if key not in names:
+          raise error(400, f"unexpected file field {key!r}: send the photos as {expected}")
+        files[key] = (await value.read(), value.filename or "")
         await value.close()
       else:
         fields[key] = value
@@ -123,33 +139,41 @@ async def read_upload(
       reason = str(e) if isinstance(e, ValueError) else "nested too deep"
       raise error(400, f"bad JSON body: {reason}") from None
     if not isinstance(fields, dict):
-      raise error(400, "the JSON body must be an object with an 'image_base64' key")
-  elif kind.startswith("image/") or kind == "application/octet-stream":
-    data = body
+      raise error(400, f"the JSON body must be an object with an '{names[0]}_base64' key")
+  elif (kind.startswith("image/") or kind == "application/octet-stream") and len(names) == 1:
+    files[names[0]] = (body, "")
   else:
     raise error(
       415,
       f"unsupported Content-Type {kind or '(none)'!r}: send multipart/form-data "
-      "with the file field 'image', JSON {\"image_base64\": ...} or the raw image",
+      f'with the file field(s) {expected}, JSON {{"{names[0]}_base64": ...}}'
+      + (" or the raw image" if len(names) == 1 else ""),
     )
-  if data is None:
-    encoded = fields.pop("image_base64", None)
-    if not isinstance(encoded, str) or not encoded:
-      raise error(
-        400,
-        "no image: send the photo as the multipart file field 'image' or as "
-        'JSON {"image_base64": ...}',
-      )
-    if encoded.startswith("data:") and "," in encoded:  # a data: URL
-      encoded = encoded.split(",", 1)[1]
-    encoded = "".join(encoded.split())  # line breaks of wrapped base64
-    try:
-      data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-      raise error(400, "image_base64 is not valid base64") from None
-  if len(data) > max_upload_bytes:
-    raise error(413, f"image too large: {len(data)} bytes, at most {max_upload_bytes}")
-  return Upload(data, filename, fields)
+  uploads = []
+  for name in names:
+    data, filename = files.get(name) or (_base64_field(fields, name), "")
+    if len(data) > max_upload_bytes:
+      raise error(413, f"image too large: {len(data)} bytes, at most {max_upload_bytes}")
+    uploads.append(Upload(data, filename, fields))
+  return uploads
+
+
+def _base64_field(fields: dict[str, Any], name: str) -> bytes:
+  """The photo `name` sent as JSON '<name>_base64' (400 when absent or not base64)."""
+  key = f"{name}_base64"
+  encoded = fields.pop(key, None)
+  if not isinstance(encoded, str) or not encoded:
+    raise error(
+      400,
+      f'no image: send the photo as the multipart file field {name!r} or as JSON {{"{key}": ...}}',
+    )
+  if encoded.startswith("data:") and "," in encoded:  # a data: URL
+    encoded = encoded.split(",", 1)[1]
+  encoded = "".join(encoded.split())  # line breaks of wrapped base64
+  try:
+    return base64.b64decode(encoded, validate=True)
+  except (binascii.Error, ValueError):
+    raise error(400, f"{key} is not valid base64") from None
 
 
 def decode(upload: Upload, max_pixels: int) -> np.ndarray:
@@ -190,8 +214,8 @@ def parse_k(value: Any, default: int = 10, max_k: int = MAX_K) -> int:
   return k
 
 
-def parse_min_score(value: Any) -> Optional[float]:
-  """min_score (422 unless a finite number); None when not given."""
+def parse_min_score(value: Any, name: str = "min_score") -> Optional[float]:
+  """min_score, or another similarity `name` (422 unless a finite number); None when not given."""
   if value is None:
     return None
   try:
@@ -201,8 +225,23 @@ def parse_min_score(value: Any) -> Optional[float]:
   except (TypeError, ValueError):
     score = math.nan
   if not math.isfinite(score):
-    raise error(422, f"min_score must be a number (a cosine similarity, -1..1), got {value!r}")
+    raise error(422, f"{name} must be a number (a cosine similarity, -1..1), got {value!r}")
   return score
+
+
+def parse_far(value: Any) -> float:
+  """far: a false-accept rate strictly between 0 and 1 (default 0.01)."""
+  if value is None:
+    return 0.01
+  try:
+    if isinstance(value, bool):
+      raise ValueError
+    far = float(value)
+  except (TypeError, ValueError):
+    far = math.nan
+  if not 0 < far < 1:
+    raise error(422, f"far must be a false-accept rate between 0 and 1, got {value!r}")
+  return far
 
 
 def parse_faces(value: Any) -> str:

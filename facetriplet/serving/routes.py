@@ -3,6 +3,7 @@ helpers (`Service`) injected with `Depends`, answers as `schemas` models.
 
   POST   /search       a photo -> its face's box and the k most similar gallery photos
   POST   /embed        a photo -> its face's embedding
+  POST   /verify       two photos -> same person?, their similarity, the threshold used
   POST   /items        enrol a photo under an id (saved to the index folder before answering)
   DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
   DELETE /identities/{name}  forget a person: all their items, their name in every file
@@ -183,6 +184,38 @@ async def embed(
     embedding=[float(v) for v in vector],
     dim=searcher.dim,
     fingerprint=searcher.extractor.fingerprint,
+  )
+
+
+@router.post(
+  "/verify",
+  response_model=schemas.VerifyAnswer,
+  openapi_extra=schemas.image_body(schemas.VerifyParams, ("a", "b")),
+)
+async def verify(
+  request: Request,
+  threshold: Optional[float] = Query(None),
+  far: Optional[float] = Query(None, gt=0, lt=1),
+  service: Service = Depends(get_service),
+  searcher: Searcher = Depends(get_searcher),
+  _: Caller = Depends(require("read")),
+) -> schemas.VerifyAnswer:
+  """Whether the faces of photos `a` and `b` are the same person: their similarity against a
+  threshold (the model's calibrated one at `far` unless `threshold` is given)."""
+  with service.slot():
+    a, b = await inputs.read_uploads(
+      request, service.max_upload_bytes, service.body_timeout_s, ("a", "b")
+    )
+    threshold = inputs.parse_min_score(inputs.param(a.fields, "threshold", threshold), "threshold")
+    far = inputs.parse_far(inputs.param(a.fields, "far", far))
+    images_ = [await run_in_threadpool(inputs.decode, u, service.max_pixels) for u in (a, b)]
+    try:
+      same, score = await run_in_threadpool(searcher.verify, *images_, threshold, far)
+    except UserError as e:
+      raise inputs.error(422, str(e)) from None
+  used = threshold if threshold is not None else searcher.threshold(far)
+  return schemas.VerifyAnswer(
+    same=same, score=score, threshold=used, far=None if threshold is not None else far
   )
 
 

@@ -98,6 +98,22 @@ class RemoveAnswer(BaseModel):
   items: int
 
 
+class VerifyParams(BaseModel):
+  """Parameters of a verification."""
+
+  threshold: Optional[float] = Field(
+    None, description="same person at or above this similarity (default: the calibrated one)"
+  )
+  far: float = Field(0.01, description="false-accept rate of the calibrated threshold")
+
+
+class VerifyAnswer(BaseModel):
+  same: bool = Field(description="whether the two photos' faces are the same person")
+  score: float = Field(description="cosine similarity of the two faces, -1..1")
+  threshold: float = Field(description="the threshold used")
+  far: Optional[float] = Field(description="its false-accept rate, when calibrated")
+
+
 class ForgetAnswer(BaseModel):
   removed: int = Field(description="the person's items removed")
   items: int = Field(description="items in the index now")
@@ -123,10 +139,35 @@ class ErrorAnswer(BaseModel):
   detail: str
 
 
-def image_body(params: Optional[type[BaseModel]]) -> dict[str, Any]:
-  """The OpenAPI request body of an upload endpoint: the photo as the multipart file `image`,
-  JSON `image_base64`, or the raw body; the parameters of `params` beside it."""
+def image_body(
+  params: Optional[type[BaseModel]], names: tuple[str, ...] = ("image",)
+) -> dict[str, Any]:
+  """The OpenAPI request body of an upload endpoint: the photos `names` as multipart files or
+  JSON `<name>_base64` (one photo: also the raw body); the parameters of `params` beside them."""
   fields = params.model_json_schema()["properties"] if params is not None else {}
+  if names != ("image",):
+    binary = {"type": "string", "format": "binary"}
+    return {
+      "requestBody": {
+        "required": True,
+        "content": {
+          "multipart/form-data": {
+            "schema": {
+              "type": "object",
+              "required": list(names),
+              "properties": {**dict.fromkeys(names, binary), **fields},
+            }
+          },
+          "application/json": {
+            "schema": {
+              "type": "object",
+              "required": [f"{n}_base64" for n in names],
+              "properties": {**{f"{n}_base64": {"type": "string"} for n in names}, **fields},
+            }
+          },
+        },
+      }
+    }
   return {
     "requestBody": {
       "required": True,

@@ -595,3 +595,68 @@ def test_tool_help_shows_its_docstring_and_flags():
   assert "facetriplet-serve --index=" in text.split("flags:")[0]
   for flag in ("--index", "--port", "--max_upload_mb", "--batch_window_ms", "--[no]micro_batch"):
     assert flag in text, flag
+
+
+def _pair(client, a, b, fields=None, headers=None):
+  boundary = uuid.uuid4().hex
+  parts = [
+    f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+    for k, v in (fields or {}).items()
+  ]
+  for name, data in (("a", a), ("b", b)):
+    parts.append(
+      f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"'
+      "\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+      + data
+      + b"\r\n"
+    )
+  parts.append(f"--{boundary}--\r\n".encode())
+  kind = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+  return client.call("POST", "/verify", b"".join(parts), {**kind, **(headers or {})})
+
+
+def test_verify_agrees_with_the_library(served, setup):
+  client, searcher = served["client"], served["searcher"]
+  photos = [_read(p) for p in setup["queries"][:3]]
+  for a, b in ((photos[0], photos[0]), (photos[0], photos[1]), (photos[1], photos[2])):
+    score = searcher.verify(a, b, threshold=0.0)[1]
+    for threshold in (score - 1e-3, score + 1e-3):
+      status, answer = _pair(client, a, b, {"threshold": threshold})
+      assert status == 200, answer
+      assert answer["same"] == searcher.verify(a, b, threshold=threshold)[0]
+      assert answer["score"] == pytest.approx(score, abs=1e-5)
+      assert answer["threshold"] == pytest.approx(threshold) and answer["far"] is None
+    as_json = {
+      "a_base64": base64.b64encode(a).decode(),
+      "b_base64": base64.b64encode(b).decode(),
+      "threshold": 0.5,
+    }
+    status, answer = client.post_json("/verify", as_json)
+    assert status == 200 and answer["score"] == pytest.approx(score, abs=1e-5)
+  # This model carries no calibration: without a threshold the answer says what to pass.
+  status, answer = _pair(client, photos[0], photos[1])
+  assert status == 422 and "threshold" in answer["detail"]
+  status, answer = client.post_image("/verify", photos[0])  # one photo only
+  assert status == 400 and "'b'" in answer["detail"]
+  assert _pair(client, photos[0], photos[1], {"far": 2})[0] == 422
+
+
+def test_search_tool_verifies_two_photos(setup):
+  a, b = setup["queries"][:2]
+  proc = subprocess.run(
+    [
+      os.path.join(BIN, "facetriplet-search"),
+      f"--index={setup['index']}",
+      "--verify",
+      "--threshold=-1",
+      a,
+      b,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
+  assert proc.returncode == 0, proc.stderr
+  score = Searcher.open(setup["index"]).verify(a, b, threshold=-1)[1]
+  assert proc.stdout.startswith("same person: similarity ") and f"{score:.4f}" in proc.stdout
