@@ -32,6 +32,7 @@ with a warning). It is metadata only: the fingerprint (what the embeddings mean)
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -357,7 +358,20 @@ def pretrained_export(name: str) -> str:
   if not os.path.isfile(os.path.join(path, "saved_model.pb")):
     logging.info("exporting the pretrained %s into %s (once)", name, path)
     export_pretrained(name, path)
+  elif _cached_crop(path) != faces.CropSettings.preset(networks.get(name).crop_preset).to_dict():
+    # Made by an older version with other crop settings (e.g. MTCNN before YuNet was the
+    # default): exported again, so --model=<name> always crops as this version does.
+    logging.info("the cached export of %s has older crop settings: exporting it again", name)
+    export_pretrained(name, path)
   return path
+
+
+def _cached_crop(path: str) -> Optional[dict[str, Any]]:
+  try:
+    with open(os.path.join(path, "assets", "facetriplet.json"), encoding="utf-8") as f:
+      return json.load(f).get("crop")
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 def _calibration(

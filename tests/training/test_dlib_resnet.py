@@ -108,3 +108,29 @@ def test_the_embedding_model_is_the_normalised_descriptor(chips):
   config.model.embedding_dim = 64
   with pytest.raises(UserError, match="embedding_dim=128"):
     model_lib.build_embedding_model(config)
+
+
+def test_a_cached_export_with_older_crop_settings_is_exported_again(keras_net):
+  """--model=dlib_resnet is the cached export; one made by an older version (MTCNN crops,
+  before YuNet was the default) is replaced, so the name always crops as this version does."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  from facetriplet.data import faces  # pylint: disable=g-import-not-at-top
+  from facetriplet.training import export  # pylint: disable=g-import-not-at-top
+
+  path = export.pretrained_export("dlib_resnet")
+  assert path.startswith(os.environ["FACETRIPLET_CACHE"])
+  assets = os.path.join(path, "assets", "facetriplet.json")
+  with open(assets, encoding="utf-8") as f:
+    meta = json.load(f)
+  want = faces.CropSettings.preset("dlib150").to_dict()
+  assert meta["crop"] == want
+  mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
+  assert export.pretrained_export("dlib_resnet") == path  # current: kept as it is
+  assert os.path.getmtime(os.path.join(path, "saved_model.pb")) == mtime
+  meta["crop"] = dict(want, detector="mtcnn")
+  with open(assets, "w", encoding="utf-8") as f:
+    json.dump(meta, f)
+  export.pretrained_export("dlib_resnet")
+  with open(assets, encoding="utf-8") as f:
+    assert json.load(f)["crop"] == want
