@@ -48,6 +48,8 @@ ORDER = [
   "serve_photos",
   "serve_photos_before",
   "soak",
+  "cluster",
+  "cluster_speed",
   "startup",
 ]
 

@@ -338,8 +338,11 @@ def export_pretrained(
   from facetriplet.training import model as model_lib  # pylint: disable=g-import-not-at-top
 
   model = model_lib.build_embedding_model(config)
+  # The network's own calibration holds for the crop and flip it was measured with.
+  measured = flip and crop == faces.CropSettings.preset(network.crop_preset).to_dict()
+  verification = network.calibration if measured else None
   return write_export(
-    model, export_dir, crop, flip, config.to_dict(), f"pretrained:{name}", None, start
+    model, export_dir, crop, flip, config.to_dict(), f"pretrained:{name}", verification, start
   )
 
 
@@ -358,20 +361,25 @@ def pretrained_export(name: str) -> str:
   if not os.path.isfile(os.path.join(path, "saved_model.pb")):
     logging.info("exporting the pretrained %s into %s (once)", name, path)
     export_pretrained(name, path)
-  elif _cached_crop(path) != faces.CropSettings.preset(networks.get(name).crop_preset).to_dict():
-    # Made by an older version with other crop settings (e.g. MTCNN before YuNet was the
-    # default): exported again, so --model=<name> always crops as this version does.
-    logging.info("the cached export of %s has older crop settings: exporting it again", name)
-    export_pretrained(name, path)
+  else:
+    network = networks.get(name)
+    meta = _cached_meta(path)
+    want = faces.CropSettings.preset(network.crop_preset).to_dict()
+    if meta.get("crop") != want or meta.get("verification") != network.calibration:
+      # Made by an older version (e.g. MTCNN crops before YuNet was the default, or no
+      # calibration): exported again, so --model=<name> always means this version's export.
+      logging.info("the cached export of %s is an older version's: exporting it again", name)
+      export_pretrained(name, path)
   return path
 
 
-def _cached_crop(path: str) -> Optional[dict[str, Any]]:
+def _cached_meta(path: str) -> dict[str, Any]:
   try:
     with open(os.path.join(path, "assets", "facetriplet.json"), encoding="utf-8") as f:
-      return json.load(f).get("crop")
-  except (OSError, ValueError, AttributeError):
-    return None
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return meta if isinstance(meta, dict) else {}
 
 
 def _calibration(

@@ -125,6 +125,10 @@ def test_a_cached_export_with_older_crop_settings_is_exported_again(keras_net):
     meta = json.load(f)
   want = faces.CropSettings.preset("dlib150").to_dict()
   assert meta["crop"] == want
+  # It carries the network's measured "same person" thresholds (Searcher.verify, clustering).
+  assert (
+    meta["verification"]["thresholds"]["0.001"] == dlib_resnet.CALIBRATION["thresholds"]["0.001"]
+  )
   mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
   assert export.pretrained_export("dlib_resnet") == path  # current: kept as it is
   assert os.path.getmtime(os.path.join(path, "saved_model.pb")) == mtime

@@ -42,6 +42,9 @@ class Network:
     embedding_dim: the network ends in its own embedding of this size (a pretrained face
       network): the model adds no projection. None: pooled features, projected to
       `config.model.embedding_dim`.
+    calibration: for a pretrained network, the "same person" thresholds of its weights as this
+      project measured them (an export's `verification`), given to its exports made with the
+      preset crop and test-time flip; None when not measured.
   """
 
   name: str
@@ -51,6 +54,7 @@ class Network:
   image_size: Optional[int] = None
   crop_preset: Optional[str] = None
   embedding_dim: Optional[int] = None
+  calibration: Optional[dict[str, Any]] = None
 
 
 class Entry(NamedTuple):

@@ -229,6 +229,24 @@ def build(
   return model
 
 
+# "Same person" thresholds of the weights through the project's pipeline (YuNet, the dlib150
+# chip, test-time flip), measured on 507 photos of 200 lfw_2to4 people (people 200-399 by name:
+# 127,825 different-person and 446 same-person pairs; benchmarks/bench_cluster.py) on 2026-12-03.
+CALIBRATION = {
+  "thresholds": {"0.1": 0.8831, "0.01": 0.9111, "0.001": 0.9284},
+  "tar": {"0.1": 0.9865, "0.01": 0.9753, "0.001": 0.935},
+  "eer": None,
+  "eer_threshold": None,
+  "accept": "cosine similarity >= threshold",
+  "source": {
+    "file": None,
+    "checkpoint": "pretrained:dlib_resnet",
+    "epoch": None,
+    "pairs": {"different": 127825, "same": 446},
+    "data": "lfw_2to4 people 200-399 (sorted by name), one face a photo",
+  },
+}
+
 NETWORKS = {
   NAME: Network(
     NAME,
@@ -238,5 +256,6 @@ NETWORKS = {
     image_size=IMAGE_SIZE,
     crop_preset="dlib150",
     embedding_dim=128,
+    calibration=CALIBRATION,
   )
 }

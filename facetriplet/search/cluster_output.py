@@ -1,0 +1,139 @@
+"""What `facetriplet-cluster` writes into its output folder (all of it at once, atomically):
+
+clusters.json      the settings, and every cluster (largest first) with its faces: the photo
+                   (its path below the input folder, or the index item's photo), the face's
+                   box, its number in the photo; plus the photos that could not be read
+sheets/cluster_0000.jpg …   one contact sheet per cluster of at least --min_size faces: up to
+                   48 face thumbnails, to see who a cluster is
+folders/cluster_0000/ …     with --write_folders: links to each cluster's photos, one folder per
+                   cluster of at least --min_size faces, ready to rename after the person and
+                   use with --layout=folders (ingest, or build-index then enrol)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from facetriplet import atomic
+from facetriplet.data import images
+
+THUMB = 96
+PER_ROW = 8
+MAX_THUMBS = 48
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+  """One clustered face: its photo (path on disk and as shown), box and number in the photo."""
+
+  path: str
+  shown: str
+  box: Optional[tuple[float, ...]]
+  face: int = 0
+
+
+def clusters_json(labels: np.ndarray, faces: Sequence[Face], settings: dict[str, Any]) -> dict:
+  clusters = []
+  for c in range(int(labels.max()) + 1 if len(labels) else 0):
+    members = [faces[i] for i in np.flatnonzero(labels == c)]
+    clusters.append(
+      {
+        "cluster": c,
+        "size": len(members),
+        "faces": [
+          {"photo": f.shown, "box": list(f.box) if f.box else None, "face": f.face} for f in members
+        ],
+      }
+    )
+  return dict(settings, clusters=clusters)
+
+
+def _face_thumb(face: Face) -> Image.Image:
+  try:
+    rgb = images.load_rgb(face.path)
+  except Exception:  # pylint: disable=broad-except  (a photo gone since: a grey square)
+    return Image.new("RGB", (THUMB, THUMB), (70, 70, 70))
+  if face.box:
+    x, y, w, h = face.box
+    side = max(w, h) * 1.3
+    cx, cy = x + w / 2, y + h / 2
+    im = Image.fromarray(rgb).crop(
+      (int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
+    )
+  else:
+    im = Image.fromarray(rgb)
+  return im.resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+
+
+def contact_sheet(cluster: int, members: Sequence[Face]) -> Image.Image:
+  """Up to MAX_THUMBS face thumbnails of a cluster, under a line naming it and its size."""
+  shown = list(members)[:MAX_THUMBS]
+  rows = max(1, -(-len(shown) // PER_ROW))
+  sheet = Image.new("RGB", (PER_ROW * (THUMB + 4) + 4, 20 + rows * (THUMB + 4) + 4), (24, 24, 24))
+  draw = ImageDraw.Draw(sheet)
+  more = f" (first {len(shown)} shown)" if len(members) > len(shown) else ""
+  draw.text(
+    (6, 4),
+    f"cluster {cluster}: {len(members)} faces{more}",
+    fill=(230, 230, 230),
+    font=ImageFont.load_default(),
+  )
+  for i, face in enumerate(shown):
+    sheet.paste(
+      _face_thumb(face), (4 + (i % PER_ROW) * (THUMB + 4), 24 + (i // PER_ROW) * (THUMB + 4))
+    )
+  return sheet
+
+
+def write(
+  output: str,
+  labels: np.ndarray,
+  faces: Sequence[Face],
+  settings: dict[str, Any],
+  min_size: int = 2,
+  write_folders: bool = False,
+) -> dict[str, int]:
+  """Writes the output folder (replacing one there) in one step; returns what it holds."""
+  doc = clusters_json(labels, faces, settings)
+  counts = {"sheets": 0, "folders": 0, "links": 0}
+  with atomic.atomic_path(output) as tmp:
+    os.makedirs(os.path.join(tmp, "sheets"))
+    with open(os.path.join(tmp, "clusters.json"), "w", encoding="utf-8") as f:
+      json.dump(doc, f, indent=1, ensure_ascii=False)
+    for entry in doc["clusters"]:
+      if entry["size"] < min_size:
+        break  # numbered by size: the rest are smaller
+      c = entry["cluster"]
+      members = [faces[i] for i in np.flatnonzero(labels == c)]
+      contact_sheet(c, members).save(
+        os.path.join(tmp, "sheets", f"cluster_{c:04d}.jpg"), quality=90
+      )
+      counts["sheets"] += 1
+      if write_folders:
+        counts["links"] += _link_photos(os.path.join(tmp, "folders", f"cluster_{c:04d}"), members)
+        counts["folders"] += 1
+  return counts
+
+
+def _link_photos(folder: str, members: Sequence[Face]) -> int:
+  """Links to the cluster's photos (each photo once; names made unique)."""
+  os.makedirs(folder)
+  seen, made = set(), 0
+  for face in members:
+    target = os.path.abspath(face.path)
+    if target in seen:
+      continue
+    seen.add(target)
+    base, ext = os.path.splitext(face.shown.replace("/", "__"))
+    name, n = f"{base}{ext}", 1
+    while os.path.lexists(os.path.join(folder, name)):
+      name, n = f"{base}-{n}{ext}", n + 1
+    os.symlink(target, os.path.join(folder, name))
+    made += 1
+  return made
