@@ -17,6 +17,7 @@ import dataclasses
 import os
 from typing import NamedTuple, Sequence
 
+from facetriplet.data import folder_walk
 from facetriplet.errors import UserError
 
 LAYOUTS = ("folders", "celeba", "flat")
@@ -225,96 +226,15 @@ def scan_images(
   if not listing.entries:
     raise UserError(
       f"no images found in {root} for layout={layout}: expected {hint} "
-      f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})" + skipped_summary(listing)
+      f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})"
+      + folder_walk.skipped_summary(listing)
     )
   return listing
 
 
-_SKIP_HINTS = {
-  "outside-identity-folder": "photos directly in the folder: --layout=flat reads them",
-  "not-an-image-file": "not an image by its extension",
-  "hidden": "names starting with '.'",
-  "link-to-ancestor": "links back to a folder above them",
-  "folder-reached-twice": "a second path to a folder already read",
-  "unreadable": "check the permissions",
-  "no-identity": "not in the identity list",
-  "no-partition": "not in the partition list",
-}
-
-
-def skipped_summary(listing: ImageListing) -> str:
-  """'; skipped: 3 outside-identity-folder (hint), ...' for what a listing left out, or ''."""
-  counts: dict[str, int] = {}
-  for _, reason in listing.ignored:
-    counts[reason] = counts.get(reason, 0) + 1
-  if listing.empty_identities:
-    counts["empty identity folder"] = len(listing.empty_identities)
-  if not counts:
-    return ""
-  parts = [
-    f"{n} {reason}" + (f" ({_SKIP_HINTS[reason]})" if reason in _SKIP_HINTS else "")
-    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])
-  ]
-  return "; skipped: " + ", ".join(parts)
-
-
-class _Walk:
-  """One listing's walk state: every folder is entered once (by device and inode); directory
-  links are followed (a dataset assembled from links to identity folders elsewhere), except
-  links back to a folder above them (a loop); hidden names are listed, not used."""
-
-  def __init__(self, root: str, listing: ImageListing):
-    self.root = root
-    self.real_root = os.path.realpath(root)
-    self.listing = listing
-    st = os.stat(root)
-    self.seen = {(st.st_dev, st.st_ino)}
-
-  def _rel(self, path: str) -> str:
-    return os.path.relpath(path, self.root).replace(os.sep, "/")
-
-  def enter(self, folder: str) -> bool:
-    """Whether to list `folder`; a refusal is recorded in `listing.ignored` with its reason."""
-    rel = self._rel(folder) + "/"
-    if os.path.basename(folder).startswith("."):
-      self.listing.ignored.append((rel, "hidden"))
-      return False
-    if os.path.islink(folder):  # followed wherever it leads, unless back up the tree
-      real = os.path.realpath(folder)
-      above = os.path.realpath(os.path.dirname(folder))
-      if any(
-        p == real or p.startswith(real.rstrip(os.sep) + os.sep) for p in (above, self.real_root)
-      ):
-        self.listing.ignored.append((rel, "link-to-ancestor"))
-        return False
-    try:
-      st = os.stat(folder)
-    except OSError:
-      self.listing.ignored.append((rel, "unreadable"))
-      return False
-    if (st.st_dev, st.st_ino) in self.seen:
-      self.listing.ignored.append((rel, "folder-reached-twice"))
-      return False
-    self.seen.add((st.st_dev, st.st_ino))
-    return True
-
-  def files(self, top: str) -> list[str]:
-    """Relative paths ("/") of the files under `top` (already entered), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-      dirnames[:] = [d for d in sorted(dirnames) if self.enter(os.path.join(dirpath, d))]
-      for name in filenames:
-        rel = self._rel(os.path.join(dirpath, name))
-        if name.startswith("."):
-          self.listing.ignored.append((rel, "hidden"))
-          continue
-        out.append(rel)
-    return sorted(out)
-
-
 def _scan_folders(root: str) -> ImageListing:
   listing = ImageListing(entries=[])
-  walk = _Walk(root, listing)
+  walk = folder_walk.Walk(root, listing)
   for name in sorted(os.listdir(root)):
     full = os.path.join(root, name)
     if not os.path.isdir(full):
@@ -341,7 +261,7 @@ def _scan_folders(root: str) -> ImageListing:
 
 def _scan_flat(root: str) -> ImageListing:
   listing = ImageListing(entries=[])
-  for rel in _Walk(root, listing).files(root):
+  for rel in folder_walk.Walk(root, listing).files(root):
     if is_image_file(rel):
       listing.entries.append(ImageEntry(os.path.join(root, rel), rel, None, None))
     else:
@@ -406,7 +326,7 @@ def _scan_celeba(root: str, identity_file: str | None, partition_file: str | Non
       raise UserError(f"{partition_file}: partition {value!r} of {name} is not 0, 1 or 2")
   listing = ImageListing(entries=[])
   on_disk = set()
-  for rel in _Walk(root, listing).files(root):
+  for rel in folder_walk.Walk(root, listing).files(root):
     if not is_image_file(rel):
       if os.path.join(root, rel) not in (identity_file, partition_file):
         listing.ignored.append((rel, "not-an-image-file"))

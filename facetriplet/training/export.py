@@ -366,8 +366,7 @@ def pretrained_export(name: str) -> str:
     meta = _cached_meta(path)
     want = faces.CropSettings.preset(network.crop_preset).to_dict()
     if meta.get("crop") != want or meta.get("verification") != network.calibration:
-      # Made by an older version (e.g. MTCNN crops before YuNet was the default, or no
-      # calibration): exported again, so --model=<name> always means this version's export.
+      # An older version's (e.g. MTCNN crops, no calibration): --model=<name> means this one's.
       logging.info("the cached export of %s is an older version's: exporting it again", name)
       export_pretrained(name, path)
   return path
@@ -376,10 +375,9 @@ def pretrained_export(name: str) -> str:
 def _cached_meta(path: str) -> dict[str, Any]:
   try:
     with open(os.path.join(path, "assets", "facetriplet.json"), encoding="utf-8") as f:
-      meta = json.load(f)
-  except (OSError, ValueError):
+      return dict(json.load(f))
+  except (OSError, ValueError, TypeError):
     return {}
-  return meta if isinstance(meta, dict) else {}
 
 
 def _calibration(
