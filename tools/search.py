@@ -4,6 +4,7 @@ r"""Searches an index for the people in one or more photos and prints the ranked
   facetriplet-search --index=runs/index --k=5 --min_score=0.45 a.jpg b.png
   facetriplet-search --index=runs/index --faces=all --json group.jpg > matches.json
   facetriplet-search --index=runs/index --verify a.jpg b.jpg        # the same person?
+  facetriplet-search --index=runs/index --video=clip.mp4 --every=0.5 --thumbs=runs/seen
 
 Each photo is cropped as the gallery was and embedded by the index's model. With --min_score a
 query whose best match scores lower prints "no match" (see the threshold_at_far of
@@ -13,7 +14,10 @@ faces of two photos against the model's calibrated threshold at --far (or --thre
 """
 
 import json
+import os
 from typing import Sequence
+
+from PIL import Image
 
 from absl import flags
 
@@ -52,9 +56,45 @@ _THRESHOLD = flags.DEFINE_float(
   "With --verify: same person at or above this similarity (default: the "
   "model's calibrated threshold at --far).",
 )
-_FAR = flags.DEFINE_float(
-  "far", 0.01, "With --verify: the false-accept rate of the calibrated threshold."
+_VIDEO = flags.DEFINE_string(
+  "video", None, "A video: when does each indexed person appear in it (time ranges)."
 )
+_EVERY = flags.DEFINE_float("every", 0.5, "With --video: seconds between sampled frames.")
+_THUMBS = flags.DEFINE_string(
+  "thumbs", None, "With --video: write each person's best-scoring frame here (<identity>.jpg)."
+)
+_FAR = flags.DEFINE_float(
+  "far",
+  0.01,
+  "With --verify and --video: the false-accept rate of the calibrated threshold (--video "
+  "without --min_score counts a face for a person at that threshold).",
+)
+
+
+def video(searcher) -> None:
+  """--video: each person's time ranges in the video, best frame first seen."""
+  from facetriplet.search import video as video_lib  # pylint: disable=g-import-not-at-top
+
+  people = video_lib.find_people(searcher, _VIDEO.value, _EVERY.value, _MIN_SCORE.value, _FAR.value)
+  if _THUMBS.value:
+    from facetriplet import atomic  # pylint: disable=g-import-not-at-top
+    from facetriplet.evaluation import grid  # pylint: disable=g-import-not-at-top
+
+    os.makedirs(_THUMBS.value, exist_ok=True)
+    for p in people:
+      image = grid.photo_with_box(p.best_frame, p.best_box, 320) if p.best_box else p.best_frame
+      safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in p.identity)
+      with atomic.atomic_path(os.path.join(_THUMBS.value, f"{safe}.jpg")) as tmp:
+        Image.fromarray(image).save(tmp, format="JPEG", quality=90)
+  if _JSON.value:
+    print(json.dumps([p.to_dict() for p in people], indent=2, ensure_ascii=False))
+    return
+  for p in people:
+    spans = ", ".join(f"{r.start:.1f}-{r.end:.1f} s" for r in p.ranges)
+    print(f"{p.identity}: {spans} (best {p.best_score:.3f} at {p.best_time:.1f} s)")
+  print(
+    f"{len(people)} known people in {_VIDEO.value}; index {_INDEX.value} ({len(searcher)} items)"
+  )
 
 
 def verify(searcher, photos: Sequence[str]) -> None:
@@ -83,6 +123,13 @@ def _model():
 
 def main(argv: Sequence[str]) -> None:
   photos = list(argv[1:])
+  if _VIDEO.value:
+    if photos or not _INDEX.value:
+      raise UserError("usage: facetriplet-search --index=<index folder> --video=clip.mp4")
+    if not os.path.isfile(_VIDEO.value) or _EVERY.value <= 0:
+      raise UserError(f"--video={_VIDEO.value} is not a file, or --every={_EVERY.value} <= 0")
+    video(Searcher.open(_INDEX.value, _model()))
+    return
   if not _INDEX.value or not photos:
     raise UserError("usage: facetriplet-search --index=<index folder> photo.jpg [photo ...]")
   if _K.value < 1:

@@ -1,0 +1,69 @@
+"""Finding people in a video: a clip the test writes (cv2.VideoWriter) from gallery photos of
+two people with known time ranges, then blank frames; searched through the library and the tool."""
+
+import json
+import os
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from facetriplet.errors import UserError
+from facetriplet.search import video
+from facetriplet.search.searcher import Searcher
+from tests.serving.test_serve import BIN
+from tests.serving.test_serve import setup  # noqa: F401  (the fixture)
+
+FPS = 10
+
+
+def _write_clip(path, scenes):
+  """scenes: [(RGB image, seconds)] -> an MJPG .avi at FPS frames a second, 160 x 144."""
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), FPS, (160, 144))
+  assert writer.isOpened()
+  for image, seconds in scenes:
+    frame = cv2.cvtColor(np.asarray(Image.fromarray(image).resize((160, 144))), cv2.COLOR_RGB2BGR)
+    for _ in range(int(seconds * FPS)):
+      writer.write(frame)
+  writer.release()
+
+
+def test_two_people_are_found_in_their_time_ranges(setup, tmp_path):  # noqa: F811
+  gallery = os.path.join(os.path.dirname(setup["index"]), "gallery")
+  alice = np.asarray(Image.open(os.path.join(gallery, "alice", "alice_0.png")).convert("RGB"))
+  bob = np.asarray(Image.open(os.path.join(gallery, "bob", "bob_1.png")).convert("RGB"))
+  grey = np.full_like(alice, 128)  # nobody: a blank frame is no face at all
+  clip = str(tmp_path / "clip.avi")
+  _write_clip(clip, [(alice, 2.0), (bob, 2.0), (grey, 2.0)])
+  searcher = Searcher.open(setup["index"])
+  people = video.find_people(searcher, clip, every_s=0.5, min_score=0.9)
+  assert [p.identity for p in people] == ["alice", "bob"]  # carol never appears; nobody else
+  # Sampled at 0, 0.5, ... 5.5 s: alice 0-1.5, bob 2.0-3.5 (within one sampled frame).
+  (a,), (b,) = people[0].ranges, people[1].ranges
+  assert a.start == pytest.approx(0.0, abs=0.51) and a.end == pytest.approx(1.5, abs=0.51)
+  assert b.start == pytest.approx(2.0, abs=0.51) and b.end == pytest.approx(3.5, abs=0.51)
+  assert 0 <= people[0].best_time <= 2.0 and people[0].best_frame.shape == (144, 160, 3)
+  (tmp_path / "notes.txt").write_text("not a video\n")
+  with pytest.raises(UserError, match="not a video"):
+    video.find_people(searcher, str(tmp_path / "notes.txt"))
+  # The tool: the same answer as JSON, and each person's best frame as a thumbnail.
+  proc = subprocess.run(
+    [
+      os.path.join(BIN, "facetriplet-search"),
+      f"--index={setup['index']}",
+      f"--video={clip}",
+      "--min_score=0.9",
+      "--json",
+      f"--thumbs={tmp_path / 'seen'}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
+  assert proc.returncode == 0, proc.stderr
+  answer = json.loads(proc.stdout)
+  assert answer == [p.to_dict() for p in people]
+  assert sorted(os.listdir(tmp_path / "seen")) == ["alice.jpg", "bob.jpg"]
