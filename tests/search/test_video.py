@@ -47,7 +47,9 @@ def test_two_people_are_found_in_their_time_ranges(setup, tmp_path):  # noqa: F8
   assert 0 <= people[0].best_time <= 2.0 and people[0].best_frame.shape == (144, 160, 3)
   (tmp_path / "notes.txt").write_text("not a video\n")
   with pytest.raises(UserError, match="not a video"):
-    video.find_people(searcher, str(tmp_path / "notes.txt"))
+    video.find_people(searcher, str(tmp_path / "notes.txt"), min_score=0.9)
+  with pytest.raises(UserError, match="no calibrated threshold"):  # this test model has none
+    video.find_people(searcher, clip)
   # The tool: the same answer as JSON, and each person's best frame as a thumbnail.
   proc = subprocess.run(
     [
