@@ -115,6 +115,19 @@ class SearchResult:
     }
 
 
+def split_by_image(results: Sequence[Any], count: int) -> list[list[Any]]:
+  """A flat answer of a search for `count` images with faces_mode='all' (one result per face,
+  faces numbered from 0 per image, at least one per image) as one list per image."""
+  groups: list[list[Any]] = []
+  for result in results:
+    if result.face == 0 or not groups:
+      groups.append([])
+    groups[-1].append(result)
+  if len(groups) != count:
+    raise RuntimeError(f"search answered {len(groups)} images for {count} queries")
+  return groups
+
+
 def faces_per_photo(index) -> int:
   """The most items one gallery photo has in `index` (several in an index of every face)."""
   return 1 + max((item.face or 0 for item in index.items), default=0)

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from facetriplet.errors import UserError
+from facetriplet.search import engine
 
 
 @dataclasses.dataclass
@@ -103,13 +104,7 @@ def find_people(
     if not pending:
       return
     results = searcher.search([f for _, f in pending], k=1, min_score=min_score, faces_mode="all")
-    by_frame = iter(results)
-    # faces_mode='all' answers one result per face, faces numbered from 0 per image.
-    groups: list[list[Any]] = []
-    for r in by_frame:
-      if r.face == 0 or not groups:
-        groups.append([])
-      groups[-1].append(r)
+    groups = engine.split_by_image(results, len(pending))
     for (t, frame), faces in zip(pending, groups):
       for r in faces:
         if not r.matches or r.box is None or r.matches[0].identity is None:

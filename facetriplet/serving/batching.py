@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
+from facetriplet.search import engine
+
 
 @dataclasses.dataclass
 class SearchRequest:
@@ -41,19 +43,6 @@ def trim(result: Any, k: int, min_score: Optional[float]) -> Any:
   return dataclasses.replace(result, matches=matches)
 
 
-def split_by_image(results: Sequence[Any], count: int) -> list[list[Any]]:
-  """Searcher.search's flat answer for `count` images with faces_mode='all' (one result per face,
-  faces numbered from 0 per image, at least one per image) as one list per image."""
-  groups: list[list[Any]] = []
-  for result in results:
-    if result.face == 0 or not groups:
-      groups.append([])
-    groups[-1].append(result)
-  if len(groups) != count:
-    raise RuntimeError(f"search answered {len(groups)} images for {count} queries")
-  return groups
-
-
 def search_batch(searcher: Any, requests: Sequence[SearchRequest]) -> list[Any]:
   """Answers requests of one faces_mode with one `searcher.search` call: a SearchResult per
   request ('largest') or a list of them ('all')."""
@@ -63,7 +52,7 @@ def search_batch(searcher: Any, requests: Sequence[SearchRequest]) -> list[Any]:
   if mode == "all":
     return [
       [trim(x, r.k, r.min_score) for x in group]
-      for r, group in zip(requests, split_by_image(results, len(requests)))
+      for r, group in zip(requests, engine.split_by_image(results, len(requests)))
     ]
   return [trim(x, r.k, r.min_score) for r, x in zip(requests, results)]
 

@@ -214,16 +214,21 @@ def parse_k(value: Any, default: int = 10, max_k: int = MAX_K) -> int:
   return k
 
 
+def _number(value: Any) -> float:
+  """A form field, JSON value or query parameter as a float; NaN when it is not a number."""
+  if isinstance(value, bool):
+    return math.nan
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan
+
+
 def parse_min_score(value: Any, name: str = "min_score") -> Optional[float]:
   """min_score, or another similarity `name` (422 unless a finite number); None when not given."""
   if value is None:
     return None
-  try:
-    if isinstance(value, bool):
-      raise ValueError
-    score = float(value)
-  except (TypeError, ValueError):
-    score = math.nan
+  score = _number(value)
   if not math.isfinite(score):
     raise error(422, f"{name} must be a number (a cosine similarity, -1..1), got {value!r}")
   return score
@@ -233,12 +238,7 @@ def parse_far(value: Any) -> float:
   """far: a false-accept rate strictly between 0 and 1 (default 0.01)."""
   if value is None:
     return 0.01
-  try:
-    if isinstance(value, bool):
-      raise ValueError
-    far = float(value)
-  except (TypeError, ValueError):
-    far = math.nan
+  far = _number(value)
   if not 0 < far < 1:
     raise error(422, f"far must be a false-accept rate between 0 and 1, got {value!r}")
   return far

@@ -307,11 +307,12 @@ async def forget_identity(
 ) -> schemas.ForgetAnswer:
   """Erases a person: every item of this identity, and their name and ids in the index's
   files and audit trail (saved before answering); 404 when no item has this identity."""
+  if not any(item.identity == identity for item in searcher.index.items):
+    raise inputs.error(404, f"no item of identity {identity!r} in the index: nothing to forget")
   try:
     removed = await run_in_threadpool(searcher.forget, identity, _actor(caller))
-  except UserError as e:
-    status = 404 if "no item of identity" in str(e) else 409
-    raise inputs.error(status, str(e)) from None
+  except UserError as e:  # only they are left (an index is never empty), or forgotten meanwhile
+    raise inputs.error(409, str(e)) from None
   service.ids.refresh()
   await service.save(f"forgot {removed} items")
   return schemas.ForgetAnswer(removed=removed, items=len(searcher))

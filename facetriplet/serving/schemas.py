@@ -145,54 +145,27 @@ def image_body(
   """The OpenAPI request body of an upload endpoint: the photos `names` as multipart files or
   JSON `<name>_base64` (one photo: also the raw body); the parameters of `params` beside them."""
   fields = params.model_json_schema()["properties"] if params is not None else {}
-  if names != ("image",):
-    binary = {"type": "string", "format": "binary"}
-    return {
-      "requestBody": {
-        "required": True,
-        "content": {
-          "multipart/form-data": {
-            "schema": {
-              "type": "object",
-              "required": list(names),
-              "properties": {**dict.fromkeys(names, binary), **fields},
-            }
-          },
-          "application/json": {
-            "schema": {
-              "type": "object",
-              "required": [f"{n}_base64" for n in names],
-              "properties": {**{f"{n}_base64": {"type": "string"} for n in names}, **fields},
-            }
-          },
-        },
+  binary = {"type": "string", "format": "binary"}
+  encoded = {"type": "string", "description": "the photo, base64"}
+  content: dict[str, Any] = {
+    "multipart/form-data": {
+      "schema": {
+        "type": "object",
+        "required": list(names),
+        "properties": {**dict.fromkeys(names, binary), **fields},
       }
-    }
-  return {
-    "requestBody": {
-      "required": True,
-      "content": {
-        "multipart/form-data": {
-          "schema": {
-            "type": "object",
-            "required": ["image"],
-            "properties": {"image": {"type": "string", "format": "binary"}, **fields},
-          }
-        },
-        "application/json": {
-          "schema": {
-            "type": "object",
-            "required": ["image_base64"],
-            "properties": {
-              "image_base64": {"type": "string", "description": "the photo, base64"},
-              **fields,
-            },
-          }
-        },
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-      },
-    }
+    },
+    "application/json": {
+      "schema": {
+        "type": "object",
+        "required": [f"{n}_base64" for n in names],
+        "properties": {**{f"{n}_base64": encoded for n in names}, **fields},
+      }
+    },
   }
+  if len(names) == 1:
+    content["image/jpeg"] = {"schema": binary}  # one photo may be the raw body
+  return {"requestBody": {"required": True, "content": content}}
 
 
 _CODES = (400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 500, 503)
