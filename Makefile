@@ -8,7 +8,7 @@ DATA ?=
 QUICK ?=
 DEMO_DIR ?= demo_run
 
-.PHONY: help venv test test-fast lint fmt demo bench clean
+.PHONY: help venv test test-fast lint fmt demo bench clean browser
 
 help:
 	@echo "make demo   - install, generate a face set, build tfrecords, train, export, index, retrieve, evaluate"
@@ -26,8 +26,19 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest -n 2 --dist loadgroup tests
+
+# The web page's test (tests/serving/test_page.py) drives Debian's Chromium: installed here when
+# missing and this is root with apt-get (about a minute); elsewhere that one test is skipped,
+# saying why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver for the page test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null) || echo "could not install chromium: the page test will be skipped"; \
+	else echo "no chromium (installing it needs root and apt-get): the page test will be skipped"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 r"""Serves an index over HTTP: search, embed, enrol and remove faces (FastAPI + uvicorn).
 
-  facetriplet-serve --index=runs/index                        # http://127.0.0.1:8000, docs at /docs
+  facetriplet-serve --index=runs/index            # open http://127.0.0.1:8000 (API docs: /docs)
   facetriplet-serve --index=runs/index --token_file=tokens.txt --host=10.0.0.5 --port=8080
   facetriplet-serve --index=runs/index --token_file=tokens.txt --host=0.0.0.0 \
       --allowed_hosts=faces.example.org --rate_limit=20
@@ -22,7 +22,10 @@ proxy in front (see the README). A request's headers must arrive within --header
 its upload within --body_timeout_s; beyond --max_connections, or --max_queued searches, the
 answer is 503 with Retry-After; beyond --rate_limit requests a second per token, 429.
 
-Endpoints: POST /search, POST /embed, POST /items, DELETE /items/{id}, GET /healthz, GET /docs.
+Endpoints: POST /search, POST /embed, POST /verify, POST /items, DELETE /items/{id},
+DELETE /identities/{name}, GET /thumbnails/{id}, GET /healthz, GET /docs; at / a web page to
+drop a photo, see its matches, enrol it under a name and remove items (a service with tokens
+asks the page's user for one).
 Enrolments and removals are written to --index (atomically) before they are answered. Concurrent
 searches share one model call (--batch_window_ms, --max_batch). Ctrl-C stops the server after
 the requests in flight. The logic lives in `facetriplet.serving`.
@@ -155,7 +158,7 @@ def main(argv: Sequence[str]) -> None:
 
   def ready(url: str, searcher) -> None:
     print(
-      f"serving {len(searcher)} items of {_INDEX.value} at {url} (API docs: {url}/docs); "
+      f"serving {len(searcher)} items of {_INDEX.value}: open {url} (API docs: {url}/docs); "
       "Ctrl-C stops",
       flush=True,
     )

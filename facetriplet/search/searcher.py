@@ -26,9 +26,9 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from absl import logging
 
-from facetriplet.data import faces, layouts
+from facetriplet.data import faces, images, layouts
 from facetriplet.errors import ImageError, UserError
-from facetriplet.search import audit, embedding, gallery
+from facetriplet.search import audit, embedding, gallery, thumbnails
 from facetriplet.search.engine import ImageLike, Match, QueryEngine, SearchResult, query_name
 from facetriplet.search.index import GalleryIndex
 from facetriplet.search.items import Item
@@ -98,6 +98,7 @@ class Searcher:
     self.info = info
     self.engine = QueryEngine(extractor, index)
     self.audit = audit.Trail(index_dir)
+    self.thumbs = thumbnails.Thumbnails(index_dir)
     self._lock = _ReadWriteLock()
 
   @classmethod
@@ -316,7 +317,8 @@ class Searcher:
       ImageError: not a readable image; UserError: no face found with faces_mode='all'.
     """
     faces.check_face_mode(faces_mode)
-    crops = self.engine.crops(image, name or item_id, faces_mode, min_face)
+    rgb = images.to_rgb(image, name or item_id)
+    crops = self.engine.crops(rgb, name or item_id, faces_mode, min_face)
     vectors = self.engine.embed([c.image for c in crops])
     items = [
       Item.enrolled(item_id, name, identity, crop, n if faces_mode == "all" else None)
@@ -325,7 +327,8 @@ class Searcher:
     with self._lock.write():
       known = {item.id for item in items if self.contains(item.id)}
       self.index.add(vectors, items)
-      for item in items:
+      for item, crop in zip(items, crops):
+        self.thumbs.put(item.id, rgb, crop.box if crop.found else None)
         action = "replace" if item.id in known else "enrol"
         self.audit.record(action, actor, item.id, item.identity)
       self.engine.refresh()
@@ -359,6 +362,7 @@ class Searcher:
         )
       identities = {item.id: item.identity for item in self.index.items}
       removed = self.index.remove(ids)
+      self.thumbs.drop(ids)
       for item_id in dict.fromkeys(ids):
         self.audit.record("remove", actor, item_id, identities.get(item_id))
       self.engine.refresh()
@@ -380,6 +384,7 @@ class Searcher:
         raise UserError(f"no item of identity {identity!r} in the index: nothing to forget")
       ids = [item.id for item in items]
       self.index.remove(ids)  # UserError when nobody else would be left
+      self.thumbs.drop(ids)
       self.info["items"] = len(self.index)
       erased = {identity, *ids, *(item.photo for item in items), *(i.path for i in items)}
       erased.discard("")
@@ -404,7 +409,7 @@ class Searcher:
     with self._lock.write():
       target = index_dir or self.index_dir
       info = dict(self.info.items())
-      trail = self.audit.contents()
+      trail = {**self.audit.contents(), **self.thumbs.files()}
       self.index.save(target, extra_json={gallery.GALLERY_FILE: info}, extra_files=trail)
       if os.path.realpath(target) == os.path.realpath(self.index_dir):
         self.audit.saved()  # else the index's own folder has yet to get them

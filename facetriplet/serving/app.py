@@ -6,7 +6,9 @@ r"""The HTTP search service: a `Searcher` behind FastAPI (`facetriplet-serve`): 
   POST   /items        enrol a photo under an id (saved to the index folder before answering)
   DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
   DELETE /identities/{name}  forget a person (every item, and their name in the index's files)
-  GET    /healthz      items, dim, model fingerprint, batching counters
+  GET    /thumbnails/{id}  an item's face thumbnail (JPEG)
+  GET    /healthz      items, dim, model fingerprint, calibrated threshold, batching counters
+  GET    /             the web page: drop a photo, see its matches, enrol it, remove items
   GET    /docs         the OpenAPI page (try every endpoint from the browser)
 
 A photo is sent as the multipart file field `image`, as JSON `{"image_base64": "..."}` or as the
@@ -28,22 +30,33 @@ the Searcher's writer lock, so they are safe while searches run, and are reporte
 
 The endpoints are `routes` (module-level functions on an APIRouter, the searcher through
 `Depends`, answers as `schemas` models, so /docs shows every schema); upload reading and checks
-are `inputs`; listening and serving is `server`.
+are `inputs`; listening and serving is `server`; the web page is the files of `page/`
+(plain HTML, CSS and JavaScript, no build step), served with a strict Content-Security-Policy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Optional, Sequence
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, Response
 
 from facetriplet.search.searcher import Searcher
 from facetriplet.serving import batching, inputs, routes, security
+
+PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
+PAGE_FILES = {"page.js": "text/javascript", "page.css": "text/css", "icon.svg": "image/svg+xml"}
+PAGE_HEADERS = {
+  "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
+  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  "X-Content-Type-Options": "nosniff",
+  "Cache-Control": "no-cache",
+}
 
 
 def make_app(
@@ -131,7 +144,18 @@ def make_app(
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
   @app.get("/", include_in_schema=False)
-  async def root() -> RedirectResponse:
-    return RedirectResponse("/docs")
+  async def page() -> Response:
+    return _page_file("index.html", "text/html; charset=utf-8")
+
+  @app.get("/page/{name}", include_in_schema=False)
+  async def page_part(name: str) -> Response:
+    if name not in PAGE_FILES:  # only the page's own files, never a path
+      raise inputs.error(404, f"no page file {name!r}")
+    return _page_file(name, PAGE_FILES[name])
 
   return app
+
+
+def _page_file(name: str, media_type: str) -> Response:
+  with open(os.path.join(PAGE_DIR, name), "rb") as f:
+    return Response(f.read(), media_type=media_type, headers=PAGE_HEADERS)

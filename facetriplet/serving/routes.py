@@ -7,7 +7,8 @@ helpers (`Service`) injected with `Depends`, answers as `schemas` models.
   POST   /items        enrol a photo under an id (saved to the index folder before answering)
   DELETE /items/{id}   remove an item (saved before answering); 404 for an unknown id
   DELETE /identities/{name}  forget a person: all their items, their name in every file
-  GET    /healthz      items, dim, model fingerprint, batching counters
+  GET    /thumbnails/{id}  the face thumbnail of an item (JPEG; from the index, never a path)
+  GET    /healthz      items, dim, model fingerprint, calibrated threshold, batching counters
 
 Searches and embeddings need a read token, enrolments and removals a write token, when the
 service has tokens (`security`); writes from a cross-site page are refused either way. Ids are
@@ -26,8 +27,9 @@ from typing import Any, Optional, Union
 from absl import logging
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
-from facetriplet.errors import UserError
+from facetriplet.errors import ImageError, UserError
 from facetriplet.search.searcher import Searcher
 from facetriplet.serving import batching, inputs, public_ids, schemas
 from facetriplet.serving.security import Caller, require
@@ -318,6 +320,34 @@ async def forget_identity(
   return schemas.ForgetAnswer(removed=removed, items=len(searcher))
 
 
+@router.get(
+  "/thumbnails/{item_id:path}",
+  response_class=Response,
+  responses={200: {"content": {"image/jpeg": {}}, "description": "the face, 112 px a side"}},
+)
+async def thumbnail(
+  item_id: str,
+  service: Service = Depends(get_service),
+  searcher: Searcher = Depends(get_searcher),
+  _: Caller = Depends(require("read")),
+) -> Response:
+  """The face thumbnail of an item (its id as /search shows it): cut from the gallery photo the
+  index was built from, or the one kept at enrolment; 404 for an unknown id."""
+  internal = service.ids.item_id(item_id)
+  row = searcher.index.row_of(internal) if internal is not None else None
+  if row is None:
+    raise inputs.error(404, f"no item with id {item_id!r} in the index")
+  item = searcher.index.items[row]
+  try:
+    data = await run_in_threadpool(searcher.thumbs.of, item)
+  except ImageError as e:
+    logging.warning("thumbnail of %s: %s", item.id, e)  # the path goes to the log only
+    raise inputs.error(404, f"item {item_id!r}: its photo cannot be read ({e.reason})") from None
+  if data is None:
+    raise inputs.error(404, f"item {item_id!r} : no thumbnail kept (enrolled by an older version)")
+  return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache"})
+
+
 @router.get("/healthz", response_model=schemas.Health)
 async def healthz(
   service: Service = Depends(get_service), searcher: Searcher = Depends(get_searcher)
@@ -334,6 +364,8 @@ async def healthz(
     items=len(searcher),
     dim=searcher.dim,
     fingerprint=searcher.extractor.fingerprint,
+    threshold=searcher.threshold(schemas.PAGE_FAR),
+    far=schemas.PAGE_FAR,
     model=_name(searcher.info.get("model")),
     features=searcher.info.get("features"),
     index=_name(searcher.index_dir),

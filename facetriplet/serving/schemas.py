@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field
 
 FacesMode = Literal["largest", "all"]
+PAGE_FAR = 0.001  # the false-accept rate of the "same person" threshold /healthz reports (1:N)
 
 
 class SearchParams(BaseModel):
@@ -124,6 +125,11 @@ class Health(BaseModel):
   items: int
   dim: int
   fingerprint: str
+  threshold: Optional[float] = Field(
+    description="the model's calibrated 'same person' similarity at false-accept rate `far` "
+    "(null: not calibrated)"
+  )
+  far: float
   model: Optional[str] = Field(description="the model's name (its folder's name)")
   features: Optional[str]
   index: str = Field(description="the index folder's name")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from facetriplet.errors import UserError
-from facetriplet.search import audit, features, gallery
+from facetriplet.search import audit, features, gallery, thumbnails
 from facetriplet.search.searcher import Searcher
 from facetriplet.serving import security
 from facetriplet.serving.app import make_app
@@ -96,13 +96,20 @@ def test_forget_leaves_no_byte_of_the_person(built, backend, tmp_path):
   searcher.save()
   needles, vectors = _traces(searcher, "carol")
   needles.add(b"c-old-77")
+  faces_ = {
+    i: searcher.thumbs.of(searcher.index.items[searcher.index.row_of(i)])
+    for i in ("carol-upload", "bob-upload")
+  }
+  assert _all_bytes(index_dir)[thumbnails.file_name("carol-upload")] == faces_["carol-upload"]
+  assert thumbnails.file_name("c-old-77") not in _all_bytes(index_dir)  # removed with its item
   model = searcher.info["model"]
   assert any(b"carol" in data for data in _all_bytes(index_dir).values())
   queries = [np.asarray(v, np.float32) for v in searcher.index.embeddings[:]]
 
   assert searcher.forget("carol") == 4
   searcher.save()
-  _assert_forgotten(index_dir, needles, vectors)
+  _assert_forgotten(index_dir, needles, vectors + [faces_["carol-upload"]])  # her face's picture
+  assert _all_bytes(index_dir)[thumbnails.file_name("bob-upload")] == faces_["bob-upload"]
   reopened = Searcher.open(index_dir)
   assert len(reopened) == 7 and {i.identity for i in reopened.index.items} == {"alice", "bob"}
   for query in queries:  # nothing of carol is ever found again
