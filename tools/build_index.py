@@ -5,6 +5,8 @@ rebuilding it.
   facetriplet-build-index --model=runs/demo/export --gallery=data/gallery --index_dir=runs/index
   facetriplet-build-index --model=runs/demo/export --gallery=runs/tfrecords --index_dir=...
   facetriplet-build-index --features=hog --gallery=data/gallery --index_dir=runs/index_hog
+  facetriplet-build-index --model=dlib_resnet --gallery=party.mp4 --index_dir=runs/party \
+      --every=0.5                                     # every face of a frame each half second
   facetriplet-build-index --model=runs/demo/export --gallery=data/gallery --index_dir=runs/exact \
       --backend=faiss-flat                                             # exact search with faiss
   facetriplet-build-index --index_dir=runs/index --add=new_photos/     # enrol: only new photos
@@ -16,7 +18,9 @@ rebuilding it.
 
 The face crop is the one the model was trained with (the export's metadata). --faces=all (the
 default for a flat folder of photos) indexes every face of each photo with its box; identity
-folders and TFRecords index each photo's chosen face. --forget erases every item of an identity
+folders and TFRecords index each photo's chosen face. A video (--gallery=clip.mp4) is indexed
+as its frames sampled every --every seconds, every face of each, named '<video>@<seconds>s'
+(matches carry their time). --forget erases every item of an identity
 and their name and ids from every file of the index, its audit trail (audit.jsonl, which records
 every --add, --remove and --forget) included. The logic lives in
 `facetriplet.search.gallery.build_gallery_index` and `facetriplet.search.searcher.Searcher`.
@@ -36,12 +40,13 @@ from absl import logging
 from facetriplet import pipelines
 from facetriplet.data import faces, layouts
 from facetriplet.errors import UserError, run_tool
-from facetriplet.search import backends, features, gallery
+from facetriplet.search import backends, features, gallery, video
 from facetriplet.search.searcher import Searcher
 
 _GALLERY = flags.DEFINE_string(
-  "gallery", None, "Gallery: a folder of images or a facetriplet TFRecord folder."
+  "gallery", None, "Gallery: a folder of images, a facetriplet TFRecord folder or a video file."
 )
+_EVERY = flags.DEFINE_float("every", 0.5, "With a video --gallery: seconds between sampled frames.")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "Output index folder (replaced whole).")
 _MODEL = flags.DEFINE_string(
   "model",
@@ -213,6 +218,8 @@ def main(argv: Sequence[str]) -> None:
   if not _GALLERY.value or not _INDEX_DIR.value:
     raise UserError("--gallery=<folder> and --index_dir=<output folder> are required")
   gallery.check_source(_GALLERY.value)  # before the model loads (TensorFlow)
+  if _EVERY.value <= 0:
+    raise UserError(f"--every={_EVERY.value}: the seconds between sampled frames must be > 0")
   extractor = features.make_extractor(_FEATURES.value, _model(), source=_GALLERY.value)
   logging.info(
     "build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "
@@ -244,6 +251,8 @@ def main(argv: Sequence[str]) -> None:
     min_face=_MIN_FACE.value,
     backend=_BACKEND.value,
   )
+  if _RUNNER.value and video.is_video(_GALLERY.value):
+    raise UserError("--runner indexes folders of photos or TFRecords; index a video without it")
   if _RUNNER.value:
     pipelines.require_beam()
     from facetriplet.search import beam_index  # pylint: disable=g-import-not-at-top
@@ -265,6 +274,7 @@ def main(argv: Sequence[str]) -> None:
       _INDEX_DIR.value,
       workers=workers,
       progress=_PROGRESS.value,
+      every_s=_EVERY.value,
       **common,
     )
   print(

@@ -3,11 +3,13 @@ r"""Groups the faces of a photo collection (or of an index) by person, without l
   facetriplet-cluster --input=photos/ --output=runs/people              # every face, pretrained net
   facetriplet-cluster --input=photos/ --output=runs/people --threshold=0.62 --write_folders
   facetriplet-cluster --index=runs/index --output=runs/people            # the index's embeddings
+  facetriplet-cluster --input=party.mp4 --output=runs/guests --every=0.5  # faces of a video
 
 Every face of every photo (--faces=all; --faces=largest: one a photo) is embedded by --model
 (default: the pretrained network dlib_resnet), linked to its --k nearest neighbours scoring at
 least the threshold (a ScaNN graph, so it scales to millions of faces), and grouped by Chinese
-whispers. The threshold is --threshold, else the model's calibrated one at --far.
+whispers. The threshold is --threshold, else the model's calibrated one at --far. A video
+--input is read as its frames every --every seconds, every face of each.
 
 Writes, in one step, <output>/clusters.json (each cluster, largest first, with its faces: photo,
 box), sheets/cluster_NNNN.jpg (a contact sheet of each cluster of at least --min_size faces) and,
@@ -28,9 +30,12 @@ from absl import flags
 from facetriplet import atomic
 from facetriplet.data import faces, layouts
 from facetriplet.errors import UserError, run_tool
-from facetriplet.search import gallery
+from facetriplet.search import gallery, video
 
-_INPUT = flags.DEFINE_string("input", None, "Folder of photos (any layout, read recursively).")
+_INPUT = flags.DEFINE_string(
+  "input", None, "Folder of photos (any layout, read recursively), or a video file."
+)
+_EVERY = flags.DEFINE_float("every", 0.5, "With a video --input: seconds between sampled frames.")
 _INDEX = flags.DEFINE_string("index", None, "Or: an index folder; its items are clustered.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (replaced whole).")
 _MODEL = flags.DEFINE_string(
@@ -59,22 +64,26 @@ def _embed_folder():
   from facetriplet.search import cluster_output, embedding, features  # pylint: disable=g-import-not-at-top
   from facetriplet.training import export  # pylint: disable=g-import-not-at-top
 
-  entries = layouts.list_images(_INPUT.value, "flat")
   model = export.resolve_model(_MODEL.value)
   extractor = features.make_extractor("embedding", model)
-  x, kept, problems = embedding.embed_entries(
-    extractor,
-    entries,
-    progress=_PROGRESS.value,
-    desc="faces",
-    faces_mode=_FACES.value,
-    min_face=_MIN_FACE.value,
-    with_faces=True,
-  )
+  if video.is_video(_INPUT.value):
+    x, kept, problems = video.embed_video(
+      extractor, _INPUT.value, _EVERY.value, progress=_PROGRESS.value, min_face=_MIN_FACE.value
+    )
+  else:
+    x, kept, problems = embedding.embed_entries(
+      extractor,
+      layouts.list_images(_INPUT.value, "flat"),
+      progress=_PROGRESS.value,
+      desc="faces",
+      faces_mode=_FACES.value,
+      min_face=_MIN_FACE.value,
+      with_faces=True,
+    )
   # A photo without a detected face is in `problems` (no-face), not clustered as a face.
   rows = [i for i, e in enumerate(kept) if e.found]
   found = [
-    cluster_output.Face(e.path, e.rel_path, tuple(e.box) if e.box else None, e.face)
+    cluster_output.Face(e.path, e.rel_path, tuple(e.box) if e.box else None, e.face, e.time)
     for e in (kept[i] for i in rows)
   ]
   return np.asarray(x)[rows], found, problems, extractor
@@ -87,7 +96,9 @@ def _from_index():
   searcher = Searcher.open(_INDEX.value)
   rows = [r for r, i in enumerate(searcher.index.items) if i.box is not None]  # faces found
   items = [searcher.index.items[r] for r in rows]
-  found = [cluster_output.Face(i.path or "", i.rel_path or i.id, i.box, i.face or 0) for i in items]
+  found = [
+    cluster_output.Face(i.path or "", i.rel_path or i.id, i.box, i.face or 0, i.time) for i in items
+  ]
   return np.asarray(searcher.index.embeddings)[rows], found, [], searcher
 
 
@@ -109,8 +120,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if bool(_INPUT.value) == bool(_INDEX.value) or not _OUTPUT.value:
     raise UserError("pass --input=<folder of photos> or --index=<index folder>, and --output")
-  if _INPUT.value and not os.path.isdir(_INPUT.value):
-    raise UserError(f"--input={_INPUT.value} is not a folder of photos")
+  if _INPUT.value and not os.path.isdir(_INPUT.value) and not video.is_video(_INPUT.value):
+    raise UserError(
+      f"--input={_INPUT.value} is not a folder of photos or a video ({', '.join(video.EXTENSIONS)})"
+    )
+  if _EVERY.value <= 0:
+    raise UserError(f"--every={_EVERY.value}: the seconds between sampled frames must be > 0")
   if _INDEX.value:
     gallery.check_index(_INDEX.value)
   _check_output(_OUTPUT.value, _INPUT.value or _INDEX.value)

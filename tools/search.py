@@ -166,7 +166,7 @@ def main(argv: Sequence[str]) -> None:
     for m in r.matches:
       who = m.identity or "-"
       print(
-        f"  {m.rank:>3}  {m.score:7.4f}  {who:<24}  {m.path or m.name}"
+        f"  {m.rank:>3}  {m.score:7.4f}  {who:<24}  {m.item.photo if m.path else m.name}"
         + (f"  box {[round(v) for v in m.box]}" if m.box else "")
       )
   unreadable = sum(1 for r in results if r.problem and r.problem != "no-face")

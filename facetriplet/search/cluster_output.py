@@ -7,7 +7,8 @@ sheets/cluster_0000.jpg …   one contact sheet per cluster of at least --min_si
                    48 face thumbnails, to see who a cluster is
 folders/cluster_0000/ …     with --write_folders: links to each cluster's photos, one folder per
                    cluster of at least --min_size faces, ready to rename after the person and
-                   use with --layout=folders (ingest, or build-index then enrol)
+                   use with --layout=folders (ingest, or build-index then enrol); a face of a
+                   video frame gets the frame itself ('<video>@<seconds>s.jpg'), not a link
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from facetriplet import atomic
 from facetriplet.data import images
+from facetriplet.search import thumbnails, video
 
 THUMB = 96
 PER_ROW = 8
@@ -37,6 +39,13 @@ class Face:
   shown: str
   box: Optional[tuple[float, ...]]
   face: int = 0
+  time: Optional[float] = None  # a video frame's time (seconds); path is the video
+
+  def rgb(self) -> np.ndarray:
+    """The photo, or the video frame."""
+    if self.time is not None:
+      return video.frame_at(self.path, self.time)
+    return images.load_rgb(self.path)
 
 
 def members_of(labels: np.ndarray) -> list[np.ndarray]:
@@ -57,7 +66,13 @@ def clusters_json(labels: np.ndarray, faces: Sequence[Face], settings: dict[str,
         "cluster": c,
         "size": len(members),
         "faces": [
-          {"photo": f.shown, "box": list(f.box) if f.box else None, "face": f.face} for f in members
+          {
+            "photo": f.shown,
+            "box": list(f.box) if f.box else None,
+            "face": f.face,
+            **({"time": f.time} if f.time is not None else {}),
+          }
+          for f in members
         ],
       }
     )
@@ -66,19 +81,10 @@ def clusters_json(labels: np.ndarray, faces: Sequence[Face], settings: dict[str,
 
 def _face_thumb(face: Face) -> Image.Image:
   try:
-    rgb = images.load_rgb(face.path)
+    rgb = face.rgb()
   except Exception:  # pylint: disable=broad-except  (a photo gone since: a grey square)
     return Image.new("RGB", (THUMB, THUMB), (70, 70, 70))
-  if face.box:
-    x, y, w, h = face.box
-    side = max(w, h) * 1.3
-    cx, cy = x + w / 2, y + h / 2
-    im = Image.fromarray(rgb).crop(
-      (int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
-    )
-  else:
-    im = Image.fromarray(rgb)
-  return im.resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+  return Image.fromarray(thumbnails.face_square(rgb, face.box, THUMB, margin=0.15))
 
 
 def contact_sheet(cluster: int, members: Sequence[Face]) -> Image.Image:
@@ -133,23 +139,33 @@ def write(
 
 
 def _link_photos(folder: str, members: Sequence[Face]) -> int:
-  """Links to the cluster's photos (each photo once; names made unique)."""
+  """Links to the cluster's photos, the frames of videos as JPEGs (each photo once; names made
+  unique)."""
   os.makedirs(folder)
   seen, made = set(), 0
   for face in members:
     if not face.path:
       continue  # enrolled from memory: no photo to link
     target = os.path.abspath(face.path)
-    if target in seen:
+    if (target, face.time) in seen:
       continue
-    seen.add(target)
-    base, ext = os.path.splitext(face.shown.replace("/", "__"))
+    seen.add((target, face.time))
+    shown = face.shown + (".jpg" if face.time is not None else "")
+    base, ext = os.path.splitext(shown.replace("/", "__"))
     if len(base.encode()) > 150:  # file names are at most 255 bytes
       digest = hashlib.sha256(face.shown.encode()).hexdigest()[:8]
       base = base.encode()[-140:].decode("utf-8", "ignore") + "-" + digest
     name, n = f"{base}{ext}", 1
     while os.path.lexists(os.path.join(folder, name)):
       name, n = f"{base}-{n}{ext}", n + 1
-    os.symlink(target, os.path.join(folder, name))
+    if face.time is None:
+      os.symlink(target, os.path.join(folder, name))
+    else:
+      try:
+        frame = face.rgb()
+      except Exception:  # pylint: disable=broad-except  (the video changed since: no file)
+        continue
+      with open(os.path.join(folder, name), "wb") as f:
+        f.write(images.encode_jpeg(frame))
     made += 1
   return made

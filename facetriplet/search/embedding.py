@@ -39,6 +39,7 @@ class FaceEntry(NamedTuple):
   box: Optional[tuple] = None
   landmarks: Optional[tuple] = None
   found: bool = True
+  time: Optional[float] = None  # a video frame's time (seconds); path is the video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +177,14 @@ def entry_rows(
         yield None, None, problem
         continue
     row = (
-      FaceEntry(*tuple(entry)[:4], face, tuple(crop.box), tuple(crop.landmarks), bool(crop.found))
+      FaceEntry(
+        *tuple(entry)[:4],
+        face,
+        tuple(crop.box),
+        tuple(crop.landmarks),
+        bool(crop.found),
+        getattr(entry, "time", None),
+      )
       if with_faces
       else entry
     )

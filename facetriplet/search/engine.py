@@ -68,6 +68,7 @@ class Match:
       "name": self.name,
       "identity": self.identity,
       "box": list(self.box) if self.box else None,
+      **({"time": self.item.time} if self.item.time is not None else {}),
     }
 
 

@@ -1,8 +1,9 @@
 """Build a searchable gallery: embed a folder or TFRecords with the training crop, then index it.
 
 A gallery is either a folder of images in any layout (`facetriplet.data.layouts`), cropped here with
-the extractor's crop settings (the export's metadata, i.e. the training manifest's), or the
-TFRecords of facetriplet-build-tfrecords, whose records already hold the crops. Both stream batch by
+the extractor's crop settings (the export's metadata, i.e. the training manifest's), the
+TFRecords of facetriplet-build-tfrecords, whose records already hold the crops, or a video file
+(every face of a frame sampled every `every_s` seconds, `video.embed_video`). All stream batch by
 batch.
 
 Besides the index folder (`facetriplet.search.index.GalleryIndex`, over the backend asked for),
@@ -23,7 +24,7 @@ from absl import logging
 
 from facetriplet.data import faces, layouts, tfrecords
 from facetriplet.errors import UserError
-from facetriplet.search import audit, backends, embedding, features, index_folder
+from facetriplet.search import audit, backends, embedding, features, index_folder, video
 from facetriplet.search.embedding import NO_FACE, Problem
 from facetriplet.search.index import GalleryIndex
 from facetriplet.search.items import Item
@@ -36,9 +37,13 @@ FACE_MODES = ("auto",) + faces.FACE_MODES  # what a gallery build takes
 
 def resolve_faces(faces_mode: str, gallery: str, layout: str = "auto") -> str:
   """'auto' -> 'all' for a flat folder of photos (a collection: every face is searchable),
-  'largest' for identity folders and TFRecords (one face per training photo)."""
+  'largest' for identity folders and TFRecords (one face per training photo); a video: 'all'."""
   if faces_mode != "auto":
     faces.check_face_mode(faces_mode)
+  if video.is_video(gallery):
+    if faces_mode == "largest":
+      raise UserError(f"{gallery} is a video: its frames are indexed with every face (--faces=all)")
+    return "all"
   if tfrecords.is_shard_folder(gallery):
     if faces_mode == "all":
       raise UserError(
@@ -71,12 +76,13 @@ def open_records(
 
 
 def check_source(path: str, what: str = "gallery") -> None:
-  """A gallery (or another set embedded as one) is a folder of images or of TFRecords; checked
-  before any model loads, so a wrong path costs no wait."""
-  if not os.path.isdir(path):
+  """A gallery (or another set embedded as one) is a folder of images or of TFRecords, or a
+  video file; checked before any model loads, so a wrong path costs no wait."""
+  if not os.path.isdir(path) and not video.is_video(path):
+    kind = "is not a folder or a video" if os.path.exists(path) else "does not exist"
     raise UserError(
-      f"{what} {path} does not exist: pass a folder of images or a TFRecord "
-      "folder written by facetriplet-build-tfrecords"
+      f"{what} {path} {kind}: pass a folder of images, a TFRecord folder written by "
+      f"facetriplet-build-tfrecords, or a video ({', '.join(video.EXTENSIONS)})"
     )
 
 
@@ -90,10 +96,14 @@ def embed_gallery(
   progress: bool = True,
   faces_mode: str = "largest",
   min_face: float = faces.MIN_FACE_FRACTION,
+  every_s: float = 0.5,
 ):
-  """Embeds a gallery folder or TFRecord folder; returns `embed_entries`'s triple, the kept rows
-  as `embedding.FaceEntry`s (one per face with faces_mode='all')."""
+  """Embeds a gallery folder, TFRecord folder or video (a frame every `every_s` seconds);
+  returns `embed_entries`'s triple, the kept rows as `embedding.FaceEntry`s (one per face with
+  faces_mode='all')."""
   check_source(gallery)
+  if video.is_video(gallery):
+    return video.embed_video(extractor, gallery, every_s, batch_size, progress, min_face)
   if tfrecords.is_shard_folder(gallery):
     shard_set, splits = open_records(gallery, extractor, splits)
     batches = embedding.record_batches(
@@ -146,6 +156,7 @@ def build_gallery_index(
   faces_mode: str = "auto",
   min_face: float = faces.MIN_FACE_FRACTION,
   backend: str = backends.DEFAULT,
+  every_s: float = 0.5,
   **settings: Any,
 ) -> GallerySummary:
   """Embeds `gallery` and saves an index of it (plus gallery.json) to `index_dir`, searched by
@@ -160,15 +171,18 @@ def build_gallery_index(
   start = time.time()
   faces_mode = resolve_faces(faces_mode, gallery, layout)
   embeddings, kept, problems = embed_gallery(
-    extractor, gallery, layout, splits, batch_size, workers, progress, faces_mode, min_face
+    extractor, gallery, layout, splits, batch_size, workers, progress, faces_mode, min_face, every_s
   )
   skipped = [p for p in problems if not p.kept]
   no_face = [p for p in problems if p.reason == NO_FACE]
+  if not kept and video.is_video(gallery):
+    raise UserError(f"no face found in the frames of {gallery} sampled every {every_s:g} s")
   if not kept:
     raise UserError(
       f"no usable image in gallery {gallery} ({len(skipped)} skipped): check the "
       "folder and --layout"
     )
+  layout = "video" if video.is_video(gallery) else layout
   items = [Item.of_face(e, faces_mode == "all") for e in kept]
   index = GalleryIndex.build(
     embeddings, items, extractor.fingerprint, backend, target_recall, **settings

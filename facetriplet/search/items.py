@@ -15,6 +15,11 @@ from typing import Any, Mapping, Optional
 FACE_SEPARATOR = "#"  # '<photo id>#<n>': the n-th face of a photo in an index of every face
 
 
+def frame_suffix(seconds: float) -> str:
+  """How a video frame is named after its video: 'clip.mp4@12.500s'."""
+  return f"@{seconds:.3f}s"
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One searchable face.
@@ -29,6 +34,7 @@ class Item:
     box: the face's (x, y, w, h) in the photo (None when no face was found: a centred crop).
     landmarks: the five points (x1..x5, y1..y5), when the detector gave them.
     face: the face's number in its photo (indexes of every face), else None.
+    time: for a face of a video frame, the frame's time in seconds (`path` is the video).
   """
 
   id: str
@@ -39,12 +45,14 @@ class Item:
   box: Optional[tuple[float, ...]] = None
   landmarks: Optional[tuple[float, ...]] = None
   face: Optional[int] = None
+  time: Optional[float] = None
 
   @property
   def photo(self) -> str:
-    """The photo this face belongs to (results list each photo once)."""
+    """The photo this face belongs to (results list each photo once): a video's frame is
+    '<video path>@<seconds>'."""
     if self.path:
-      return os.path.abspath(self.path)
+      return os.path.abspath(self.path) + (frame_suffix(self.time) if self.time is not None else "")
     return self.id.rsplit(FACE_SEPARATOR, 1)[0] if self.face is not None else self.id
 
   @property
@@ -65,6 +73,8 @@ class Item:
         out[key] = [round(float(v), 2) for v in getattr(self, key)]
     if self.face is not None:
       out["face"] = int(self.face)
+    if self.time is not None:
+      out["time"] = round(float(self.time), 3)
     return out
 
   @classmethod
@@ -84,6 +94,7 @@ class Item:
       box=tup("box"),
       landmarks=tup("landmarks"),
       face=int(d["face"]) if d.get("face") is not None else None,
+      time=float(d["time"]) if d.get("time") is not None else None,
     )
 
   @classmethod
@@ -93,7 +104,8 @@ class Item:
     face = int(getattr(entry, "face", 0))
     found = getattr(entry, "found", True) and getattr(entry, "box", None) is not None
     landmarks = getattr(entry, "landmarks", None)
-    path = os.path.abspath(entry.path)
+    time = getattr(entry, "time", None)
+    path = os.path.abspath(entry.path) + (frame_suffix(time) if time is not None else "")
     return cls(
       id=path + (f"{FACE_SEPARATOR}{face}" if every_face else ""),
       path=entry.path,
@@ -107,6 +119,7 @@ class Item:
         else None
       ),
       face=face if every_face else None,
+      time=float(time) if time is not None else None,
     )
 
   @classmethod

@@ -346,7 +346,7 @@ class Searcher:
       by_path: dict[str, list[str]] = {}
       for item in self.index.items:
         if item.path:
-          by_path.setdefault(item.photo, []).append(item.id)
+          by_path.setdefault(os.path.abspath(item.path), []).append(item.id)
       ids, unknown = [], []
       for key in ids_or_paths:
         if self.index.row_of(key) is not None:

@@ -1,7 +1,8 @@
 """Face thumbnails of an index's items: what the service's web page shows beside each match.
 
-A gallery photo's thumbnail is cut from the photo at the item's own path (the path recorded in
-the index when it was built, never one a caller names) around the item's face box, on request.
+A gallery photo's thumbnail is cut from the photo (or video frame) at the item's own path (the
+path recorded in the index when it was built, never one a caller names) around the item's face
+box, on request.
 An image enrolled from memory has no photo on disk: its thumbnail is cut at enrolment and kept in
 the index folder (`thumbs/<hash of the id>.jpg`, saved with the index in the same atomic write,
 checksummed like every file), and dropped when the item is removed or its person forgotten.
@@ -114,7 +115,13 @@ class Thumbnails:
         return self._cache[key]
     if not os.path.isfile(item.path):
       raise ImageError(item.path, "the photo is no longer at the path it was indexed from")
-    data = face_thumbnail(images.load_rgb(item.path), item.box)
+    if item.time is not None:  # a face of a video frame
+      from facetriplet.search import video  # pylint: disable=g-import-not-at-top
+
+      rgb = video.frame_at(item.path, item.time)
+    else:
+      rgb = images.load_rgb(item.path)
+    data = face_thumbnail(rgb, item.box)
     with self._lock:
       self._cache[key] = data
       while len(self._cache) > _CACHED:

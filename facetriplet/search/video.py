@@ -7,6 +7,10 @@ where it appears, adjacent sampled frames merged, with its best-scoring frame.
   for person in video.find_people(Searcher.open("runs/index"), "clip.mp4", every_s=0.5):
     print(person.identity, [(r.start, r.end) for r in person.ranges], person.best_time)
 
+`embed_video` embeds every face of the sampled frames as gallery rows (`facetriplet-build-index
+--gallery=clip.mp4`, `facetriplet-cluster --input=clip.mp4`): each face's item carries its
+frame's time, and is named '<video>@<seconds>s'.
+
 A face counts for an identity when its best match (one gallery photo) scores at least
 `min_score` (default: the model's calibrated threshold at `far`); faces under it are
 nobody known. A range runs from the first to the last sampled frame of an unbroken run (a frame
@@ -16,12 +20,33 @@ without the person ends it), so its ends are exact to one sampling step.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional
+import itertools
+import os
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from facetriplet.errors import UserError
-from facetriplet.search import engine
+from facetriplet.data import faces
+from facetriplet.errors import ImageError, UserError
+from facetriplet.search import embedding, engine
+from facetriplet.search.items import frame_suffix
+
+EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+def is_video(path: str) -> bool:
+  """A file named like a video (what --gallery / --input take as one)."""
+  return os.path.isfile(path) and path.lower().endswith(EXTENSIONS)
+
+
+class VideoFrame(NamedTuple):
+  """A sampled frame as an entry to embed (the fields of `layouts.ImageEntry`, and its time)."""
+
+  path: str
+  rel_path: str  # '<video file name>@<seconds>s'
+  identity: Optional[str]
+  partition: Optional[str]
+  time: float
 
 
 @dataclasses.dataclass
@@ -79,6 +104,63 @@ def frames(path: str, every_s: float = 0.5) -> Iterator[tuple[float, np.ndarray]
     capture.release()
 
 
+def frame_at(path: str, seconds: float) -> np.ndarray:
+  """The RGB frame of a video at `seconds` (the frame `frames` sampled there).
+
+  Raises:
+    ImageError: the video cannot be read there (moved, changed or too short).
+  """
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  capture = cv2.VideoCapture(path)
+  try:
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0
+    if fps and fps > 0:
+      capture.set(cv2.CAP_PROP_POS_FRAMES, round(seconds * fps))
+      ok, bgr = capture.read()
+      if ok:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+  finally:
+    capture.release()
+  raise ImageError(path, "unreadable", f"no frame at {seconds:.3f} s")
+
+
+def frame_count(path: str, every_s: float) -> int:
+  """About how many frames `frames` samples (for a progress bar)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  capture = cv2.VideoCapture(path)
+  try:
+    fps, count = capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)
+  finally:
+    capture.release()
+  return int(count // max(1, round(every_s * fps))) + 1 if fps > 0 and count > 0 else 0
+
+
+def embed_video(
+  extractor: Any,
+  path: str,
+  every_s: float = 0.5,
+  batch_size: int = 64,
+  progress: bool = True,
+  min_face: float = faces.MIN_FACE_FRACTION,
+) -> tuple[np.ndarray, list[Any], list[embedding.Problem]]:
+  """Every face of the frames sampled every `every_s` seconds, cropped and embedded as a
+  gallery is (`embedding.embed_crops`' triple; rows are FaceEntry with the frame's time)."""
+  cropper = faces.FaceCropper(extractor.crop_settings)
+  name = os.path.basename(path)
+
+  def batches():
+    sampled = frames(path, every_s)
+    while batch := list(itertools.islice(sampled, batch_size)):
+      rows = [VideoFrame(path, name + frame_suffix(t), None, None, t) for t, _ in batch]
+      # Every face of each frame (the detector batches the frames itself); none: no rows.
+      yield list(zip(rows, cropper.crop_each([rgb for _, rgb in batch], "all", min_face)))
+
+  total = frame_count(path, every_s)
+  return embedding.embed_crops(extractor, batches(), total, "skip", progress, name, True)
+
+
 def find_people(
   searcher: Any,
   path: str,
@@ -105,8 +187,8 @@ def find_people(
       return
     results = searcher.search([f for _, f in pending], k=1, min_score=min_score, faces_mode="all")
     groups = engine.split_by_image(results, len(pending))
-    for (t, frame), faces in zip(pending, groups):
-      for r in faces:
+    for (t, frame), found in zip(pending, groups):
+      for r in found:
         if not r.matches or r.box is None or r.matches[0].identity is None:
           continue
         who, score = r.matches[0].identity, r.matches[0].score

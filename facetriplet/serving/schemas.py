@@ -52,6 +52,7 @@ class MatchOut(BaseModel):
   name: str
   identity: Optional[str]
   box: Optional[list[float]] = Field(description="the matched face's x, y, w, h")
+  time: Optional[float] = Field(None, description="a video frame's time in seconds")
 
 
 class FaceAnswer(BaseModel):

@@ -69,3 +69,63 @@ def test_two_people_are_found_in_their_time_ranges(setup, tmp_path):  # noqa: F8
   answer = json.loads(proc.stdout)
   assert answer == [p.to_dict() for p in people]
   assert sorted(os.listdir(tmp_path / "seen")) == ["alice.jpg", "bob.jpg"]
+
+
+def test_a_video_is_indexed_and_clustered_frame_by_frame(setup, tmp_path):  # noqa: F811
+  from facetriplet.search import thumbnails  # pylint: disable=g-import-not-at-top
+
+  gallery = os.path.join(os.path.dirname(setup["index"]), "gallery")
+  alice = np.asarray(Image.open(os.path.join(gallery, "alice", "alice_0.png")).convert("RGB"))
+  bob = np.asarray(Image.open(os.path.join(gallery, "bob", "bob_1.png")).convert("RGB"))
+  clip = str(tmp_path / "clip.avi")
+  _write_clip(clip, [(alice, 2.0), (bob, 2.0)])
+  index_dir = str(tmp_path / "index")
+  tool = lambda name, *args: subprocess.run(  # noqa: E731
+    [os.path.join(BIN, name), *args, "--noprogress"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
+  proc = tool(
+    "facetriplet-build-index",
+    f"--model={setup['export']}",
+    f"--gallery={clip}",
+    f"--index_dir={index_dir}",
+    "--every=0.5",
+  )
+  assert proc.returncode == 0, proc.stderr
+  searcher = Searcher.open(index_dir)
+  # One face per sampled frame (this test model's detector takes the whole frame), 0 .. 3.5 s.
+  items = searcher.index.items
+  assert [i.time for i in items] == [0.5 * n for n in range(8)]
+  assert items[3].rel_path == "clip.avi@1.500s" and items[3].id == f"{clip}@1.500s#0"
+  result = searcher.search(alice, k=8)
+  alice_times = sorted(m.item.time for m in result.matches[:4])
+  assert alice_times == [0.0, 0.5, 1.0, 1.5] and result.matches[0].to_dict()["time"] <= 1.5
+  # A frame's thumbnail is cut from the video at its time: the frame written there (MJPG loss).
+  face = thumbnails.face_square(video.frame_at(clip, 2.5), None, 144)
+  frame = np.asarray(Image.fromarray(bob).resize((160, 144)))[:, 8:152]
+  assert np.abs(face.astype(float) - frame).mean() < 12
+  assert searcher.thumbs.of(items[5]) == thumbnails.face_thumbnail(
+    video.frame_at(clip, 2.5), items[5].box
+  )
+  # Clustered without labels: the first two seconds one person, the last two another.
+  out = tmp_path / "people"
+  proc = tool(
+    "facetriplet-cluster",
+    f"--input={clip}",
+    f"--model={setup['export']}",
+    f"--output={out}",
+    "--threshold=0.995",  # this test model puts the two people at 0.985, a frame at 1.0
+    "--write_folders",
+  )
+  assert proc.returncode == 0, proc.stderr
+  doc = json.loads((out / "clusters.json").read_text())
+  groups = sorted(sorted(f["time"] for f in c["faces"]) for c in doc["clusters"])
+  assert groups == [[0.0, 0.5, 1.0, 1.5], [2.0, 2.5, 3.0, 3.5]], groups
+  frames_ = sorted(os.listdir(out / "folders" / "cluster_0000"))
+  assert len(frames_) == 4 and all(
+    f.startswith("clip.avi@") and f.endswith("s.jpg") for f in frames_
+  )
+  assert Image.open(out / "folders" / "cluster_0000" / frames_[0]).size == (160, 144)
