@@ -220,6 +220,8 @@ def main(argv: Sequence[str]) -> None:
   gallery.check_source(_GALLERY.value)  # before the model loads (TensorFlow)
   if _EVERY.value <= 0:
     raise UserError(f"--every={_EVERY.value}: the seconds between sampled frames must be > 0")
+  if _RUNNER.value and video.is_video(_GALLERY.value):
+    raise UserError("--runner indexes folders of photos or TFRecords; index a video without it")
   extractor = features.make_extractor(_FEATURES.value, _model(), source=_GALLERY.value)
   logging.info(
     "build_index: gallery=%s layout=%s features=%s model=%s fingerprint=%s crop=%s "
@@ -251,8 +253,6 @@ def main(argv: Sequence[str]) -> None:
     min_face=_MIN_FACE.value,
     backend=_BACKEND.value,
   )
-  if _RUNNER.value and video.is_video(_GALLERY.value):
-    raise UserError("--runner indexes folders of photos or TFRecords; index a video without it")
   if _RUNNER.value:
     pipelines.require_beam()
     from facetriplet.search import beam_index  # pylint: disable=g-import-not-at-top

@@ -17,10 +17,8 @@ deletes items; `save` writes the index folder atomically. Searches may run from 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import threading
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -28,6 +26,7 @@ from absl import logging
 
 from facetriplet.data import faces, images, layouts
 from facetriplet.errors import ImageError, UserError
+from facetriplet.locks import ReadWriteLock
 from facetriplet.search import audit, embedding, gallery, thumbnails
 from facetriplet.search.engine import ImageLike, Match, QueryEngine, SearchResult, query_name
 from facetriplet.search.index import GalleryIndex
@@ -43,41 +42,6 @@ class AddSummary:
   already_indexed: int
   problems: list[embedding.Problem]
   rebuild_advised: str  # why the partitions should be retrained ('' when not)
-
-
-class _ReadWriteLock:
-  """Many readers (searches) or one writer (add/remove/save)."""
-
-  def __init__(self):
-    self._cond = threading.Condition()
-    self._readers = 0
-    self._writing = False
-
-  @contextlib.contextmanager
-  def read(self):
-    with self._cond:
-      while self._writing:
-        self._cond.wait()
-      self._readers += 1
-    try:
-      yield
-    finally:
-      with self._cond:
-        self._readers -= 1
-        self._cond.notify_all()
-
-  @contextlib.contextmanager
-  def write(self):
-    with self._cond:
-      while self._writing or self._readers:
-        self._cond.wait()
-      self._writing = True
-    try:
-      yield
-    finally:
-      with self._cond:
-        self._writing = False
-        self._cond.notify_all()
 
 
 def _is_many(images_: Any) -> bool:
@@ -99,7 +63,7 @@ class Searcher:
     self.engine = QueryEngine(extractor, index)
     self.audit = audit.Trail(index_dir)
     self.thumbs = thumbnails.Thumbnails(index_dir)
-    self._lock = _ReadWriteLock()
+    self._lock = ReadWriteLock()
 
   @classmethod
   def open(
@@ -386,7 +350,13 @@ class Searcher:
       self.index.remove(ids)  # UserError when nobody else would be left
       self.thumbs.drop(ids)
       self.info["items"] = len(self.index)
-      erased = {identity, *ids, *(item.photo for item in items), *(i.path for i in items)}
+      # A video's path is shared with other people's frames: only a photo's path is theirs.
+      erased = {
+        identity,
+        *ids,
+        *(i.photo for i in items),
+        *(i.path for i in items if i.time is None),
+      }
       erased.discard("")
       self.info = audit.scrub(self.info, erased, identity)
       self.audit.forget(identity, erased - {identity}, actor)
@@ -398,6 +368,12 @@ class Searcher:
 
   def contains(self, item_id: str) -> bool:
     return self.index.row_of(item_id) is not None
+
+  def thumbnail(self, item_id: str) -> Optional[bytes]:
+    """The JPEG face thumbnail of an item (`thumbnails`); None for an unknown id."""
+    with self._lock.read():  # not while an enrolment or removal renumbers the rows
+      row = self.index.row_of(item_id)
+      return self.thumbs.of(self.index.items[row]) if row is not None else None
 
   def rebuild(self) -> None:
     """Retrains the search partitions over the current items."""

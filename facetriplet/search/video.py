@@ -134,7 +134,8 @@ def frame_count(path: str, every_s: float) -> int:
     fps, count = capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)
   finally:
     capture.release()
-  return int(count // max(1, round(every_s * fps))) + 1 if fps > 0 and count > 0 else 0
+  step = max(1, round(every_s * fps)) if fps > 0 else 1
+  return int(-(-count // step)) if count > 0 else 0  # frames 0, step, 2 step, ... below count
 
 
 def embed_video(
@@ -148,6 +149,7 @@ def embed_video(
   """Every face of the frames sampled every `every_s` seconds, cropped and embedded as a
   gallery is (`embedding.embed_crops`' triple; rows are FaceEntry with the frame's time)."""
   cropper = faces.FaceCropper(extractor.crop_settings)
+  path = os.path.abspath(path)  # items name the video wherever a tool runs later
   name = os.path.basename(path)
 
   def batches():

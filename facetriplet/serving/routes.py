@@ -264,7 +264,7 @@ async def add_item(
 
 def _check_new_id(new_id: str, service: Service, searcher: Searcher) -> None:
   """An enrolment's id names an enrolment: not a path, not a gallery photo (409)."""
-  if new_id.startswith("/") or "\\" in new_id:
+  if new_id.startswith("/") or "\\" in new_id or new_id in (".", ".."):
     raise inputs.error(422, f"id {new_id!r}: ids are names, not paths (no leading / or \\)")
   row = searcher.index.row_of(new_id)
   if service.ids.is_photo(new_id) or (row is not None and searcher.index.items[row].path):
@@ -333,16 +333,17 @@ async def thumbnail(
 ) -> Response:
   """The face thumbnail of an item (its id as /search shows it): cut from the gallery photo the
   index was built from, or the one kept at enrolment; 404 for an unknown id."""
+  unknown = inputs.error(404, f"no item with id {item_id!r} in the index")
   internal = service.ids.item_id(item_id)
-  row = searcher.index.row_of(internal) if internal is not None else None
-  if row is None:
-    raise inputs.error(404, f"no item with id {item_id!r} in the index")
-  item = searcher.index.items[row]
+  if internal is None:
+    raise unknown
   try:
-    data = await run_in_threadpool(searcher.thumbs.of, item)
+    data = await run_in_threadpool(searcher.thumbnail, internal)
   except ImageError as e:
-    logging.warning("thumbnail of %s: %s", item.id, e)  # the path goes to the log only
+    logging.warning("thumbnail of %s: %s", internal, e)  # the path goes to the log only
     raise inputs.error(404, f"item {item_id!r}: its photo cannot be read ({e.reason})") from None
+  if data is None and not searcher.contains(internal):
+    raise unknown  # removed meanwhile
   if data is None:
     raise inputs.error(404, f"item {item_id!r} : no thumbnail kept (enrolled by an older version)")
   return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache"})

@@ -129,3 +129,19 @@ def test_a_video_is_indexed_and_clustered_frame_by_frame(setup, tmp_path):  # no
     f.startswith("clip.avi@") and f.endswith("s.jpg") for f in frames_
   )
   assert Image.open(out / "folders" / "cluster_0000" / frames_[0]).size == (160, 144)
+
+
+@pytest.mark.parametrize("codec,ext", [("MJPG", ".avi"), ("mp4v", ".mp4")])
+def test_a_frame_read_by_its_time_is_the_frame_sampled_there(codec, ext, tmp_path):
+  """Thumbnails and cluster folders seek to a frame by its time: every frame differs here, so a
+  seek landing one frame off (a known weakness of compressed streams) shows."""
+  path = str(tmp_path / f"count{ext}")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), 10, (64, 48))
+  for i in range(60):  # 6 s; mp4v puts a key frame every dozen frames or so
+    writer.write(np.full((48, 64, 3), 20 + 3 * i, np.uint8))
+  writer.release()
+  sampled = list(video.frames(path, 0.1))
+  assert len(sampled) == 60
+  for t, frame in sampled[::-1]:  # backwards: every seek goes back
+    np.testing.assert_array_equal(video.frame_at(path, t), frame, err_msg=f"{codec} at {t}")
+  assert video.frame_count(path, 0.5) == 12

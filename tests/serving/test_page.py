@@ -18,6 +18,8 @@ from facetriplet.serving.app import make_app
 from facetriplet.serving.server import ServerThread
 from tests.serving.test_serve import setup  # noqa: F401  (the fixture)
 
+ZED = "<i>zed</i> <img class=x src=/ onerror=document.title='pwned'>"
+
 
 @pytest.fixture(scope="module")
 def driver():
@@ -51,13 +53,20 @@ def test_page_searches_enrols_and_removes(setup, driver, tmp_path):  # noqa: F81
     assert cards[0]["identity"] == "alice" and all(c["thumbnail"] == 112 for c in cards)
     assert browser.box_shown(driver) == (reference.box is not None)
 
-    # Enrol the photo as "zed": saved to the index folder, then found first by the same photo.
-    status = browser.enrol(driver, "zed")
-    assert status.startswith("enrolled ") and "as zed" in status and "10 faces" in status, status
-    on_disk = [i for i in Searcher.open(index_dir).index.items if i.identity == "zed"]
+    # Enrol the photo under a name (markup in it is shown as text, never run as HTML): saved to
+    # the index folder, then found first by the same photo.
+    status = browser.enrol(driver, ZED)
+    assert status.startswith("enrolled ") and f"as {ZED}" in status and "10 faces" in status
+    on_disk = [i for i in Searcher.open(index_dir).index.items if i.identity == ZED]
     assert len(on_disk) == 1
     cards = browser.cards(driver)
-    assert cards[0]["identity"] == "zed" and cards[0]["id"] == on_disk[0].id
+    assert cards[0]["identity"] == ZED and cards[0]["id"] == on_disk[0].id
+    assert (
+      driver.execute_script("return document.querySelectorAll('#matches i, img.x').length") == 0
+    )
+    assert (
+      driver.execute_script("return document.querySelector('#matches .who').textContent") == ZED
+    )
     assert _scores(cards)[0] == pytest.approx(1.0, abs=2e-3) and cards[0]["thumbnail"] == 112
     shot = os.environ.get("FACETRIPLET_SCREENSHOT") or str(tmp_path / "page.png")
     assert driver.save_screenshot(shot) and os.path.getsize(shot) > 10_000
@@ -66,5 +75,6 @@ def test_page_searches_enrols_and_removes(setup, driver, tmp_path):  # noqa: F81
     status = browser.remove(driver, on_disk[0].id)
     assert status == f"removed {on_disk[0].id} · 9 faces indexed", status
     assert on_disk[0].id not in [c["id"] for c in browser.cards(driver)]
-    assert not any(i.identity == "zed" for i in Searcher.open(index_dir).index.items)
+    assert not any(i.identity == ZED for i in Searcher.open(index_dir).index.items)
     assert browser.open_page(driver, server.url).startswith("9 faces indexed")
+    assert driver.title == "facetriplet face search"  # no script in the name ever ran

@@ -60,9 +60,14 @@ function drawBox(box) {
   if (img.complete) place(); else img.onload = place;
 }
 
-async function loadThumbnail(img, id) {
+async function loadThumbnail(img, id, tries = 4) {
   try {
     const response = await fetch("/thumbnails/" + encodeURIComponent(id), { headers: headers() });
+    if (response.status === 429 && tries > 1) {  // the service's rate limit: wait as it says
+      const wait = Number(response.headers.get("Retry-After")) || 1;
+      setTimeout(() => loadThumbnail(img, id, tries - 1), wait * 1000);
+      return;
+    }
     if (!response.ok) return;
     img.src = URL.createObjectURL(await response.blob());
     img.onload = () => URL.revokeObjectURL(img.src);
