@@ -7,7 +7,8 @@ one query engine), and the report is written (`report`): metrics.json (`results`
 feature, `verification`: verification per feature, `setup`, `problems`), metrics.md, results.csv
 (each query's top results, as facetriplet-retrieve writes them; results_<feature>.csv for
 further features) and grid.png (the first queries beside their top-k; grid_<feature>.png for
-further features), all written atomically.
+further features), all written atomically. With several features, each photo is loaded,
+detected and cropped once (`embedding.CropStore`) where they share the crop settings.
 
 Verification (is a pair one person, by cosine score >= threshold) is scored beside retrieval:
 TAR at FAR 1e-1, 1e-2, 1e-3 and at `far`, the threshold for each, EER and its threshold, AUC, a
@@ -27,7 +28,7 @@ from facetriplet.evaluation import report, scoring
 from facetriplet.evaluation.scoring import Labelled, embed_set  # noqa: F401  (the public names)
 from facetriplet.evaluation.setup import EvalSetup
 from facetriplet.search import features as features_lib
-from facetriplet.search import gallery, submission
+from facetriplet.search import embedding, gallery, submission
 
 
 def evaluate(
@@ -97,6 +98,8 @@ def run(setup: EvalSetup) -> dict[str, Any]:
     features, model = (info["features"],), info["model"]
   results, verification, problems = {}, {}, {}
   clamped: dict[int, int] = {}
+  # Several features with one crop: each photo is loaded, detected and cropped once.
+  crops = embedding.CropStore() if len(features) > 1 else None
   for n, name in enumerate(features):
     if index is None:
       source = setup.queries if setup.mode == "leave_one_out" else setup.gallery
@@ -111,10 +114,11 @@ def run(setup: EvalSetup) -> dict[str, Any]:
       setup.workers,
       setup.progress,
       setup.splits,
+      crops,
     )
     if not q.entries:
       raise UserError(f"no readable query image in {setup.queries}")
-    scored = scoring.SCORERS[setup.mode](setup, extractor, q, clamped, index=index)
+    scored = scoring.SCORERS[setup.mode](setup, extractor, q, clamped, index=index, crops=crops)
     results[name], verification[name] = scored.retrieval, scored.verification
     problems[f"{name}/queries"] = scored.problems["queries"]
     problems[f"{name}/gallery"] = scored.problems["gallery"]

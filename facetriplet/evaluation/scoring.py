@@ -73,17 +73,18 @@ def embed_set(
   workers: int,
   progress: bool,
   splits: Optional[Sequence[str]] = None,
+  crops: Optional[embedding.CropStore] = None,
 ) -> Labelled:
   """Embeds a folder, TFRecord folder (`splits` of it, default all) or list file and attaches
-  identities."""
+  identities; `crops` keeps each photo's crop for the next feature with the same crop."""
   if os.path.isfile(path):
     entries = layouts.read_path_list(path)
     emb, kept, problems = embedding.embed_entries(
-      extractor, entries, batch_size, workers, progress, with_faces=True
+      extractor, entries, batch_size, workers, progress, with_faces=True, crops=crops
     )
   else:
     emb, kept, problems = gallery.embed_gallery(
-      extractor, path, layout, splits, batch_size, workers, progress
+      extractor, path, layout, splits, batch_size, workers, progress, crops=crops
     )
   return Labelled(emb, kept, [identity_of(e, labels) for e in kept], problems)
 
@@ -259,7 +260,9 @@ def _scored(
   )
 
 
-def score_gallery(setup, extractor, q: Labelled, clamped: dict[int, int], **_) -> Scored:
+def score_gallery(
+  setup, extractor, q: Labelled, clamped: dict[int, int], crops=None, **_
+) -> Scored:
   """Queries against a second labelled set, searched exactly."""
   g = embed_set(
     extractor,
@@ -270,6 +273,7 @@ def score_gallery(setup, extractor, q: Labelled, clamped: dict[int, int], **_) -
     setup.workers,
     setup.progress,
     setup.splits,
+    crops,
   )
   if not g.entries:
     raise UserError(f"the gallery {setup.gallery} has no readable image")
@@ -277,7 +281,7 @@ def score_gallery(setup, extractor, q: Labelled, clamped: dict[int, int], **_) -
 
 
 def score_index(
-  setup, extractor, q: Labelled, clamped: dict[int, int], index: Optional[GalleryIndex] = None
+  setup, extractor, q: Labelled, clamped: dict[int, int], index: Optional[GalleryIndex] = None, **_
 ) -> Scored:
   """Queries against a built index, as the index's own search answers them."""
   return _scored(setup, extractor, q, index, clamped, False)

@@ -3,15 +3,17 @@
 `embed_entries` streams image files through load -> crop (a thread pool, each thread with its own
 `FaceCropper`) -> embed, so memory holds a couple of batches of crops, never the whole gallery.
 `record_batches` does the same for TFRecords, whose records already hold the crops (decoded by
-`tfrecords.decode_image`, the decoder training uses). Unreadable files are skipped and returned
-as `Problem`s; photos without a detectable face use the fallback crop (and are reported) unless
-the crop settings say 'skip'.
+`tfrecords.decode_image`, the decoder training uses). `CropStore` keeps the crops of a set for
+reuse, so an evaluation of several features with the same crop finds each face once. Unreadable
+files are skipped and returned as `Problem`s; photos without a detectable face use the fallback
+crop (and are reported) unless the crop settings say 'skip'.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import os
 import threading
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
@@ -130,6 +132,44 @@ def iter_crops(
       yield [pair for f in pending.pop(0) for pair in f.result()]
 
 
+class CropStore:
+  """The crops of image sets, made once and handed again to every later pass over the same
+  entries with the same crop settings (the features of one evaluation). Holds every crop in
+  memory (about 40 kB a face at 112 px): for runs that embed a set several times."""
+
+  def __init__(self):
+    self._sets: dict[tuple, list[tuple[Any, Any]]] = {}
+    self.made = 0  # crops made (not reused)
+
+  def batches(
+    self,
+    entries: Sequence[Any],
+    settings,
+    batch_size: int = 64,
+    workers: int = 4,
+    faces_mode: str = "largest",
+    min_face: float = faces.MIN_FACE_FRACTION,
+  ) -> Iterator[list[tuple[Any, Any]]]:
+    """`iter_crops`' batches: made the first time, read back after."""
+    key = (
+      tuple(e.path for e in entries),
+      json.dumps(settings.to_dict(), sort_keys=True),
+      faces_mode,
+      float(min_face),
+    )
+    if key in self._sets:
+      kept = self._sets[key]
+      for start in range(0, len(kept), batch_size):
+        yield kept[start : start + batch_size]
+      return
+    made: list[tuple[Any, Any]] = []
+    for batch in iter_crops(entries, settings, batch_size, workers, faces_mode, min_face):
+      made.extend(batch)
+      self.made += len(batch)
+      yield batch
+    self._sets[key] = made  # only once the pass is complete
+
+
 def record_batches(
   shard_set: tfrecords.ShardSet, splits: Optional[Sequence[str]], size: int, batch_size: int = 64
 ) -> Iterator[list[tuple[ImageEntry, faces.CropResult]]]:
@@ -230,6 +270,7 @@ def embed_entries(
   faces_mode: str = "largest",
   min_face: float = faces.MIN_FACE_FRACTION,
   with_faces: bool = False,
+  crops: Optional[CropStore] = None,
 ) -> tuple[np.ndarray, list[Any], list[Problem]]:
   """Loads, crops (with the extractor's crop settings) and embeds images, streaming in batches.
 
@@ -243,6 +284,7 @@ def embed_entries(
     faces_mode: 'largest' (one face a photo) or 'all' (a row per face found).
     min_face: with 'all', the smallest face kept, as a fraction of the photo's short side.
     with_faces: return `FaceEntry`s (face number, box, landmarks) instead of the entries.
+    crops: where the crops are kept for reuse (or were kept by an earlier pass).
 
   Returns:
     (embeddings float32 [M, D], kept entries (M, in input order), problems): problems list the
@@ -250,9 +292,10 @@ def embed_entries(
     crop, or skipped when the crop settings say on_no_face='skip').
   """
   settings = extractor.crop_settings
+  made = crops.batches if crops is not None else iter_crops
   return embed_crops(
     extractor,
-    iter_crops(entries, settings, batch_size, workers, faces_mode, min_face),
+    made(entries, settings, batch_size, workers, faces_mode, min_face),
     len(entries),
     settings.on_no_face,
     progress,

@@ -97,10 +97,11 @@ def embed_gallery(
   faces_mode: str = "largest",
   min_face: float = faces.MIN_FACE_FRACTION,
   every_s: float = 0.5,
+  crops: Optional[embedding.CropStore] = None,
 ):
   """Embeds a gallery folder, TFRecord folder or video (a frame every `every_s` seconds);
   returns `embed_entries`'s triple, the kept rows as `embedding.FaceEntry`s (one per face with
-  faces_mode='all')."""
+  faces_mode='all'). `crops`: reuse the crops of an earlier pass (folders of images)."""
   check_source(gallery)
   if video.is_video(gallery):
     return video.embed_video(extractor, gallery, every_s, batch_size, progress, min_face)
@@ -123,6 +124,7 @@ def embed_gallery(
     faces_mode,
     min_face,
     with_faces=True,
+    crops=crops,
   )
 
 

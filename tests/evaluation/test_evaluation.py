@@ -350,3 +350,35 @@ def test_tool_reports_verification_at_the_asked_far(sets, tmp_path):
     timeout=300,
   )
   assert bad.returncode == 2 and "--far" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_several_features_find_each_face_once(sets, tmp_path, monkeypatch):
+  """Features sharing the crop settings reuse each photo's crop; every score is what the
+  feature gets when evaluated alone."""
+  from facetriplet.data import faces  # pylint: disable=g-import-not-at-top
+
+  root, export_dir, _ = sets
+  cropped = []
+  crop_each = faces.FaceCropper.crop_each
+
+  def counting(self, decoded, *args, **kwargs):
+    cropped.extend(range(len(decoded)))
+    return crop_each(self, decoded, *args, **kwargs)
+
+  monkeypatch.setattr(faces.FaceCropper, "crop_each", counting)
+  where = dict(
+    queries=os.path.join(root, "queries"),
+    gallery_dir=os.path.join(root, "gallery"),
+    grid_queries=0,
+    progress=False,
+  )
+  both = evaluation.evaluate(["embedding", "pixels"], str(tmp_path / "both"), export_dir, **where)
+  photos = sum(len(files) for _, _, files in os.walk(root + "/queries")) + sum(
+    len(files) for _, _, files in os.walk(root + "/gallery")
+  )
+  assert len(cropped) == photos  # once each, for both features
+  for name in ("embedding", "pixels"):
+    alone = evaluation.evaluate([name], str(tmp_path / name), export_dir, **where)
+    assert both["results"][name] == alone["results"][name], name
+    assert both["verification"][name] == alone["verification"][name], name
+  assert len(cropped) == 3 * photos  # alone: once per evaluation
