@@ -30,6 +30,7 @@ import argparse
 import http.client
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -165,10 +166,11 @@ class Server:
       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     line = self.proc.stdout.readline()
-    if " at http://" not in line:
+    found = re.search(r"http://[^\s/]+:[0-9]+", line)
+    if found is None:
       self.stop()
       raise SystemExit(f"the server did not start ({' '.join(cmd)}): see {log}")
-    url = line.split(" at ", 1)[1].split()[0]
+    url = found.group(0)
     self.host, port = url.removeprefix("http://").rsplit(":", 1)
     self.port = int(port)
 

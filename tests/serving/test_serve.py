@@ -558,7 +558,8 @@ def test_tool_prints_the_url_and_stops_on_ctrl_c(setup):
   try:
     line = proc.stdout.readline()
     assert "http://127.0.0.1:" in line and "9 items" in line, (line, proc.stderr.read())
-    url = line.split(" at ", 1)[1].split()[0]
+    url = re.search(r"http://127\.0\.0\.1:[0-9]+", line).group(0)
+    assert f"open {url} (API docs: {url}/docs)" in line  # the page first
     status, health = Client(url).call("GET", "/healthz")
     assert status == 200 and health["items"] == 9
     proc.send_signal(signal.SIGINT)
