@@ -13,9 +13,10 @@ whispers. The threshold is --threshold, else the model's calibrated one at --far
 
 Writes, in one step, <output>/clusters.json (each cluster, largest first, with its faces: photo,
 box), sheets/cluster_NNNN.jpg (a contact sheet of each cluster of at least --min_size faces) and,
-with --write_folders, folders/cluster_NNNN/ (links to the photos): rename those folders after the
-people and they are an identity-folder gallery (facetriplet-build-index, or enrol them). The logic
-lives in `facetriplet.search.cluster` and `facetriplet.search.cluster_output`.
+with --write_folders, folders/cluster_NNNN/ (links to the photos; a video's frames as JPEGs):
+rename those folders after the people and they are an identity-folder gallery
+(facetriplet-build-index, or enrol them). The logic lives in `facetriplet.search.cluster` and
+`facetriplet.search.cluster_output`.
 """
 
 import os
@@ -54,7 +55,9 @@ _MIN_SIZE = flags.DEFINE_integer(
   "min_size", 2, "Contact sheets and folders for clusters of at least this many faces."
 )
 _WRITE_FOLDERS = flags.DEFINE_bool(
-  "write_folders", False, "Link each cluster's photos into folders/cluster_NNNN/."
+  "write_folders",
+  False,
+  "Link each cluster's photos into folders/cluster_NNNN/ (a video's frames: written as JPEGs).",
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
@@ -126,6 +129,8 @@ def main(argv: Sequence[str]) -> None:
     )
   if _EVERY.value <= 0:
     raise UserError(f"--every={_EVERY.value}: the seconds between sampled frames must be > 0")
+  if _INPUT.value and video.is_video(_INPUT.value) and _FACES.value != "all":
+    raise UserError(f"--input={_INPUT.value} is a video: its frames are clustered with every face")
   if _INDEX.value:
     gallery.check_index(_INDEX.value)
   _check_output(_OUTPUT.value, _INPUT.value or _INDEX.value)
@@ -164,7 +169,7 @@ def main(argv: Sequence[str]) -> None:
     f"{len(found)} faces -> {len(sizes)} clusters ({int((sizes >= _MIN_SIZE.value).sum())} of "
     f"at least {_MIN_SIZE.value}, {int((sizes == 1).sum())} single faces) at threshold "
     f"{threshold:.3f}; {len(problems)} photo problem(s); {counts['sheets']} contact sheets"
-    + (f", {counts['links']} links in {counts['folders']} folders" if _WRITE_FOLDERS.value else "")
+    + (f", {counts['links']} photos in {counts['folders']} folders" if _WRITE_FOLDERS.value else "")
     + f"; {_OUTPUT.value} ({time.time() - start:.1f} s)"
   )
 

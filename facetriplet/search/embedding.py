@@ -134,12 +134,13 @@ def iter_crops(
 
 class CropStore:
   """The crops of image sets, made once and handed again to every later pass over the same
-  entries with the same crop settings (the features of one evaluation). Holds every crop in
-  memory (about 40 kB a face at 112 px): for runs that embed a set several times."""
+  entries with the same crop settings (the features of one evaluation). Holds the crops in memory
+  (about 49 kB a face at 128 px) for sets of at most `max_photos` photos; a larger set streams
+  as without a store (its faces found again by each pass)."""
 
-  def __init__(self):
+  def __init__(self, max_photos: int = 20_000):
     self._sets: dict[tuple, list[tuple[Any, Any]]] = {}
-    self.made = 0  # crops made (not reused)
+    self.max_photos = max_photos
 
   def batches(
     self,
@@ -151,8 +152,11 @@ class CropStore:
     min_face: float = faces.MIN_FACE_FRACTION,
   ) -> Iterator[list[tuple[Any, Any]]]:
     """`iter_crops`' batches: made the first time, read back after."""
+    if len(entries) > self.max_photos:
+      yield from iter_crops(entries, settings, batch_size, workers, faces_mode, min_face)
+      return
     key = (
-      tuple(e.path for e in entries),
+      tuple(tuple(e) for e in entries),  # paths, names and identities: replayed as they were
       json.dumps(settings.to_dict(), sort_keys=True),
       faces_mode,
       float(min_face),
@@ -165,7 +169,6 @@ class CropStore:
     made: list[tuple[Any, Any]] = []
     for batch in iter_crops(entries, settings, batch_size, workers, faces_mode, min_face):
       made.extend(batch)
-      self.made += len(batch)
       yield batch
     self._sets[key] = made  # only once the pass is complete
 
