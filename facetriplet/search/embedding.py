@@ -162,9 +162,7 @@ class CropStore:
       float(min_face),
     )
     if key in self._sets:
-      kept = self._sets[key]
-      for start in range(0, len(kept), batch_size):
-        yield kept[start : start + batch_size]
+      yield from chunks(self._sets[key], batch_size)
       return
     made: list[tuple[Any, Any]] = []
     for batch in iter_crops(entries, settings, batch_size, workers, faces_mode, min_face):

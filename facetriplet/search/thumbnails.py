@@ -21,6 +21,7 @@ from PIL import Image
 
 from facetriplet.data import images
 from facetriplet.errors import ImageError
+from facetriplet.search import video
 from facetriplet.search.items import Item
 
 FOLDER = "thumbs"
@@ -116,8 +117,6 @@ class Thumbnails:
     if not os.path.isfile(item.path):
       raise ImageError(item.path, "the photo is no longer at the path it was indexed from")
     if item.time is not None:  # a face of a video frame
-      from facetriplet.search import video  # pylint: disable=g-import-not-at-top
-
       rgb = video.frame_at(item.path, item.time)
     else:
       rgb = images.load_rgb(item.path)

@@ -341,11 +341,17 @@ async def thumbnail(
     data = await run_in_threadpool(searcher.thumbnail, internal)
   except ImageError as e:
     logging.warning("thumbnail of %s: %s", internal, e)  # the path goes to the log only
-    raise inputs.error(404, f"item {item_id!r}: its photo cannot be read ({e.reason})") from None
+    raise inputs.error(
+      404,
+      f"item {item_id!r}: its photo cannot be read ({e.reason}): restore the photo, or remove "
+      "the item",
+    ) from None
   if data is None and not searcher.contains(internal):
     raise unknown  # removed meanwhile
   if data is None:
-    raise inputs.error(404, f"item {item_id!r} : no thumbnail kept (enrolled by an older version)")
+    raise inputs.error(
+      404, f"item {item_id!r} has no thumbnail (enrolled by an older version): enrol it again"
+    )
   return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache"})
 
 
