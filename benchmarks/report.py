@@ -24,6 +24,7 @@ ORDER = [
   "pretrained_quality",
   "pretrained_speed",
   "detectors",
+  "mtcnn_compiled",
   "ablation_lfw",
   "ablation_orl",
   "ablation_curve",
@@ -47,9 +48,12 @@ ORDER = [
   "serve",
   "serve_photos",
   "serve_photos_before",
+  "serve_same_host",
+  "serve_two_threads",
   "soak",
   "cluster",
   "cluster_speed",
+  "evaluate_crop_once",
   "startup",
 ]
 

@@ -11,6 +11,13 @@ apart at different TensorFlow thread counts: the ingest engines run it on one th
 the gallery's by a grey level (YuNet, the default, has neither problem). The process holds one
 MTCNN (it loads TensorFlow), called by one thread at a time: TensorFlow already spreads one call
 over the cores.
+
+Speed (issue 20, point 4): the package runs its three networks eagerly, op by op; here each is
+one `tf.function` with a fixed input signature (P-Net [1, H, W, 3] for every pyramid scale,
+R-Net [N, 24, 24, 3], O-Net [N, 48, 48, 3]), traced once per process. And the image pyramid
+starts at the smallest face the caller needs (`min_face` x the short side, see `detect`) instead
+of at 20 px, with the package's count of scales corrected (mtcnn 1.0.0 keeps the 20-px count for
+any `min_face_size`, so its last scales shrink below P-Net's 12-px window and fail).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from facetriplet.errors import UserError
 _LOAD_LOCK = threading.Lock()
 _CALL_LOCK = threading.Lock()
 _MODEL: list = []
+_SMALLEST_PX = 20.0  # MTCNN's own smallest face
 
 
 def _model():
@@ -41,8 +49,66 @@ def _model():
         ) from None
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-      _MODEL.append(MTCNN(device="GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"))
+      model = MTCNN(device="GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0")
+      stages = model.stages  # the package's list: its detect_faces calls each in turn
+      stages[0] = _PNet(_compiled(tf, stages[0].model, [1, None, None, 3]))
+      for stage, side in zip(stages[1:], (24, 48)):
+        stage._model = _compiled(tf, stage.model, [None, side, side, 3])  # pylint: disable=protected-access
+      _MODEL.append(model)
     return _MODEL[0]
+
+
+def _compiled(tf, network, shape: list):
+  """`network` (a Keras model) as one tf.function of one float32 input of `shape`."""
+  return tf.function(
+    lambda x: network(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)]
+  )
+
+
+class _PNet:
+  """The package's `StagePNet` call (mtcnn 1.0.0, one photo a call) with `_pyramid`'s scales."""
+
+  def __init__(self, network):
+    self._network = network
+
+  def __call__(  # pylint: disable=unused-argument
+    self,
+    images_normalized,
+    images_oshapes,
+    min_face_size=20,
+    threshold_pnet=0.6,
+    nms_pnet1=0.5,
+    nms_pnet2=0.7,
+    **kwargs,
+  ):
+    from mtcnn.utils import bboxes, images  # pylint: disable=g-import-not-at-top
+
+    h, w = (int(v) for v in images_oshapes[0][:2])
+    found = []
+    for scale in _pyramid(h, w, min_face_size):
+      reg, cls = self._network(images.scale_images(images_normalized, scale))
+      boxes = bboxes.upscale_bboxes(
+        bboxes.generate_bounding_box(reg, cls, threshold_pnet), np.asarray([scale])
+      )
+      found.append(
+        bboxes.smart_nms_from_bboxes(boxes, threshold=nms_pnet1, method="union", initial_sort=False)
+      )
+    found = np.concatenate(found, axis=0) if found else np.empty((0, 6))
+    found = bboxes.smart_nms_from_bboxes(
+      found, threshold=nms_pnet2, method="union", initial_sort=True
+    )
+    return bboxes.resize_to_square(found)
+
+
+def _pyramid(h: int, w: int, min_face_px: float) -> np.ndarray:
+  """P-Net's scales for an h x w photo searched down to faces `min_face_px` wide: 12 / min_face_px
+  shrunk by 0.709 while the short side stays at least 12 px (the package's `build_scale_pyramid`
+  with the number of scales that fit)."""
+  scales, scale = [], 12.0 / min_face_px
+  while min(h, w) * scale >= 12:
+    scales.append(scale)
+    scale *= 0.709
+  return np.asarray(scales)
 
 
 class MtcnnDetector(base.Detector):
@@ -59,16 +125,19 @@ class MtcnnDetector(base.Detector):
   def detect(
     self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
   ) -> list[list[base.Face]]:
-    del min_face  # MTCNN's own 20-px smallest face: mtcnn 1.0.0 fails inside P-Net ("empty
-    # output" of a Conv2D) with a larger `min_face_size` on 250-px photos.
+    """Faces of each photo. The pyramid first searches faces at least 3/4 of `min_face` x the
+    short side wide; where the widest face found is under twice that (so faces a quarter of its
+    area, which `pick='center'` weighs, might be missed) or none is, the photo is searched again
+    down to MTCNN's own 20 px. The cropper uses faces `min_face` wide ('all') or the largest."""
     if not images:
       return []
     small, scales = zip(*[base.downscale(rgb) for rgb in images])
     out: list[list[base.Face]] = []
     for image, scale in zip(small, scales):
-      with _CALL_LOCK:
-        rows = self._mtcnn.detect_faces([image], output_type="numpy")
-      rows = np.asarray(rows, np.float64).reshape(-1, 16)  # image, x, y, w, h, score, 5 x, 5 y
+      smallest = max(_SMALLEST_PX, 0.75 * min_face * min(image.shape[:2]))
+      rows = self._rows(image, smallest)
+      if smallest > _SMALLEST_PX and (not len(rows) or rows[:, 3].max() < 2 * smallest):
+        rows = self._rows(image, _SMALLEST_PX)
       out.append(
         [
           base.Face(
@@ -80,6 +149,12 @@ class MtcnnDetector(base.Detector):
         ]
       )
     return out
+
+  def _rows(self, image: np.ndarray, smallest: float) -> np.ndarray:
+    """The package's rows for one photo: image, x, y, w, h, score, 5 x, 5 y."""
+    with _CALL_LOCK:
+      rows = self._mtcnn.detect_faces([image], output_type="numpy", min_face_size=smallest)
+    return np.asarray(rows, np.float64).reshape(-1, 16)
 
 
 DETECTOR = MtcnnDetector
