@@ -25,6 +25,7 @@ ORDER = [
   "pretrained_speed",
   "detectors",
   "mtcnn_compiled",
+  "landmarks_numpy",
   "ablation_lfw",
   "ablation_orl",
   "ablation_curve",

@@ -51,21 +51,28 @@ def _weights(name: str) -> list[np.ndarray]:
 def _conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
   """A 'valid' stride-1 convolution of x [H, W, C] with a Keras kernel [kh, kw, C, O]."""
   kh, kw, c, o = kernel.shape
-  cols = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(0, 1))  # oh ow C kh kw
-  oh, ow = cols.shape[:2]
-  cols = cols.transpose(0, 1, 3, 4, 2).reshape(oh * ow, kh * kw * c)
-  return _affine(cols, kernel.reshape(kh * kw * c, o), bias).reshape(oh, ow, o)
+  h, w = x.shape[:2]
+  oh, ow = h - kh + 1, w - kw + 1
+  # The im2col matrix in float64, built from kh x kw shifted views (rows in (i, j, c) order,
+  # the kernel's own), so `_affine` multiplies without another copy.
+  cols = np.empty((oh, ow, kh, kw, c), np.float64)
+  for i in range(kh):
+    for j in range(kw):
+      cols[:, :, i, j] = x[i : i + oh, j : j + ow]
+  return _affine(cols.reshape(oh * ow, kh * kw * c), kernel.reshape(kh * kw * c, o), bias).reshape(
+    oh, ow, o
+  )
 
 
 def _affine(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
   """x @ weights + bias in float64, rounded to float32. A BLAS splits a product differently at
   different thread counts: in float32 that moved a landmark by 1e-5 px between 1 and 2 threads;
   in float64 the difference stays far below float32's precision and the rounding removes it."""
-  return (x.astype(np.float64) @ weights + bias).astype(np.float32)
+  return (x.astype(np.float64, copy=False) @ weights + bias).astype(np.float32)
 
 
 def _prelu(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-  return np.maximum(x, 0) + np.minimum(x, 0) * alpha.reshape(-1).astype(np.float32)
+  return np.where(x > 0, x, x * alpha.reshape(-1).astype(np.float32, copy=False))
 
 
 def _maxpool(x: np.ndarray, size: int, stride: int, same: bool) -> np.ndarray:
@@ -76,8 +83,15 @@ def _maxpool(x: np.ndarray, size: int, stride: int, same: bool) -> np.ndarray:
     ph, pw = max((oh - 1) * stride + size - h, 0), max((ow - 1) * stride + size - w, 0)
     pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
     x = np.pad(x, pads, constant_values=-np.inf)
-  windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(0, 1))
-  return windows[::stride, ::stride].max(axis=(3, 4))
+    h, w = x.shape[:2]
+  oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+  rows = x[0 : (oh - 1) * stride + 1 : stride]
+  for i in range(1, size):
+    rows = np.maximum(rows, x[i : i + (oh - 1) * stride + 1 : stride])
+  out = rows[:, 0 : (ow - 1) * stride + 1 : stride]
+  for j in range(1, size):
+    out = np.maximum(out, rows[:, j : j + (ow - 1) * stride + 1 : stride])
+  return out
 
 
 def rnet(patch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -128,9 +142,10 @@ def patch(rgb: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
   y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
   y1i, x1i = np.ceil(y).astype(int), np.ceil(x).astype(int)
   dy, dx = (y - y0)[:, None, None], (x - x0)[None, :, None]
-  rows0, rows1 = rgb[y0].astype(np.float64), rgb[y1i].astype(np.float64)
-  top = rows0[:, x0] + (rows0[:, x1i] - rows0[:, x0]) * dx
-  bottom = rows1[:, x0] + (rows1[:, x1i] - rows1[:, x0]) * dx
+  a, b = rgb[np.ix_(y0, x0)].astype(np.float64), rgb[np.ix_(y0, x1i)].astype(np.float64)
+  c, d = rgb[np.ix_(y1i, x0)].astype(np.float64), rgb[np.ix_(y1i, x1i)].astype(np.float64)
+  top = a + (b - a) * dx
+  bottom = c + (d - c) * dx
   out[np.ix_(vy, vx)] = normalise(top + (bottom - top) * dy)
   return out
 
