@@ -84,8 +84,14 @@ class _PNet:
     from mtcnn.utils import bboxes, images  # pylint: disable=g-import-not-at-top
 
     h, w = (int(v) for v in images_oshapes[0][:2])
+    # From 20 px, the package's own scales (its count is right there; `_pyramid` keeps one more
+    # ~12-px scale for a few photo sizes), so the full search is the package's, bit for bit.
+    if min_face_size == _SMALLEST_PX:
+      scales = images.build_scale_pyramid(w, h, min_face_size, 0.709)
+    else:
+      scales = _pyramid(h, w, min_face_size)
     found = []
-    for scale in _pyramid(h, w, min_face_size):
+    for scale in scales:
       reg, cls = self._network(images.scale_images(images_normalized, scale))
       boxes = bboxes.upscale_bboxes(
         bboxes.generate_bounding_box(reg, cls, threshold_pnet), np.asarray([scale])
@@ -102,13 +108,12 @@ class _PNet:
 
 def _pyramid(h: int, w: int, min_face_px: float) -> np.ndarray:
   """P-Net's scales for an h x w photo searched down to faces `min_face_px` wide: 12 / min_face_px
-  shrunk by 0.709 while the short side stays at least 12 px (the package's `build_scale_pyramid`
-  with the number of scales that fit)."""
-  scales, scale = [], 12.0 / min_face_px
-  while min(h, w) * scale >= 12:
-    scales.append(scale)
-    scale *= 0.709
-  return np.asarray(scales)
+  times powers of 0.709, as many as keep the short side at least 12 px (the package's
+  `build_scale_pyramid` with the number of scales that fit)."""
+  first, n = 12.0 / min_face_px, 0
+  while min(h, w) * first * 0.709**n >= 12:
+    n += 1
+  return first * 0.709 ** np.arange(n)
 
 
 class MtcnnDetector(base.Detector):
