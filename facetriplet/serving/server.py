@@ -12,6 +12,7 @@ import uvicorn
 from absl import logging
 from fastapi import FastAPI
 
+from facetriplet.data import detectors
 from facetriplet.errors import UserError
 from facetriplet.search.searcher import Searcher
 from facetriplet.serving import connections, security
@@ -122,6 +123,7 @@ def serve(
       without tokens.
   """
   hosts = check_exposure(host, tokens, allowed_hosts, insecure)
+  detectors.limit_blas_threads()  # the process is the service's: requests are its parallelism
   searcher = Searcher.open(index_dir, model, features)
   app = make_app(searcher, tokens=tokens, allowed_hosts=hosts, **app_options)
   sock, url = bind(host, port)

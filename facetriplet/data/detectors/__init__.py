@@ -78,7 +78,6 @@ def limit_threads(name: str) -> None:
   per core (the ingest pool's, or a Beam runner's SDK worker), where more threads only compete
   for the same cores."""
   import cv2  # pylint: disable=g-import-not-at-top
-  import threadpoolctl  # pylint: disable=g-import-not-at-top
 
   chain = [detector_class(name)]
   while chain[-1].fallback:
@@ -92,4 +91,14 @@ def limit_threads(name: str) -> None:
     except RuntimeError:  # TensorFlow already ran in this process: keep its threads
       pass
   cv2.setNumThreads(1)
+  limit_blas_threads()
+
+
+def limit_blas_threads() -> None:
+  """One thread for the BLAS behind NumPy (YuNet's landmark networks): for a process whose
+  parallelism is its concurrent requests (the service) or one worker per core. OpenBLAS's own
+  threads spin while they wait, competing with those workers for the same cores (the service
+  answered ~14% more searches/s with one: BENCHMARKS.md, "BLAS threads in the service")."""
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+
   threadpoolctl.threadpool_limits(1, user_api="blas")
