@@ -230,15 +230,15 @@ class FaceCropper:
       and `found` is True.
     """
     _check_rgb(images)
-    found = self.detector.detect(list(images)) if images else []
+    found = self.detector.find(list(images)) if images else []
     results = []
     for rgb, faces_found in zip(images, found):
       face = self.choose(faces_found, *rgb.shape[:2])
-      results.append(
-        self.crop_face(rgb, face, self.detector.name)
-        if face is not None
-        else self._fallback_crop(rgb)
-      )
+      if face is None:
+        results.append(self._fallback_crop(rgb))
+        continue
+      face = self.detector.finish(rgb, [face])[0]  # only the chosen face is finished
+      results.append(self.crop_face(rgb, face, self.detector.name))
     return results
 
   def crop_faces(self, rgb: np.ndarray, min_face: float = MIN_FACE_FRACTION) -> list[CropResult]:
@@ -254,14 +254,12 @@ class FaceCropper:
     photo alone): [the fallback crop] (`found` False)."""
     _check_rgb(images)
     hint = min(min_face, MIN_FACE_FRACTION)
-    found = self.detector.detect(list(images), hint) if images else []
+    found = self.detector.find(list(images), hint) if images else []
     out = []
     for rgb, faces_found in zip(images, found):
-      results = self._all_faces(rgb, faces_found, min_face, self.detector.name)
+      results = self._all_faces(rgb, faces_found, min_face, self.detector)
       if not results and self.fallback is not None:
-        results = self._all_faces(
-          rgb, self.fallback.detect([rgb], hint)[0], min_face, self.fallback.name
-        )
+        results = self._all_faces(rgb, self.fallback.find([rgb], hint)[0], min_face, self.fallback)
       out.append(results or [self._centre_crop(rgb)])
     return out
 
@@ -290,10 +288,11 @@ class FaceCropper:
     return out
 
   def _all_faces(
-    self, rgb: np.ndarray, found: Sequence[Face], min_face: float, method: str
+    self, rgb: np.ndarray, found: Sequence[Face], min_face: float, detector: Detector
   ) -> list[CropResult]:
     smallest = min_face * min(rgb.shape[:2])
-    results = [self.crop_face(rgb, face, method) for face in found if face.box[2] >= smallest]
+    kept = detector.finish(rgb, [face for face in found if face.box[2] >= smallest])
+    results = [self.crop_face(rgb, face, detector.name) for face in kept]
     return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
 
   def crop_face(self, rgb: np.ndarray, face: Face, method: str) -> CropResult:
@@ -313,9 +312,9 @@ class FaceCropper:
   def _fallback_crop(self, rgb: np.ndarray) -> CropResult:
     """The fallback detector's chosen face, else the centred square."""
     if self.fallback is not None:
-      face = self.choose(self.fallback.detect([rgb])[0], *rgb.shape[:2])
+      face = self.choose(self.fallback.find([rgb])[0], *rgb.shape[:2])
       if face is not None:
-        return self.crop_face(rgb, face, self.fallback.name)
+        return self.crop_face(rgb, self.fallback.finish(rgb, [face])[0], self.fallback.name)
     return self._centre_crop(rgb)
 
   def _centre_crop(self, rgb: np.ndarray) -> CropResult:

@@ -128,3 +128,34 @@ def test_points_do_not_depend_on_numpys_thread_count(lfw_2to4):
     )
     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
   assert runs[0] == runs[1] and all(runs[0])
+
+
+def test_the_cropper_finishes_only_the_faces_it_crops(lfw_2to4, monkeypatch):
+  """O-Net (~2-5 ms a face) places the points of the faces the cropper crops, not of every face
+  YuNet finds; the crops are those of `detect`'s finished faces (the reference), byte for byte."""
+  photos = _photos(lfw_2to4, 60)
+  cropper = faces.FaceCropper(faces.CropSettings(detector="yunet"))
+  found = cropper.detector.detect(photos)  # every face the cropper may use, finished
+  found_all = cropper.detector.detect(photos, 0.1)  # ... with faces 0.1 x the short side wide
+  assert sum(len(f) > 1 for f in found) >= 3  # photos with background faces
+  calls = []
+  five_points = landmarks.five_points
+  monkeypatch.setattr(landmarks, "five_points", lambda *a: calls.append(1) or five_points(*a))
+  crops = cropper.crop_batch(photos)
+  assert len(calls) == sum(bool(f) for f in found)  # one face a photo
+  for rgb, faces_found, crop in zip(photos, found, crops):
+    if faces_found:
+      ref = cropper.crop_face(rgb, cropper.choose(faces_found, *rgb.shape[:2]), "yunet")
+      assert crop.landmarks == ref.landmarks and crop.box == ref.box
+      np.testing.assert_array_equal(crop.image, ref.image)
+  calls.clear()
+  every = cropper.crop_faces_batch(photos, 0.1)
+  for rgb, faces_found, crops_all in zip(photos, found_all, every):
+    wide = [f for f in faces_found if f.box[2] >= 0.1 * min(rgb.shape[:2])]
+    if not wide:
+      continue
+    refs = [cropper.crop_face(rgb, f, "yunet") for f in wide]
+    assert sorted(r.landmarks for r in refs) == sorted(c.landmarks for c in crops_all if c.found)
+  assert len(calls) == sum(
+    sum(f.box[2] >= 0.1 * min(rgb.shape[:2]) for f in ff) for rgb, ff in zip(photos, found_all)
+  )

@@ -76,6 +76,18 @@ class Detector(abc.ABC):
       One list of `Face`s per image (empty where none was found), in no particular order.
     """
 
+  def find(
+    self, images: Sequence[np.ndarray], min_face: float = MIN_FACE_FRACTION
+  ) -> list[list[Face]]:
+    """`detect`'s faces, with the costly last step (e.g. placing landmarks) left for `finish`:
+    the cropper finishes only the faces it crops. By default, `detect`."""
+    return self.detect(images, min_face)
+
+  def finish(self, rgb: np.ndarray, faces: Sequence[Face]) -> list[Face]:
+    """Faces of `rgb` from `find`, as `detect` gives them. By default, as they are."""
+    del rgb
+    return list(faces)
+
 
 def downscale(image: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> tuple[np.ndarray, float]:
   """A copy no larger than `max_side` for detection, and the factor applied (<= 1)."""

@@ -5,8 +5,9 @@ the faces; MTCNN's R-Net and O-Net (`landmarks`, in NumPy) place each face's fiv
 YuNet's own five points scatter about 4 px around MTCNN's (at the 112-px template): kept, they
 cost dlib_resnet 0.02 mAP@R on celeba_199 (averaging YuNet over scales and mirror images won back
 half of it); placed by O-Net on YuNet's box they rank as MTCNN's do (BENCHMARKS.md, "Face
-detectors"). YuNet's own points remain on small background faces the cropper never uses (under
-a quarter of the largest face's area and narrower than the `min_face` hint) and where O-Net
+detectors"). The cropper asks O-Net only for the faces it crops (`find`, then `finish`);
+`detect` finishes every face the cropper might use (at least a quarter of the largest face's
+area or the `min_face` hint wide). YuNet's own points remain on the others and where O-Net
 cannot sample a box.
 
 The model file `models/face_detection_yunet_2023mar.onnx` is checked against its sha256 when it
@@ -94,28 +95,49 @@ class YunetDetector(base.Detector):
   def detect(
     self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
   ) -> list[list[base.Face]]:
-    return [self._detect_one(rgb, min_face) for rgb in images]
+    """YuNet's faces, O-Net's points on those the cropper may use: at least a quarter of the
+    largest face's area (the most `pick` looks at) or `min_face` wide (where it takes every
+    face). Smaller faces in the background keep YuNet's own."""
+    out = []
+    for rgb, faces in zip(images, self.find(images, min_face)):
+      smallest = min_face * min(rgb.shape[:2])
+      largest = max((f.box[2] * f.box[3] for f in faces), default=0.0)
+      used = [
+        i
+        for i, f in enumerate(faces)
+        if f.box[2] * f.box[3] >= 0.25 * largest or f.box[2] >= smallest
+      ]
+      faces = list(faces)
+      for i, face in zip(used, self.finish(rgb, [faces[i] for i in used])):
+        faces[i] = face
+      out.append(faces)
+    return out
 
-  def _detect_one(self, rgb: np.ndarray, min_face: float) -> list[base.Face]:
+  def find(
+    self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
+  ) -> list[list[base.Face]]:
+    """YuNet's faces with its own five points (`finish` places O-Net's)."""
+    del min_face
+    return [self._find_one(rgb) for rgb in images]
+
+  def finish(self, rgb: np.ndarray, faces: Sequence[base.Face]) -> list[base.Face]:
+    """`faces` with the points MTCNN's R-Net and O-Net place on each box (~2-5 ms a face), in
+    the same downscaled copy YuNet searched; YuNet's own where a box is too small to sample."""
+    if not faces:
+      return []
+    small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
+    out = []
+    for face in faces:
+      points = landmarks.five_points(small, tuple(v * scale for v in face.box))
+      out.append(face if points is None else base.Face(face.box, points / scale, face.score))
+    return out
+
+  def _find_one(self, rgb: np.ndarray) -> list[base.Face]:
     small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
     faces = self._found(small, scale)
     if not faces and max(small.shape[:2]) > _RETRY_SIDE:
       faces = self._found(*base.downscale(rgb, _RETRY_SIDE))
-    if not faces:
-      return []
-    # O-Net costs ~5 ms a face: it places the points of every face the cropper may use (at
-    # least a quarter of the largest face's area, the most `pick` looks at, or `min_face` wide,
-    # where the cropper takes every face); smaller faces in the background keep YuNet's own.
-    smallest = min_face * min(rgb.shape[:2])
-    largest = max(f.box[2] * f.box[3] for f in faces)
-    out = []
-    for face in faces:
-      if face.box[2] * face.box[3] < 0.25 * largest and face.box[2] < smallest:
-        out.append(face)
-        continue
-      points = landmarks.five_points(small, tuple(v * scale for v in face.box))
-      out.append(face if points is None else base.Face(face.box, points / scale, face.score))
-    return out
+    return faces
 
   def _found(self, small: np.ndarray, scale: float) -> list[base.Face]:
     """YuNet's faces in `small`, a copy of the photo scaled by `scale`, in the photo's pixels."""
