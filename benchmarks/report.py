@@ -50,6 +50,7 @@ ORDER = [
   "serve_photos",
   "serve_photos_before",
   "serve_same_host",
+  "query_path_tuning",
   "serve_two_threads",
   "soak",
   "cluster",

@@ -98,7 +98,7 @@ def limit_blas_threads() -> None:
   """One thread for the BLAS behind NumPy (YuNet's landmark networks): for a process whose
   parallelism is its concurrent requests (the service) or one worker per core. OpenBLAS's own
   threads spin while they wait, competing with those workers for the same cores (the service
-  answered ~14% more searches/s with one: BENCHMARKS.md, "BLAS threads in the service")."""
+  answered ~20% more searches/s with one: BENCHMARKS.md, "The query path")."""
   import threadpoolctl  # pylint: disable=g-import-not-at-top
 
   threadpoolctl.threadpool_limits(1, user_api="blas")
