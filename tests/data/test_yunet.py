@@ -141,8 +141,12 @@ def test_the_cropper_finishes_only_the_faces_it_crops(lfw_2to4, monkeypatch):
   calls = []
   five_points = landmarks.five_points
   monkeypatch.setattr(landmarks, "five_points", lambda *a: calls.append(1) or five_points(*a))
+  copies = []
+  downscale = yunet.base.downscale
+  monkeypatch.setattr(yunet.base, "downscale", lambda *a: copies.append(1) or downscale(*a))
   crops = cropper.crop_batch(photos)
   assert len(calls) == sum(bool(f) for f in found)  # one face a photo
+  assert len(copies) == len(photos)  # O-Net works on the copy YuNet searched, not a new one
   for rgb, faces_found, crop in zip(photos, found, crops):
     if faces_found:
       ref = cropper.crop_face(rgb, cropper.choose(faces_found, *rgb.shape[:2]), "yunet")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import weakref
 from typing import Sequence
 
 import cv2
@@ -116,24 +117,33 @@ class YunetDetector(base.Detector):
   def find(
     self, images: Sequence[np.ndarray], min_face: float = base.MIN_FACE_FRACTION
   ) -> list[list[base.Face]]:
-    """YuNet's faces with its own five points (`finish` places O-Net's)."""
+    """YuNet's faces with its own five points (`finish` places O-Net's). The downscaled copies
+    searched are kept for `finish` until this thread's next call."""
     del min_face
-    return [self._find_one(rgb) for rgb in images]
+    copies = [(rgb, *base.downscale(rgb, base.DETECT_MAX_SIDE)) for rgb in images]
+    self._local.copies = [(weakref.ref(rgb), small, scale) for rgb, small, scale in copies]
+    return [self._find_one(rgb, small, scale) for rgb, small, scale in copies]
 
   def finish(self, rgb: np.ndarray, faces: Sequence[base.Face]) -> list[base.Face]:
     """`faces` with the points MTCNN's R-Net and O-Net place on each box (~2-5 ms a face), in
     the same downscaled copy YuNet searched; YuNet's own where a box is too small to sample."""
     if not faces:
       return []
-    small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
+    small, scale = self._copy(rgb)
     out = []
     for face in faces:
       points = landmarks.five_points(small, tuple(v * scale for v in face.box))
       out.append(face if points is None else base.Face(face.box, points / scale, face.score))
     return out
 
-  def _find_one(self, rgb: np.ndarray) -> list[base.Face]:
-    small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
+  def _copy(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """The copy of `rgb` that `find` searched (made again for a photo it did not see)."""
+    for ref, small, scale in getattr(self._local, "copies", ()):
+      if ref() is rgb:
+        return small, scale
+    return base.downscale(rgb, base.DETECT_MAX_SIDE)
+
+  def _find_one(self, rgb: np.ndarray, small: np.ndarray, scale: float) -> list[base.Face]:
     faces = self._found(small, scale)
     if not faces and max(small.shape[:2]) > _RETRY_SIDE:
       faces = self._found(*base.downscale(rgb, _RETRY_SIDE))
