@@ -88,6 +88,8 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.distill = ml_collections.ConfigDict()
   config.distill.teacher = ""  # '' = none; a pretrained network (dlib_resnet), workdir or export
   config.distill.weight = 1.0  # weight of the cosine distance to the teacher's embeddings
+  # Targets = the teacher's mean embedding of each crop and its mirror (test-time flip).
+  config.distill.flip_average = True
 
   config.train = ml_collections.ConfigDict()
   p = ml_collections.FieldReference(32)

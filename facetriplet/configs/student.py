@@ -1,15 +1,21 @@
 r"""A small, fast student distilled from dlib's pretrained face ResNet: the network of
-configs/lfw.py (a half-width ResNet-18-style net at 64 px) learns the teacher's embedding of every
-training photo (cosine regression) plus semi-hard triplets over the people.
+configs/lfw.py (a half-width ResNet-18-style net, here at 80 px) learns the teacher's embedding of
+every training crop (cosine regression) plus semi-hard triplets over the people.
 
-The records hold the teacher's crops (the `dlib150` preset, 150 px): the teacher embeds them as
-stored, the student resizes them to 64 px inside. Any identity folders work; the measured student
+The records hold the teacher's crops (the `dlib150` preset, 150 px); the student resizes them to
+80 px inside. Each crop comes in 8 fixed views (the crop, then 7 copies shifted, zoomed, turned
+and re-lit: benchmarks/student_views.py) and the teacher embeds every view once, so the student
+matches the teacher on the very pixels it sees. The targets are flip-averaged (the teacher's
+export with test-time flip), so flip augmentation keeps them valid and the student serves
+without test-time flip, at half the cost. Any identity folders work; the measured student
 trained on the training people of lfw_2to4 and celeba_199 together (their val people and ORL
-held out for scoring: benchmarks/bench_distill.py builds that folder):
+held out for scoring: benchmarks/student_data.py builds that folder):
 
-  facetriplet-build-tfrecords --input=<identity folders> --output=data/student_dlib \
+  python -m benchmarks.student_data --output=data/student_people
+  facetriplet-build-tfrecords --input=data/student_people --output=data/student_dlib \
       --crop_preset=dlib150 --pick=center --val_fraction=0.05
-  facetriplet-train --config=student --config.data.tfrecord_dir=data/student_dlib \
+  python -m benchmarks.student_views --input=data/student_dlib --output=data/student_views
+  facetriplet-train --config=student --config.data.tfrecord_dir=data/student_views \
       --workdir=runs/student
 
 Measured: see BENCHMARKS.md, "Face networks on real photos".
@@ -32,11 +38,13 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config = default.get_config()
   common.from_scratch_cpu(config)
   config.model.stem_pool = "on"
+  config.model.image_size = 80
   config.model.embedding_dim = 128
-  config.model.test_time_flip = True
+  config.model.test_time_flip = False
   config.distill.teacher = "dlib_resnet"
   config.distill.weight = 4.0
-  config.augment.translate = 0.05
+  config.distill.flip_average = True
+  config.augment.translate = 0.0
   config.augment.zoom = 0.0
   config.augment.rotation = 0.0
   config.augment.erasing = 0.0
@@ -44,9 +52,10 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.train.p = 32
   config.train.k = 4
   config.train.epochs = 40
+  config.train.steps_per_epoch = 43
   config.train.eval_every_epochs = 5
   config.train.warmup_epochs = 1.0
-  config.data.max_group_size = 16
+  config.data.max_group_size = 128
   if arg:
     default.apply_variant(config, arg)
     config.distill.teacher = ""

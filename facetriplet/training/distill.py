@@ -6,7 +6,11 @@ from the records' crops as stored (so the records are cut with the teacher's cro
 `dlib150` preset; the student resizes them to its own `image_size`). Those targets ride with
 their photos through the P x K pipeline (`input_pipeline.train_dataset(targets=...)`), and the
 loss adds `config.distill.weight` x the cosine distance to them to the triplet loss over the
-labels (`losses.TripletLoss(distill_weight=...)`). They are kept in the workdir
+labels (`losses.TripletLoss(distill_weight=...)`). With `config.distill.flip_average` (the
+default) a target is the mean of the teacher's embeddings of the crop and of its mirror image
+(what the teacher's export gives with test-time flip): the same target for a photo and its
+flipped copy, so flip augmentation never asks the student for two answers to one face, and the
+student can drop test-time flip at serving time. They are kept in the workdir
 (`teacher_targets.npz`, with the teacher's weights digest and the records' fingerprint), so a
 resumed run does not embed again.
 """
@@ -14,6 +18,7 @@ resumed run does not embed again.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -45,7 +50,9 @@ def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
       f"distill.teacher={source!r} is not a pretrained network "
       f"({', '.join(networks.pretrained_names())}), a workdir, a .keras file or an export"
     )
-  return (lambda x: keras_model(x, training=False).numpy()), workdir.weights_digest(keras_model)
+  # A graph, not eager calls: embedding tens of thousands of crops eagerly is several times slower.
+  graph = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
+  return (lambda x: graph(tf.constant(x)).numpy()), workdir.weights_digest(keras_model)
 
 
 def targets(
@@ -58,7 +65,8 @@ def targets(
   source = str(config.distill.teacher)
   split = config.data.train_split
   embed, digest = teacher(source)
-  key = f"{digest}:{shard_set.manifest.get('fingerprint', '')}:{split}"
+  flip = bool(config.distill.get("flip_average", True))
+  key = f"{digest}:{shard_set.manifest.get('fingerprint', '')}:{split}" + (":flip" if flip else "")
   path = run.teacher_targets_path
   if os.path.isfile(path):
     with np.load(path, allow_pickle=False) as z:
@@ -66,15 +74,30 @@ def targets(
         logging.info("distillation: %d teacher embeddings from %s", len(z["paths"]), path)
         return [str(p) for p in z["paths"]], z["targets"]
   paths, chunks = [], []
+  total, logged = shard_set.images(split), time.time()
   for batch in shard_set.decoded_batches([split], 64):
+    if time.time() - logged > 30:
+      logging.info("distillation: %s embedded %d of %d training photos", source, len(paths), total)
+      logged = time.time()
     paths += [rec["path"] for rec, _ in batch]
-    chunks.append(np.asarray(embed(np.stack([rgb for _, rgb in batch])), np.float32))
-  matrix = np.concatenate(chunks)
-  matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    crops = np.stack([rgb for _, rgb in batch])
+    rows = np.asarray(embed(crops), np.float32)
+    if flip:
+      rows = _unit(rows) + _unit(np.asarray(embed(crops[:, :, ::-1]), np.float32))
+    chunks.append(rows)
+  matrix = _unit(np.concatenate(chunks))
   tmp = f"{path}.tmp-{os.getpid()}.npz"
   np.savez(tmp, key=np.array(key), paths=np.array(paths), targets=matrix)
   os.replace(tmp, path)
   logging.info(
-    "distillation: %s embedded %d training photos (%d-d)", source, len(paths), matrix.shape[1]
+    "distillation: %s embedded %d training photos (%d-d%s)",
+    source,
+    len(paths),
+    matrix.shape[1],
+    ", flip-averaged" if flip else "",
   )
   return paths, matrix
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+  return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
