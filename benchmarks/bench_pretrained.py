@@ -22,7 +22,8 @@ descriptor is computed by the Keras port (`networks.dlib_resnet`: identical to d
 distance on the raw descriptors (dlib's own rule).
 
 Speed: faces/s through each export (`Embedder.embed`, the SavedModel's serving_default) at batch
-1 and 64, on random crops of the export's size, median of --speed_rounds rounds.
+1 and 64, on random crops of the export's size, median of --speed_rounds rounds (the models take
+turns within each round), and relative to the first model.
 
   python -m benchmarks.bench_pretrained --models=pretrained=dlib_resnet
   python -m benchmarks.bench_pretrained --sets=lfw,celeba,orl \
@@ -163,24 +164,29 @@ def set_photos(tfrecord_dir: str, split: str) -> tuple[list[str], list[str]]:
   ]
 
 
-def embed_speed(export_dir: str, rounds: int) -> dict[str, float]:
-  """faces/s through the export at batch 1 and 64 (median of `rounds`)."""
+def embed_speeds(export_dirs: Sequence[str], rounds: int) -> list[dict[str, float]]:
+  """faces/s through each export at batch 1 and 64: median of `rounds` rounds, the exports
+  taking turns within each round (so a slow spell of a shared host hits them all alike)."""
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
 
-  emb = embedder.load_embedder(export_dir, batch_size=64)
   rng = np.random.default_rng(0)
-  out = {}
-  for batch, calls in ((1, 64), (64, 4)):
-    x = rng.integers(0, 256, (batch, emb.crop_size, emb.crop_size, 3), np.uint8)
-    emb.embed(x)  # warm-up (tracing)
-    rates = []
-    for _ in range(rounds):
-      start = time.perf_counter()
-      for _ in range(calls):
-        emb.embed(x)
-      rates.append(batch * calls / (time.perf_counter() - start))
-    out[f"batch {batch}"] = statistics.median(rates)
-  return out
+  loaded = [embedder.load_embedder(d, batch_size=64) for d in export_dirs]
+  inputs = {}
+  for emb in loaded:
+    for batch in (1, 64):
+      x = rng.integers(0, 256, (batch, emb.crop_size, emb.crop_size, 3), np.uint8)
+      emb.embed(x)  # warm-up (tracing)
+      inputs[id(emb), batch] = x
+  rates: list[dict[str, list[float]]] = [{"batch 1": [], "batch 64": []} for _ in loaded]
+  for _ in range(rounds):
+    for emb, out in zip(loaded, rates):
+      for batch, calls in ((1, 64), (64, 4)):
+        x = inputs[id(emb), batch]
+        start = time.perf_counter()
+        for _ in range(calls):
+          emb.embed(x)
+        out[f"batch {batch}"].append(batch * calls / (time.perf_counter() - start))
+  return [{k: statistics.median(v) for k, v in out.items()} for out in rates]
 
 
 def _row(method: str, per_set: dict[str, dict], sets: Sequence[str]) -> list:
@@ -207,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     action="store_true",
     help="dlib's compute_face_descriptor instead of the Keras port (slow)",
   )
-  parser.add_argument("--speed_rounds", type=int, default=3)
+  parser.add_argument("--speed_rounds", type=int, default=7)
   parser.add_argument("--name_prefix", default="pretrained")
   parser.add_argument(
     "--extra_rows",
@@ -222,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   sets = [s.strip() for s in args.sets.split(",") if s.strip()]
   models = [tuple(m.split("=", 1)) for m in args.models.split(",") if m.strip()]
   root = os.path.abspath(args.workdir_root)
-  rows, speed_rows, notes = [], [], []
+  rows, speed_rows, notes, speed_models = [], [], [], []
   for name, source in models:
     export_dir = export.resolve_model(source)
     extractor = embedder.load_embedder(export_dir, batch_size=64)
@@ -239,9 +245,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sets,
       )
     )
-    speed = embed_speed(export_dir, args.speed_rounds)
+    speed_models.append((name, export_dir, extractor.crop_size))
+  speeds = embed_speeds([d for _, d, _ in speed_models], args.speed_rounds)
+  for (name, _, crop_size), speed in zip(speed_models, speeds):
+    first = speeds[0]
     speed_rows.append(
-      [name, extractor.crop_size, round(speed["batch 1"], 1), round(speed["batch 64"], 1)]
+      [name, crop_size, round(speed["batch 1"], 1), round(speed["batch 64"], 1)]
+      + [round(speed[k] / first[k], 2) for k in ("batch 1", "batch 64")]
     )
     _log(f"{name} speed: {speed}")
   if not args.skip_dlib:
@@ -292,10 +302,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   common.write_result(
     f"{args.name_prefix}_speed",
     "Embedding speed through the export (faces/s, CPU)",
-    ["model", "crop px", "batch 1", "batch 64"],
+    ["model", "crop px", "batch 1", "batch 64", "batch 1 vs first", "batch 64 vs first"],
     speed_rows,
     notes=f"Embedder.embed on random crops, median of {args.speed_rounds} rounds "
-    "(batch 1: 64 calls; batch 64: 4 calls), after one warm-up call.",
+    "(batch 1: 64 calls; batch 64: 4 calls) after one warm-up call; the models take turns "
+    f"within each round; 'vs first' = faces/s relative to {models[0][0] if models else '-'}.",
   )
   return 0
 

@@ -18,7 +18,11 @@ held out for scoring: benchmarks/student_data.py builds that folder):
   facetriplet-train --config=student --config.data.tfrecord_dir=data/student_views \
       --workdir=runs/student
 
-Measured: see BENCHMARKS.md, "Face networks on real photos".
+Measured (BENCHMARKS.md, "Face networks on real photos"): lfw_2to4 val top-1 0.516 / mAP@R 0.420
+(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), at 3.7x the teacher's faces/s at
+batch 1 and 6.1x at batch 64; 17 minutes of training on 2 CPU cores. Its cosine to the teacher
+is the same on unseen photos as on its training photos (0.94): more epochs did not help, a
+bigger student would (at a cost in speed).
 
 Smoke variant (seconds): `--config=student:smoke`.
 """
