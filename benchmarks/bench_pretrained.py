@@ -165,28 +165,39 @@ def set_photos(tfrecord_dir: str, split: str) -> tuple[list[str], list[str]]:
 
 
 def embed_speeds(export_dirs: Sequence[str], rounds: int) -> list[dict[str, float]]:
-  """faces/s through each export at batch 1 and 64: median of `rounds` rounds, the exports
-  taking turns within each round (so a slow spell of a shared host hits them all alike)."""
+  """faces/s through each export at batch 1 and 64 (median of `rounds` rounds), and relative to
+  the first export ('vs first': the median of the per-round ratios). The exports take turns
+  within each round, starting one further each round, so a slow spell of a shared host hits
+  them alike."""
   from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   loaded = [embedder.load_embedder(d, batch_size=64) for d in export_dirs]
   inputs = {}
-  for emb in loaded:
+  for i, emb in enumerate(loaded):
     for batch in (1, 64):
       x = rng.integers(0, 256, (batch, emb.crop_size, emb.crop_size, 3), np.uint8)
       emb.embed(x)  # warm-up (tracing)
-      inputs[id(emb), batch] = x
-  rates: list[dict[str, list[float]]] = [{"batch 1": [], "batch 64": []} for _ in loaded]
-  for _ in range(rounds):
-    for emb, out in zip(loaded, rates):
+      inputs[i, batch] = x
+  keys = ("batch 1", "batch 64")
+  rates = [[{} for _ in loaded] for _ in range(rounds)]
+  for r in range(rounds):
+    for j in range(len(loaded)):
+      i = (j + r) % len(loaded)
       for batch, calls in ((1, 64), (64, 4)):
-        x = inputs[id(emb), batch]
         start = time.perf_counter()
         for _ in range(calls):
-          emb.embed(x)
-        out[f"batch {batch}"].append(batch * calls / (time.perf_counter() - start))
-  return [{k: statistics.median(v) for k, v in out.items()} for out in rates]
+          loaded[i].embed(inputs[i, batch])
+        rates[r][i][f"batch {batch}"] = batch * calls / (time.perf_counter() - start)
+  out = []
+  for i in range(len(loaded)):
+    row = {k: statistics.median(rates[r][i][k] for r in range(rounds)) for k in keys}
+    for k in keys:
+      row[f"{k} vs first"] = statistics.median(
+        rates[r][i][k] / rates[r][0][k] for r in range(rounds)
+      )
+    out.append(row)
+  return out
 
 
 def _row(method: str, per_set: dict[str, dict], sets: Sequence[str]) -> list:
@@ -248,10 +259,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     speed_models.append((name, export_dir, extractor.crop_size))
   speeds = embed_speeds([d for _, d, _ in speed_models], args.speed_rounds)
   for (name, _, crop_size), speed in zip(speed_models, speeds):
-    first = speeds[0]
     speed_rows.append(
-      [name, crop_size, round(speed["batch 1"], 1), round(speed["batch 64"], 1)]
-      + [round(speed[k] / first[k], 2) for k in ("batch 1", "batch 64")]
+      [name, crop_size]
+      + [round(speed[k], 1) for k in ("batch 1", "batch 64")]
+      + [round(speed[k], 2) for k in ("batch 1 vs first", "batch 64 vs first")]
     )
     _log(f"{name} speed: {speed}")
   if not args.skip_dlib:
@@ -306,7 +317,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     speed_rows,
     notes=f"Embedder.embed on random crops, median of {args.speed_rounds} rounds "
     "(batch 1: 64 calls; batch 64: 4 calls) after one warm-up call; the models take turns "
-    f"within each round; 'vs first' = faces/s relative to {models[0][0] if models else '-'}.",
+    "within each round, starting one further each round; 'vs first' = the median of the "
+    f"per-round ratios of faces/s to {models[0][0] if models else '-'}'s.",
   )
   return 0
 

@@ -2,9 +2,10 @@
 each photo of a shard folder becomes `--views` records (the crop as stored, then `--views - 1`
 copies through the project's augmentation layer: shift, zoom, rotation, brightness, contrast,
 grey), same label and identity, path `<photo>#v<k>`. The teacher then embeds every view once
-(`distill.targets`), so the student learns the teacher's answer on the very pixels it sees (a
-"consistent teacher", Beyer et al. 2022) from 8x more images than photos, without running the
-teacher inside the train step. Flip is left to training: the teacher's targets are
+(`distill.targets`), so the student learns the teacher's answer on the geometry it sees (a
+"consistent teacher", Beyer et al. 2022; training adds only flip and light brightness and
+contrast jitter, which move the teacher's answer little) from 8x more images than photos, without
+running the teacher inside the train step. Flip is left to training: the teacher's targets are
 flip-averaged, so a mirrored view has the same target.
 
   python -m benchmarks.student_views --input=runs/data/student_dlib \
@@ -50,6 +51,9 @@ def main() -> int:
 
   shard_set = tfrecords.ShardSet.open(args.input)
   manifest = dict(shard_set.manifest)
+  if os.path.isdir(args.output) and os.listdir(args.output):
+    # Training reads every shard file in the folder: leftovers of another run would mix in.
+    raise SystemExit(f"{args.output} is not empty: remove it or pick a new --output")
   os.makedirs(args.output, exist_ok=True)
   layer = augment.build_augmentation(VIEW_AUGMENT, seed=args.seed)
 
@@ -85,6 +89,12 @@ def main() -> int:
     info["images"] = sum(s["records"] for s in shards)
     splits[split] = info
   manifest["splits"] = splits
+  viewed = {g for shard in splits.get(args.split, {}).get("shards", []) for g, _ in shard["groups"]}
+  labels = manifest.get("labels", {})
+  manifest["identity_counts"] = {
+    k: v * (args.views if labels.get(k) in viewed else 1)
+    for k, v in manifest.get("identity_counts", {}).items()
+  }
   manifest["views"] = {"count": args.views, "augment": VIEW_AUGMENT, "of": args.input}
   manifest["fingerprint"] = hashlib.sha256(
     f"{manifest['fingerprint']}:{args.views}:{sorted(VIEW_AUGMENT.items())}:{args.seed}".encode()

@@ -5,7 +5,8 @@ every training crop (cosine regression, weight 40) plus semi-hard triplets over 
 The records hold the teacher's crops (the `dlib150` preset, 150 px); the student resizes them to
 80 px inside. Each crop comes in 8 fixed views (the crop, then 7 copies shifted, zoomed, turned
 and re-lit: benchmarks/student_views.py) and the teacher embeds every view once, so the student
-matches the teacher on the very pixels it sees. The targets are flip-averaged (the teacher's
+matches the teacher on the geometry it sees (training adds only flip and light brightness and
+contrast jitter). The targets are flip-averaged (the teacher's
 export with test-time flip), so flip augmentation keeps them valid and the student serves
 without test-time flip, at half the cost. Any identity folders work; the measured student
 trained on the training people of lfw_2to4 and celeba_199 together (their val people and ORL
@@ -19,10 +20,11 @@ held out for scoring: benchmarks/student_data.py builds that folder):
       --workdir=runs/student
 
 Measured (BENCHMARKS.md, "Face networks on real photos"): lfw_2to4 val top-1 0.523 / mAP@R 0.436
-(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), at 2.7-3.7x the teacher's faces/s at
-batch 1 and 6.2x at batch 64; about 16 minutes on 2 CPU cores, the teacher's embeddings included.
-Nearly all the weight on the teacher (distill x40, triplets x1) beat x4 at every set (lfw mAP@R
-0.436 against 0.420); 120 epochs overfit the views.
+(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), at 2.7-3.8x the teacher's faces/s
+at batch 1 and 6.2x at batch 64 (batch 1 varies between runs on a shared host); about 16
+minutes on 2 CPU cores, the teacher's embeddings included. Nearly all the weight on the
+teacher (distill x40, triplets x1) beat x4 at mAP@R on every set (lfw 0.436 against 0.420);
+120 epochs overfit the views.
 
 Smoke variant (seconds): `--config=student:smoke`.
 """

@@ -24,13 +24,15 @@ from typing import Any, Callable
 import numpy as np
 from absl import logging
 
+from facetriplet import export_format
 from facetriplet.data import tfrecords
 from facetriplet.errors import UserError
 from facetriplet.training import networks, workdir
 
 
-def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-  """(embed uint8 crops [N, S, S, 3] -> float32 [N, D], a digest of the teacher's weights)."""
+def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str, bool]:
+  """(embed uint8 crops [N, S, S, 3] -> float32 [N, D], a digest of the teacher's weights,
+  whether its embeddings are already flip-averaged: an export made with test-time flip)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   if source in networks.pretrained_names() and not os.path.exists(source):
@@ -41,7 +43,8 @@ def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     loaded = tf.saved_model.load(source)
     fn = loaded.signatures["serving_default"]
     digest = workdir.arrays_digest([v.numpy() for v in loaded.model_variables])
-    return (lambda x: fn(images=tf.constant(x))["embeddings"].numpy()), digest
+    flipped = bool(export_format.read_metadata(source).get("test_time_flip", False))
+    return (lambda x: fn(images=tf.constant(x))["embeddings"].numpy()), digest, flipped
   elif os.path.exists(source):
     checkpoint = source if source.endswith(".keras") else workdir.resolve_checkpoint(source)
     keras_model = workdir.load_checkpoint(checkpoint)
@@ -52,7 +55,7 @@ def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     )
   # A graph, not eager calls: embedding tens of thousands of crops eagerly is several times slower.
   graph = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
-  return (lambda x: graph(tf.constant(x)).numpy()), workdir.weights_digest(keras_model)
+  return (lambda x: graph(tf.constant(x)).numpy()), workdir.weights_digest(keras_model), False
 
 
 def targets(
@@ -64,7 +67,7 @@ def targets(
   computed before for the same teacher and records."""
   source = str(config.distill.teacher)
   split = config.data.train_split
-  embed, digest = teacher(source)
+  embed, digest, flipped = teacher(source)
   flip = bool(config.distill.get("flip_average", True))
   key = f"{digest}:{shard_set.manifest.get('fingerprint', '')}:{split}" + (":flip" if flip else "")
   path = run.teacher_targets_path
@@ -77,12 +80,12 @@ def targets(
   total, logged = shard_set.images(split), time.time()
   for batch in shard_set.decoded_batches([split], 64):
     if time.time() - logged > 30:
-      logging.info("distillation: %s embedded %d of %d training photos", source, len(paths), total)
+      logging.info("distillation: %s embedded %d of %d training crops", source, len(paths), total)
       logged = time.time()
     paths += [rec["path"] for rec, _ in batch]
     crops = np.stack([rgb for _, rgb in batch])
     rows = np.asarray(embed(crops), np.float32)
-    if flip:
+    if flip and not flipped:  # an export with test-time flip has averaged them already
       rows = _unit(rows) + _unit(np.asarray(embed(crops[:, :, ::-1]), np.float32))
     chunks.append(rows)
   matrix = _unit(np.concatenate(chunks))
@@ -90,7 +93,7 @@ def targets(
   np.savez(tmp, key=np.array(key), paths=np.array(paths), targets=matrix)
   os.replace(tmp, path)
   logging.info(
-    "distillation: %s embedded %d training photos (%d-d%s)",
+    "distillation: %s embedded %d training crops (%d-d%s)",
     source,
     len(paths),
     matrix.shape[1],

@@ -23,10 +23,10 @@ def _unit(x):
 
 
 def test_flip_averaged_targets_are_the_teachers_mean_over_crop_and_mirror(tmp_path):
-  """Each target is unit(unit(t(x)) + unit(t(mirror x))), in record order, the same for a crop
-  and its mirror; with flip_average off it is t(x); the cached file follows the setting."""
+  """Each target is unit(unit(t(x)) + unit(t(mirror x))), in record order, over more than one
+  batch of 64; with flip_average off it is t(x); the cached file follows the setting."""
   data = str(tmp_path / "shards")
-  shard_helpers.write_dataset(data, {"train": [3, 2, 4], "val": [2]}, size=32, shards=2)
+  shard_helpers.write_dataset(data, {"train": [30, 25, 20], "val": [2]}, size=32, shards=2)
   shard_set = tfrecords.ShardSet.open(data)
   net, path = _teacher(tmp_path)
   config = config_files.load_config("default:smoke")
@@ -38,6 +38,7 @@ def test_flip_averaged_targets_are_the_teachers_mean_over_crop_and_mirror(tmp_pa
     (rec["path"], rgb) for batch in shard_set.decoded_batches(["train"]) for rec, rgb in batch
   ]
   crops = np.stack([rgb for _, rgb in records])
+  assert len(crops) > 64  # a second, smaller batch (a second trace of the teacher)
   plain = net.predict_on_batch(crops)
   mirrored = net.predict_on_batch(crops[:, :, ::-1])
   assert np.abs(plain - mirrored).max() > 1e-3  # the random teacher is not mirror-symmetric
