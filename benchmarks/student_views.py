@@ -44,6 +44,8 @@ def main() -> int:
   parser.add_argument("--split", default="train")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
+  if args.views < 1:
+    raise SystemExit(f"--views={args.views}: give 1 or more (1 = the crops as they are)")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from facetriplet.data import tfrecords  # pylint: disable=g-import-not-at-top

@@ -30,9 +30,10 @@ from facetriplet.errors import UserError
 from facetriplet.training import networks, workdir
 
 
-def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str, bool]:
-  """(embed uint8 crops [N, S, S, 3] -> float32 [N, D], a digest of the teacher's weights,
-  whether its embeddings are already flip-averaged: an export made with test-time flip)."""
+def teacher(source: str) -> tuple[Callable[..., Any], str, bool]:
+  """(the teacher as a model: `net(uint8 crops [N, S, S, 3], training=False)` -> [N, D], a
+  digest of its weights, whether its embeddings are already flip-averaged: an export made with
+  test-time flip)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   if source in networks.pretrained_names() and not os.path.exists(source):
@@ -44,7 +45,7 @@ def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str, bool]
     fn = loaded.signatures["serving_default"]
     digest = workdir.arrays_digest([v.numpy() for v in loaded.model_variables])
     flipped = bool(export_format.read_metadata(source).get("test_time_flip", False))
-    return (lambda x: fn(images=tf.constant(x))["embeddings"].numpy()), digest, flipped
+    return (lambda x, training=False: fn(images=tf.constant(x))["embeddings"]), digest, flipped
   elif os.path.exists(source):
     checkpoint = source if source.endswith(".keras") else workdir.resolve_checkpoint(source)
     keras_model = workdir.load_checkpoint(checkpoint)
@@ -55,7 +56,11 @@ def teacher(source: str) -> tuple[Callable[[np.ndarray], np.ndarray], str, bool]
     )
   # A graph, not eager calls: embedding tens of thousands of crops eagerly is several times slower.
   graph = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
-  return (lambda x: graph(tf.constant(x)).numpy()), workdir.weights_digest(keras_model), False
+  return (
+    (lambda x, training=False: graph(tf.constant(x))),
+    workdir.weights_digest(keras_model),
+    False,
+  )
 
 
 def targets(
@@ -65,9 +70,11 @@ def targets(
 ) -> tuple[list[str], np.ndarray]:
   """(record paths, teacher embeddings [N, D]) of the training split, from the workdir when
   computed before for the same teacher and records."""
+  from facetriplet.training import validation  # pylint: disable=g-import-not-at-top
+
   source = str(config.distill.teacher)
   split = config.data.train_split
-  embed, digest, flipped = teacher(source)
+  net, digest, flipped = teacher(source)
   flip = bool(config.distill.get("flip_average", True))
   key = f"{digest}:{shard_set.manifest.get('fingerprint', '')}:{split}" + (":flip" if flip else "")
   path = run.teacher_targets_path
@@ -84,11 +91,10 @@ def targets(
       logged = time.time()
     paths += [rec["path"] for rec, _ in batch]
     crops = np.stack([rgb for _, rgb in batch])
-    rows = np.asarray(embed(crops), np.float32)
-    if flip and not flipped:  # an export with test-time flip has averaged them already
-      rows = _unit(rows) + _unit(np.asarray(embed(crops[:, :, ::-1]), np.float32))
-    chunks.append(rows)
-  matrix = _unit(np.concatenate(chunks))
+    # An export made with test-time flip has averaged them already.
+    chunks.append(validation.embed_images(net, crops, flip and not flipped))
+  matrix = np.concatenate(chunks)
+  matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
   tmp = f"{path}.tmp-{os.getpid()}.npz"
   np.savez(tmp, key=np.array(key), paths=np.array(paths), targets=matrix)
   os.replace(tmp, path)
@@ -100,7 +106,3 @@ def targets(
     ", flip-averaged" if flip else "",
   )
   return paths, matrix
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-  return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
