@@ -173,15 +173,12 @@ def set_photos(tfrecord_dir: str, split: str) -> tuple[list[str], list[str]]:
   ]
 
 
-def embed_speeds(export_dirs: Sequence[str], rounds: int) -> list[dict[str, float]]:
-  """faces/s through each export at batch 1 and 64 (median of `rounds` rounds), and relative to
-  the first export ('vs first': the median of the per-round ratios). The exports take turns
-  within each round, starting one further each round, so a slow spell of a shared host hits
-  them alike."""
-  from facetriplet.search import embedder  # pylint: disable=g-import-not-at-top
-
+def embed_speeds(loaded: Sequence[Any], rounds: int) -> list[dict[str, float]]:
+  """faces/s through each loaded export (`embedder.Embedder`) at batch 1 and 64 (median of
+  `rounds` rounds), and relative to the first ('vs first': the median of the per-round ratios).
+  The exports take turns within each round, starting one further each round, so a slow spell of
+  a shared host hits them alike."""
   rng = np.random.default_rng(0)
-  loaded = [embedder.load_embedder(d, batch_size=64) for d in export_dirs]
   inputs = {}
   for i, emb in enumerate(loaded):
     for batch in (1, 64):
@@ -265,11 +262,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sets,
       )
     )
-    speed_models.append((name, export_dir, extractor.crop_size))
-  speeds = embed_speeds([d for _, d, _ in speed_models], args.speed_rounds)
-  for (name, _, crop_size), speed in zip(speed_models, speeds):
+    speed_models.append((name, extractor))
+  speeds = embed_speeds([e for _, e in speed_models], args.speed_rounds)
+  for (name, extractor), speed in zip(speed_models, speeds):
     speed_rows.append(
-      [name, crop_size]
+      [name, extractor.crop_size]
       + [round(speed[k], 1) for k in ("batch 1", "batch 64")]
       + [round(speed[k], 2) for k in ("batch 1 vs first", "batch 64 vs first")]
     )

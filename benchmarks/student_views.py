@@ -4,12 +4,12 @@ copies through the project's augmentation layer: shift, zoom, rotation, brightne
 grey), same label and identity, path `<photo>#v<k>`. The teacher then embeds every view once
 (`distill.targets`), so the student learns the teacher's answer on the geometry it sees (a
 "consistent teacher", Beyer et al. 2022; training adds only flip and light brightness and
-contrast jitter, which move the teacher's answer little) from 8x more images than photos, without
-running the teacher inside the train step. Flip is left to training: the teacher's targets are
-flip-averaged, so a mirrored view has the same target.
+contrast jitter, which move the teacher's answer little) from --views times more images than
+photos, without running the teacher inside the train step. Flip is left to training: the
+teacher's targets are flip-averaged, so a mirrored view has the same target.
 
   python -m benchmarks.student_views --input=runs/data/student_dlib \
-      --output=runs/data/student_views --views=8
+      --output=runs/data/student_views --views=32 --seed=1
 
 The val split is copied as it is (no views). The manifest is the input's with the counts
 multiplied and a new fingerprint; the crop settings stay the input's, so an export of the

@@ -103,6 +103,6 @@ def targets(
     source,
     len(paths),
     matrix.shape[1],
-    ", flip-averaged" if flip else "",
+    ", flip-averaged" if flip or flipped else "",
   )
   return paths, matrix
