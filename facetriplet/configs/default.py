@@ -44,6 +44,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.model.weights = "imagenet"  # 'imagenet', 'none' or a local weights file
   config.model.width = 1.0  # channel multiplier (resnet18 only)
   config.model.stem_pool = "auto"  # resnet18: max-pool after the stem: auto (>= 96 px)|on|off
+  config.model.blocks = 0  # resnet18: basic blocks per stage (0 = its 2; 1 = a ResNet-10)
   config.model.image_size = 112  # backbone input side (crops are resized inside)
   config.model.crop_size = 0  # the crop side S the model takes; 0 = the manifest's
   config.model.embedding_dim = 128

@@ -219,6 +219,7 @@ def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras
       m.get("weights", None),
       float(m.get("width", 1.0)),
       None if stem_pool == "auto" else stem_pool == "on",
+      int(m.get("blocks", 0) or 0),
     )
     x = backbone(x)
     if network.embedding_dim is None:

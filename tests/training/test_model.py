@@ -154,6 +154,25 @@ def test_resnet18_stem_pool_quarters_the_feature_map():
     model_lib.build_embedding_model(config)
 
 
+def test_resnet18_blocks_sets_the_depth():
+  def convs(backbone):
+    return sorted(x.name for x in backbone.layers if isinstance(x, keras.layers.Conv2D))
+
+  stem, projections = ["stem_conv"], [f"stage{s}_block1_proj" for s in (2, 3, 4)]
+  ten = networks.build("resnet18", 32, None, 0.125, blocks=1)
+  body = [f"stage{s}_block1_conv{c}" for s in (1, 2, 3, 4) for c in (1, 2)]
+  assert convs(ten) == sorted(stem + projections + body)  # a ResNet-10: 8 body convs
+  eighteen = [f"stage{s}_block{b}_conv{c}" for s in (1, 2, 3, 4) for b in (1, 2) for c in (1, 2)]
+  assert convs(networks.build("resnet18", 32, None, 0.125)) == sorted(stem + projections + eighteen)
+  config = _config(blocks=1)
+  model = model_lib.build_embedding_model(config)
+  assert convs(model.get_layer(networks.LAYER)) == convs(ten)
+  with pytest.raises(UserError, match="model.blocks=1 does not apply to vgg16"):
+    networks.build("vgg16", 32, None, blocks=1)
+  with pytest.raises(UserError, match="model.blocks=-1"):
+    networks.build("resnet18", 32, None, 0.125, blocks=-1)
+
+
 def test_every_registered_network_has_a_spec():
   for name in networks.NAMES:
     spec = networks.get(name)

@@ -31,8 +31,9 @@ class Network:
 
   Attributes:
     name: the registry name (`config.model.backbone`).
-    build: (image_size, weights, width, stem_pool) -> keras.Model from preprocessed images to
-      pooled features. `weights` is None, a named weight set of `weights`, or an existing file.
+    build: (image_size, weights, width, stem_pool, **options) -> keras.Model from preprocessed
+      images to pooled features. `weights` is None, a named weight set of `weights`, or an
+      existing file.
     preprocess: what the weights expect from [0, 255] RGB: 'caffe' (BGR minus the ImageNet mean),
       'tf' ([-1, 1]) or 'none' (normalised inside the network).
     weights: named weight sets it can load (e.g. 'imagenet').
@@ -45,6 +46,7 @@ class Network:
     calibration: for a pretrained network, the "same person" thresholds of its weights as this
       project measured them (an export's `verification`), given to its exports made with the
       preset crop and test-time flip; None when not measured.
+    options: the keyword options its build takes beyond those (e.g. resnet18's 'blocks').
   """
 
   name: str
@@ -55,6 +57,7 @@ class Network:
   crop_preset: Optional[str] = None
   embedding_dim: Optional[int] = None
   calibration: Optional[dict[str, Any]] = None
+  options: tuple[str, ...] = ()
 
 
 class Entry(NamedTuple):
@@ -121,6 +124,7 @@ def build(
   weights: Optional[str] = None,
   width: float = 1.0,
   stem_pool: Optional[bool] = None,
+  blocks: int = 0,
 ):
   """The network `name` as a keras.Model named `LAYER`, its weights checked and loaded.
 
@@ -131,6 +135,7 @@ def build(
       a local weights file of this network.
     width: channel multiplier (networks that have one).
     stem_pool: max-pool after the stem (networks that have one; None = their default).
+    blocks: blocks per stage (networks with a 'blocks' option; 0 = their default).
 
   Raises:
     UserError: unknown network, unknown weights, or a weights file that is missing or does not
@@ -156,7 +161,14 @@ def build(
       f"{name} takes {network.image_size}-px input, not {image_size}: set "
       f"--config.model.image_size={network.image_size}"
     )
-  model = network.build(int(image_size), weights, float(width), stem_pool)
+  options = {}
+  if blocks:
+    if "blocks" not in network.options or int(blocks) < 1:
+      raise UserError(
+        f"model.blocks={blocks} does not apply to {name}: set it to 0 (resnet18 takes 1 or more)"
+      )
+    options["blocks"] = int(blocks)
+  model = network.build(int(image_size), weights, float(width), stem_pool, **options)
   model.name = LAYER
   return model
 
