@@ -1,6 +1,7 @@
 r"""A small, fast student distilled from dlib's pretrained face ResNet: the network of
-configs/lfw.py (a half-width ResNet-18-style net, here at 80 px) learns the teacher's embedding of
-every training crop (cosine regression, weight 40) plus semi-hard triplets over the people (x1).
+configs/lfw.py at half its depth (a half-width ResNet-10: one basic block per stage, at 80 px)
+learns the teacher's embedding of every training crop (cosine regression, weight 40) plus
+semi-hard triplets over the people (x1).
 
 The records hold the teacher's crops (the `dlib150` preset, 150 px); the student resizes them to
 80 px inside. Each crop comes in 32 fixed views (the crop, then 31 copies shifted, zoomed, turned
@@ -20,13 +21,16 @@ held out for scoring: benchmarks/student_data.py builds that folder):
   facetriplet-train --config=student --config.data.tfrecord_dir=data/student_views \
       --workdir=runs/student
 
-Measured (BENCHMARKS.md, "Face networks on real photos"): lfw_2to4 val top-1 0.624 / mAP@R 0.534
-(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), celeba_199 val 0.787 / 0.426, orl
-1.000 / 0.856; 3.6x the teacher's faces/s at batch 1 and 6.4x at batch 64 (one run, the models
-timed in turns); about 40 minutes on 2 CPU cores (views 4.5, the teacher's embeddings 12,
-training 24). Patience pays on unseen people: with 8 views, 120 epochs instead of 40 lifted lfw
-mAP@R from 0.436 to 0.487 although the own val split (58 people, 304 photos) had stopped
-improving at epoch 40, and 32 views instead of 8 lifted it to 0.534. Nearly all the weight on
+Measured (BENCHMARKS.md, "Face networks on real photos"): lfw_2to4 val top-1 0.610 / mAP@R 0.525
+(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), celeba_199 val 0.806 / 0.424, orl
+0.998 / 0.849; 6.4x the teacher's faces/s at batch 1 and 8.7x at batch 64 (one run, the models
+timed in turns); about 37 minutes on 2 CPU cores (views 4.5, the teacher's embeddings 12,
+training 20). Depth is what a CPU pays for at batch 1 (per layer, not per pixel): the same recipe
+with two blocks per stage (ResNet-18, `--config.model.blocks=2`) reached 0.624 / 0.534 but only
+4.0x at batch 1 (5.6x at batch 64). Patience pays on unseen people: with 8 views (ResNet-18),
+120 epochs instead of 40 lifted lfw mAP@R from 0.436 to 0.487 although the own val split (58
+people, 304 photos) had stopped improving at epoch 40, and 32 views instead of 8 lifted it to
+0.534. Nearly all the weight on
 the teacher (distill x40, triplets x1) beat x4 (lfw 0.436 against 0.420 at 40 epochs); centring
 the targets (less their mean, which has norm 0.92: dlib's embeddings share one direction) lost
 (0.409).
@@ -50,6 +54,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   common.from_scratch_cpu(config)
   config.model.stem_pool = "on"
   config.model.image_size = 80
+  config.model.blocks = 1  # a ResNet-10: half the layers, 1.6x the ResNet-18's speed at batch 1
   config.model.embedding_dim = 128
   config.model.test_time_flip = False
   config.distill.teacher = "dlib_resnet"
