@@ -21,9 +21,10 @@ flip-averaged anchors (2026-12-03): celeba val 0.9761 / 0.9047 -> 0.9761 / 0.900
 0.9813 / 0.9635 -> 0.9828 / 0.9655. dlib's network has no batch-norm statistics to freeze
 (its batch norms are folded into fixed affine layers). Occlusion, zoom, rotation and grey
 augmentation, the student's fixed views, lfw_2to4's 1,006 people added, 10 epochs, weights
-halfway between start and fine-tuned (WiSE-FT), and training only those affine layers (BitFit),
-each tried on held-apart training people, did not help either. Fine-tuning pays where the new
-photos differ from the ~3M faces it was trained on; on celebrity photos they mostly do not.
+halfway between start and fine-tuned (WiSE-FT), training only those affine layers (BitFit),
+and CosFace instead of triplets, each tried on held-apart training people, did not help either.
+Fine-tuning pays where the new photos differ from the ~3M faces it was trained on; on celebrity
+photos they mostly do not.
 
 Smoke variant (seconds): `--config=celeba:smoke` (the smoke network, no pretrained weights).
 """
