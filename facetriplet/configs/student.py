@@ -22,18 +22,17 @@ held out for scoring: benchmarks/student_data.py builds that folder):
       --workdir=runs/student
 
 Measured (BENCHMARKS.md, "Face networks on real photos"): lfw_2to4 val top-1 0.610 / mAP@R 0.525
-(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), celeba_199 val 0.806 / 0.424, orl
-0.998 / 0.849; 6.4x the teacher's faces/s at batch 1 and 8.7x at batch 64 (one run, the models
-timed in turns); about 37 minutes on 2 CPU cores (views 4.5, the teacher's embeddings 12,
-training 20). Depth is what a CPU pays for at batch 1 (per layer, not per pixel): the same recipe
-with two blocks per stage (ResNet-18, `--config.model.blocks=2`) reached 0.624 / 0.534 but only
-4.0x at batch 1 (5.6x at batch 64). Patience pays on unseen people: with 8 views (ResNet-18),
-120 epochs instead of 40 lifted lfw mAP@R from 0.436 to 0.487 although the own val split (58
-people, 304 photos) had stopped improving at epoch 40, and 32 views instead of 8 lifted it to
-0.534. Nearly all the weight on
-the teacher (distill x40, triplets x1) beat x4 (lfw 0.436 against 0.420 at 40 epochs); centring
-the targets (less their mean, which has norm 0.92: dlib's embeddings share one direction) lost
-(0.409).
+(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), celeba_199 val 0.806 / 0.424, orl 0.998
+/ 0.849; 6.4x the teacher's faces/s at batch 1 and 8.7x at batch 64 (one run, the models timed in
+turns); about 37 minutes on 2 CPU cores (views 4.5, the teacher's embeddings 12, training 20).
+Depth is what a CPU pays for at batch 1 (per layer, not per pixel): the same recipe with two blocks
+per stage (ResNet-18, `--config.model.blocks=2`) reached 0.624 / 0.534 but only 4.0x at batch 1
+(5.6x at batch 64). Runs spread: the ResNet-10 trained for 160 epochs scored lfw mAP@R 0.50, under
+2x. Patience pays on unseen people: with 8 views (ResNet-18), 120 epochs instead of 40 lifted lfw
+mAP@R from 0.436 to 0.487 although the own val split (58 people, 304 photos) had stopped improving
+at epoch 40, and 32 views instead of 8 lifted it to 0.534. Nearly all the weight on the teacher
+(distill x40, triplets x1) beat x4 (lfw 0.436 against 0.420 at 40 epochs); centring the targets
+(less their mean, which has norm 0.92: dlib's embeddings share one direction) lost (0.409).
 
 Smoke variant (seconds): `--config=student:smoke`.
 """
