@@ -169,7 +169,7 @@ def test_resnet18_blocks_sets_the_depth():
   assert convs(model.get_layer(networks.LAYER)) == convs(ten)
   with pytest.raises(UserError, match="model.blocks=1 does not apply to vgg16"):
     networks.build("vgg16", 32, None, blocks=1)
-  with pytest.raises(UserError, match="model.blocks=-1"):
+  with pytest.raises(UserError, match="model.blocks=-1: set --config.model.blocks to 1 or more"):
     networks.build("resnet18", 32, None, 0.125, blocks=-1)
 
 

@@ -163,9 +163,13 @@ def build(
     )
   options = {}
   if blocks:
-    if "blocks" not in network.options or int(blocks) < 1:
+    if "blocks" not in network.options:
       raise UserError(
-        f"model.blocks={blocks} does not apply to {name}: set it to 0 (resnet18 takes 1 or more)"
+        f"model.blocks={blocks} does not apply to {name}: set --config.model.blocks=0"
+      )
+    if int(blocks) < 1:
+      raise UserError(
+        f"model.blocks={blocks}: set --config.model.blocks to 1 or more (0 = default)"
       )
     options["blocks"] = int(blocks)
   model = network.build(int(image_size), weights, float(width), stem_pool, **options)
