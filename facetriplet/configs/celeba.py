@@ -22,7 +22,9 @@ flip-averaged anchors (2026-12-03): celeba val 0.9761 / 0.9047 -> 0.9761 / 0.900
 (its batch norms are folded into fixed affine layers). Occlusion, zoom, rotation and grey
 augmentation, the student's fixed views, lfw_2to4's 1,006 people added, 10 epochs, weights
 halfway between start and fine-tuned (WiSE-FT), training only those affine layers (BitFit),
-and CosFace instead of triplets, each tried on held-apart training people, did not help either.
+CosFace instead of triplets, leaving out the training photos the start misplaces, harder
+negatives (larger P, batch-hard) and no augmentation, each tried on held-apart training people,
+did not help either. The start's own misses on the val people are no-face crops and look-alikes.
 Fine-tuning pays where the new photos differ from the ~3M faces it was trained on; on celebrity
 photos they mostly do not.
 
