@@ -47,6 +47,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.model.blocks = 0  # resnet18: basic blocks per stage (0 = its 2; 1 = a ResNet-10)
   config.model.image_size = 112  # backbone input side (crops are resized inside)
   config.model.crop_size = 0  # the crop side S the model takes; 0 = the manifest's
+  config.model.center_crop = 1.0  # fraction of the crop's side the network sees (its centre)
   config.model.embedding_dim = 128
   config.model.mixed_precision = ""  # '' | 'mixed_bfloat16' | 'mixed_float16' (GPUs)
   config.model.test_time_flip = False  # embed image + mirror, average (eval and export)

@@ -3,7 +3,8 @@
     image uint8 [N, S, S, 3]          S = the crop size (manifest `crop.crop_size`)
       -> CastToFloat                   float32 in [0, 255]
       -> Augmentation                  training only (identity at inference and export)
-      -> Resize(image_size)            only when image_size != S (bilinear, antialiased)
+      -> CenterCrop                    `model.center_crop` < 1: the middle of the crop only
+      -> Resize(image_size)            only when image_size != the side left (antialiased)
       -> BackbonePreprocess(mode)      what the backbone's ImageNet weights expect
       -> backbone (layer "backbone")   a `training.networks` name (resnet18, resnet50, ...)
       -> Dense(embedding_dim)          layer "projection" (none for a network that ends in its
@@ -175,12 +176,24 @@ def _dtype_policy(name: str) -> Iterator[None]:
     keras.config.set_dtype_policy(previous)
 
 
+def center_crop_side(size: int, fraction: Any) -> int:
+  """The side of the centre of a `size`-px crop that `model.center_crop=fraction` keeps: a
+  smaller network input then spends its pixels on the face rather than the padding around it."""
+  fraction = 1.0 if fraction is None else float(fraction)
+  if not 0.0 < fraction <= 1.0:
+    raise UserError(
+      f"model.center_crop={fraction} must be in (0, 1]: the fraction of the crop's side kept "
+      "(1 = all of it)"
+    )
+  return max(1, int(round(size * fraction)))
+
+
 def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras.Model:
   """Builds the embedding model described in the module docstring.
 
   Args:
     config: the experiment ConfigDict; reads `config.model` (backbone, weights, image_size,
-      embedding_dim, width, mixed_precision, crop_size) and `config.augment`.
+      embedding_dim, width, mixed_precision, crop_size, center_crop) and `config.augment`.
     crop_size: the crop side S of the input; defaults to `config.model.crop_size`.
 
   Returns:
@@ -188,7 +201,7 @@ def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras
 
   Raises:
     UserError: see `networks.build`; also a mixed precision policy other than '',
-      'mixed_bfloat16' or 'mixed_float16'.
+      'mixed_bfloat16' or 'mixed_float16', and a `center_crop` outside (0, 1].
   """
   m = config.model
   network = networks.get(m.backbone)
@@ -206,7 +219,10 @@ def build_embedding_model(config: Any, crop_size: Optional[int] = None) -> keras
   inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
   x = CastToFloat(name="cast")(inputs)
   x = Augmentation(augment_config, seed=seed, name="augmentation")(x)
-  if image_size != size:
+  side = center_crop_side(size, m.get("center_crop", 1.0))
+  if side != size:
+    x = keras.layers.CenterCrop(side, side, dtype="float32", name="center_crop")(x)
+  if image_size != side:
     x = Resize(image_size, name="resize")(x)
   x = BackbonePreprocess(network.preprocess, name="preprocess")(x)
   with _dtype_policy(policy):

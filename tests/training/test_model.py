@@ -173,6 +173,23 @@ def test_resnet18_blocks_sets_the_depth():
     networks.build("resnet18", 32, None, 0.125, blocks=-1)
 
 
+def test_center_crop_feeds_the_network_the_middle_of_the_crop():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+  cropped = model_lib.build_embedding_model(_config(center_crop=0.5))  # the middle 20 of 40 px
+  plain = model_lib.build_embedding_model(_config(crop_size=20))
+  assert "center_crop" not in [layer.name for layer in plain.layers]
+  plain.set_weights(cropped.get_weights())
+  expected = plain(images[:, 10:30, 10:30], training=False).numpy()
+  np.testing.assert_allclose(cropped(images, training=False).numpy(), expected, atol=1e-5)
+  images[:, :10] = 0  # the padding it never sees
+  images[:, :, 30:] = 255
+  np.testing.assert_allclose(cropped(images, training=False).numpy(), expected, atol=1e-5)
+  for bad in (0.0, 1.5):
+    with pytest.raises(UserError, match=f"model.center_crop={bad} must be in"):
+      model_lib.build_embedding_model(_config(center_crop=bad))
+
+
 def test_every_registered_network_has_a_spec():
   for name in networks.NAMES:
     spec = networks.get(name)
