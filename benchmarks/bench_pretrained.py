@@ -48,6 +48,7 @@ from benchmarks import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+MIN_SECONDS = 0.5  # the shortest timing window of embed_speeds
 # name: (input folder, layout, pick, val_fraction, split scored)
 SETS = {
   "lfw": (os.path.join(DATA, "lfw_2to4"), "folders", "center", 0.2, "val"),
@@ -173,11 +174,15 @@ def set_photos(tfrecord_dir: str, split: str) -> tuple[list[str], list[str]]:
   ]
 
 
-def embed_speeds(loaded: Sequence[Any], rounds: int) -> list[dict[str, float]]:
+def embed_speeds(
+  loaded: Sequence[Any], rounds: int, min_seconds: float = MIN_SECONDS
+) -> list[dict[str, float]]:
   """faces/s through each loaded export (`embedder.Embedder`) at batch 1 and 64 (median of
   `rounds` rounds), and relative to the first ('vs first': the median of the per-round ratios).
   The exports take turns within each round, starting one further each round, so a slow spell of
-  a shared host hits them alike."""
+  a shared host hits them alike; each timing calls one export until `min_seconds` have passed
+  (64 batch-1 calls of a small student take under 0.1 s, short enough for one slow spell to move
+  its ratio by a fifth)."""
   rng = np.random.default_rng(0)
   inputs = {}
   for i, emb in enumerate(loaded):
@@ -190,10 +195,11 @@ def embed_speeds(loaded: Sequence[Any], rounds: int) -> list[dict[str, float]]:
   for r in range(rounds):
     for j in range(len(loaded)):
       i = (j + r) % len(loaded)
-      for batch, calls in ((1, 64), (64, 4)):
-        start = time.perf_counter()
-        for _ in range(calls):
+      for batch in (1, 64):
+        calls, start = 0, time.perf_counter()
+        while calls < 2 or time.perf_counter() - start < min_seconds:
           loaded[i].embed(inputs[i, batch])
+          calls += 1
         rates[r][i][f"batch {batch}"] = batch * calls / (time.perf_counter() - start)
   out = []
   for i in range(len(loaded)):
@@ -322,8 +328,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ["model", "crop px", "batch 1", "batch 64", "batch 1 vs first", "batch 64 vs first"],
     speed_rows,
     notes=f"Embedder.embed on random crops, median of {args.speed_rounds} rounds "
-    "(batch 1: 64 calls; batch 64: 4 calls) after one warm-up call; the models take turns "
-    "within each round, starting one further each round; 'vs first' = the median of the "
+    f"(each timing: calls for at least {MIN_SECONDS} s) after one warm-up call; the models take "
+    "turns within each round, starting one further each round; 'vs first' = the median of the "
     f"per-round ratios of faces/s to {models[0][0] if models else '-'}'s.",
   )
   return 0
