@@ -3,7 +3,8 @@
 The teacher (`config.distill.teacher`: a pretrained network's name such as 'dlib_resnet', a
 training workdir, a `.keras` checkpoint or an export folder) embeds every training photo once,
 from the records' crops as stored (so the records are cut with the teacher's crop, e.g. the
-`dlib150` preset; the student resizes them to its own `image_size`). Those targets ride with
+`dlib150` preset; the student cuts them (`model.center_crop`) and resizes them to its own
+`image_size`). Those targets ride with
 their photos through the P x K pipeline (`input_pipeline.train_dataset(targets=...)`), and the
 loss adds `config.distill.weight` x the cosine distance to them to the triplet loss over the
 labels (`losses.TripletLoss(distill_weight=...)`). With `config.distill.flip_average` (the

@@ -178,7 +178,9 @@ def _dtype_policy(name: str) -> Iterator[None]:
 
 def center_crop_side(size: int, fraction: Any) -> int:
   """The side of the centre of a `size`-px crop that `model.center_crop=fraction` keeps: a
-  smaller network input then spends its pixels on the face rather than the padding around it."""
+  smaller network input then spends its pixels on the face rather than the padding around it.
+  Where `size - side` is odd, the window starts floor((size - side) / 2) px in (Keras'
+  CenterCrop), one pixel off the exact middle."""
   fraction = 1.0 if fraction is None else float(fraction)
   if not 0.0 < fraction <= 1.0:
     raise UserError(

@@ -283,7 +283,7 @@ def _train(
   )  # XLA fails under MirroredStrategy on CPU
   logging.info(
     "%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs; "
-    "peak lr %.3g; stored crops %d px -> %d px",
+    "peak lr %.3g; stored crops %d px -> %d px (middle %d px)",
     replicas,
     p,
     k,
@@ -293,6 +293,7 @@ def _train(
     peak_lr,
     crop_size,
     config.model.image_size,
+    model_lib.center_crop_side(crop_size, config.model.get("center_crop", 1.0)),
   )
 
   teacher_targets = None

@@ -173,7 +173,9 @@ def test_resnet18_blocks_sets_the_depth():
     networks.build("resnet18", 32, None, 0.125, blocks=-1)
 
 
-def test_center_crop_feeds_the_network_the_middle_of_the_crop():
+def test_center_crop_feeds_the_network_the_middle_of_the_crop(tmp_path):
+  from facetriplet.training import workdir  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
   cropped = model_lib.build_embedding_model(_config(center_crop=0.5))  # the middle 20 of 40 px
@@ -185,6 +187,10 @@ def test_center_crop_feeds_the_network_the_middle_of_the_crop():
   images[:, :10] = 0  # the padding it never sees
   images[:, :, 30:] = 255
   np.testing.assert_allclose(cropped(images, training=False).numpy(), expected, atol=1e-5)
+  path = str(tmp_path / "cropped.keras")
+  workdir.save_model_atomically(cropped, path)
+  reloaded = workdir.load_checkpoint(path)
+  np.testing.assert_allclose(reloaded(images, training=False).numpy(), expected, atol=1e-5)
   for bad in (0.0, 1.5):
     with pytest.raises(UserError, match=f"model.center_crop={bad} must be in"):
       model_lib.build_embedding_model(_config(center_crop=bad))
