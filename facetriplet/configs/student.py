@@ -58,7 +58,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   common.from_scratch_cpu(config)
   config.model.stem_pool = "on"
   config.model.image_size = 80
-  # The middle 120 of the chip's 150 px: the face, less the chip's padding, gets 80 px.
+  # The middle 120 of the chip's 150 px (the face, less most of its padding) gets the 80 px.
   config.model.center_crop = 0.8
   config.model.blocks = 1  # a ResNet-10: half the layers, 1.7x the ResNet-18's faces/s at batch 1
   config.model.embedding_dim = 128

@@ -1,19 +1,17 @@
 """Knowledge distillation: a student learns the embeddings of a teacher (`config.distill`).
 
-The teacher (`config.distill.teacher`: a pretrained network's name such as 'dlib_resnet', a
-training workdir, a `.keras` checkpoint or an export folder) embeds every training photo once,
-from the records' crops as stored (so the records are cut with the teacher's crop, e.g. the
-`dlib150` preset; the student cuts them (`model.center_crop`) and resizes them to its own
-`image_size`). Those targets ride with
-their photos through the P x K pipeline (`input_pipeline.train_dataset(targets=...)`), and the
-loss adds `config.distill.weight` x the cosine distance to them to the triplet loss over the
-labels (`losses.TripletLoss(distill_weight=...)`). With `config.distill.flip_average` (the
-default) a target is the mean of the teacher's embeddings of the crop and of its mirror image
-(what the teacher's export gives with test-time flip): the same target for a photo and its
-flipped copy, so flip augmentation never asks the student for two answers to one face, and the
-student can drop test-time flip at serving time. They are kept in the workdir
-(`teacher_targets.npz`, with the teacher's weights digest and the records' fingerprint), so a
-resumed run does not embed again.
+The teacher (`config.distill.teacher`: a pretrained network's name such as 'dlib_resnet', a training
+workdir, a `.keras` checkpoint or an export folder) embeds every training photo once, from the
+records' crops as stored (so the records are cut with the teacher's crop, e.g. the `dlib150` preset;
+the student cuts them (`model.center_crop`) and resizes them to its own `image_size`). Those targets
+ride with their photos through the P x K pipeline (`input_pipeline.train_dataset(targets=...)`), and
+the loss adds `config.distill.weight` x the cosine distance to them to the triplet loss over the
+labels (`losses.TripletLoss(distill_weight=...)`). With `config.distill.flip_average` (the default)
+a target is the mean of the teacher's embeddings of the crop and of its mirror image (what the
+teacher's export gives with test-time flip): the same target for a photo and its flipped copy, so
+flip augmentation never asks the student for two answers to one face, and the student can drop
+test-time flip at serving time. They are kept in the workdir (`teacher_targets.npz`, with the
+teacher's weights digest and the records' fingerprint), so a resumed run does not embed again.
 """
 
 from __future__ import annotations

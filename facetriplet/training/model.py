@@ -184,8 +184,8 @@ def center_crop_side(size: int, fraction: Any) -> int:
   fraction = 1.0 if fraction is None else float(fraction)
   if not 0.0 < fraction <= 1.0:
     raise UserError(
-      f"model.center_crop={fraction} must be in (0, 1]: the fraction of the crop's side kept "
-      "(1 = all of it)"
+      f"model.center_crop={fraction} must be in (0, 1]: set --config.model.center_crop to the "
+      "fraction of the crop's side the network sees (1 = all of it, 0.8 = its middle 80%)"
     )
   return max(1, int(round(size * fraction)))
 

@@ -281,9 +281,10 @@ def _train(
   jit = bool(train.jit_compile) and not (
     replicas > 1 and not tf.config.list_physical_devices("GPU")
   )  # XLA fails under MirroredStrategy on CPU
+  side = model_lib.center_crop_side(crop_size, config.model.get("center_crop", 1.0))
   logging.info(
     "%d replica(s) x P=%d x K=%d = global batch %d; %d steps/epoch x %d epochs; "
-    "peak lr %.3g; stored crops %d px -> %d px (middle %d px)",
+    "peak lr %.3g; stored crops %d px%s -> %d px",
     replicas,
     p,
     k,
@@ -292,8 +293,8 @@ def _train(
     epochs,
     peak_lr,
     crop_size,
+    f" (middle {side} px)" if side != crop_size else "",
     config.model.image_size,
-    model_lib.center_crop_side(crop_size, config.model.get("center_crop", 1.0)),
   )
 
   teacher_targets = None
