@@ -35,6 +35,7 @@ It writes benchmarks/results/pretrained_quality.json and pretrained_speed.json (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -61,12 +62,15 @@ def _log(msg: str) -> None:
   print(f"[bench_pretrained {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def records(root: str, set_name: str, crop: dict[str, Any]) -> str:
-  """TFRecords of `set_name` with `crop` (its pick replaced by the set's), cached by settings."""
+def records(root: str, set_name: str, crop: dict[str, Any], try_turned: str = "export") -> str:
+  """TFRecords of `set_name` with `crop` (its pick replaced by the set's; its try_turned by
+  `try_turned` unless that is 'export'), cached by settings."""
   from facetriplet.data import faces, ingest  # pylint: disable=g-import-not-at-top
 
   input_dir, layout, pick, val_fraction, _ = SETS[set_name]
   settings = faces.CropSettings.from_dict(dict(crop, pick=pick))
+  if try_turned != "export":
+    settings = dataclasses.replace(settings, try_turned=try_turned == "on")
   key = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
   out = os.path.join(root, "records", f"{set_name}_{key}")
   start = time.time()
@@ -83,7 +87,8 @@ def records(root: str, set_name: str, crop: dict[str, Any]) -> str:
     overwrite=True,
   )
   _log(
-    f"records {out}: {s.written} photos ({s.no_face} without a face found), "
+    f"records {out}: {s.written} photos ({s.no_face} without a face found, {s.turned} found "
+    "turned), "
     f"{time.time() - start:.0f} s"
   )
   return out
@@ -236,6 +241,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     action="store_true",
     help="dlib's compute_face_descriptor instead of the Keras port (slow)",
   )
+  parser.add_argument(
+    "--try_turned",
+    choices=("export", "on", "off"),
+    default="export",
+    help="crops of every model made with try_turned on or off, instead of each export's own "
+    "setting (exports written before try_turned existed say off)",
+  )
   parser.add_argument("--speed_rounds", type=int, default=7)
   parser.add_argument("--name_prefix", default="pretrained")
   parser.add_argument(
@@ -257,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extractor = embedder.load_embedder(export_dir, batch_size=64)
     per_set = {}
     for s in sets:
-      rec = records(root, s, extractor.metadata["crop"])
+      rec = records(root, s, extractor.metadata["crop"], args.try_turned)
       per_set[s] = score_export(extractor, rec, SETS[s][4])
       _log(f"{name} on {s}: top-1 {per_set[s]['top1']:.4f} mAP@R {per_set[s]['map@r']:.4f}")
     rows.append(
@@ -280,7 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not args.skip_dlib:
     per_cos, per_l2, missed = {}, {}, {}
     for s in sets:
-      rec = records(root, s, faces.CropSettings.preset("dlib150").to_dict())
+      rec = records(root, s, faces.CropSettings.preset("dlib150").to_dict(), args.try_turned)
       paths, labels = set_photos(rec, SETS[s][4])
       emb, missed[s] = dlib_pipeline(paths, SETS[s][2], args.dlib_reference)
       per_cos[s] = score_embeddings(emb, labels)
@@ -301,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     crop = faces.CropSettings().to_dict()
     per_set = {}
     for s in sets:
-      rec = records(root, s, crop)
+      rec = records(root, s, crop, args.try_turned)
       per_set[s] = score_export(
         classical.get_extractor("hog", faces.CropSettings.from_dict(dict(crop, pick=SETS[s][2]))),
         rec,
@@ -319,7 +331,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows,
     notes=(
       "lfw = lfw_2to4 val people (641 photos, 251 people), celeba = celeba_199 val people, "
-      "orl = all 400 photos; every photo queries the others of its set. " + " ".join(notes)
+      "orl = all 400 photos; every photo queries the others of its set. "
+      + (
+        "Crops: each export's own settings. "
+        if args.try_turned == "export"
+        else f"Crops of every model made with try_turned {args.try_turned}. "
+      )
+      + " ".join(notes)
     ),
   )
   common.write_result(

@@ -97,6 +97,14 @@ _ON_NO_FACE = flags.DEFINE_enum(
   "When no face is detected: 'center' keeps the centred square crop and marks face/found=0; "
   "'skip' leaves the photo out (listed in the manifest as rejected, reason no-face).",
 )
+_TRY_TURNED = flags.DEFINE_bool(
+  "try_turned",
+  True,
+  "Where no face is found upright, look for it in the photo turned by 90 degrees either way "
+  "and upside down (people lying down, sideways scans) and crop it upright; the manifest lists "
+  "those photos under 'turned'. --notry_turned keeps to upright faces (as folders built before "
+  "this flag did).",
+)
 _VAL_FRACTION = flags.DEFINE_float(
   "val_fraction",
   0.2,
@@ -157,6 +165,7 @@ def main(argv: Sequence[str]) -> None:
     "pick": _PICK,
     "template": _TEMPLATE,
     "align_margin": _ALIGN_MARGIN,
+    "try_turned": _TRY_TURNED,
   }
   if _CROP_PRESET.value:  # the preset's fields, then the flags given on the command line
     given = {k: f.value for k, f in chosen.items() if flags.FLAGS[f.name].present}

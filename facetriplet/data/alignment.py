@@ -5,7 +5,8 @@ A template is five points in the frame of a `side` x `side` face crop; `template
 it to the crop size and shrinks it towards the centre by `1 / (1 + 2 * align_margin)`. The
 similarity (rotation, uniform scale, shift) is fitted by least median of squares (`lmeds`,
 robust to one bad landmark) or least squares over all five (`lstsq`, as dlib fits its chips).
-Photos much larger than the crop are area-downscaled first so the warp does not alias.
+Photos much larger than the crop are area-downscaled first so the warp does not alias. A face
+with a box only is cut as a square around it (`cut_square`).
 """
 
 from __future__ import annotations
@@ -123,3 +124,26 @@ def template_points(template: str, crop_size: int, align_margin: float = 0.0) ->
   points = np.asarray(t["points"], np.float64) / t["side"] * crop_size
   centre = crop_size / 2.0
   return ((points - centre) / (1.0 + 2.0 * align_margin) + centre).astype(np.float32)
+
+
+def cut_square(rgb: np.ndarray, square: tuple[float, float, float, float], size: int) -> np.ndarray:
+  """The square (x, y, side, side) of `rgb`, black outside the image, resized to size x size."""
+  h, w = rgb.shape[:2]
+  x0, y0 = int(round(square[0])), int(round(square[1]))
+  side = max(1, int(round(square[2])))
+  x1, y1 = x0 + side, y0 + side
+  inner = rgb[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+  if inner.size == 0:
+    patch = np.zeros((side, side, 3), np.uint8)
+  else:
+    patch = cv2.copyMakeBorder(
+      inner,
+      max(0, -y0),
+      max(0, y1 - h),
+      max(0, -x0),
+      max(0, x1 - w),
+      cv2.BORDER_CONSTANT,
+      value=(0, 0, 0),
+    )
+  interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+  return np.ascontiguousarray(cv2.resize(patch, (size, size), interpolation=interp))

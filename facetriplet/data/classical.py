@@ -46,6 +46,10 @@ class ClassicalExtractor:
       f"classical:{self.name}:v{self.version}:size{size}:"
       f"crop-{c.detector}-{c.margin:g}-{c.crop_size}-{c.on_no_face}-{c.pick}-{c.template}-"
       f"{c.align_margin:g}"
+      # Fields added later name themselves where they differ from what older crops did.
+      + "".join(
+        f"-{k}={getattr(c, k)}" for k, old in faces.LATER_FIELDS.items() if getattr(c, k) != old
+      )
     )
 
   def embed(self, images: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@
 process for one worker, else in a pool of spawned processes (each with its own cropper, one thread
 each, dying with the parent). Photos go through the detector in batches of its `batch_size`;
 photos over `LARGE_PIXELS` are decoded one at a time across all workers.
-Results per task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box) | ('error',
-reason, detail): one bad photo never stops the job.
+Results per task: ('ok', jpeg, box, found, landmarks, method, turned) | ('no-face', box) |
+('error', reason, detail): one bad photo never stops the job.
 """
 
 from __future__ import annotations
@@ -114,9 +114,9 @@ def crop_chunk(
 def crop_tasks(
   cropper: faces.FaceCropper, tasks: Sequence[tuple[str, str]], max_pixels: int
 ) -> list[tuple]:
-  """Per (path, rel_path) task: ('ok', jpeg, box, found, landmarks, method) | ('no-face', box)
-  when skipped | ('error', reason, detail). The decodable photos go through the detector together
-  (MTCNN runs batched)."""
+  """Per (path, rel_path) task: ('ok', jpeg, box, found, landmarks, method, turned) |
+  ('no-face', box) when skipped | ('error', reason, detail). The decodable photos go through the
+  detector together (MTCNN runs batched)."""
   out: list[tuple] = [()] * len(tasks)
   good: list[tuple[int, Any]] = []
   # One bad photo must never stop the job: anything unexpected becomes a rejection.
@@ -149,6 +149,7 @@ def crop_tasks(
         result.found,
         result.landmarks,
         result.method,
+        result.turned,
       )
   return out
 

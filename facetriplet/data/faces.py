@@ -13,9 +13,12 @@ of side `crop_size` of it:
   towards the centre by `1 / (1 + 2 * align_margin)`) warps the photo, black outside it;
 - a face with a box only gets the square of side `max(w, h) * (1 + 2 * margin)` centred on the
   box, black outside the image;
-- where the detector finds nothing its `fallback` detector is tried (MTCNN falls back to Haar),
-  then the centred square of side min(H, W) is used (`found` False); a `whole_image` detector
-  (`none`, for sets that are already cropped) takes that centred square as the intended crop.
+- where the detector finds nothing upright it is tried on the photo turned on either side and
+  upside down (`try_turned`, `facetriplet.data.turns`: people lying down, sideways scans), and the
+  face cut upright from the turn it is surest of; then its `fallback` detector is tried (MTCNN
+  and YuNet fall back to Haar), then the centred square of side min(H, W) is used (`found`
+  False); a `whole_image` detector (`none`, for sets that are already cropped) takes that centred
+  square as the intended crop.
 `CropResult.method` says which detector made the crop ('center' for the last resort).
 
 Which face (`pick`): `largest` (default), or `center`, the face nearest the photo's centre among
@@ -30,10 +33,9 @@ import dataclasses
 import threading
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
-import cv2
 import numpy as np
 
-from facetriplet.data import alignment, detectors
+from facetriplet.data import alignment, detectors, turns
 from facetriplet.data.alignment import FITS, TEMPLATES
 from facetriplet.data.detectors import DETECT_MAX_SIDE, MIN_FACE_FRACTION, Detector, Face
 from facetriplet.data.detectors.haar import CASCADE_FILE
@@ -59,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # Fields added after the first release, with the value that reproduces older crops: written into
 # the crop settings (manifests, exports) only when they differ, so older folders stay the same run.
-_LATER_FIELDS = {"fit": "lmeds"}
+LATER_FIELDS = {"fit": "lmeds", "try_turned": False}
 # Ways a crop was made (`CropResult.method`, record `face/method`, manifest counts): the detector
 # that found the face, or 'center' when none did.
 METHODS = detectors.NAMES + ("center",)
@@ -83,6 +85,9 @@ class CropSettings:
     align_margin: zoom-out of the aligned crop: 0 puts the template's points where they are in a
       112-px ArcFace crop scaled to `crop_size`; 0.1 shrinks the face by 1/1.2 around the centre.
     fit: how the alignment is fitted (`FITS`).
+    try_turned: where the detector finds no face upright, search the photo turned by 90 degrees
+      either way and by 180 (`facetriplet.data.turns`) before the fallback detector. Settings
+      written before this field existed read as False, which is what they did.
   """
 
   detector: str = detectors.DEFAULT
@@ -93,6 +98,7 @@ class CropSettings:
   template: str = "arcface112"
   align_margin: float = 0.0
   fit: str = "lmeds"
+  try_turned: bool = True
 
   def __post_init__(self):
     detectors.check(self.detector)
@@ -110,13 +116,16 @@ class CropSettings:
       raise UserError(f"align_margin={self.align_margin} must be between 0 and 1")
     if self.fit not in FITS:
       raise UserError(f"fit={self.fit!r} is not one of {', '.join(FITS)}")
+    if not isinstance(self.try_turned, (bool, np.bool_)):
+      raise UserError(f"try_turned={self.try_turned!r} must be true or false")
+    object.__setattr__(self, "try_turned", bool(self.try_turned))
     object.__setattr__(self, "align_margin", float(self.align_margin))
     object.__setattr__(self, "margin", float(self.margin))
     object.__setattr__(self, "crop_size", int(self.crop_size))
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    for key, old in _LATER_FIELDS.items():
+    for key, old in LATER_FIELDS.items():
       if d[key] == old:
         del d[key]
     d.update(
@@ -135,7 +144,7 @@ class CropSettings:
     the crop side written as `size` (before it was called crop_size) is read as crop_size.
     """
     names = {f.name for f in dataclasses.fields(cls)}
-    d = dict(d)
+    d = {**LATER_FIELDS, **d}
     if "crop_size" not in d and "size" in d:
       d["crop_size"] = d.pop("size")
     return cls(**{k: v for k, v in d.items() if k in names})
@@ -171,6 +180,9 @@ class CropResult(NamedTuple):
     found: a face was detected (always True for a `whole_image` detector such as 'none').
     landmarks: (x1..x5, y1..y5) of the five points in source pixels, zeros without them.
     method: the detector that found the face, 'center' (none did) or 'none' (detector='none').
+    turned: degrees counterclockwise the photo was turned for the face to be found (0, 90, 180,
+      270; `CropSettings.try_turned`); the crop is upright, box and landmarks in the photo's own
+      pixels.
   """
 
   image: np.ndarray
@@ -178,6 +190,7 @@ class CropResult(NamedTuple):
   found: bool
   landmarks: tuple[float, ...] = NO_LANDMARKS
   method: str = "haar"
+  turned: int = 0
 
 
 class FaceCropper:
@@ -235,7 +248,7 @@ class FaceCropper:
     for rgb, faces_found in zip(images, found):
       face = self.choose(faces_found, *rgb.shape[:2])
       if face is None:
-        results.append(self._fallback_crop(rgb))
+        results.append(self._turned_crop(rgb) or self._fallback_crop(rgb))
         continue
       face = self.detector.finish(rgb, [face])[0]  # only the chosen face is finished
       results.append(self.crop_face(rgb, face, self.detector.name))
@@ -258,6 +271,14 @@ class FaceCropper:
     out = []
     for rgb, faces_found in zip(images, found):
       results = self._all_faces(rgb, faces_found, min_face, self.detector)
+      best = None if results else self._best_turn(rgb, hint, min_face * min(rgb.shape[:2]))
+      if best is not None:
+        k, turned, found_turned = best
+        results = [
+          turns.result_back(r, k, *rgb.shape[:2])
+          for r in self._all_faces(turned, found_turned, min_face, self.detector)
+        ]
+        results.sort(key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
       if not results and self.fallback is not None:
         results = self._all_faces(rgb, self.fallback.find([rgb], hint)[0], min_face, self.fallback)
       out.append(results or [self._centre_crop(rgb)])
@@ -306,8 +327,25 @@ class FaceCropper:
     bx, by, bw, bh = face.box
     side = max(bw, bh) * (1 + 2 * self.settings.margin)
     cx, cy = bx + bw / 2, by + bh / 2
-    image = _cut_square(rgb, (cx - side / 2, cy - side / 2, side, side), self.settings.crop_size)
+    square = (cx - side / 2, cy - side / 2, side, side)
+    image = alignment.cut_square(rgb, square, self.settings.crop_size)
     return CropResult(image, box, True, NO_LANDMARKS, method)
+
+  def _best_turn(self, rgb: np.ndarray, min_face: float, smallest: float = 0.0):
+    """`turns.best_turn` with the detector, or None when `try_turned` is off (or the detector
+    finds nothing by design)."""
+    if not self.settings.try_turned or self.detector.whole_image:
+      return None
+    return turns.best_turn(self.detector, rgb, min_face, smallest)
+
+  def _turned_crop(self, rgb: np.ndarray) -> Optional[CropResult]:
+    """The chosen face of the turn the detector is surest of, cut upright; None if none."""
+    best = self._best_turn(rgb, MIN_FACE_FRACTION)
+    if best is None:
+      return None
+    k, turned, found = best
+    face = self.detector.finish(turned, [self.choose(found, *turned.shape[:2])])[0]
+    return turns.result_back(self.crop_face(turned, face, self.detector.name), k, *rgb.shape[:2])
 
   def _fallback_crop(self, rgb: np.ndarray) -> CropResult:
     """The fallback detector's chosen face, else the centred square."""
@@ -323,7 +361,7 @@ class FaceCropper:
     h, w = rgb.shape[:2]
     side = float(min(h, w))
     box = ((w - side) / 2, (h - side) / 2, side, side)
-    image = _cut_square(rgb, box, self.settings.crop_size)
+    image = alignment.cut_square(rgb, box, self.settings.crop_size)
     whole = self.detector.whole_image
     return CropResult(
       image,
@@ -343,31 +381,6 @@ def _check_rgb(images: Sequence[np.ndarray]) -> None:
 def align(rgb: np.ndarray, points: np.ndarray, settings: CropSettings) -> np.ndarray:
   """The aligned square crop of `rgb` for five landmarks [5, 2] (x, y) in its pixels."""
   return alignment.warp(rgb, points, settings.template_points(), settings.crop_size, settings.fit)
-
-
-def _cut_square(
-  rgb: np.ndarray, square: tuple[float, float, float, float], size: int
-) -> np.ndarray:
-  """The square (x, y, side, side) of `rgb`, black outside the image, resized to size x size."""
-  h, w = rgb.shape[:2]
-  x0, y0 = int(round(square[0])), int(round(square[1]))
-  side = max(1, int(round(square[2])))
-  x1, y1 = x0 + side, y0 + side
-  inner = rgb[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
-  if inner.size == 0:
-    patch = np.zeros((side, side, 3), np.uint8)
-  else:
-    patch = cv2.copyMakeBorder(
-      inner,
-      max(0, -y0),
-      max(0, y1 - h),
-      max(0, -x0),
-      max(0, x1 - w),
-      cv2.BORDER_CONSTANT,
-      value=(0, 0, 0),
-    )
-  interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-  return np.ascontiguousarray(cv2.resize(patch, (size, size), interpolation=interp))
 
 
 _CROPPERS: dict[CropSettings, FaceCropper] = {}

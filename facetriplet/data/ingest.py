@@ -292,6 +292,7 @@ def write_planned_shard(
     "file": shard.file,
     "split": shard.split,
     "no_face": [],
+    "turned": [],
     "methods": {},
     "rejected": [],
     "identity_counts": {},
@@ -311,9 +312,11 @@ def write_planned_shard(
         {"path": entry.rel_path, "reason": "no-face", "detail": "on_no_face=skip"}
       )
       continue
-    _, jpeg, box, found, landmarks, method = result
+    _, jpeg, box, found, landmarks, method, turned = result
     if not found:
       info["no_face"].append(entry.rel_path)
+    if turned:
+      info["turned"].append(entry.rel_path)
     info["methods"][method] = info["methods"].get(method, 0) + 1
     records.append(
       tfrecords.make_example(jpeg, label, identity, entry.rel_path, box, found, landmarks, method)

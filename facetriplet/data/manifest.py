@@ -27,6 +27,7 @@ class IngestSummary:
   decoded: int = 0
   written: int = 0
   no_face: int = 0
+  turned: int = 0  # faces found only in the photo turned on its side or upside down
   fallback: int = 0  # crops made by the detector's fallback (it found no face, the fallback did)
   rejected: int = 0
   ignored_files: int = 0
@@ -58,7 +59,8 @@ class IngestSummary:
         f"images listed {self.listed}, read this run {self.decoded}, written {self.written}, "
         f"no face {self.no_face}, rejected {self.rejected}"
         + (f" ({reasons})" if reasons else "")
-        + (f", found by the fallback detector {self.fallback}" if self.fallback else ""),
+        + (f", found by the fallback detector {self.fallback}" if self.fallback else "")
+        + (f", found turned (on its side or upside down) {self.turned}" if self.turned else ""),
         f"identities {self.identities}, single-photo identities (unusable as triplet anchors) "
         f"{self.single_photo_identities}, empty identity folders {self.empty_identities}, "
         f"other files ignored {self.ignored_files}",
@@ -82,6 +84,7 @@ def assemble(
   splits: dict[str, dict[str, Any]] = {}
   identity_counts: dict[str, int] = {}
   no_face: list[str] = []
+  turned: list[str] = []
   methods: dict[str, int] = {}
   rejected = [{"path": p, "reason": r, "detail": ""} for p, r in listing.missing]
   rejected += [
@@ -101,6 +104,7 @@ def assemble(
     for identity, count in info["identity_counts"].items():
       identity_counts[identity] = identity_counts.get(identity, 0) + count
     no_face += info["no_face"]
+    turned += info.get("turned", [])
     for method, count in info.get("methods", {}).items():
       methods[method] = methods.get(method, 0) + count
     rejected += info["rejected"]
@@ -122,6 +126,8 @@ def assemble(
     "single_photo_identities": sorted(i for i, c in identity_counts.items() if c == 1),
     "empty_identities": sorted(listing.empty_identities),
     "no_face": sorted(no_face),
+    # Photos whose face was found only with the photo turned (`CropSettings.try_turned`).
+    "turned": sorted(turned),
     # How each written crop was made (faces.METHODS: the detector that found the face, its
     # fallback, or 'center'). Boxes and landmarks are in the records.
     "crop_methods": dict(sorted(methods.items())),
@@ -153,6 +159,7 @@ def summarize(
     decoded=decoded,
     written=sum(s["images"] for s in manifest["splits"].values()),
     no_face=len(manifest["no_face"]),
+    turned=len(manifest.get("turned", [])),
     fallback=_fallback_count(manifest),
     rejected=len(manifest["rejected"]),
     ignored_files=len(manifest["ignored"]),
