@@ -9,22 +9,23 @@ Build dlib-style chips (the `dlib150` preset: MTCNN landmarks, 150 px), then fin
       --workdir=runs/celeba
 
 Chosen by measurement on celeba_199 (its 159 training people; scored on its 40 val people,
-leave-one-out, test-time flip; benchmarks/bench_pretrained.py and the runs listed in
-BENCHMARKS.md, "Face networks on real photos"). The pretrained start already ranks them at top-1
-0.9761 / mAP@R 0.8979, and no fine-tuning tried here has beaten it yet: the whole network at
-peak lr 2.5e-5 with margin 0.2 fell to mAP@R 0.825; SGD at 1e-3 to 0.857; the last layer alone
-to 0.888; dlib's own pair loss (`metric_pairs`) to 0.883. The settings below lose the least
-(mAP@R 0.8959, top-1 0.9748 after one epoch): a low learning rate (peak 1e-5, AdamW), the stem
-and first blocks frozen (`frozen_until=dlib092_con`), a small margin (0.05), and the pretrained
-network's own embeddings as a distillation anchor (weight 1). Re-run on YuNet crops with
-flip-averaged anchors (2026-12-03): celeba val 0.9761 / 0.9047 -> 0.9761 / 0.9005, lfw_2to4 val
-0.9813 / 0.9635 -> 0.9828 / 0.9655. dlib's network has no batch-norm statistics to freeze
-(its batch norms are folded into fixed affine layers). Occlusion, zoom, rotation and grey
-augmentation, the student's fixed views, lfw_2to4's 1,006 people added, 10 epochs, weights
-halfway between start and fine-tuned (WiSE-FT), training only those affine layers (BitFit),
-CosFace instead of triplets, leaving out the training photos the start misplaces, harder
-negatives (larger P, batch-hard) and no augmentation, each tried on held-apart training people,
-did not help either. The start's own misses on the val people are no-face crops and look-alikes.
+leave-one-out, test-time flip; benchmarks/bench_pretrained.py and the runs listed in BENCHMARKS.md,
+"Face networks on real photos"). The pretrained start already ranks them at top-1 0.9761 / mAP@R
+0.8979, and no fine-tuning tried here has beaten it yet: the whole network at peak lr 2.5e-5 with
+margin 0.2 fell to mAP@R 0.825; SGD at 1e-3 to 0.857; the last layer alone to 0.888; dlib's own pair
+loss (`metric_pairs`) to 0.883. The settings below lose the least (mAP@R 0.8959, top-1 0.9748 after
+one epoch): a low learning rate (peak 1e-5, AdamW), the stem and first blocks frozen
+(`frozen_until=dlib092_con`), a small margin (0.05), and the pretrained network's own embeddings as
+a distillation anchor (weight 1). Re-run on YuNet crops with flip-averaged anchors (2026-12-03):
+celeba val 0.9761 / 0.9047 -> 0.9761 / 0.9005, lfw_2to4 val 0.9813 / 0.9635 -> 0.9828 / 0.9655; on
+crops with `try_turned` (2026-12-04: photos of people lying down found turned) 0.9786 / 0.9090 ->
+0.9786 / 0.9046. dlib's network has no batch-norm statistics to freeze (its batch norms are folded
+into fixed affine layers). Occlusion, zoom, rotation and grey augmentation, the student's fixed
+views, lfw_2to4's 1,006 people added, 10 epochs, weights halfway between start and fine-tuned
+(WiSE-FT), training only those affine layers (BitFit), CosFace instead of triplets, leaving out the
+training photos the start misplaces, harder negatives (larger P, batch-hard) and no augmentation,
+each tried on held-apart training people, did not help either. The start's own misses on the val
+people were no-face crops (the detector's to fix: found turned now) and look-alikes.
 Fine-tuning pays where the new photos differ from the ~3M faces it was trained on; on celebrity
 photos they mostly do not.
 

@@ -23,8 +23,8 @@ benchmarks/student_data.py builds that folder):
       --workdir=runs/student
 
 Measured (BENCHMARKS.md, "Face networks on real photos"): lfw_2to4 val top-1 0.688 / mAP@R 0.610
-(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), celeba_199 val 0.809 / 0.451, orl 0.998
-/ 0.888; 6.0x the teacher's faces/s at batch 1 and 9.1x at batch 64 (one run, the models timed
+(the teacher: 0.981 / 0.964; from scratch: 0.323 / 0.257), celeba_199 val 0.810 / 0.451, orl 0.998
+/ 0.888; 6.1x the teacher's faces/s at batch 1 and 9.0x at batch 64 (one run, the models timed
 in turns); about 37 minutes on 2 CPU cores (views 4.5, the teacher's embeddings 12, training 20).
 The centre crop costs nothing at serving time and was worth as much as any other change: on the
 whole chip the recipe reached 0.610 / 0.525 (its padding took a third of the 80 px), on the middle
