@@ -24,6 +24,7 @@ ORDER = [
   "pretrained_quality",
   "pretrained_speed",
   "detectors",
+  "turned",
   "mtcnn_compiled",
   "landmarks_numpy",
   "ablation_lfw",

@@ -4,7 +4,10 @@ Face detectors find upright faces (YuNet, MTCNN and Haar miss faces turned by 90
 photo of someone lying down, or a scan stored sideways without an EXIF orientation, has no
 upright face; `faces.FaceCropper` (with `CropSettings.try_turned`) searches its turned copies
 `TURNS` for the face and crops it upright from the turned copy. Where the face was found is
-reported in the photo's own pixels (`point_back`, `box_back`), like every other crop's.
+reported in the photo's own pixels (`point_back`, `box_back`), like every other crop's. A face
+found only turned must score at least the detector's `turned_min_score` (a stricter bar than
+upright faces': blurred and faceless photos yield face-like blobs in some turn); detectors
+without one (Haar, whose score says nothing) are not searched turned.
 
 A turn `k` is `np.rot90`'s: the photo turned k x 90 degrees counterclockwise.
 """
@@ -66,14 +69,28 @@ def landmarks_back(landmarks: Sequence[float], k: int, h: int, w: int) -> tuple[
 
 
 def best_turn(
-  detector: Any, rgb: np.ndarray, min_face: float, smallest: float = 0.0
+  detector: Any,
+  rgb: np.ndarray,
+  min_face: float,
+  smallest: float = 0.0,
+  min_score: Optional[float] = None,
 ) -> Optional[tuple[int, np.ndarray, list[Any]]]:
   """(k, the turned copy, its faces) for the turn in `TURNS` where `detector` finds the face it
-  is surest of, counting faces at least `smallest` pixels wide; None when no turn has one."""
+  is surest of, counting faces at least `smallest` pixels wide that score at least `min_score`
+  (default: the detector's `turned_min_score`); None when no turn has one, or when the detector
+  has no `turned_min_score` (its faces are not searched for turned)."""
+  if min_score is None:
+    min_score = detector.turned_min_score
+    if min_score is None:
+      return None
   best = None
   for k in TURNS:
     turned = turn(rgb, k)
-    found = [f for f in detector.find([turned], min_face)[0] if f.box[2] >= smallest]
+    found = [
+      f
+      for f in detector.find([turned], min_face)[0]
+      if f.box[2] >= smallest and f.score >= min_score
+    ]
     score = max((f.score for f in found), default=None)
     if score is not None and (best is None or score > best[0]):
       best = (score, k, turned, found)

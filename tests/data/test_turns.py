@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facetriplet.data import faces, ingest, turns
+from facetriplet.data import detectors, faces, ingest, turns
 from facetriplet.errors import UserError
 
 
@@ -73,6 +73,28 @@ def test_a_sideways_photo_gives_the_upright_photos_crop(orl_faces, person, k):
   every = on.crop_faces(stored)
   assert [r.turned for r in every] == [90 * k]
   np.testing.assert_array_equal(every[0].image, on.crop_faces(upright)[0].image)
+
+
+def test_faces_found_only_turned_must_clear_the_detectors_bar(celeba_199):
+  # A blurred photo (no face left to make out) in which YuNet sees a face-like blob only when it
+  # is turned, less sure of it than of any real face found turned (BENCHMARKS.md).
+  rgb = faces.load_rgb(os.path.join(celeba_199, "img_celeba", "000825.jpg"))
+  blurred = cv2.GaussianBlur(cv2.resize(rgb, (640, 480)), (0, 0), 25)
+  detector = detectors.create("yunet")
+  assert detector.find([blurred])[0] == []
+  k, _, found = turns.best_turn(detector, blurred, 0.2, min_score=0.0)
+  score = max(f.score for f in found)
+  assert 0.6 <= score < detector.turned_min_score
+  assert turns.best_turn(detector, blurred, 0.2) is None
+  result = faces.FaceCropper(faces.CropSettings()).crop(blurred)
+  assert result.turned == 0 and result.method != "yunet"
+
+
+def test_a_detector_without_a_bar_is_not_searched_turned(orl_faces):
+  stored = np.ascontiguousarray(np.rot90(_orl(orl_faces, "s1"), -1))
+  assert detectors.create("haar").turned_min_score is None
+  result = faces.FaceCropper(faces.CropSettings(detector="haar")).crop(stored)
+  assert result.turned == 0
 
 
 def test_a_photo_without_any_face_still_gets_the_centred_square():

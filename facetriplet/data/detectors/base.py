@@ -53,6 +53,11 @@ class Detector(abc.ABC):
     fallback: the detector tried on photos where this one finds nothing, or None.
     whole_image: finds nothing by design: the centred square of the photo is the intended crop
       (pre-cropped sets), not a fallback.
+    turned_min_score: the least score of a face found only in the photo turned on its side or
+      upside down (`CropSettings.try_turned`): such faces are held to a higher bar than upright
+      ones, as the search runs only where none was found upright (blurred or faceless photos
+      yield face-like blobs there; benchmarks/bench_turned.py). None: not searched turned (a
+      detector whose score does not say how sure it is).
   """
 
   name: ClassVar[str] = ""
@@ -60,6 +65,7 @@ class Detector(abc.ABC):
   uses_tensorflow: ClassVar[bool] = False
   fallback: ClassVar[Optional[str]] = None
   whole_image: ClassVar[bool] = False
+  turned_min_score: ClassVar[Optional[float]] = None
 
   @abc.abstractmethod
   def detect(

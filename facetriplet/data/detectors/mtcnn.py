@@ -123,6 +123,9 @@ class MtcnnDetector(base.Detector):
   batch_size = 1  # photos are detected one at a time (see the module docstring)
   uses_tensorflow = True
   fallback = "haar"
+  # Real faces found turned scored 0.94-1.00, false ones on blurred photos 0.83-0.93
+  # (BENCHMARKS.md, "Faces found only in the photo turned").
+  turned_min_score = 0.95
 
   def __init__(self):
     self._mtcnn = _model()
