@@ -2,8 +2,8 @@ r"""Faces found only in the photo turned on its side or upside down (`CropSettin
 how sure each detector is of the real ones and of false ones, and what the search costs.
 
 - Turned faces: the photos of celeba_199 in which YuNet finds no upright face (people lying down,
-  heads tilted past 45 degrees; 16 of 4,120). For each detector, the score of the face it is
-  surest of in the photo's turned copies (`turns.best_turn`).
+  heads tilted past 45 degrees; 17 of 4,120, 16 of them found turned). For each detector, the
+  score of the face it is surest of in the photo's turned copies (`turns.best_turn`).
 - Faceless photos: the first --faceless photos of celeba_199, resized to 640 x 480 and blurred
   (Gaussian, sigma 25 px) until no face can be made out, which keeps face-like blobs of skin and
   hair: a hard case for a detector. Those in which the detector finds no upright face are searched

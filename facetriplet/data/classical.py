@@ -45,11 +45,8 @@ class ClassicalExtractor:
     self.fingerprint = (
       f"classical:{self.name}:v{self.version}:size{size}:"
       f"crop-{c.detector}-{c.margin:g}-{c.crop_size}-{c.on_no_face}-{c.pick}-{c.template}-"
-      f"{c.align_margin:g}"
-      # Fields added later name themselves where they differ from what older crops did.
-      + "".join(
-        f"-{k}={getattr(c, k)}" for k, old in faces.LATER_FIELDS.items() if getattr(c, k) != old
-      )
+      f"{c.align_margin:g}" + ("-turned" if c.try_turned else "")
+      # Turned faces (added later) name themselves, so older fingerprints stay as they were.
     )
 
   def embed(self, images: np.ndarray) -> np.ndarray:

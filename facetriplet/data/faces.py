@@ -140,8 +140,9 @@ class CropSettings:
   def from_dict(cls, d: Mapping[str, Any]) -> "CropSettings":
     """Builds settings from `to_dict()` output; informational keys (pad, cascade...) are ignored.
 
-    Settings written before a field existed get that field's default, which is what they did;
-    the crop side written as `size` (before it was called crop_size) is read as crop_size.
+    Settings written before a field of `LATER_FIELDS` existed get the value that reproduces
+    their crops (e.g. `try_turned` False), other missing fields their defaults; the crop side
+    written as `size` (before it was called crop_size) is read as crop_size.
     """
     names = {f.name for f in dataclasses.fields(cls)}
     d = {**LATER_FIELDS, **d}
@@ -263,8 +264,9 @@ class FaceCropper:
   ) -> list[list[CropResult]]:
     """Every face of each photo (one detector call for the batch), each cropped exactly as
     `crop` crops its chosen face, largest first; faces whose box is narrower than `min_face` x
-    the photo's short side are left out. No face (from the detector, then its fallback on that
-    photo alone): [the fallback crop] (`found` False)."""
+    the photo's short side are left out. No face upright: the faces of the photo's turn the
+    detector is surest of (`try_turned`), else its fallback's on that photo alone, else [the
+    centred square] (`found` False)."""
     _check_rgb(images)
     hint = min(min_face, MIN_FACE_FRACTION)
     found = self.detector.find(list(images), hint) if images else []

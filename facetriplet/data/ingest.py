@@ -220,7 +220,8 @@ def _prepare_output(
     if not overwrite:
       raise UserError(
         f"output folder {output_dir} holds shards from a different run (other "
-        "inputs or settings): choose an empty folder or pass --overwrite"
+        "inputs or settings): choose an empty folder or pass --overwrite (a folder begun "
+        "before --try_turned existed resumes with --notry_turned)"
       )
   if names and (overwrite or previous != fingerprint):
     # Only what a facetriplet run provably wrote (listed in its plan.json) is ever deleted.

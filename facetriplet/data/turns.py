@@ -18,6 +18,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from facetriplet.data.detectors import base
+
 # The turns tried, in order: a quarter counterclockwise, a quarter clockwise, upside down
 # (ties in the detector's score keep the earlier one).
 TURNS = (1, 3, 2)
@@ -75,26 +77,44 @@ def best_turn(
   smallest: float = 0.0,
   min_score: Optional[float] = None,
 ) -> Optional[tuple[int, np.ndarray, list[Any]]]:
-  """(k, the turned copy, its faces) for the turn in `TURNS` where `detector` finds the face it
+  """(k, the turned photo, its faces) for the turn in `TURNS` where `detector` finds the face it
   is surest of, counting faces at least `smallest` pixels wide that score at least `min_score`
   (default: the detector's `turned_min_score`); None when no turn has one, or when the detector
-  has no `turned_min_score` (its faces are not searched for turned)."""
+  has no `turned_min_score` (its faces are not searched for turned).
+
+  The turns searched are of the copy detectors search anyway (`base.downscale`), so a large
+  photo is turned in full only once, for the turn chosen; its faces are scaled back to it.
+  """
   if min_score is None:
     min_score = detector.turned_min_score
     if min_score is None:
       return None
+  small, scale = base.downscale(rgb, base.DETECT_MAX_SIDE)
   best = None
   for k in TURNS:
-    turned = turn(rgb, k)
     found = [
       f
-      for f in detector.find([turned], min_face)[0]
-      if f.box[2] >= smallest and f.score >= min_score
+      for f in detector.find([turn(small, k)], min_face)[0]
+      if f.box[2] / scale >= smallest and f.score >= min_score
     ]
     score = max((f.score for f in found), default=None)
     if score is not None and (best is None or score > best[0]):
-      best = (score, k, turned, found)
-  return None if best is None else best[1:]
+      best = (score, k, found)
+  if best is None:
+    return None
+  _, k, found = best
+  if scale == 1.0:
+    return k, turn(small, k), found
+  return k, turn(rgb, k), [_scaled(f, 1.0 / scale) for f in found]
+
+
+def _scaled(face: Any, factor: float) -> Any:
+  """`face` (a `base.Face`) with its box and landmarks multiplied by `factor`."""
+  return base.Face(
+    tuple(v * factor for v in face.box),
+    None if face.landmarks is None else np.asarray(face.landmarks) * factor,
+    face.score,
+  )
 
 
 def result_back(result: Any, k: int, h: int, w: int) -> Any:

@@ -357,7 +357,7 @@ def resolve_model(value: Optional[str]) -> Optional[str]:
 def pretrained_export(name: str) -> str:
   """The export folder of pretrained network `name` in the cache, written on first use (the
   network's preset crop, test-time flip): what `--model=<pretrained name>` of the tools means."""
-  path = os.path.join(networks.cache_dir(), "exports", f"{name}-v1")
+  path = os.path.join(networks.cache_dir(), "exports", f"{name}-v2")  # v2: turned; v1 stays
   if not os.path.isfile(os.path.join(path, "saved_model.pb")):
     logging.info("exporting the pretrained %s into %s (once)", name, path)
     export_pretrained(name, path)

@@ -2,6 +2,7 @@
 the crop is the upright photo's, to the byte; box and landmarks are in the stored photo's pixels;
 ingest lists such photos; settings written before the field existed keep doing what they did."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facetriplet.data import detectors, faces, ingest, turns
+from facetriplet.data import classical, detectors, faces, ingest, turns
 from facetriplet.errors import UserError
 
 
@@ -133,3 +134,34 @@ def test_ingest_lists_photos_found_turned(tmp_path, orl_faces):
   assert manifest["turned"] == ["s1/1.pgm"] and manifest["no_face"] == []
   assert manifest["crop"]["try_turned"] is True
   assert summary.turned == 1 and "found turned (on its side or upside down) 1" in summary.format()
+
+
+def test_classical_fingerprints_of_older_crops_stay_as_they_were():
+  # Written out by hand as they were before try_turned: a classical index built then still
+  # matches its features (also with the dlib150 preset, whose fit was never in the fingerprint).
+  before = {
+    faces.CropSettings(try_turned=False): (
+      "classical:hog:v1:size64:crop-yunet-0.2-128-center-largest-arcface112-0"
+    ),
+    faces.CropSettings.preset("dlib150", try_turned=False): (
+      "classical:hog:v1:size64:crop-yunet-0.2-150-center-largest-dlib5-0.25"
+    ),
+  }
+  for crop, fingerprint in before.items():
+    assert classical.get_extractor("hog", crop).fingerprint == fingerprint
+    turned = dataclasses.replace(crop, try_turned=True)
+    assert classical.get_extractor("hog", turned).fingerprint == fingerprint + "-turned"
+
+
+def test_a_large_sideways_photo_is_searched_on_the_detectors_copy(orl_faces):
+  # Larger than the detectors' copy (base.DETECT_MAX_SIDE): the turns searched are of that copy,
+  # and the face is cut from the photo itself, turned once.
+  upright = cv2.resize(_orl(orl_faces, "s13"), (644, 784), interpolation=cv2.INTER_CUBIC)
+  stored = np.ascontiguousarray(np.rot90(upright, -1))
+  cropper = faces.FaceCropper(faces.CropSettings(crop_size=112))
+  want, got = cropper.crop(upright), cropper.crop(stored)
+  assert got.found and got.turned == 90
+  assert np.abs(got.image.astype(int) - want.image.astype(int)).mean() < 2
+  # The upright photo is the stored one turned a quarter counterclockwise (k=1); stored: 644 x 784.
+  back = turns.point_back(np.stack([want.landmarks[:5], want.landmarks[5:]], 1), 1, 644, 784)
+  np.testing.assert_allclose(np.stack([got.landmarks[:5], got.landmarks[5:]], 1), back, atol=1.5)

@@ -76,7 +76,8 @@ class YunetDetector(base.Detector):
   batch_size = 16  # photos are detected one by one; batches only save the callers' overhead
   fallback = "haar"
   # Real faces found turned scored 0.83-0.93, false ones on blurred photos 0.60-0.82
-  # (BENCHMARKS.md, "Faces found only in the photo turned").
+  # (BENCHMARKS.md, "Faces found only in the photo turned"): a round bar below every real one,
+  # not one fitted into that narrow gap on so few photos.
   turned_min_score = 0.8
 
   def __init__(self):
