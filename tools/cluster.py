@@ -86,7 +86,14 @@ def _embed_folder():
   # A photo without a detected face is in `problems` (no-face), not clustered as a face.
   rows = [i for i, e in enumerate(kept) if e.found]
   found = [
-    cluster_output.Face(e.path, e.rel_path, tuple(e.box) if e.box else None, e.face, e.time)
+    cluster_output.Face(
+      e.path,
+      e.rel_path,
+      tuple(e.box) if e.box else None,
+      e.face,
+      e.time,
+      tuple(e.landmarks) if e.landmarks else None,
+    )
     for e in (kept[i] for i in rows)
   ]
   return np.asarray(x)[rows], found, problems, extractor
@@ -100,7 +107,8 @@ def _from_index():
   rows = [r for r, i in enumerate(searcher.index.items) if i.box is not None]  # faces found
   items = [searcher.index.items[r] for r in rows]
   found = [
-    cluster_output.Face(i.path or "", i.rel_path or i.id, i.box, i.face or 0, i.time) for i in items
+    cluster_output.Face(i.path or "", i.rel_path or i.id, i.box, i.face or 0, i.time, i.landmarks)
+    for i in items
   ]
   return np.asarray(searcher.index.embeddings)[rows], found, [], searcher
 

@@ -117,6 +117,20 @@ def _scaled(face: Any, factor: float) -> Any:
   )
 
 
+def upright_turn(landmarks: Optional[Sequence[float]]) -> int:
+  """The turn k (`np.rot90`'s) that stands a face with these landmarks (x1..x5, y1..y5, in the
+  photo's pixels) upright, its eyes above its mouth: 0 for a face within 45 degrees of upright
+  or without landmarks. For showing a face found turned (thumbnails) the right way up."""
+  values = np.zeros(10) if landmarks is None else np.asarray(landmarks, np.float64).ravel()
+  if values.size != 10 or not values.any():
+    return 0
+  dx = values[3:5].mean() - values[0:2].mean()  # eyes to mouth: the face's "down"
+  dy = values[8:10].mean() - values[5:7].mean()
+  # After k quarter turns counterclockwise "down" points (dy, -dx), (-dx, -dy), (-dy, dx):
+  # choose the turn that points it down the most.
+  return int(np.argmax([dy, -dx, -dy, dx]))
+
+
 def result_back(result: Any, k: int, h: int, w: int) -> Any:
   """A `faces.CropResult` cut from the photo turned by `k`, its box and landmarks in the h x w
   photo's own pixels and its `turned` set."""

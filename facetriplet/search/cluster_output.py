@@ -40,6 +40,7 @@ class Face:
   box: Optional[tuple[float, ...]]
   face: int = 0
   time: Optional[float] = None  # a video frame's time (seconds); path is the video
+  landmarks: Optional[tuple[float, ...]] = None  # to show a face found turned upright
 
   def rgb(self) -> np.ndarray:
     """The photo, or the video frame."""
@@ -84,7 +85,9 @@ def _face_thumb(face: Face) -> Image.Image:
     rgb = face.rgb()
   except Exception:  # pylint: disable=broad-except  (a photo gone since: a grey square)
     return Image.new("RGB", (THUMB, THUMB), (70, 70, 70))
-  return Image.fromarray(thumbnails.face_square(rgb, face.box, THUMB, margin=0.15))
+  return Image.fromarray(
+    thumbnails.face_square(rgb, face.box, THUMB, margin=0.15, landmarks=face.landmarks)
+  )
 
 
 def contact_sheet(cluster: int, members: Sequence[Face]) -> Image.Image:

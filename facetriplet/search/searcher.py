@@ -292,7 +292,9 @@ class Searcher:
       known = {item.id for item in items if self.contains(item.id)}
       self.index.add(vectors, items)
       for item, crop in zip(items, crops):
-        self.thumbs.put(item.id, rgb, crop.box if crop.found else None)
+        self.thumbs.put(
+          item.id, rgb, crop.box if crop.found else None, crop.landmarks if crop.found else None
+        )
         action = "replace" if item.id in known else "enrol"
         self.audit.record(action, actor, item.id, item.identity)
       self.engine.refresh()

@@ -19,7 +19,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from facetriplet.data import images
+from facetriplet.data import images, turns
 from facetriplet.errors import ImageError
 from facetriplet.search import video
 from facetriplet.search.items import Item
@@ -31,18 +31,27 @@ _CACHED = 512  # gallery thumbnails kept in memory
 
 
 def face_thumbnail(
-  rgb: np.ndarray, box: Optional[Sequence[float]], size: int = SIZE, margin: float = MARGIN
+  rgb: np.ndarray,
+  box: Optional[Sequence[float]],
+  size: int = SIZE,
+  margin: float = MARGIN,
+  landmarks: Optional[Sequence[float]] = None,
 ) -> bytes:
   """`face_square` as a JPEG."""
-  return images.encode_jpeg(face_square(rgb, box, size, margin))
+  return images.encode_jpeg(face_square(rgb, box, size, margin, landmarks))
 
 
 def face_square(
-  rgb: np.ndarray, box: Optional[Sequence[float]], size: int = SIZE, margin: float = MARGIN
+  rgb: np.ndarray,
+  box: Optional[Sequence[float]],
+  size: int = SIZE,
+  margin: float = MARGIN,
+  landmarks: Optional[Sequence[float]] = None,
 ) -> np.ndarray:
   """The square around the face at `box` (x, y, w, h) with `margin` of its larger side on each
   side, `size` pixels a side; the centred square of the photo when there is no box. Parts
-  outside the photo are grey."""
+  outside the photo are grey. With the face's `landmarks` (x1..x5, y1..y5) the square is turned
+  so the face stands upright (a face found in the photo turned on its side: `turns`)."""
   h, w = rgb.shape[:2]
   if box is None or box[2] <= 0 or box[3] <= 0:
     side = min(h, w)
@@ -57,7 +66,8 @@ def face_square(
   canvas.paste(Image.fromarray(np.ascontiguousarray(rgb[..., :3])), (-left, -top))
   if side_px != size:
     canvas = canvas.resize((size, size), Image.BILINEAR)
-  return np.asarray(canvas)
+  k = turns.upright_turn(landmarks)
+  return np.ascontiguousarray(np.rot90(np.asarray(canvas), k)) if k else np.asarray(canvas)
 
 
 def file_name(item_id: str) -> str:
@@ -79,9 +89,15 @@ class Thumbnails:
           with open(os.path.join(folder, name), "rb") as f:
             self._stored[f"{FOLDER}/{name}"] = f.read()
 
-  def put(self, item_id: str, rgb: np.ndarray, box: Optional[Sequence[float]]) -> None:
+  def put(
+    self,
+    item_id: str,
+    rgb: np.ndarray,
+    box: Optional[Sequence[float]],
+    landmarks: Optional[Sequence[float]] = None,
+  ) -> None:
     """Keeps the thumbnail of an item enrolled from memory (saved with the index)."""
-    data = face_thumbnail(rgb, box)
+    data = face_thumbnail(rgb, box, landmarks=landmarks)
     with self._lock:
       self._stored[file_name(item_id)] = data
 
@@ -120,7 +136,7 @@ class Thumbnails:
       rgb = video.frame_at(item.path, item.time)
     else:
       rgb = images.load_rgb(item.path)
-    data = face_thumbnail(rgb, item.box)
+    data = face_thumbnail(rgb, item.box, landmarks=item.landmarks)
     with self._lock:
       self._cache[key] = data
       while len(self._cache) > _CACHED:

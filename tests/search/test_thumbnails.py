@@ -104,3 +104,25 @@ def test_thumbnails_need_a_read_token(setup):  # noqa: F811
     assert status == 200
     status, page = client.call("GET", "/")  # the page itself is public; what it shows is not
     assert status == 200 and "<title>facetriplet face search</title>" in page
+
+
+def test_a_face_found_turned_is_shown_upright(orl_faces):
+  from facetriplet.data import faces, turns  # pylint: disable=g-import-not-at-top
+
+  # Hand-worked: eyes at y=10, mouth corners at y=30 is upright; mouth to the right of the eyes
+  # (chin to the right) needs a quarter turn clockwise (k=3), to the left counterclockwise.
+  upright = (10, 20, 15, 12, 18, 10, 10, 20, 30, 30)
+  chin_right = (10, 10, 20, 30, 30, 10, 20, 15, 12, 18)
+  chin_left = (30, 30, 20, 10, 10, 20, 10, 15, 18, 12)
+  assert [turns.upright_turn(v) for v in (upright, chin_right, chin_left, None)] == [0, 3, 1, 0]
+  # A real photo stored on its side: its thumbnail shows what the upright photo's shows.
+  photo = faces.load_rgb(os.path.join(orl_faces, "s1", "1.pgm"))
+  stored = np.ascontiguousarray(np.rot90(photo, -1))
+  cropper = faces.FaceCropper(faces.CropSettings())
+  want, got = cropper.crop(photo), cropper.crop(stored)
+  assert got.turned == 90
+  shown = thumbnails.face_square(stored, got.box, 64, landmarks=got.landmarks)
+  expected = thumbnails.face_square(photo, want.box, 64, landmarks=want.landmarks)
+  assert np.abs(shown.astype(int) - expected.astype(int)).mean() < 3
+  sideways = thumbnails.face_square(stored, got.box, 64)
+  assert np.abs(sideways.astype(int) - expected.astype(int)).mean() > 10
