@@ -40,8 +40,8 @@ def _log(msg: str) -> None:
 
 
 def _scores(detector, photos) -> list[Optional[float]]:
-  """Per photo: the best score of a face found only turned, or None (None also where a face is
-  found upright: such a photo is never searched turned)."""
+  """Per photo: the best score of a face found only turned; -1 where none is found turned;
+  None where a face is found upright (such a photo is never searched turned)."""
   from facetriplet.data import turns  # pylint: disable=g-import-not-at-top
   from facetriplet.data.detectors import MIN_FACE_FRACTION  # pylint: disable=g-import-not-at-top
 
@@ -51,7 +51,7 @@ def _scores(detector, photos) -> list[Optional[float]]:
       out.append(None)
       continue
     best = turns.best_turn(detector, rgb, MIN_FACE_FRACTION, min_score=0.0)
-    out.append(None if best is None else max(f.score for f in best[2]))
+    out.append(-1.0 if best is None else max(f.score for f in best[2]))
   return out
 
 
@@ -85,10 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for name in [d.strip() for d in args.detectors.split(",") if d.strip()]:
     detector = detectors.create(name)
     bar = detector.turned_min_score
-    real = [s for s in _scores(detector, turned) if s is not None]
+    real = [s for s in _scores(detector, turned) if s is not None and s >= 0]
     searched = _scores(detector, faceless)
-    false = [s for s in searched if s is not None]
-    n_searched = sum(1 for rgb in faceless if not detector.find([rgb])[0])
+    false = [s for s in searched if s is not None and s >= 0]
+    n_searched = sum(1 for s in searched if s is not None)
     scores = {k: sorted(round(s, 3) for s in v) for k, v in (("real", real), ("false", false))}
     _log(f"{name} scores: {scores}")
     cost = {}

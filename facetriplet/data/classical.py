@@ -42,11 +42,11 @@ class ClassicalExtractor:
     self.dim = dim
     self.crop_settings = crop if crop is not None else faces.CropSettings()
     c = self.crop_settings
+    # Turned faces (added later) name themselves, so older fingerprints stay as they were.
     self.fingerprint = (
       f"classical:{self.name}:v{self.version}:size{size}:"
       f"crop-{c.detector}-{c.margin:g}-{c.crop_size}-{c.on_no_face}-{c.pick}-{c.template}-"
       f"{c.align_margin:g}" + ("-turned" if c.try_turned else "")
-      # Turned faces (added later) name themselves, so older fingerprints stay as they were.
     )
 
   def embed(self, images: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -276,11 +276,10 @@ class FaceCropper:
       best = None if results else self._best_turn(rgb, hint, min_face * min(rgb.shape[:2]))
       if best is not None:
         k, turned, found_turned = best
-        results = [
+        results = _largest_first(
           turns.result_back(r, k, *rgb.shape[:2])
           for r in self._all_faces(turned, found_turned, min_face, self.detector)
-        ]
-        results.sort(key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
+        )
       if not results and self.fallback is not None:
         results = self._all_faces(rgb, self.fallback.find([rgb], hint)[0], min_face, self.fallback)
       out.append(results or [self._centre_crop(rgb)])
@@ -316,7 +315,7 @@ class FaceCropper:
     smallest = min_face * min(rgb.shape[:2])
     kept = detector.finish(rgb, [face for face in found if face.box[2] >= smallest])
     results = [self.crop_face(rgb, face, detector.name) for face in kept]
-    return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
+    return _largest_first(results)
 
   def crop_face(self, rgb: np.ndarray, face: Face, method: str) -> CropResult:
     """The crop of one found face: aligned on its landmarks, else the margin square of its
@@ -372,6 +371,11 @@ class FaceCropper:
       NO_LANDMARKS,
       self.detector.name if whole else "center",
     )
+
+
+def _largest_first(results: Iterable[CropResult]) -> list[CropResult]:
+  """Crops by face area, largest first (ties by position: never by detector order)."""
+  return sorted(results, key=lambda r: (-r.box[2] * r.box[3], r.box[1], r.box[0]))
 
 
 def _check_rgb(images: Sequence[np.ndarray]) -> None:
