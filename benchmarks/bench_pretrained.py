@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import statistics
+import sys
 import time
 from typing import Any, Optional, Sequence
 
@@ -49,6 +50,7 @@ from benchmarks import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+DEFAULT_ROOT = os.path.join(REPO, "runs", "bench_pretrained")  # records cache
 MIN_SECONDS = 0.5  # the shortest timing window of embed_speeds
 # name: (input folder, layout, pick, val_fraction, split scored)
 SETS = {
@@ -58,8 +60,9 @@ SETS = {
 }
 
 
-def _log(msg: str) -> None:
-  print(f"[bench_pretrained {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def log(msg: str) -> None:
+  tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  print(f"[{tool} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def records(root: str, set_name: str, crop: dict[str, Any], try_turned: str = "export") -> str:
@@ -86,7 +89,7 @@ def records(root: str, set_name: str, crop: dict[str, Any], try_turned: str = "e
     progress=False,
     overwrite=True,
   )
-  _log(
+  log(
     f"records {out}: {s.written} photos ({s.no_face} without a face found, {s.turned} found "
     "turned), "
     f"{time.time() - start:.0f} s"
@@ -233,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     help="name=export folder or pretrained network, comma-separated",
   )
   parser.add_argument("--sets", default="lfw,celeba,orl")
-  parser.add_argument("--workdir_root", default=os.path.join(REPO, "runs", "bench_pretrained"))
+  parser.add_argument("--workdir_root", default=DEFAULT_ROOT)
   parser.add_argument("--skip_dlib", action="store_true", help="no dlib-pipeline row")
   parser.add_argument("--skip_classical", action="store_true")
   parser.add_argument(
@@ -271,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for s in sets:
       rec = records(root, s, extractor.metadata["crop"], args.try_turned)
       per_set[s] = score_export(extractor, rec, SETS[s][4])
-      _log(f"{name} on {s}: top-1 {per_set[s]['top1']:.4f} mAP@R {per_set[s]['map@r']:.4f}")
+      log(f"{name} on {s}: top-1 {per_set[s]['top1']:.4f} mAP@R {per_set[s]['map@r']:.4f}")
     rows.append(
       _row(
         f"{name} (project pipeline: {extractor.crop_settings.detector}, "
@@ -288,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       + [round(speed[k], 1) for k in ("batch 1", "batch 64")]
       + [round(speed[k], 2) for k in ("batch 1 vs first", "batch 64 vs first")]
     )
-    _log(f"{name} speed: {speed}")
+    log(f"{name} speed: {speed}")
   if not args.skip_dlib:
     per_cos, per_l2, missed = {}, {}, {}
     for s in sets:
@@ -297,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       emb, missed[s] = dlib_pipeline(paths, SETS[s][2], args.dlib_reference)
       per_cos[s] = score_embeddings(emb, labels)
       per_l2[s] = score_embeddings(emb, labels, euclidean=True)
-      _log(
+      log(
         f"dlib pipeline on {s}: cosine top-1 {per_cos[s]['top1']:.4f} mAP@R "
         f"{per_cos[s]['map@r']:.4f}; HOG found no face in {missed[s]} of {len(paths)}"
       )

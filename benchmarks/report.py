@@ -22,6 +22,7 @@ OUTPUT = os.path.join(os.path.dirname(HERE), "BENCHMARKS.md")
 # Sections in reading order; results not listed here come after them, by name.
 ORDER = [
   "pretrained_quality",
+  "finetune_significance",
   "pretrained_speed",
   "detectors",
   "turned",
