@@ -10,6 +10,7 @@ TensorFlow's C++ start-up lines (CUDA probing, CPU features, oneDNN) off the ter
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -29,6 +30,14 @@ class ImageError(UserError):
     super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+class _TensorFlowInfoFilter(logging.Filter):
+  """Drops INFO and DEBUG records logged from inside the tensorflow package."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    inside = f"{os.sep}tensorflow{os.sep}" in (record.pathname or "")
+    return record.levelno >= logging.WARNING or not inside
+
+
 def quiet_tensorflow(verbose: bool = False, environ=os.environ) -> None:
   """Sets TF_CPP_MIN_LOG_LEVEL for a tool, before TensorFlow loads (later it has no effect).
 
@@ -36,11 +45,20 @@ def quiet_tensorflow(verbose: bool = False, environ=os.environ) -> None:
   warning lines hidden: "Could not find cuda drivers", cpu_feature_guard, oneDNN, tf.data's
   end-of-sequence warnings; C++ errors still shown), or "3" on a machine without an NVIDIA
   driver, where XLA logs "failed call to cuInit" as an error although a CPU-only run is fine.
-  Python exceptions, `UserError` lines and the project's own logging are not affected.
+  Without --verbose, TensorFlow's own Python modules also show warnings and errors only: saving a
+  SavedModel logs its bookkeeping at INFO ("Sharding callback duration", "Assets written to",
+  "Writing fingerprint", input names with unsupported characters), some through absl's logger,
+  which the project's own progress lines share (`_TensorFlowInfoFilter`). Python exceptions,
+  `UserError` lines and the project's own logging are not affected.
   """
   if verbose:
     environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-  elif "TF_CPP_MIN_LOG_LEVEL" not in environ:
+    return
+  for name in ("tensorflow", "absl"):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _TensorFlowInfoFilter) for f in logger.filters):
+      logger.addFilter(_TensorFlowInfoFilter())
+  if "TF_CPP_MIN_LOG_LEVEL" not in environ:
     no_gpu_driver = sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia")
     environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if no_gpu_driver else "2"
 

@@ -183,6 +183,34 @@ def test_tensorflow_log_level_of_a_tool():
   assert env["TF_CPP_MIN_LOG_LEVEL"] == "0"  # --verbose: everything
 
 
+def test_tensorflow_python_info_lines_hidden_the_projects_kept():
+  """SavedModel bookkeeping (absl INFO from tensorflow's own files) is dropped without --verbose;
+  TensorFlow's warnings and the project's INFO lines stay."""
+  import logging  # pylint: disable=g-import-not-at-top
+
+  def record(level, path):
+    return logging.LogRecord("absl", level, path, 1, "m", None, None)
+
+  saver = os.path.join("site-packages", "tensorflow", "python", "checkpoint", "saver.py")
+  ours = os.path.join(REPO, "facetriplet", "training", "export.py")
+  absl_logger, tf_logger = logging.getLogger("absl"), logging.getLogger("tensorflow")
+  before = (list(absl_logger.filters), list(tf_logger.filters))
+  try:
+    absl_logger.filters[:], tf_logger.filters[:] = [], []  # an in-process tool run may add it
+    assert absl_logger.filter(record(logging.INFO, saver))  # nothing hidden before
+    quiet_tensorflow(True, {})
+    assert absl_logger.filter(record(logging.INFO, saver))  # --verbose: everything
+    quiet_tensorflow(False, {})
+    quiet_tensorflow(False, {})  # twice: one filter
+    assert len(absl_logger.filters) == 1
+    assert not absl_logger.filter(record(logging.INFO, saver))
+    assert not tf_logger.filter(record(logging.DEBUG, saver))
+    assert absl_logger.filter(record(logging.WARNING, saver))
+    assert absl_logger.filter(record(logging.INFO, ours))
+  finally:
+    absl_logger.filters[:], tf_logger.filters[:] = before
+
+
 def test_serve_help_states_the_services_upload_limit():
   """--max_upload_mb's default is the service's constant, named in the help without importing
   FastAPI for --help; the number shown must be that constant."""
