@@ -23,6 +23,7 @@ OUTPUT = os.path.join(os.path.dirname(HERE), "BENCHMARKS.md")
 ORDER = [
   "pretrained_quality",
   "finetune_significance",
+  "finetune_known_people",
   "pretrained_speed",
   "detectors",
   "turned",
