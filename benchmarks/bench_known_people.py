@@ -3,13 +3,14 @@ r"""Fine-tuning for the people it learns: new photos of the people trained on, a
 `configs/celeba.py` is scored on people it never saw (bench_pretrained, bench_finetune). A user who
 fine-tunes on labelled photos of their own people usually searches for those same people. This
 benchmark asks both questions at once, on celeba_199's 159 training people (bench_pretrained's
-identity split): each person's photos, in name order, go alternately to half A and half B.
-The config fine-tunes the pretrained start on half A (its own identity split, seed 1: 127 people
-to train on, 32 to choose the checkpoint by), for each --epochs, and the last checkpoint is
-exported. Then the start and each fine-tuned export embed half B: photos no run trained on, of
-the 127 people trained on ("known") and of the 32 that were not ("new"); leave-one-out within each
-group, test-time flip. Differences to the start with bench_finetune's paired bootstrap over people.
-Runs are kept under --workdir_root and reused when finished.
+identity split): each person's photos, in name order, go alternately to half A and half B. The
+config fine-tunes the pretrained start on half A (its own identity split, seed 1: 127 people to
+train on, 32 held out, whose half-A photos only feed the run's per-epoch val metrics), for each
+--epochs, and the last checkpoint is exported. Then the start and each fine-tuned export embed half
+B: photos no run trained on, of the 127 people trained on ("known") and of the 32 that were not
+("new"); leave-one-out within each group, test-time flip. Differences to the start with
+bench_finetune's paired bootstrap over people. Runs are kept under --workdir_root and reused when
+finished.
 
   python -m benchmarks.bench_known_people --epochs=2,6,12,30
 
@@ -98,7 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = config_files.load_config(CONFIG)
     config.data.tfrecord_dir = records["a"]
     config.train.epochs = epochs
-    key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    # The records' fingerprint too: a run trained on other crops of half A is not reused.
+    key = json.dumps([config.to_dict(), shard_set.manifest.get("fingerprint")], default=str)
     workdir = os.path.join(root, f"celeba_e{epochs}_{hashlib.sha256(key.encode()).hexdigest()[:8]}")
     if bench_quality.run_finished(workdir):
       bench_pretrained.log(f"{epochs} epochs: reusing the finished run in {workdir}")
@@ -113,28 +115,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise SystemExit(f"{workdir}: the export embedded other photos of half B than the start")
     for group, mask in groups.items():
       terms = bench_finetune.per_query(emb[mask], labels[mask])
-      row = [epochs, group, len(set(labels[mask])), int(mask.sum())]
+      row = [epochs, group, len(set(labels[mask])), int(np.sum(np.isfinite(terms[0])))]
       for a, b in zip(start_terms[group], terms):
-        diff, low, high, ahead = bench_finetune.paired_bootstrap(a, b, labels[mask], args.resamples)
-        row += [round(float(a.mean()), 4), round(float(b.mean()), 4), f"{diff:+.4f}"]
-        row += [f"[{low:+.4f}, {high:+.4f}]", f"{ahead:.3f}"]
+        row += bench_finetune.compare_row(a, b, labels[mask], args.resamples)
       bench_pretrained.log(f"{epochs} epochs, {group} people: {row}")
       rows.append(row)
-  columns = ["epochs", "group", "people", "queries"]
-  for metric in ("top-1", "mAP@R"):
-    columns += [f"start {metric}", f"model {metric}", f"diff {metric}", "95% interval", "P(ahead)"]
   common.write_result(
     f"{args.name_prefix}_known_people",
     "Fine-tuning for the people it learns: new photos of known people, and new people",
-    columns,
+    bench_finetune.columns(["epochs", "group", "people", "queries"]),
     rows,
     notes=(
       f"celeba_199's 159 training people, each person's photos alternately in half A and half B "
       f"({len(labels)} photos in B); configs/celeba.py fine-tunes the pretrained dlib_resnet on "
-      f"half A ({len(known)} people; its other people choose nothing: the last checkpoint is "
-      "scored) for the given epochs; scored on half B, leave-one-out within 'known' (the people "
-      "trained on) and 'new' (the others). diff = model - start; 95% interval and P(ahead) over "
-      f"{args.resamples} resamples of the people (seed 0)."
+      f"half A ({len(known)} people; the last checkpoint is scored) for the given epochs; scored "
+      "on half B, leave-one-out within 'known' (the people trained on) and 'new' (the others); "
+      "queries are the photos whose person has another photo in B. diff = model - start; 95% "
+      "interval and P(ahead / behind) (shares of resamples with diff > 0 and < 0; the rest are "
+      f"ties) over {args.resamples} resamples of the people (seed 0)."
     ),
   )
   return 0

@@ -31,11 +31,28 @@ class ImageError(UserError):
 
 
 class _TensorFlowInfoFilter(logging.Filter):
-  """Drops INFO and DEBUG records logged from inside the tensorflow package."""
+  """Drops INFO and DEBUG records logged from files under `package_dir` (tensorflow's folder)."""
+
+  def __init__(self, package_dir: str):
+    super().__init__()
+    self.prefix = os.path.join(os.path.realpath(package_dir), "")
 
   def filter(self, record: logging.LogRecord) -> bool:
-    inside = f"{os.sep}tensorflow{os.sep}" in (record.pathname or "")
-    return record.levelno >= logging.WARNING or not inside
+    if record.levelno >= logging.WARNING or not record.pathname:
+      return True
+    return not os.path.realpath(record.pathname).startswith(self.prefix)
+
+
+def _tensorflow_dir() -> str | None:
+  """The installed tensorflow package's folder, found without importing it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  try:
+    spec = importlib.util.find_spec("tensorflow")
+  except (ImportError, ValueError):
+    return None
+  locations = list(spec.submodule_search_locations or []) if spec else []
+  return locations[0] if locations else None
 
 
 def quiet_tensorflow(verbose: bool = False, environ=os.environ) -> None:
@@ -48,16 +65,19 @@ def quiet_tensorflow(verbose: bool = False, environ=os.environ) -> None:
   Without --verbose, TensorFlow's own Python modules also show warnings and errors only: saving a
   SavedModel logs its bookkeeping at INFO ("Sharding callback duration", "Assets written to",
   "Writing fingerprint", input names with unsupported characters), some through absl's logger,
-  which the project's own progress lines share (`_TensorFlowInfoFilter`). Python exceptions,
-  `UserError` lines and the project's own logging are not affected.
+  which the project's own progress lines share (`_TensorFlowInfoFilter`: by the file that logs,
+  inside the installed tensorflow package or not); only --verbose shows them again, not a
+  TF_CPP_MIN_LOG_LEVEL the user set. Python exceptions, `UserError` lines and the project's own
+  logging are not affected.
   """
   if verbose:
     environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     return
-  for name in ("tensorflow", "absl"):
+  package_dir = _tensorflow_dir()
+  for name in ("tensorflow", "absl") if package_dir else ():
     logger = logging.getLogger(name)
     if not any(isinstance(f, _TensorFlowInfoFilter) for f in logger.filters):
-      logger.addFilter(_TensorFlowInfoFilter())
+      logger.addFilter(_TensorFlowInfoFilter(package_dir))
   if "TF_CPP_MIN_LOG_LEVEL" not in environ:
     no_gpu_driver = sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia")
     environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if no_gpu_driver else "2"

@@ -191,8 +191,13 @@ def test_tensorflow_python_info_lines_hidden_the_projects_kept():
   def record(level, path):
     return logging.LogRecord("absl", level, path, 1, "m", None, None)
 
-  saver = os.path.join("site-packages", "tensorflow", "python", "checkpoint", "saver.py")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  tf_dir = os.path.dirname(tf.__file__)
+  saver = os.path.join(tf_dir, "python", "checkpoint", "saver.py")
   ours = os.path.join(REPO, "facetriplet", "training", "export.py")
+  # The project installed in an environment that happens to be called "tensorflow".
+  ours_in_env = os.path.join(os.sep, "envs", "tensorflow", "site-packages", "facetriplet", "x.py")
   absl_logger, tf_logger = logging.getLogger("absl"), logging.getLogger("tensorflow")
   before = (list(absl_logger.filters), list(tf_logger.filters))
   try:
@@ -207,6 +212,7 @@ def test_tensorflow_python_info_lines_hidden_the_projects_kept():
     assert not tf_logger.filter(record(logging.DEBUG, saver))
     assert absl_logger.filter(record(logging.WARNING, saver))
     assert absl_logger.filter(record(logging.INFO, ours))
+    assert absl_logger.filter(record(logging.INFO, ours_in_env))
   finally:
     absl_logger.filters[:], tf_logger.filters[:] = before
 
