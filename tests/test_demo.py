@@ -77,6 +77,36 @@ def test_quick_demo_runs_every_step_then_resumes(tmp_path):
   assert again.stdout.count("done in an earlier run") == 8
 
 
+@pytest.mark.slow
+def test_demo_on_your_people_scores_the_pretrained_start_beside_the_fine_tuned(tmp_path, orl_faces):
+  """`make demo DATA=...` with the pretrained extra fine-tunes dlib's network and shows its start
+  on the same held-out photos: both rows carry the numbers their own evaluate runs wrote."""
+  orl = orl_faces
+  if not plan.pretrained_installed():
+    pytest.skip("the 'pretrained' extra is not installed")
+  people = tmp_path / "people"
+  people.mkdir()
+  for i in range(1, 11):
+    os.symlink(os.path.join(orl, f"s{i}"), people / f"s{i}")
+  workdir = str(tmp_path / "run")
+  proc = _demo(f"--workdir={workdir}", f"--data={people}")
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "--config=celeba " in proc.stdout and "$ facetriplet-evaluate --model=dlib_resnet " in (
+    proc.stdout
+  )
+  table = proc.stdout[proc.stdout.index("=== results") :]
+  for row, folder in (
+    ("embedding (fine-tuned)", "eval"),
+    ("embedding (pretrained start)", "eval_start"),
+  ):
+    with open(os.path.join(workdir, folder, "metrics.json")) as f:
+      want = json.load(f)["results"]["embedding"]
+    line = next(x for x in table.splitlines() if x.startswith(f"| {row} |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == f"{want['top1']:.4f}" and cells[6] == f"{want['map@r']:.4f}", line
+  assert "| hog |" in table
+
+
 def test_plan_for_data_follows_the_data_size():
   lfw_like = plan.plan_for_data({f"p{i}": 2 + i % 3 for i in range(600)}, pretrained=False)
   assert (lfw_like["k"], lfw_like["p"], lfw_like["config"]) == (2, 48, "lfw")

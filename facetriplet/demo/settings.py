@@ -61,6 +61,8 @@ QUICK = {
 }
 
 TRAIN_IMAGES_BUDGET = 12000  # images seen in training for --data (~3 min on 2 busy CPU cores)
+PRETRAINED_NETWORK = "dlib_resnet"  # what --model takes; the extra below installs its weights
+PRETRAINED_CONFIG = "celeba"  # fine-tunes PRETRAINED_NETWORK
 FINETUNE_IMAGES_BUDGET = 3000  # images seen fine-tuning dlib's ResNet (~15 images/s on 2 cores)
 
 
@@ -104,7 +106,7 @@ def plan_for_data(
       "crop_preset": "dlib150",
       "epochs": int(epochs),
       "val_fraction": round(val_fraction, 3),
-      "config": "celeba",
+      "config": PRETRAINED_CONFIG,
       "p": min(train_ids, 16),
       "k": k,
       "base_lr": None,
