@@ -218,7 +218,7 @@ def run_demo(args: Any) -> None:
         "note: on these people, never seen in training, the fine-tuned network ranks below its "
         "pretrained start (mAP@R); that is common for a network trained on millions of faces. "
         "Fine-tuning helps find new photos of the people it trained on (BENCHMARKS.md, "
-        f"'Fine-tuning for the people it learns'); to search people you have not labelled, use "
+        "'Fine-tuning for the people it learns'); to search people you have not labelled, use "
         f"--model={settings_lib.PRETRAINED_NETWORK}\n"
       )
   else:
