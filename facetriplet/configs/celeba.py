@@ -1,7 +1,8 @@
 r"""Your own people, starting from a network that already recognises faces: fine-tune dlib's
 pretrained face ResNet (`dlib_resnet`, extra 'pretrained') with semi-hard triplets.
 
-Build dlib-style chips (the `dlib150` preset: MTCNN landmarks, 150 px), then fine-tune:
+Build dlib-style chips (the `dlib150` preset: the detector's five landmarks, YuNet by default,
+150 px), then fine-tune:
 
   facetriplet-build-tfrecords --layout=celeba --input=../shared/data/celeba_199/img_celeba \
       --output=data/celeba_dlib --crop_preset=dlib150
