@@ -103,8 +103,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from facetriplet.search import embedder, gallery  # pylint: disable=g-import-not-at-top
   from facetriplet.training import export  # pylint: disable=g-import-not-at-top
 
+  extractors = {}
+
   def scored(source: str, set_name: str):
-    extractor = embedder.load_embedder(export.resolve_model(source), batch_size=64)
+    if source not in extractors:
+      extractors[source] = embedder.load_embedder(export.resolve_model(source), batch_size=64)
+    extractor = extractors[source]
     rec = bench_pretrained.records(
       args.workdir_root, set_name, extractor.metadata["crop"], args.try_turned
     )

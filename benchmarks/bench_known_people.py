@@ -24,6 +24,7 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 from typing import Optional, Sequence
 
 import numpy as np
@@ -34,18 +35,20 @@ CONFIG = os.path.join(bench_pretrained.REPO, "configs", "celeba.py")
 
 
 def halves(paths: Sequence[str], identities: Sequence[str], root: str) -> tuple[str, str]:
-  """Folders of links root/half_{a,b}/<identity>/<file>: each person's photos alternately."""
+  """Folders of links root/half_{a,b}/<identity>/<file>: each person's photos alternately (made
+  anew each run, so links to photos no longer in the set do not linger)."""
   by_person = collections.defaultdict(list)
   for path, identity in zip(paths, identities):
     by_person[identity].append(path)
   out = (os.path.join(root, "half_a"), os.path.join(root, "half_b"))
+  for folder in out:
+    shutil.rmtree(folder, ignore_errors=True)
   for identity, photos in by_person.items():
     for i, path in enumerate(sorted(photos)):
       folder = os.path.join(out[i % 2], identity)
       os.makedirs(folder, exist_ok=True)
       link = os.path.join(folder, os.path.basename(path))
-      if not os.path.lexists(link):
-        os.symlink(os.path.abspath(path), link)
+      os.symlink(os.path.abspath(path), link)
   return out
 
 

@@ -32,11 +32,9 @@ from typing import Optional, Sequence
 
 from benchmarks import bench_pretrained, common
 
+log = bench_pretrained.log
+
 CELEBA = os.path.join(bench_pretrained.DATA, "celeba_199", "img_celeba")
-
-
-def _log(msg: str) -> None:
-  print(f"[bench_turned {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _scores(detector, photos) -> list[Optional[float]]:
@@ -76,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rgb = faces.load_rgb(p)
     if not yunet.find([rgb])[0]:
       turned.append(rgb)
-  _log(f"{len(turned)} of {len(paths)} celeba photos without an upright face (YuNet)")
+  log(f"{len(turned)} of {len(paths)} celeba photos without an upright face (YuNet)")
   faceless = [
     cv2.GaussianBlur(cv2.resize(faces.load_rgb(p), (640, 480)), (0, 0), 25)
     for p in paths[: args.faceless]
@@ -90,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     false = [s for s in searched if s is not None and s >= 0]
     n_searched = sum(1 for s in searched if s is not None)
     scores = {k: sorted(round(s, 3) for s in v) for k, v in (("real", real), ("false", false))}
-    _log(f"{name} scores: {scores}")
+    log(f"{name} scores: {scores}")
     cost = {}
     for _ in range(args.rounds):
       for on in (False, True):
@@ -111,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       round(statistics.median(cost[False]), 1),
       round(statistics.median(cost[True]), 1),
     ]
-    _log(str(row))
+    log(str(row))
     rows.append(row)
   common.write_result(
     "turned",

@@ -110,11 +110,14 @@ def test_a_face_found_turned_is_shown_upright(orl_faces):
   from facetriplet.data import faces, turns  # pylint: disable=g-import-not-at-top
 
   # Hand-worked: eyes at y=10, mouth corners at y=30 is upright; mouth to the right of the eyes
-  # (chin to the right) needs a quarter turn clockwise (k=3), to the left counterclockwise.
+  # (chin to the right) needs a quarter turn clockwise (k=3), to the left counterclockwise, eyes
+  # below the mouth a half turn.
   upright = (10, 20, 15, 12, 18, 10, 10, 20, 30, 30)
   chin_right = (10, 10, 20, 30, 30, 10, 20, 15, 12, 18)
   chin_left = (30, 30, 20, 10, 10, 20, 10, 15, 18, 12)
-  assert [turns.upright_turn(v) for v in (upright, chin_right, chin_left, None)] == [0, 3, 1, 0]
+  upside_down = (30, 20, 25, 28, 22, 30, 30, 20, 10, 10)
+  cases = (upright, chin_right, chin_left, upside_down, None)
+  assert [turns.upright_turn(v) for v in cases] == [0, 3, 1, 2, 0]
   # A real photo stored on its side: its thumbnail shows what the upright photo's shows.
   photo = faces.load_rgb(os.path.join(orl_faces, "s1", "1.pgm"))
   stored = np.ascontiguousarray(np.rot90(photo, -1))
